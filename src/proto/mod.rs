@@ -1,0 +1,55 @@
+//! The sans-IO protocol core: codec, credentials, allocation state.
+//!
+//! Nothing in here touches a socket, a thread or the system clock: time comes
+//! in as an argument and bytes come in as slices, so every rule (expiry, error
+//! codes, quotas) is testable in microseconds and the fuzzer can reach all of
+//! it. The IO driver in `crate::io` moves bytes and time into [`server::Server`].
+
+#![forbid(unsafe_code)]
+
+pub mod channel_data;
+pub mod demux;
+pub mod error;
+pub mod server;
+pub mod stun;
+
+use std::fmt;
+use std::net::SocketAddr;
+
+/// The transport protocol between a client and tern.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+        }
+    }
+
+    /// Whether the transport is a byte stream (framed by length, ChannelData padded).
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Self::Udp)
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The client's 5-tuple (RFC 8656 §2): client address, server address and
+/// transport. It names an allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub transport: Transport,
+}
