@@ -15,4 +15,9 @@
 //! and never allocates; unauthenticated packets cost no server memory and are
 //! never answered with more than a small fixed overhead.
 
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod io;
 pub mod proto;
+pub mod telemetry;

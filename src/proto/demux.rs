@@ -48,10 +48,6 @@ pub fn stream_frame_len(stream: &[u8]) -> Result<Option<usize>, ParseError> {
     }
 }
 
-/// The largest frame a stream can carry: a STUN message of the maximum
-/// 16-bit length plus its header.
-pub const MAX_STREAM_FRAME: usize = HEADER_LEN + u16::MAX as usize;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,6 +47,19 @@ pub struct Stats {
     pub unexpected_responses: u64,
 }
 
+impl Stats {
+    /// Adds another worker's counters to these.
+    pub fn add(&mut self, other: &Self) {
+        self.requests += other.requests;
+        self.binding_responses += other.binding_responses;
+        self.error_responses += other.error_responses;
+        self.indications += other.indications;
+        self.malformed += other.malformed;
+        self.bad_fingerprint += other.bad_fingerprint;
+        self.unexpected_responses += other.unexpected_responses;
+    }
+}
+
 /// What the driver must do after `handle_client`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientOutcome {

@@ -1,0 +1,209 @@
+//! The bundled client: probes and tools an operator runs against a STUN/TURN
+//! server (tern or any other). It shares the codec with the server, never the
+//! server itself, and its transaction timing is sans-IO ([`transaction`]).
+//!
+//! The probes use blocking sockets with deadlines: one request at a time is
+//! what they do, and a thread per probe is simpler than an event loop.
+
+pub mod stun;
+pub mod transaction;
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::io::clock;
+use crate::proto::Transport;
+use crate::proto::demux;
+use crate::proto::stun::{HEADER_LEN, Message, TransactionId};
+use transaction::{TimerAction, Transaction};
+
+/// The STUN/TURN port when none is given (RFC 8489 §18.4, RFC 8656 §18).
+pub const DEFAULT_PORT: u16 = 3478;
+
+/// Resolves `SERVER[:PORT]`, also accepting `stun:` and `turn:` URIs as they
+/// appear in `iceServers` (a `?transport=` suffix is ignored here).
+pub fn resolve_server(text: &str) -> io::Result<SocketAddr> {
+    let text = text.strip_prefix("stun:").or_else(|| text.strip_prefix("turn:")).unwrap_or(text);
+    let text = text.split('?').next().unwrap_or(text);
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    let with_port = if text.contains(':') { text.to_owned() } else { format!("{text}:{DEFAULT_PORT}") };
+    with_port
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{text}: no address found")))
+}
+
+/// Why a request got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum TransactError {
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A client's connection to one server over UDP or TCP.
+pub struct ClientSocket {
+    server: SocketAddr,
+    kind: Kind,
+}
+
+enum Kind {
+    Udp(UdpSocket),
+    Tcp { stream: TcpStream, inbuf: Vec<u8> },
+}
+
+impl ClientSocket {
+    /// Opens a socket to `server`; over TCP this connects within `timeout`.
+    pub fn open(server: SocketAddr, transport: Transport, timeout: Duration) -> io::Result<Self> {
+        let kind = match transport {
+            Transport::Udp => {
+                let any: SocketAddr =
+                    if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("wildcard literal parses");
+                Kind::Udp(UdpSocket::bind(any)?)
+            }
+            Transport::Tcp => {
+                let stream = TcpStream::connect_timeout(&server, timeout)?;
+                stream.set_nodelay(true)?;
+                Kind::Tcp { stream, inbuf: Vec::new() }
+            }
+            Transport::Tls => {
+                return Err(io::Error::new(io::ErrorKind::Unsupported, "TLS is not supported by this client yet"));
+            }
+        };
+        Ok(Self { server, kind })
+    }
+
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    pub fn transport(&self) -> Transport {
+        match self.kind {
+            Kind::Udp(_) => Transport::Udp,
+            Kind::Tcp { .. } => Transport::Tcp,
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match &self.kind {
+            Kind::Udp(socket) => socket.local_addr(),
+            Kind::Tcp { stream, .. } => stream.local_addr(),
+        }
+    }
+
+    /// Sends one STUN message or ChannelData frame.
+    pub fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        match &mut self.kind {
+            Kind::Udp(socket) => socket.send_to(frame, self.server).map(drop),
+            Kind::Tcp { stream, .. } => stream.write_all(frame),
+        }
+    }
+
+    /// Waits until `deadline` for the next frame from the server and puts it
+    /// in `out`. Returns false at the deadline.
+    pub fn recv(&mut self, deadline: Instant, out: &mut Vec<u8>) -> io::Result<bool> {
+        loop {
+            let now = clock::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            let wait = (deadline - now).max(Duration::from_millis(1));
+            match &mut self.kind {
+                Kind::Udp(socket) => {
+                    socket.set_read_timeout(Some(wait))?;
+                    out.resize(65536, 0);
+                    match socket.recv_from(out) {
+                        Ok((n, from)) if from == self.server => {
+                            out.truncate(n);
+                            return Ok(true);
+                        }
+                        Ok(_) => continue,
+                        Err(e) if is_timeout(&e) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Kind::Tcp { stream, inbuf } => {
+                    if let Some(len) = demux::stream_frame_len(inbuf).map_err(io::Error::other)?
+                        && len <= inbuf.len()
+                    {
+                        out.clear();
+                        out.extend_from_slice(&inbuf[..len]);
+                        inbuf.drain(..len);
+                        return Ok(true);
+                    }
+                    stream.set_read_timeout(Some(wait))?;
+                    let mut chunk = [0u8; 16384];
+                    match stream.read(&mut chunk) {
+                        Ok(0) => {
+                            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
+                        }
+                        Ok(n) => inbuf.extend_from_slice(&chunk[..n]),
+                        Err(e) if is_timeout(&e) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `request` and waits for the response with the same transaction
+    /// ID, retransmitting over UDP as RFC 8489 §6.2.1 says. The response is
+    /// left in `response`; other frames that arrive meanwhile go to `other`.
+    pub fn transact(
+        &mut self,
+        request: &[u8],
+        timeout: Duration,
+        response: &mut Vec<u8>,
+        mut other: impl FnMut(&[u8]),
+    ) -> Result<(), TransactError> {
+        let tid = request.get(8..HEADER_LEN).map(|id| {
+            let mut bytes = [0u8; 12];
+            bytes.copy_from_slice(id);
+            TransactionId(bytes)
+        });
+        self.send(request)?;
+        let mut transaction = Transaction::new(clock::now(), self.transport().is_stream(), timeout);
+        loop {
+            if self.recv(transaction.poll_timeout(), response)? {
+                match Message::parse(response) {
+                    Ok(message) if Some(message.transaction_id()) == tid => return Ok(()),
+                    _ => other(response),
+                }
+                continue;
+            }
+            match transaction.handle_timeout(clock::now()) {
+                TimerAction::Retransmit => self.send(request)?,
+                TimerAction::TimedOut => return Err(TransactError::Timeout(timeout)),
+                TimerAction::Wait => {}
+            }
+        }
+    }
+}
+
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses_accept_the_usual_spellings() {
+        let v4: SocketAddr = "127.0.0.1:3478".parse().expect("literal");
+        assert_eq!(resolve_server("127.0.0.1").expect("ip"), v4);
+        assert_eq!(resolve_server("127.0.0.1:3478").expect("ip:port"), v4);
+        assert_eq!(resolve_server("stun:127.0.0.1:3478").expect("uri"), v4);
+        assert_eq!(resolve_server("turn:127.0.0.1?transport=udp").expect("uri"), v4);
+        assert_eq!(resolve_server("::1").expect("v6").to_string(), "[::1]:3478");
+        assert_eq!(resolve_server("[::1]:5000").expect("v6").to_string(), "[::1]:5000");
+        assert_eq!(resolve_server("localhost:4000").expect("host").port(), 4000);
+    }
+}

@@ -1,0 +1,124 @@
+//! Binding the listen sockets: for every listen address, one UDP socket and one
+//! TCP listener per worker, all with SO_REUSEPORT so the kernel spreads clients
+//! across workers by their 5-tuple and keeps each client on one worker.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::sys;
+use crate::proto::Transport;
+
+/// Pending connections the kernel queues per TCP listener.
+const TCP_BACKLOG: i32 = 1024;
+/// How often a port-0 listen address is retried when the UDP port the kernel
+/// picked is taken for TCP.
+const EPHEMERAL_ATTEMPTS: usize = 32;
+
+/// One worker's share of the listen sockets.
+pub struct WorkerListeners {
+    pub udp: Vec<(mio::net::UdpSocket, SocketAddr)>,
+    pub tcp: Vec<(mio::net::TcpListener, SocketAddr)>,
+}
+
+/// A listen socket failed to bind; names what and where.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {transport} {addr}: {source}")]
+pub struct BindError {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Binds `workers` UDP sockets and TCP listeners on each address. A port of 0
+/// is resolved once, to one port shared by UDP and TCP and all workers.
+pub fn bind_all(addrs: &[SocketAddr], workers: usize) -> Result<Vec<WorkerListeners>, BindError> {
+    let mut per_worker: Vec<WorkerListeners> =
+        (0..workers).map(|_| WorkerListeners { udp: Vec::new(), tcp: Vec::new() }).collect();
+    for &addr in addrs {
+        let (udp, tcp) = bind_address(addr, workers)?;
+        for (worker, (udp, tcp)) in per_worker.iter_mut().zip(udp.into_iter().zip(tcp)) {
+            worker.udp.push(udp);
+            worker.tcp.push(tcp);
+        }
+    }
+    Ok(per_worker)
+}
+
+type Bound = (Vec<(mio::net::UdpSocket, SocketAddr)>, Vec<(mio::net::TcpListener, SocketAddr)>);
+
+fn bind_address(addr: SocketAddr, workers: usize) -> Result<Bound, BindError> {
+    let attempts = if addr.port() == 0 { EPHEMERAL_ATTEMPTS } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        match bind_set(addr, workers) {
+            Ok(bound) => return Ok(bound),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.expect("at least one attempt was made"))
+}
+
+fn bind_set(addr: SocketAddr, workers: usize) -> Result<Bound, BindError> {
+    let mut udp = Vec::with_capacity(workers);
+    let mut tcp = Vec::with_capacity(workers);
+    let mut resolved = addr;
+    for _ in 0..workers {
+        let socket = udp_socket(resolved).map_err(|source| BindError { transport: Transport::Udp, addr, source })?;
+        let local = socket.local_addr().map_err(|source| BindError { transport: Transport::Udp, addr, source })?;
+        resolved = local;
+        udp.push((mio::net::UdpSocket::from_std(socket), local));
+    }
+    for _ in 0..workers {
+        let listener =
+            tcp_listener(resolved).map_err(|source| BindError { transport: Transport::Tcp, addr: resolved, source })?;
+        tcp.push((mio::net::TcpListener::from_std(listener), resolved));
+    }
+    Ok((udp, tcp))
+}
+
+fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Separate sockets serve IPv4 and IPv6, so `0.0.0.0` and `::` can both be listened on.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    sys::enable_pktinfo(socket.as_raw_fd(), addr.is_ipv6())?;
+    Ok(socket.into())
+}
+
+fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(TCP_BACKLOG)?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_resolves_to_one_port_for_all_workers_and_both_transports() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("literal");
+        let workers = bind_all(&[addr], 3).expect("bind");
+        let port = workers[0].udp[0].1.port();
+        assert_ne!(port, 0);
+        for worker in &workers {
+            assert_eq!(worker.udp[0].1.port(), port);
+            assert_eq!(worker.tcp[0].1.port(), port);
+        }
+    }
+}

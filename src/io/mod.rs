@@ -1,0 +1,113 @@
+//! The IO driver: sockets, threads, the clock and shutdown. It moves bytes and
+//! time into the sans-IO core and decides nothing about the protocol.
+//!
+//! `start` binds every listen socket up front (so a bad address fails before
+//! any worker runs), spawns one worker thread per configured worker, and
+//! returns a handle that reports the bound addresses and waits for the
+//! workers to stop.
+
+pub mod clock;
+mod listener;
+pub mod shutdown;
+pub mod sys;
+mod tcp;
+mod worker;
+
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+
+use tracing::{error, info};
+
+use crate::proto::Transport;
+use crate::proto::server::ServerConfig;
+pub use listener::BindError;
+use shutdown::Shutdown;
+pub use worker::{IoStats, WorkerReport};
+
+/// What the driver needs to run: where to listen, how many workers, and the
+/// core's configuration.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    pub listen: Vec<SocketAddr>,
+    pub workers: usize,
+    pub server: ServerConfig,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("cannot start worker: {0}")]
+    Worker(#[source] std::io::Error),
+}
+
+/// A running server.
+pub struct Running {
+    listening: Vec<(Transport, SocketAddr)>,
+    workers: Vec<JoinHandle<std::io::Result<WorkerReport>>>,
+    shutdown: Shutdown,
+}
+
+/// Binds the listen sockets and starts the workers.
+pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, StartError> {
+    let per_worker = listener::bind_all(&config.listen, config.workers)?;
+    let mut listening = Vec::new();
+    if let Some(first) = per_worker.first() {
+        listening.extend(first.udp.iter().map(|(_, addr)| (Transport::Udp, *addr)));
+        listening.extend(first.tcp.iter().map(|(_, addr)| (Transport::Tcp, *addr)));
+    }
+    let mut workers = Vec::with_capacity(config.workers);
+    for (id, listeners) in per_worker.into_iter().enumerate() {
+        let worker =
+            worker::Worker::new(id, listeners, config.server.clone(), shutdown.clone()).map_err(StartError::Worker)?;
+        let shutdown = shutdown.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("tern-worker-{id}"))
+            .spawn(move || {
+                let result = worker.run();
+                if let Err(e) = &result {
+                    error!(worker = id, error = %e, "worker failed; shutting down");
+                    shutdown.trigger();
+                }
+                result
+            })
+            .map_err(StartError::Worker)?;
+        workers.push(handle);
+    }
+    for (transport, addr) in &listening {
+        info!(%transport, %addr, workers = config.workers, "listening");
+    }
+    Ok(Running { listening, workers, shutdown: shutdown.clone() })
+}
+
+impl Running {
+    /// The addresses listened on, with port 0 resolved.
+    pub fn listening(&self) -> &[(Transport, SocketAddr)] {
+        &self.listening
+    }
+
+    /// The shutdown handle the workers watch.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Waits for every worker to stop and sums their counters. The first
+    /// worker error is returned after all have stopped.
+    pub fn join(self) -> std::io::Result<WorkerReport> {
+        let mut total = WorkerReport::default();
+        let mut first_error = None;
+        for handle in self.workers {
+            match handle.join() {
+                Ok(Ok(report)) => total.add(&report),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_error.get_or_insert_with(|| std::io::Error::other("worker panicked"));
+                }
+            }
+        }
+        first_error.map_or(Ok(total), Err)
+    }
+}

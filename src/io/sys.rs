@@ -1,0 +1,400 @@
+//! Batched UDP syscalls: `recvmmsg` and `sendmmsg` with IP_PKTINFO /
+//! IPV6_PKTINFO, so one syscall moves many datagrams and a socket bound to a
+//! wildcard address learns, and answers from, the address each datagram was
+//! sent to.
+//!
+//! This is the only module with `unsafe`. It is written against libc rather
+//! than quinn-udp because quinn-udp sends one destination per syscall (GSO);
+//! a relay answers many clients from one socket, which is what `sendmmsg`
+//! batches.
+
+use std::io;
+use std::mem::{self, MaybeUninit};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+use std::ptr;
+
+/// Datagrams moved per syscall. quinn and the kernel's own UDP GRO path use
+/// batches of this order; more buys little and costs stack and cache.
+pub const BATCH: usize = 32;
+
+/// Room for one PKTINFO control message of either family, with alignment.
+const CONTROL_LEN: usize = 64;
+
+/// Control-message buffer aligned as `cmsghdr` requires.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct ControlBuf([u8; CONTROL_LEN]);
+
+/// Metadata of one received datagram.
+#[derive(Clone, Copy, Debug)]
+pub struct RecvMeta {
+    /// Bytes received, starting at the headroom the batch was received with.
+    pub len: usize,
+    /// The sender.
+    pub source: SocketAddr,
+    /// The local address the datagram was sent to, from PKTINFO.
+    pub local_ip: Option<IpAddr>,
+    /// The datagram did not fit its slot and was cut short.
+    pub truncated: bool,
+}
+
+/// A set of receive slots and the syscall scratch space that points into them,
+/// allocated once per socket owner and reused for every batch.
+pub struct RecvBatch {
+    storage: Vec<u8>,
+    slot_len: usize,
+    headroom: usize,
+    meta: Vec<RecvMeta>,
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    names: Vec<libc::sockaddr_storage>,
+    control: Vec<ControlBuf>,
+}
+
+// SAFETY: the raw pointers inside the syscall headers are scratch: they are
+// rewritten to point into `self` before every syscall and never read
+// otherwise, so moving the batch to another thread cannot leave one dangling.
+unsafe impl Send for RecvBatch {}
+
+impl RecvBatch {
+    /// `slot_len` bytes per datagram, of which the first `headroom` are left
+    /// free so a header can be written in front of the payload in place.
+    pub fn new(slot_len: usize, headroom: usize) -> Self {
+        assert!(headroom < slot_len, "headroom must leave room for data");
+        let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+        Self {
+            storage: vec![0; slot_len * BATCH],
+            slot_len,
+            headroom,
+            meta: vec![RecvMeta { len: 0, source: unspecified, local_ip: None, truncated: false }; BATCH],
+            // SAFETY: these are plain C structs for which all-zero bytes are a
+            // valid (empty) value; pointers in them are set before each use.
+            hdrs: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
+            iovs: (0..BATCH).map(|_| libc::iovec { iov_base: ptr::null_mut(), iov_len: 0 }).collect(),
+            // SAFETY: as above, sockaddr_storage is plain bytes.
+            names: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
+            control: vec![ControlBuf([0; CONTROL_LEN]); BATCH],
+        }
+    }
+
+    pub fn headroom(&self) -> usize {
+        self.headroom
+    }
+
+    /// Receives up to [`BATCH`] datagrams without blocking. Returns how many
+    /// arrived; `WouldBlock` when none were waiting.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let data_len = self.slot_len - self.headroom;
+        for i in 0..BATCH {
+            let slot = &mut self.storage[i * self.slot_len + self.headroom..(i + 1) * self.slot_len];
+            self.iovs[i] = libc::iovec { iov_base: slot.as_mut_ptr().cast(), iov_len: data_len };
+            let hdr = &mut self.hdrs[i].msg_hdr;
+            hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = &mut self.iovs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = self.control[i].0.as_mut_ptr().cast();
+            hdr.msg_controllen = CONTROL_LEN;
+            hdr.msg_flags = 0;
+            self.hdrs[i].msg_len = 0;
+        }
+        // SAFETY: every header points into buffers owned by `self` that stay
+        // alive and unmoved for the duration of the call; lengths match them.
+        let received = unsafe {
+            libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, ptr::null_mut())
+        };
+        if received < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let received = received as usize;
+        for i in 0..received {
+            let hdr = &self.hdrs[i].msg_hdr;
+            let source = sockaddr_to_std(&self.names[i], hdr.msg_namelen)
+                .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+            self.meta[i] = RecvMeta {
+                len: self.hdrs[i].msg_len as usize,
+                source,
+                local_ip: read_pktinfo(hdr),
+                truncated: hdr.msg_flags & libc::MSG_TRUNC != 0,
+            };
+        }
+        Ok(received)
+    }
+
+    pub fn meta(&self, index: usize) -> &RecvMeta {
+        &self.meta[index]
+    }
+
+    /// The received bytes of datagram `index`.
+    pub fn payload(&self, index: usize) -> &[u8] {
+        let start = index * self.slot_len + self.headroom;
+        &self.storage[start..start + self.meta[index].len]
+    }
+
+    /// The whole slot of datagram `index`, headroom included, for writing a
+    /// header in front of the payload.
+    pub fn slot_mut(&mut self, index: usize) -> &mut [u8] {
+        &mut self.storage[index * self.slot_len..(index + 1) * self.slot_len]
+    }
+
+    /// The whole slot of datagram `index`.
+    pub fn slot(&self, index: usize) -> &[u8] {
+        &self.storage[index * self.slot_len..(index + 1) * self.slot_len]
+    }
+}
+
+fn read_pktinfo(hdr: &libc::msghdr) -> Option<IpAddr> {
+    // SAFETY: `hdr` was filled in by the kernel; the CMSG_* macros walk the
+    // control buffer within `msg_controllen`, and each payload is read with
+    // an unaligned read of the type its level/type pair announces.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        while !cmsg.is_null() {
+            let c = &*cmsg;
+            if c.cmsg_level == libc::IPPROTO_IP && c.cmsg_type == libc::IP_PKTINFO {
+                let info: libc::in_pktinfo = ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                return Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr))));
+            }
+            if c.cmsg_level == libc::IPPROTO_IPV6 && c.cmsg_type == libc::IPV6_PKTINFO {
+                let info: libc::in6_pktinfo = ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+            }
+            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+        }
+    }
+    None
+}
+
+/// One datagram to send.
+#[derive(Clone, Copy, Debug)]
+pub struct Transmit<'a> {
+    pub destination: SocketAddr,
+    /// Source address to send from, for sockets bound to a wildcard address.
+    pub source_ip: Option<IpAddr>,
+    pub payload: &'a [u8],
+}
+
+/// Scratch space for [`send_batch`], reused across calls.
+pub struct SendScratch {
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    names: Vec<libc::sockaddr_storage>,
+    control: Vec<ControlBuf>,
+}
+
+// SAFETY: as for `RecvBatch`: the pointers are rewritten before every syscall.
+unsafe impl Send for SendScratch {}
+
+impl Default for SendScratch {
+    fn default() -> Self {
+        Self {
+            // SAFETY: plain C structs, all-zero is a valid empty value.
+            hdrs: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
+            iovs: (0..BATCH).map(|_| libc::iovec { iov_base: ptr::null_mut(), iov_len: 0 }).collect(),
+            // SAFETY: as above.
+            names: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
+            control: vec![ControlBuf([0; CONTROL_LEN]); BATCH],
+        }
+    }
+}
+
+/// Sends up to [`BATCH`] datagrams in one syscall. Returns how many the kernel
+/// took; an error is the error of the first datagram not sent.
+pub fn send_batch(fd: RawFd, transmits: &[Transmit<'_>], scratch: &mut SendScratch) -> io::Result<usize> {
+    let count = transmits.len().min(BATCH);
+    if count == 0 {
+        return Ok(0);
+    }
+    for (i, transmit) in transmits[..count].iter().enumerate() {
+        scratch.iovs[i] =
+            libc::iovec { iov_base: transmit.payload.as_ptr() as *mut libc::c_void, iov_len: transmit.payload.len() };
+        let name_len = std_to_sockaddr(&transmit.destination, &mut scratch.names[i]);
+        let hdr = &mut scratch.hdrs[i].msg_hdr;
+        hdr.msg_name = (&mut scratch.names[i] as *mut libc::sockaddr_storage).cast();
+        hdr.msg_namelen = name_len;
+        hdr.msg_iov = &mut scratch.iovs[i];
+        hdr.msg_iovlen = 1;
+        hdr.msg_flags = 0;
+        hdr.msg_controllen = 0;
+        hdr.msg_control = ptr::null_mut();
+        if let Some(source) = transmit.source_ip {
+            hdr.msg_control = scratch.control[i].0.as_mut_ptr().cast();
+            hdr.msg_controllen = write_pktinfo(source, &mut scratch.control[i]);
+        }
+    }
+    // SAFETY: every header points at `transmits` payloads and `scratch`
+    // buffers, all alive and unmoved for the call; the kernel only reads them.
+    let sent = unsafe { libc::sendmmsg(fd, scratch.hdrs.as_mut_ptr(), count as libc::c_uint, libc::MSG_DONTWAIT) };
+    if sent < 0 { Err(io::Error::last_os_error()) } else { Ok(sent as usize) }
+}
+
+/// Writes a PKTINFO control message selecting `source`; returns its length.
+fn write_pktinfo(source: IpAddr, buf: &mut ControlBuf) -> usize {
+    buf.0 = [0; CONTROL_LEN];
+    let (level, typ, data_len) = match source {
+        IpAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO, mem::size_of::<libc::in_pktinfo>()),
+        IpAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, mem::size_of::<libc::in6_pktinfo>()),
+    };
+    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic; the header and data are
+    // written inside `buf`, which is aligned for cmsghdr and larger than
+    // CMSG_SPACE of either pktinfo struct.
+    unsafe {
+        let space = libc::CMSG_SPACE(data_len as libc::c_uint) as usize;
+        debug_assert!(space <= CONTROL_LEN);
+        let cmsg = buf.0.as_mut_ptr().cast::<libc::cmsghdr>();
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = typ;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(data_len as libc::c_uint) as usize;
+        let data = libc::CMSG_DATA(cmsg);
+        match source {
+            IpAddr::V4(ip) => {
+                let mut info: libc::in_pktinfo = mem::zeroed();
+                info.ipi_spec_dst.s_addr = u32::from(ip).to_be();
+                ptr::write_unaligned(data.cast(), info);
+            }
+            IpAddr::V6(ip) => {
+                let mut info: libc::in6_pktinfo = mem::zeroed();
+                info.ipi6_addr.s6_addr = ip.octets();
+                ptr::write_unaligned(data.cast(), info);
+            }
+        }
+        space
+    }
+}
+
+/// Asks the kernel to report each datagram's destination address.
+pub fn enable_pktinfo(fd: RawFd, ipv6: bool) -> io::Result<()> {
+    if ipv6 {
+        set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)
+    } else {
+        set_int_option(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)
+    }
+}
+
+fn set_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` is a live c_int and its exact size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+fn sockaddr_to_std(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET if len as usize >= mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in, and
+            // sockaddr_storage is large and aligned enough for it.
+            let sin: &libc::sockaddr_in = unsafe { &*(storage as *const libc::sockaddr_storage).cast() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len as usize >= mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6: &libc::sockaddr_in6 = unsafe { &*(storage as *const libc::sockaddr_storage).cast() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn std_to_sockaddr(addr: &SocketAddr, storage: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    let mut out = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { ptr::write(out.as_mut_ptr().cast(), sin) };
+            mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { ptr::write(out.as_mut_ptr().cast(), sin6) };
+            mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    // SAFETY: zero-initialised, then partly overwritten with a valid sockaddr.
+    *storage = unsafe { out.assume_init() };
+    len as libc::socklen_t
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    #[test]
+    fn batch_round_trip_reports_source_and_destination() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        receiver.set_nonblocking(true).expect("nonblocking");
+        enable_pktinfo(receiver.as_raw_fd(), false).expect("pktinfo");
+        let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let to = receiver.local_addr().expect("addr");
+        let payloads: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + usize::from(i)]).collect();
+        let transmits: Vec<_> = payloads
+            .iter()
+            .map(|p| Transmit { destination: to, source_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), payload: p })
+            .collect();
+        let mut scratch = SendScratch::default();
+        assert_eq!(send_batch(sender.as_raw_fd(), &transmits, &mut scratch).expect("send"), 5);
+
+        let mut batch = RecvBatch::new(2048, 48);
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            match batch.recv(receiver.as_raw_fd()) {
+                Ok(n) => {
+                    for i in 0..n {
+                        let meta = *batch.meta(i);
+                        assert_eq!(meta.source, sender.local_addr().expect("addr"));
+                        assert_eq!(meta.local_ip, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+                        assert!(!meta.truncated);
+                        got.push(batch.payload(i).to_vec());
+                    }
+                    if got.len() == 5 {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+        assert_eq!(got, payloads);
+    }
+
+    #[test]
+    fn ipv6_addresses_survive_conversion() {
+        let addr: SocketAddr = "[2001:db8::1]:3478".parse().expect("literal");
+        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        let len = std_to_sockaddr(&addr, &mut storage);
+        assert_eq!(sockaddr_to_std(&storage, len), Some(addr));
+    }
+}

@@ -1,0 +1,146 @@
+//! One client TCP connection: a read buffer cut into frames by the STUN or
+//! ChannelData length (RFC 8656 §12.5), and a write queue.
+//!
+//! Buffers start empty and grow to the largest frame seen, at most one
+//! 64 KiB STUN message plus a read chunk, so idle connections stay cheap.
+
+use std::io::{self, Read, Write};
+
+use crate::proto::FiveTuple;
+use crate::proto::demux;
+
+/// Bytes asked of the socket per read when no larger frame is in progress.
+const READ_CHUNK: usize = 4096;
+/// Bytes read from one connection per wake-up, so one busy client cannot
+/// starve the rest of the worker.
+const READ_BUDGET: usize = 256 * 1024;
+/// Bytes queued for a client that does not read before tern gives up on it.
+pub const WRITE_QUEUE_LIMIT: usize = 1024 * 1024;
+
+/// Why a connection must be closed.
+#[derive(Debug, thiserror::Error)]
+pub enum Closed {
+    #[error("closed by the client")]
+    Eof,
+    /// The stream lost its framing; nothing after this can be trusted.
+    #[error("lost framing: neither STUN nor ChannelData")]
+    Framing,
+    #[error("client does not read its responses")]
+    WriteQueueFull,
+    #[error("idle")]
+    Idle,
+    #[error("{0}")]
+    Io(io::Error),
+}
+
+pub struct TcpConnection {
+    pub stream: mio::net::TcpStream,
+    pub tuple: FiveTuple,
+    inbuf: Vec<u8>,
+    pub outbuf: Vec<u8>,
+    out_pos: usize,
+    /// Wall time of the last byte received, for the idle timeout.
+    pub last_received: std::time::Instant,
+}
+
+/// Result of reading from a connection.
+pub enum ReadStatus {
+    /// Read until the socket had no more.
+    Drained,
+    /// Stopped at the read budget; the socket may have more.
+    MoreAvailable,
+}
+
+impl TcpConnection {
+    pub fn new(stream: mio::net::TcpStream, tuple: FiveTuple, now: std::time::Instant) -> Self {
+        Self { stream, tuple, inbuf: Vec::new(), outbuf: Vec::new(), out_pos: 0, last_received: now }
+    }
+
+    /// Reads what the socket has and hands each complete frame to `on_frame`
+    /// together with the write queue, where answers go.
+    pub fn read_frames(
+        &mut self,
+        now: std::time::Instant,
+        mut on_frame: impl FnMut(&FiveTuple, &[u8], &mut Vec<u8>),
+    ) -> Result<ReadStatus, Closed> {
+        let mut budget = READ_BUDGET;
+        loop {
+            if budget == 0 {
+                return Ok(ReadStatus::MoreAvailable);
+            }
+            let filled = self.inbuf.len();
+            // Read at least what completes the frame in progress, so a large
+            // STUN message arrives in one pass.
+            let need = match demux::stream_frame_len(&self.inbuf) {
+                Ok(Some(frame)) => frame.saturating_sub(filled),
+                Ok(None) => 0,
+                Err(_) => return Err(Closed::Framing),
+            };
+            self.inbuf.resize(filled + need.max(READ_CHUNK).min(budget), 0);
+            match self.stream.read(&mut self.inbuf[filled..]) {
+                Ok(0) => {
+                    self.inbuf.truncate(filled);
+                    return Err(Closed::Eof);
+                }
+                Ok(n) => {
+                    self.inbuf.truncate(filled + n);
+                    budget = budget.saturating_sub(n);
+                    self.last_received = now;
+                    self.consume_frames(&mut on_frame)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.inbuf.truncate(filled);
+                    return Ok(ReadStatus::Drained);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.inbuf.truncate(filled),
+                Err(e) => return Err(Closed::Io(e)),
+            }
+            if self.queued() > WRITE_QUEUE_LIMIT {
+                return Err(Closed::WriteQueueFull);
+            }
+        }
+    }
+
+    fn consume_frames(&mut self, on_frame: &mut impl FnMut(&FiveTuple, &[u8], &mut Vec<u8>)) -> Result<(), Closed> {
+        let mut start = 0;
+        loop {
+            let rest = &self.inbuf[start..];
+            match demux::stream_frame_len(rest) {
+                Ok(Some(len)) if len <= rest.len() => {
+                    on_frame(&self.tuple, &rest[..len], &mut self.outbuf);
+                    start += len;
+                }
+                Ok(_) => break,
+                Err(_) => return Err(Closed::Framing),
+            }
+        }
+        self.inbuf.drain(..start);
+        Ok(())
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.outbuf.len() - self.out_pos
+    }
+
+    /// Writes as much of the queue as the socket takes.
+    pub fn flush(&mut self) -> Result<(), Closed> {
+        while self.out_pos < self.outbuf.len() {
+            match self.stream.write(&self.outbuf[self.out_pos..]) {
+                Ok(0) => return Err(Closed::Eof),
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Closed::Io(e)),
+            }
+        }
+        if self.out_pos == self.outbuf.len() {
+            self.outbuf.clear();
+            self.out_pos = 0;
+        } else if self.out_pos > self.outbuf.len() / 2 {
+            self.outbuf.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,24 @@
+//! Logging setup: `tracing` to stderr, as text or JSON lines.
+//!
+//! The level comes from the config (`[log] level`, `--log-level`);
+//! `RUST_LOG`, when set, replaces it with a full filter for debugging
+//! (for example `RUST_LOG=tern=trace`).
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+pub fn init(log: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log.level.as_str()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    // A second init (tests that call `main` twice) keeps the first subscriber.
+    let _ = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
