@@ -1,13 +1,16 @@
 //! The command line: `tern serve`, `tern check`, and the client subcommands.
 //! Wiring only; every subcommand's work lives in its module.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use ipnet::IpNet;
+
 use crate::config::{self, LogFormat, LogLevel, Overrides};
+use crate::proto::server::ExternalIp;
 
 #[derive(Debug, Parser)]
 #[command(name = "tern", version, about = "A STUN/TURN server, and a client to test one")]
@@ -48,6 +51,42 @@ pub struct ServerArgs {
     /// Log format (replaces `log.format`).
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Serve STUN only, even with credentials configured (sets `turn = false`).
+    #[arg(long)]
+    pub stun_only: bool,
+    /// A TURN user (repeatable; added to `auth.users`).
+    #[arg(long = "user", value_name = "NAME:PASSWORD", value_parser = config::parse_user_flag)]
+    pub users: Vec<(String, String)>,
+    /// A TURN REST API shared secret (repeatable; added to `auth.secrets`).
+    #[arg(long = "secret", value_name = "SECRET")]
+    pub secrets: Vec<String>,
+    /// Relay for anyone without credentials (sets `auth.allow_anonymous`).
+    #[arg(long)]
+    pub allow_anonymous: bool,
+    /// Relay address (repeatable; replaces `relay_ips`).
+    #[arg(long = "relay-ip", value_name = "IP", value_parser = config::parse_relay_ip_flag)]
+    pub relay_ips: Vec<IpAddr>,
+    /// Relay port range (replaces `relay_ports`).
+    #[arg(long, value_name = "MIN-MAX", value_parser = config::parse_port_range)]
+    pub relay_ports: Option<(u16, u16)>,
+    /// Public address advertised for a private relay address (repeatable; replaces `external_ip`).
+    #[arg(long = "external-ip", value_name = "PUBLIC[/PRIVATE]", value_parser = config::parse_external_ip)]
+    pub external_ips: Vec<ExternalIp>,
+    /// Peer range to allow despite the default deny list (repeatable; replaces `allow_peers`).
+    #[arg(long = "allow-peer", value_name = "CIDR", value_parser = config::parse_cidr)]
+    pub allow_peers: Vec<IpNet>,
+    /// Peer range to refuse (repeatable; replaces `deny_peers`).
+    #[arg(long = "deny-peer", value_name = "CIDR", value_parser = config::parse_cidr)]
+    pub deny_peers: Vec<IpNet>,
+    /// Allocations per user, 0 for no limit (replaces `user_quota`).
+    #[arg(long, value_name = "N")]
+    pub user_quota: Option<u32>,
+    /// Allocations in all, 0 for no limit (replaces `total_quota`).
+    #[arg(long, value_name = "N")]
+    pub total_quota: Option<u32>,
+    /// Accept channel numbers 0x5000-0x7FFF from RFC 5766 clients (sets `rfc5766_channels`).
+    #[arg(long)]
+    pub rfc5766_channels: bool,
 }
 
 impl ServerArgs {
@@ -58,6 +97,18 @@ impl ServerArgs {
             workers: self.workers,
             log_level: self.log_level,
             log_format: self.log_format,
+            stun_only: self.stun_only,
+            users: self.users.clone(),
+            secrets: self.secrets.clone(),
+            allow_anonymous: self.allow_anonymous,
+            relay_ips: self.relay_ips.clone(),
+            relay_ports: self.relay_ports,
+            external_ips: self.external_ips.clone(),
+            allow_peers: self.allow_peers.clone(),
+            deny_peers: self.deny_peers.clone(),
+            user_quota: self.user_quota,
+            total_quota: self.total_quota,
+            rfc5766_channels: self.rfc5766_channels,
         }
     }
 }

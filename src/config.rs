@@ -3,22 +3,32 @@
 //! Parsing is strict (`deny_unknown_fields` everywhere, so a misspelt key is an
 //! error, not a silent default) and every error names the file, the key and
 //! what is wrong. Command-line flags override the file after it is validated;
-//! clap checks their syntax, so values reaching [`Overrides`] are typed.
+//! clap checks their syntax, so values reaching [`Overrides`] are typed. Rules
+//! that involve several keys (TURN needs credentials) are checked last, over
+//! the merged result.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::str::FromStr;
+use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::io::RuntimeConfig;
-use crate::proto::server::ServerConfig;
+use crate::io::{QuotaLimits, RuntimeConfig};
+use crate::proto::auth::{Authenticator, LongTermKey, StaticCredentials};
+use crate::proto::policy::PeerPolicy;
+use crate::proto::server::{ExternalIp, ServerConfig, TurnConfig};
+use crate::proto::stun::integrity::long_term_key_md5;
 
 /// The listen address when neither the file nor a flag gives one.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:3478";
 /// The realm when none is configured.
 pub const DEFAULT_REALM: &str = "tern";
+/// The relay port range when none is configured: the IANA dynamic range.
+pub const DEFAULT_RELAY_PORTS: (u16, u16) = (49152, 65535);
 /// REALM is at most 763 bytes (RFC 8489 §14.9).
 const MAX_REALM_LEN: usize = 763;
 /// More workers than this is a typo, not a machine.
@@ -34,7 +44,55 @@ pub struct Config {
     pub software: Option<String>,
     pub rfc3489: bool,
     pub reason_phrases: bool,
+    /// `turn` as configured; `None` means on exactly when credentials exist.
+    pub turn: Option<bool>,
+    pub relay_ips: Vec<IpAddr>,
+    pub relay_ports: (u16, u16),
+    pub external_ips: Vec<ExternalIp>,
+    pub allow_peers: Vec<IpNet>,
+    pub deny_peers: Vec<IpNet>,
+    pub user_quota: u32,
+    pub total_quota: u32,
+    pub max_permissions: u32,
+    pub max_channels: u32,
+    pub default_lifetime: u32,
+    pub max_lifetime: u32,
+    pub rfc5766_channels: bool,
+    pub auth: AuthConfig,
     pub log: LogConfig,
+}
+
+/// `[auth]`: who may relay.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthConfig {
+    pub users: BTreeMap<String, UserSecret>,
+    pub secrets: Vec<String>,
+    pub allow_anonymous: bool,
+    /// Seconds a nonce stays valid.
+    pub nonce_lifetime: u32,
+}
+
+/// A static user's credential: a password, or the long-term key itself
+/// (MD5 of `user:realm:password`, as coturn's `turnadmin -k` prints it).
+#[derive(Clone, PartialEq, Eq)]
+pub enum UserSecret {
+    Password(String),
+    Key([u8; 16]),
+}
+
+impl fmt::Debug for UserSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Password(_) => "Password(..)",
+            Self::Key(_) => "Key(..)",
+        })
+    }
+}
+
+impl AuthConfig {
+    pub fn has_credentials(&self) -> bool {
+        !self.users.is_empty() || !self.secrets.is_empty()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +123,12 @@ impl LogLevel {
     }
 }
 
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -72,7 +136,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Values given on the command line; each replaces the file's.
+/// Values given on the command line. Lists replace the file's lists, except
+/// users and secrets, which are added to the file's.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
     pub listen: Vec<SocketAddr>,
@@ -80,6 +145,18 @@ pub struct Overrides {
     pub workers: Option<usize>,
     pub log_level: Option<LogLevel>,
     pub log_format: Option<LogFormat>,
+    pub stun_only: bool,
+    pub users: Vec<(String, String)>,
+    pub secrets: Vec<String>,
+    pub allow_anonymous: bool,
+    pub relay_ips: Vec<IpAddr>,
+    pub relay_ports: Option<(u16, u16)>,
+    pub external_ips: Vec<ExternalIp>,
+    pub allow_peers: Vec<IpNet>,
+    pub deny_peers: Vec<IpNet>,
+    pub user_quota: Option<u32>,
+    pub total_quota: Option<u32>,
+    pub rfc5766_channels: bool,
 }
 
 /// A configuration that cannot be used. The message names the file (or the
@@ -115,7 +192,48 @@ struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     reason_phrases: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    turn: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay_ips: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay_ports: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external_ip: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allow_peers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deny_peers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_quota: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total_quota: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_permissions: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_channels: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    default_lifetime: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_lifetime: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rfc5766_channels: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<FileAuth>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     log: Option<FileLog>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    users: Option<BTreeMap<String, toml::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secrets: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allow_anonymous: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nonce_lifetime: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -153,7 +271,9 @@ impl Config {
                 ConfigError::Invalid { file: file.to_owned(), key, message }
             }
         })?;
-        Self::from_file(raw, file)
+        let config = Self::from_file(raw, file)?;
+        config.check_combination(file)?;
+        Ok(config)
     }
 
     fn from_file(raw: FileConfig, file: &str) -> Result<Self, ConfigError> {
@@ -163,11 +283,7 @@ impl Config {
             Some(list) if list.is_empty() => {
                 return Err(invalid("listen".into(), "needs at least one address".into()));
             }
-            Some(list) => list
-                .iter()
-                .enumerate()
-                .map(|(i, text)| parse_socket_addr(text).map_err(|m| invalid(format!("listen[{i}]"), m)))
-                .collect::<Result<_, _>>()?,
+            Some(list) => parse_list(&list, "listen", parse_socket_addr).map_err(|(k, m)| invalid(k, m))?,
         };
         let realm = raw.realm.unwrap_or_else(|| DEFAULT_REALM.to_owned());
         validate_realm(&realm).map_err(|m| invalid("realm".into(), m))?;
@@ -178,6 +294,28 @@ impl Config {
         {
             return Err(invalid("software".into(), format!("is {} bytes; at most 763", software.len())));
         }
+        let relay_ips =
+            parse_list(&raw.relay_ips.unwrap_or_default(), "relay_ips", parse_ip).map_err(|(k, m)| invalid(k, m))?;
+        let relay_ports = match raw.relay_ports {
+            Some(text) => parse_port_range(&text).map_err(|m| invalid("relay_ports".into(), m))?,
+            None => DEFAULT_RELAY_PORTS,
+        };
+        let external_ips = parse_list(&raw.external_ip.unwrap_or_default(), "external_ip", parse_external_ip)
+            .map_err(|(k, m)| invalid(k, m))?;
+        let allow_peers = parse_list(&raw.allow_peers.unwrap_or_default(), "allow_peers", parse_cidr)
+            .map_err(|(k, m)| invalid(k, m))?;
+        let deny_peers = parse_list(&raw.deny_peers.unwrap_or_default(), "deny_peers", parse_cidr)
+            .map_err(|(k, m)| invalid(k, m))?;
+        let auth = raw.auth.unwrap_or_default();
+        let mut users = BTreeMap::new();
+        for (name, value) in auth.users.unwrap_or_default() {
+            let secret = parse_user_secret(&value).map_err(|m| invalid(format!("auth.users.{name}"), m))?;
+            users.insert(name, secret);
+        }
+        let secrets = auth.secrets.unwrap_or_default();
+        if let Some(index) = secrets.iter().position(String::is_empty) {
+            return Err(invalid(format!("auth.secrets[{index}]"), "must not be empty".into()));
+        }
         let log = raw.log.unwrap_or_default();
         Ok(Self {
             listen,
@@ -186,6 +324,28 @@ impl Config {
             software,
             rfc3489: raw.rfc3489.unwrap_or(false),
             reason_phrases: raw.reason_phrases.unwrap_or(false),
+            turn: raw.turn,
+            relay_ips,
+            relay_ports,
+            external_ips,
+            allow_peers,
+            deny_peers,
+            user_quota: raw.user_quota.unwrap_or(10),
+            total_quota: raw.total_quota.unwrap_or(0),
+            max_permissions: positive(raw.max_permissions.unwrap_or(64), "max_permissions")
+                .map_err(|(k, m)| invalid(k, m))?,
+            max_channels: positive(raw.max_channels.unwrap_or(64), "max_channels").map_err(|(k, m)| invalid(k, m))?,
+            default_lifetime: positive(raw.default_lifetime.unwrap_or(600), "default_lifetime")
+                .map_err(|(k, m)| invalid(k, m))?,
+            max_lifetime: positive(raw.max_lifetime.unwrap_or(3600), "max_lifetime").map_err(|(k, m)| invalid(k, m))?,
+            rfc5766_channels: raw.rfc5766_channels.unwrap_or(false),
+            auth: AuthConfig {
+                users,
+                secrets,
+                allow_anonymous: auth.allow_anonymous.unwrap_or(false),
+                nonce_lifetime: positive(auth.nonce_lifetime.unwrap_or(600), "auth.nonce_lifetime")
+                    .map_err(|(k, m)| invalid(k, m))?,
+            },
             log: LogConfig {
                 level: log.level.unwrap_or(LogLevel::Info),
                 format: log.format.unwrap_or(LogFormat::Text),
@@ -193,7 +353,8 @@ impl Config {
         })
     }
 
-    /// Applies command-line values over the file's.
+    /// Applies command-line values over the file's, then checks the result
+    /// as a whole again.
     pub fn apply(&mut self, overrides: &Overrides) -> Result<(), ConfigError> {
         let invalid =
             |key: &str, message: String| ConfigError::Invalid { file: "command line".into(), key: key.into(), message };
@@ -213,23 +374,130 @@ impl Config {
         if let Some(format) = overrides.log_format {
             self.log.format = format;
         }
+        if overrides.stun_only {
+            self.turn = Some(false);
+        }
+        for (name, password) in &overrides.users {
+            self.auth.users.insert(name.clone(), UserSecret::Password(password.clone()));
+        }
+        self.auth.secrets.extend(overrides.secrets.iter().cloned());
+        self.auth.allow_anonymous |= overrides.allow_anonymous;
+        if !overrides.relay_ips.is_empty() {
+            self.relay_ips = overrides.relay_ips.clone();
+        }
+        if let Some(ports) = overrides.relay_ports {
+            self.relay_ports = ports;
+        }
+        if !overrides.external_ips.is_empty() {
+            self.external_ips = overrides.external_ips.clone();
+        }
+        if !overrides.allow_peers.is_empty() {
+            self.allow_peers = overrides.allow_peers.clone();
+        }
+        if !overrides.deny_peers.is_empty() {
+            self.deny_peers = overrides.deny_peers.clone();
+        }
+        if let Some(quota) = overrides.user_quota {
+            self.user_quota = quota;
+        }
+        if let Some(quota) = overrides.total_quota {
+            self.total_quota = quota;
+        }
+        self.rfc5766_channels |= overrides.rfc5766_channels;
+        self.check_combination("configuration")
+    }
+
+    /// Rules across keys.
+    fn check_combination(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            message: message.to_owned(),
+        };
+        if self.turn == Some(true) && !self.auth.has_credentials() && !self.auth.allow_anonymous {
+            return Err(invalid(
+                "turn",
+                "TURN is on but no credentials are configured: add [auth] users or secrets \
+                 (or --user/--secret), or set allow_anonymous = true to relay for anyone",
+            ));
+        }
+        if self.auth.allow_anonymous && self.auth.has_credentials() {
+            return Err(invalid(
+                "auth.allow_anonymous",
+                "cannot be combined with users or secrets: with credentials configured, every TURN request is authenticated",
+            ));
+        }
+        if self.default_lifetime > self.max_lifetime {
+            return Err(invalid("default_lifetime", "must not exceed max_lifetime"));
+        }
         Ok(())
     }
 
-    /// What the IO driver needs.
-    pub fn runtime(&self) -> RuntimeConfig {
+    /// Whether tern relays: as configured, or when unset, exactly when
+    /// credentials (or anonymous relaying) are configured.
+    pub fn turn_enabled(&self) -> bool {
+        self.turn.unwrap_or(self.auth.has_credentials() || self.auth.allow_anonymous)
+    }
+
+    /// What the IO driver needs. `nonce_key` signs nonces: random per
+    /// process, shared by its workers.
+    pub fn runtime(&self, nonce_key: [u8; 32], local_addresses: &[IpAddr]) -> RuntimeConfig {
+        let turn = self.turn_enabled().then(|| {
+            let auth = self.auth.has_credentials().then(|| {
+                let users = self
+                    .auth
+                    .users
+                    .iter()
+                    .map(|(name, secret)| {
+                        let key = match secret {
+                            UserSecret::Password(password) => long_term_key_md5(name, &self.realm, password),
+                            UserSecret::Key(key) => *key,
+                        };
+                        (name.clone(), LongTermKey(key))
+                    })
+                    .collect();
+                let secrets = self.auth.secrets.iter().map(|s| s.as_bytes().to_vec()).collect();
+                Authenticator::new(
+                    self.realm.clone(),
+                    StaticCredentials::new(users, secrets),
+                    nonce_key,
+                    u64::from(self.auth.nonce_lifetime),
+                )
+            });
+            let mut own: Vec<IpAddr> = self.listen.iter().map(SocketAddr::ip).collect();
+            if self.listen.iter().any(|a| a.ip().is_unspecified()) {
+                own.extend_from_slice(local_addresses);
+            }
+            own.extend(&self.relay_ips);
+            own.extend(self.external_ips.iter().map(|e| e.public));
+            TurnConfig {
+                auth,
+                policy: PeerPolicy::new(self.allow_peers.clone(), self.deny_peers.clone(), own),
+                relay_ips: self.relay_ips.clone(),
+                external_ips: self.external_ips.clone(),
+                default_lifetime: Duration::from_secs(u64::from(self.default_lifetime)),
+                max_lifetime: Duration::from_secs(u64::from(self.max_lifetime)),
+                max_permissions: self.max_permissions as usize,
+                max_channels: self.max_channels as usize,
+                rfc5766_channels: self.rfc5766_channels,
+            }
+        });
         RuntimeConfig {
             listen: self.listen.clone(),
             workers: self.workers,
+            relay_ports: self.relay_ports,
+            quotas: QuotaLimits { per_user: self.user_quota, total: self.total_quota },
             server: ServerConfig {
                 software: self.software.clone(),
                 rfc3489: self.rfc3489,
                 reason_phrases: self.reason_phrases,
+                turn,
             },
         }
     }
 
-    /// The effective settings as a TOML file that would reproduce them.
+    /// The effective settings as a TOML file. Passwords, keys and secrets
+    /// are not printed; a comment says how many there are.
     pub fn to_toml(&self) -> String {
         let file = FileConfig {
             listen: Some(self.listen.iter().map(ToString::to_string).collect()),
@@ -238,21 +506,137 @@ impl Config {
             software: Some(self.software.clone().unwrap_or_default()),
             rfc3489: Some(self.rfc3489),
             reason_phrases: Some(self.reason_phrases),
+            turn: self.turn,
+            relay_ips: Some(self.relay_ips.iter().map(ToString::to_string).collect()),
+            relay_ports: Some(format!("{}-{}", self.relay_ports.0, self.relay_ports.1)),
+            external_ip: Some(
+                self.external_ips
+                    .iter()
+                    .map(|e| match e.private {
+                        Some(private) => format!("{}/{private}", e.public),
+                        None => e.public.to_string(),
+                    })
+                    .collect(),
+            ),
+            allow_peers: Some(self.allow_peers.iter().map(ToString::to_string).collect()),
+            deny_peers: Some(self.deny_peers.iter().map(ToString::to_string).collect()),
+            user_quota: Some(self.user_quota),
+            total_quota: Some(self.total_quota),
+            max_permissions: Some(self.max_permissions),
+            max_channels: Some(self.max_channels),
+            default_lifetime: Some(self.default_lifetime),
+            max_lifetime: Some(self.max_lifetime),
+            rfc5766_channels: Some(self.rfc5766_channels),
+            auth: Some(FileAuth {
+                users: None,
+                secrets: None,
+                allow_anonymous: Some(self.auth.allow_anonymous),
+                nonce_lifetime: Some(self.auth.nonce_lifetime),
+            }),
             log: Some(FileLog { level: Some(self.log.level), format: Some(self.log.format) }),
         };
-        toml::to_string(&file).expect("the configuration serialises")
+        let mut text = toml::to_string(&file).expect("the configuration serialises");
+        let names: Vec<&str> = self.auth.users.keys().map(String::as_str).collect();
+        text.push_str(&format!(
+            "# TURN relaying: {}; users: {} ({}); secrets: {}; passwords, keys and secrets are not shown\n",
+            if self.turn_enabled() { "on" } else { "off (STUN only)" },
+            names.len(),
+            if names.is_empty() { "none".to_owned() } else { names.join(", ") },
+            self.auth.secrets.len()
+        ));
+        text
     }
 }
 
-impl fmt::Display for LogLevel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+fn parse_list<T>(
+    values: &[String],
+    key: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, (String, String)> {
+    values.iter().enumerate().map(|(i, text)| parse(text).map_err(|m| (format!("{key}[{i}]"), m))).collect()
+}
+
+fn positive(value: u32, key: &str) -> Result<u32, (String, String)> {
+    if value == 0 { Err((key.to_owned(), "must be at least 1".to_owned())) } else { Ok(value) }
 }
 
 fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     SocketAddr::from_str(text)
         .map_err(|_| format!("{text:?} is not an IP:port address (like 0.0.0.0:3478 or [::]:3478)"))
+}
+
+fn parse_ip(text: &str) -> Result<IpAddr, String> {
+    let ip = IpAddr::from_str(text).map_err(|_| format!("{text:?} is not an IP address"))?;
+    if ip.is_unspecified() {
+        return Err(format!("{text:?} is a wildcard; relay addresses must be concrete"));
+    }
+    Ok(ip)
+}
+
+/// `MIN-MAX`, both inclusive.
+pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let parsed = text
+        .split_once('-')
+        .and_then(|(min, max)| Some((min.trim().parse::<u16>().ok()?, max.trim().parse::<u16>().ok()?)));
+    match parsed {
+        Some((min, max)) if min >= 1 && min <= max => Ok((min, max)),
+        _ => Err(format!("{text:?} is not a port range like 49152-65535")),
+    }
+}
+
+/// A CIDR block, or a single address.
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    IpNet::from_str(text)
+        .or_else(|_| IpAddr::from_str(text).map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or CIDR block like 10.0.0.0/8"))
+}
+
+/// `PUBLIC` or `PUBLIC/PRIVATE`.
+pub fn parse_external_ip(text: &str) -> Result<ExternalIp, String> {
+    let bad = || format!("{text:?} is not PUBLIC or PUBLIC/PRIVATE, like 203.0.113.5/10.0.0.5");
+    let (public, private) = match text.split_once('/') {
+        Some((public, private)) => (public, Some(private)),
+        None => (text, None),
+    };
+    let public = IpAddr::from_str(public).map_err(|_| bad())?;
+    let private = private.map(IpAddr::from_str).transpose().map_err(|_| bad())?;
+    if private.is_some_and(|p| p.is_ipv4() != public.is_ipv4()) {
+        return Err(format!("{text:?} maps between address families"));
+    }
+    Ok(ExternalIp { public, private })
+}
+
+/// `NAME:PASSWORD` for `--user`.
+pub fn parse_user_flag(text: &str) -> Result<(String, String), String> {
+    match text.split_once(':') {
+        Some((name, password)) if !name.is_empty() && !password.is_empty() => Ok((name.into(), password.into())),
+        _ => Err(format!("{text:?} is not NAME:PASSWORD")),
+    }
+}
+
+fn parse_user_secret(value: &toml::Value) -> Result<UserSecret, String> {
+    const EXPECTED: &str = "expected a password string or { key = \"0x<32 hex digits>\" }";
+    match value {
+        toml::Value::String(password) if !password.is_empty() => Ok(UserSecret::Password(password.clone())),
+        toml::Value::String(_) => Err("the password must not be empty".into()),
+        toml::Value::Table(table) => {
+            let key = match (table.len(), table.get("key")) {
+                (1, Some(toml::Value::String(key))) => key,
+                _ => return Err(EXPECTED.into()),
+            };
+            let hex = key.strip_prefix("0x").unwrap_or(key);
+            let mut bytes = [0u8; 16];
+            if hex.len() != 32 {
+                return Err(format!("key {key:?} is not 32 hex digits"));
+            }
+            for (i, byte) in bytes.iter_mut().enumerate() {
+                *byte =
+                    u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| format!("key {key:?} is not hex"))?;
+            }
+            Ok(UserSecret::Key(bytes))
+        }
+        _ => Err(EXPECTED.into()),
+    }
 }
 
 fn validate_realm(realm: &str) -> Result<(), String> {
@@ -294,6 +678,11 @@ fn describe_toml_error(error: &toml::de::Error, text: &str) -> String {
 /// Parses a `--listen` value for clap.
 pub fn parse_listen_flag(text: &str) -> Result<SocketAddr, String> {
     parse_socket_addr(text)
+}
+
+/// Parses a `--relay-ip` value for clap.
+pub fn parse_relay_ip_flag(text: &str) -> Result<IpAddr, String> {
+    parse_ip(text)
 }
 
 #[cfg(test)]
@@ -372,11 +761,61 @@ mod tests {
                 workers: Some(3),
                 log_level: Some(LogLevel::Debug),
                 log_format: Some(LogFormat::Json),
+                ..Overrides::default()
             })
             .expect("valid overrides");
         assert_eq!(config.listen, vec!["127.0.0.1:9999".parse::<SocketAddr>().expect("literal")]);
         assert_eq!((config.realm.as_str(), config.workers), ("b", 3));
         assert_eq!(config.log, LogConfig { level: LogLevel::Debug, format: LogFormat::Json });
+    }
+
+    #[test]
+    fn turn_follows_credentials_unless_set() {
+        let stun_only = Config::parse("", "t").expect("valid");
+        assert!(!stun_only.turn_enabled());
+        let with_user = Config::parse("[auth]\nusers = { alice = \"pw\" }\n", "t").expect("valid");
+        assert!(with_user.turn_enabled());
+        let off = Config::parse("turn = false\n[auth]\nsecrets = [\"s\"]\n", "t").expect("valid");
+        assert!(!off.turn_enabled());
+    }
+
+    #[test]
+    fn turn_without_credentials_is_refused() {
+        let message = error("turn = true\n");
+        assert!(message.starts_with("test.toml: key `turn`: TURN is on but no credentials"), "{message}");
+        assert!(Config::parse("turn = true\n[auth]\nallow_anonymous = true\n", "t").expect("valid").turn_enabled());
+        let message = error("[auth]\nallow_anonymous = true\nsecrets = [\"s\"]\n");
+        assert!(message.starts_with("test.toml: key `auth.allow_anonymous`: cannot be combined"), "{message}");
+    }
+
+    #[test]
+    fn turn_values_are_checked_and_named() {
+        assert_eq!(
+            error("relay_ports = \"70000-2\"\n"),
+            "test.toml: key `relay_ports`: \"70000-2\" is not a port range like 49152-65535"
+        );
+        assert_eq!(
+            error("relay_ips = [\"0.0.0.0\"]\n"),
+            "test.toml: key `relay_ips[0]`: \"0.0.0.0\" is a wildcard; relay addresses must be concrete"
+        );
+        assert!(error("allow_peers = [\"10.0.0.0/33\"]\n").starts_with("test.toml: key `allow_peers[0]`: "));
+        assert!(error("external_ip = [\"1.2.3.4/::1\"]\n").contains("maps between address families"));
+        assert!(error("[auth]\nusers = { bob = 5 }\n").starts_with("test.toml: key `auth.users.bob`: expected"));
+        assert!(error("[auth]\nusers = { bob = { key = \"0x12\" } }\n").contains("not 32 hex digits"));
+        assert_eq!(error("max_channels = 0\n"), "test.toml: key `max_channels`: must be at least 1");
+        assert_eq!(
+            error("default_lifetime = 4000\n"),
+            "test.toml: key `default_lifetime`: must not exceed max_lifetime"
+        );
+    }
+
+    #[test]
+    fn precomputed_keys_and_passwords_give_the_same_key() {
+        let key = long_term_key_md5("alice", "tern", "pw");
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let text = format!("[auth]\nusers = {{ alice = {{ key = \"0x{hex}\" }} }}\n");
+        let config = Config::parse(&text, "t").expect("valid");
+        assert_eq!(config.auth.users["alice"], UserSecret::Key(key));
     }
 
     #[test]

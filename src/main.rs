@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing::info;
+use tracing::{info, warn};
 
 use tern::cli::{Cli, Command, ServerArgs, StunArgs};
 use tern::client::{self, stun::StunProbe};
@@ -44,7 +44,15 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
     let shutdown = Shutdown::new();
     let signals = shutdown.on_signals().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     info!(version = env!("CARGO_PKG_VERSION"), "tern starting");
-    let running = io::start(&config.runtime(), &shutdown).map_err(|e| e.to_string())?;
+    if config.turn_enabled() {
+        if config.auth.allow_anonymous {
+            warn!("TURN relays for anyone: allow_anonymous = true and no credentials are configured");
+        }
+    } else if config.turn.is_none() {
+        info!("serving STUN only: no TURN credentials configured ([auth] users or secrets)");
+    }
+    let local_addresses = tern::io::sys::local_addresses().map_err(|e| format!("cannot list local addresses: {e}"))?;
+    let running = io::start(&config.runtime(rand::random(), &local_addresses), &shutdown).map_err(|e| e.to_string())?;
     let report = running.join().map_err(|e| format!("server failed: {e}"))?;
     signals.close();
     info!(
@@ -52,6 +60,9 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
         binding_responses = report.server.binding_responses,
         error_responses = report.server.error_responses,
         malformed = report.server.malformed,
+        allocations = report.server.allocations_created,
+        relayed_to_peer = report.server.relayed_to_peer,
+        relayed_to_client = report.server.relayed_to_client,
         tcp_connections = report.io.tcp_accepted,
         "tern stopped"
     );

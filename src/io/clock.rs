@@ -15,3 +15,8 @@ pub fn now() -> Instant {
 pub fn unix_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
+
+/// Both readings, as the core takes them.
+pub fn reading() -> crate::proto::Now {
+    crate::proto::Now { instant: now(), unix: unix_secs() }
+}

@@ -8,12 +8,14 @@
 
 pub mod clock;
 mod listener;
+pub mod relay;
 pub mod shutdown;
 pub mod sys;
 mod tcp;
 mod worker;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tracing::{error, info};
@@ -21,15 +23,18 @@ use tracing::{error, info};
 use crate::proto::Transport;
 use crate::proto::server::ServerConfig;
 pub use listener::BindError;
+pub use relay::QuotaLimits;
 use shutdown::Shutdown;
 pub use worker::{IoStats, WorkerReport};
 
-/// What the driver needs to run: where to listen, how many workers, and the
-/// core's configuration.
+/// What the driver needs to run: where to listen, how many workers, the
+/// relay port range and quotas, and the core's configuration.
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
     pub listen: Vec<SocketAddr>,
     pub workers: usize,
+    pub relay_ports: (u16, u16),
+    pub quotas: QuotaLimits,
     pub server: ServerConfig,
 }
 
@@ -47,6 +52,7 @@ pub struct Running {
     listening: Vec<(Transport, SocketAddr)>,
     workers: Vec<JoinHandle<std::io::Result<WorkerReport>>>,
     shutdown: Shutdown,
+    shared: Arc<relay::Shared>,
 }
 
 /// Binds the listen sockets and starts the workers.
@@ -57,10 +63,11 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
         listening.extend(first.udp.iter().map(|(_, addr)| (Transport::Udp, *addr)));
         listening.extend(first.tcp.iter().map(|(_, addr)| (Transport::Tcp, *addr)));
     }
+    let shared = Arc::new(relay::Shared::new(config.relay_ports, config.quotas));
     let mut workers = Vec::with_capacity(config.workers);
     for (id, listeners) in per_worker.into_iter().enumerate() {
-        let worker =
-            worker::Worker::new(id, listeners, config.server.clone(), shutdown.clone()).map_err(StartError::Worker)?;
+        let worker = worker::Worker::new(id, listeners, config.server.clone(), shared.clone(), shutdown.clone())
+            .map_err(StartError::Worker)?;
         let shutdown = shutdown.clone();
         let handle = std::thread::Builder::new()
             .name(format!("tern-worker-{id}"))
@@ -78,13 +85,18 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
     for (transport, addr) in &listening {
         info!(%transport, %addr, workers = config.workers, "listening");
     }
-    Ok(Running { listening, workers, shutdown: shutdown.clone() })
+    Ok(Running { listening, workers, shutdown: shutdown.clone(), shared })
 }
 
 impl Running {
     /// The addresses listened on, with port 0 resolved.
     pub fn listening(&self) -> &[(Transport, SocketAddr)] {
         &self.listening
+    }
+
+    /// The state shared by the workers: port pools and quotas.
+    pub fn shared(&self) -> &relay::Shared {
+        &self.shared
     }
 
     /// The shutdown handle the workers watch.

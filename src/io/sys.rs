@@ -142,6 +142,16 @@ impl RecvBatch {
     pub fn slot(&self, index: usize) -> &[u8] {
         &self.storage[index * self.slot_len..(index + 1) * self.slot_len]
     }
+
+    /// Where slot `index` starts in [`Self::storage`].
+    pub fn slot_start(&self, index: usize) -> usize {
+        index * self.slot_len
+    }
+
+    /// Every slot, back to back, for sending ranges of several at once.
+    pub fn storage(&self) -> &[u8] {
+        &self.storage
+    }
 }
 
 fn read_pktinfo(hdr: &libc::msghdr) -> Option<IpAddr> {
@@ -272,6 +282,16 @@ pub fn enable_pktinfo(fd: RawFd, ipv6: bool) -> io::Result<()> {
     }
 }
 
+/// Sets the don't-fragment behaviour RFC 8656 §7.2 asks for with
+/// DONT-FRAGMENT: DF on IPv4, no local fragmentation on IPv6.
+pub fn set_dont_fragment(fd: RawFd, ipv6: bool) -> io::Result<()> {
+    if ipv6 {
+        set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)
+    } else {
+        set_int_option(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+    }
+}
+
 fn set_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: `value` is a live c_int and its exact size is passed.
     let rc = unsafe {
@@ -284,6 +304,49 @@ fn set_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc:
         )
     };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Every address configured on this host's interfaces, so the peer policy
+/// can refuse them when tern listens on a wildcard address.
+pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we own until freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut addresses = Vec::new();
+    let mut cursor = head;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` walks the list getifaddrs returned, which stays
+        // valid until freeifaddrs below; ifa_addr may be null and is checked.
+        let entry = unsafe { &*cursor };
+        if !entry.ifa_addr.is_null() {
+            // SAFETY: a non-null ifa_addr points to a sockaddr of its family,
+            // at most sockaddr_in6 long for the families read here.
+            let family = libc::c_int::from(unsafe { (*entry.ifa_addr).sa_family });
+            let len = match family {
+                libc::AF_INET => mem::size_of::<libc::sockaddr_in>(),
+                libc::AF_INET6 => mem::size_of::<libc::sockaddr_in6>(),
+                _ => 0,
+            };
+            if len > 0 {
+                let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+                // SAFETY: copies `len` bytes of a sockaddr of that family into
+                // storage large enough for any sockaddr.
+                let storage = unsafe {
+                    ptr::copy_nonoverlapping(entry.ifa_addr.cast::<u8>(), storage.as_mut_ptr().cast::<u8>(), len);
+                    storage.assume_init()
+                };
+                if let Some(addr) = sockaddr_to_std(&storage, len as libc::socklen_t) {
+                    addresses.push(addr.ip());
+                }
+            }
+        }
+        cursor = entry.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(addresses)
 }
 
 fn sockaddr_to_std(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
@@ -391,8 +454,15 @@ mod tests {
     }
 
     #[test]
+    fn local_addresses_include_loopback() {
+        let addresses = local_addresses().expect("getifaddrs");
+        assert!(addresses.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{addresses:?}");
+    }
+
+    #[test]
     fn ipv6_addresses_survive_conversion() {
         let addr: SocketAddr = "[2001:db8::1]:3478".parse().expect("literal");
+        // SAFETY: sockaddr_storage is plain bytes; all-zero is valid.
         let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
         let len = std_to_sockaddr(&addr, &mut storage);
         assert_eq!(sockaddr_to_std(&storage, len), Some(addr));

@@ -1,16 +1,17 @@
 //! One worker: a single-threaded event loop that owns its share of the listen
-//! sockets, its TCP connections and its [`Server`], and drives the core with
-//! bytes and time.
+//! sockets, its TCP connections, the relay sockets of its allocations and its
+//! [`Server`], and drives the core with bytes and time.
 //!
 //! The loop is a plain `mio` poll rather than an async runtime: a ready socket
 //! is served directly, with no task to wake, and a batch of datagrams read in
-//! one `recvmmsg` is answered in one `sendmmsg`. Readiness is edge-triggered,
-//! so a socket that still has data when its budget runs out goes on a pending
-//! list and is served again on the next turn, after everyone else.
+//! one `recvmmsg` is answered in one `sendmmsg` per destination socket.
+//! Readiness is edge-triggered, so a socket that still has data when its
+//! budget runs out goes on a pending list and is served again on the next
+//! turn, after everyone else.
 
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,11 +21,13 @@ use tracing::{debug, info_span, trace, warn};
 
 use super::clock;
 use super::listener::WorkerListeners;
+use super::relay::{RelaySocket, Shared, WorkerDriver};
 use super::shutdown::Shutdown;
 use super::sys::{self, RecvBatch, SendScratch, Transmit};
-use super::tcp::{Closed, ReadStatus, TcpConnection};
-use crate::proto::server::{ClientOutcome, Server, ServerConfig, Stats};
-use crate::proto::{FiveTuple, Transport};
+use super::tcp::{Closed, ReadStatus, TcpConnection, WRITE_QUEUE_LIMIT};
+use crate::proto::allocation::{AllocationId, ClientHandle};
+use crate::proto::server::{ClientOutcome, PEER_HEADROOM, PEER_TAILROOM, Server, ServerConfig, Stats};
+use crate::proto::{FiveTuple, Now, Transport};
 
 /// Receive slots are large enough for any UDP datagram.
 const UDP_SLOT: usize = 65536;
@@ -33,14 +36,19 @@ const UDP_SLOT: usize = 65536;
 const BATCHES_PER_WAKE: usize = 8;
 /// Connections accepted per listener per wake-up.
 const ACCEPTS_PER_WAKE: usize = 64;
-/// Housekeeping period: idle sweeps.
+/// Housekeeping period: expiry sweeps and idle checks.
 const TICK: Duration = Duration::from_secs(1);
-/// A TCP connection that sends nothing for this long is closed.
+/// A TCP connection without an allocation that sends nothing for this long
+/// is closed.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 const WAKER: Token = Token(usize::MAX);
-/// Tokens below this are listeners (UDP first, then TCP); connections start here.
+/// Tokens below this are listeners (UDP first, then TCP).
 const CONN_BASE: usize = 1 << 32;
+/// Relay socket tokens: this plus the allocation id.
+const RELAY_BASE: usize = 1 << 48;
+/// Marks a [`ClientHandle`] as a TCP connection rather than a UDP listener.
+const HANDLE_TCP: u64 = 1 << 63;
 
 /// Counters the driver keeps beside the core's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,6 +57,8 @@ pub struct IoStats {
     pub truncated: u64,
     /// Datagrams the kernel refused to send (buffer full, unreachable).
     pub send_failures: u64,
+    /// Relayed data dropped because a TCP client's queue was full.
+    pub tcp_queue_drops: u64,
     pub tcp_accepted: u64,
     pub tcp_closed: u64,
 }
@@ -65,9 +75,29 @@ impl WorkerReport {
         self.server.add(&other.server);
         self.io.truncated += other.io.truncated;
         self.io.send_failures += other.io.send_failures;
+        self.io.tcp_queue_drops += other.io.tcp_queue_drops;
         self.io.tcp_accepted += other.io.tcp_accepted;
         self.io.tcp_closed += other.io.tcp_closed;
     }
+}
+
+/// A datagram queued for sending from a listener socket: its bytes are in a
+/// receive slot (relayed data) or the reply buffer.
+#[derive(Clone, Copy)]
+struct Queued {
+    listener: usize,
+    destination: SocketAddr,
+    source_ip: Option<IpAddr>,
+    range: (usize, usize),
+}
+
+/// A datagram for a peer, queued for its relay socket.
+#[derive(Clone, Copy)]
+struct Forward {
+    allocation: AllocationId,
+    peer: SocketAddr,
+    slot: usize,
+    range: (usize, usize),
 }
 
 /// A worker ready to run on its own thread.
@@ -75,15 +105,19 @@ pub struct Worker {
     id: usize,
     poll: Poll,
     server: Server,
+    shared: Arc<Shared>,
     udp: Vec<(mio::net::UdpSocket, SocketAddr)>,
     tcp_listeners: Vec<(mio::net::TcpListener, SocketAddr)>,
     connections: Slab<TcpConnection>,
-    recv: RecvBatch,
+    relays: Vec<Option<RelaySocket>>,
+    client_batch: RecvBatch,
+    peer_batch: RecvBatch,
     send_scratch: SendScratch,
     /// Answers produced by one receive batch, back to back.
     replies: Vec<u8>,
-    /// Where each answer in `replies` goes: (end offset, destination, source).
-    reply_meta: Vec<(usize, SocketAddr, Option<std::net::IpAddr>)>,
+    queued: Vec<Queued>,
+    forwards: Vec<Forward>,
+    dirty_connections: Vec<usize>,
     pending: Vec<Token>,
     shutdown: Shutdown,
     stats: IoStats,
@@ -91,7 +125,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(id: usize, listeners: WorkerListeners, config: ServerConfig, shutdown: Shutdown) -> io::Result<Self> {
+    pub fn new(
+        id: usize,
+        listeners: WorkerListeners,
+        config: ServerConfig,
+        shared: Arc<Shared>,
+        shutdown: Shutdown,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         shutdown.register(waker);
@@ -106,13 +146,18 @@ impl Worker {
             id,
             poll,
             server: Server::new(config),
+            shared,
             udp,
             tcp_listeners: tcp,
             connections: Slab::new(),
-            recv: RecvBatch::new(UDP_SLOT, 0),
+            relays: Vec::new(),
+            client_batch: RecvBatch::new(UDP_SLOT, 0),
+            peer_batch: RecvBatch::new(PEER_HEADROOM + UDP_SLOT + PEER_TAILROOM, PEER_HEADROOM),
             send_scratch: SendScratch::default(),
             replies: Vec::with_capacity(sys::BATCH * 128),
-            reply_meta: Vec::with_capacity(sys::BATCH),
+            queued: Vec::with_capacity(sys::BATCH),
+            forwards: Vec::with_capacity(sys::BATCH),
+            dirty_connections: Vec::new(),
             pending: Vec::new(),
             shutdown,
             stats: IoStats::default(),
@@ -140,38 +185,40 @@ impl Worker {
             ready.clear();
             ready.append(&mut self.pending);
             ready.extend(events.iter().map(|event| event.token()));
-            let now = clock::now();
+            let now = clock::reading();
             for &token in &ready {
                 self.dispatch(token, now);
             }
-            if now >= self.next_tick {
+            if now.instant >= self.next_tick {
                 self.tick(now);
             }
         }
+        let now = clock::reading();
+        let mut driver = driver(&self.poll, &mut self.relays, &self.shared, now.instant);
+        self.server.close_all(&mut driver);
         debug!(connections = self.connections.len(), "worker stopping");
         Ok(WorkerReport { server: *self.server.stats(), io: self.stats })
     }
 
-    fn dispatch(&mut self, token: Token, now: Instant) {
+    fn dispatch(&mut self, token: Token, now: Now) {
         let udp_count = self.udp.len();
         match token.0 {
             _ if token == WAKER => {}
-            index if index < udp_count => self.drain_udp(index),
-            index if index < udp_count + self.tcp_listeners.len() => self.accept(index - udp_count, now),
+            index if index >= RELAY_BASE => self.drain_relay(AllocationId(index - RELAY_BASE), now),
             index if index >= CONN_BASE => self.serve_connection(index - CONN_BASE, now),
+            index if index < udp_count => self.drain_udp(index, now),
+            index if index < udp_count + self.tcp_listeners.len() => self.accept(index - udp_count, now),
             _ => {}
         }
     }
 
-    fn drain_udp(&mut self, index: usize) {
-        let (socket, bound) = &self.udp[index];
-        let fd = socket.as_raw_fd();
-        let bound = *bound;
+    fn drain_udp(&mut self, index: usize, now: Now) {
+        let fd = self.udp[index].0.as_raw_fd();
+        let bound = self.udp[index].1;
         for _ in 0..BATCHES_PER_WAKE {
-            let received = match self.recv.recv(fd) {
+            let received = match self.client_batch.recv(fd) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // ICMP errors queued on the socket surface here; the next
                     // datagram is unaffected.
@@ -180,9 +227,11 @@ impl Worker {
                 }
             };
             self.replies.clear();
-            self.reply_meta.clear();
+            self.queued.clear();
+            self.forwards.clear();
+            let mut driver = driver(&self.poll, &mut self.relays, &self.shared, now.instant);
             for i in 0..received {
-                let meta = *self.recv.meta(i);
+                let meta = *self.client_batch.meta(i);
                 if meta.truncated {
                     self.stats.truncated += 1;
                     continue;
@@ -198,12 +247,24 @@ impl Worker {
                     server: SocketAddr::new(local_ip, bound.port()),
                     transport: Transport::Udp,
                 };
-                if self.server.handle_client(&tuple, self.recv.payload(i), &mut self.replies) == ClientOutcome::Replied
-                {
-                    self.reply_meta.push((self.replies.len(), meta.source, source_ip));
+                let start = self.replies.len();
+                let handle = ClientHandle(index as u64);
+                let packet = self.client_batch.payload(i);
+                match self.server.handle_client(now, &tuple, handle, packet, &mut self.replies, &mut driver) {
+                    ClientOutcome::Dropped => {}
+                    ClientOutcome::Replied => self.queued.push(Queued {
+                        listener: index,
+                        destination: meta.source,
+                        source_ip,
+                        range: (start, self.replies.len()),
+                    }),
+                    ClientOutcome::Forward { allocation, peer, payload } => {
+                        self.forwards.push(Forward { allocation, peer, slot: i, range: (payload.start, payload.end) })
+                    }
                 }
             }
-            self.send_replies(fd);
+            self.send_queued(Source::Replies);
+            self.send_forwards();
             if received < sys::BATCH {
                 return;
             }
@@ -211,32 +272,112 @@ impl Worker {
         self.pending.push(Token(index));
     }
 
-    /// Sends the answers gathered in `replies`; a datagram the kernel will
-    /// not take is dropped and counted, as UDP allows.
-    fn send_replies(&mut self, fd: std::os::fd::RawFd) {
+    fn drain_relay(&mut self, id: AllocationId, now: Now) {
+        let Some(fd) = self.relays.get(id.0).and_then(Option::as_ref).map(|r| r.socket.as_raw_fd()) else { return };
+        for _ in 0..BATCHES_PER_WAKE {
+            let received = match self.peer_batch.recv(fd) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    trace!(error = %e, "relay receive error");
+                    continue;
+                }
+            };
+            self.queued.clear();
+            self.dirty_connections.clear();
+            for i in 0..received {
+                let meta = *self.peer_batch.meta(i);
+                if meta.truncated {
+                    self.stats.truncated += 1;
+                    continue;
+                }
+                let slot = self.peer_batch.slot_mut(i);
+                let Some(out) = self.server.handle_peer(now, id, meta.source, slot, PEER_HEADROOM, meta.len) else {
+                    continue;
+                };
+                let (start, end) = out.frame;
+                if out.client.0 & HANDLE_TCP != 0 {
+                    let key = (out.client.0 & !HANDLE_TCP) as usize;
+                    let Some(connection) = self.connections.get_mut(key) else { continue };
+                    if connection.queued() > WRITE_QUEUE_LIMIT {
+                        self.stats.tcp_queue_drops += 1;
+                        continue;
+                    }
+                    connection.outbuf.extend_from_slice(&self.peer_batch.slot(i)[start..end]);
+                    if !self.dirty_connections.contains(&key) {
+                        self.dirty_connections.push(key);
+                    }
+                } else {
+                    let listener = out.client.0 as usize;
+                    let source_ip = self
+                        .udp
+                        .get(listener)
+                        .and_then(|(_, bound)| bound.ip().is_unspecified().then(|| out.tuple.server.ip()));
+                    let base = self.peer_batch.slot_start(i);
+                    self.queued.push(Queued {
+                        listener,
+                        destination: out.tuple.client,
+                        source_ip,
+                        range: (base + start, base + end),
+                    });
+                }
+            }
+            self.send_queued(Source::PeerBatch);
+            for key in std::mem::take(&mut self.dirty_connections) {
+                self.flush_connection(key);
+            }
+            if received < sys::BATCH {
+                return;
+            }
+        }
+        self.pending.push(Token(RELAY_BASE + id.0));
+    }
+
+    /// Sends the queued datagrams, grouped by listener socket.
+    fn send_queued(&mut self, source: Source) {
+        let bytes: &[u8] = match source {
+            Source::Replies => &self.replies,
+            Source::PeerBatch => self.peer_batch.storage(),
+        };
         let unused = Transmit { destination: SocketAddr::from(([0, 0, 0, 0], 0)), source_ip: None, payload: &[] };
         let mut transmits = [unused; sys::BATCH];
-        let mut start = 0;
-        for (slot, &(end, destination, source_ip)) in transmits.iter_mut().zip(&self.reply_meta) {
-            *slot = Transmit { destination, source_ip, payload: &self.replies[start..end] };
-            start = end;
+        for (listener, (socket, _)) in self.udp.iter().enumerate() {
+            let mut count = 0;
+            for queued in self.queued.iter().filter(|q| q.listener == listener) {
+                transmits[count] = Transmit {
+                    destination: queued.destination,
+                    source_ip: queued.source_ip,
+                    payload: &bytes[queued.range.0..queued.range.1],
+                };
+                count += 1;
+            }
+            self.stats.send_failures += send_all(socket.as_raw_fd(), &transmits[..count], &mut self.send_scratch);
         }
-        let transmits = &transmits[..self.reply_meta.len()];
-        let mut sent = 0;
-        while sent < transmits.len() {
-            match sys::send_batch(fd, &transmits[sent..], &mut self.send_scratch) {
-                Ok(n) => sent += n.max(1),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    trace!(error = %e, destination = %transmits[sent].destination, "udp send failed");
-                    self.stats.send_failures += 1;
-                    sent += 1;
-                }
+    }
+
+    /// Sends client data to peers, one `sendmmsg` per run of datagrams for
+    /// the same relay socket.
+    fn send_forwards(&mut self) {
+        let unused = Transmit { destination: SocketAddr::from(([0, 0, 0, 0], 0)), source_ip: None, payload: &[] };
+        let mut transmits = [unused; sys::BATCH];
+        let mut run_start = 0;
+        while run_start < self.forwards.len() {
+            let allocation = self.forwards[run_start].allocation;
+            let mut count = 0;
+            for forward in self.forwards[run_start..].iter().take_while(|f| f.allocation == allocation) {
+                let payload = &self.client_batch.payload(forward.slot)[forward.range.0..forward.range.1];
+                transmits[count] = Transmit { destination: forward.peer, source_ip: None, payload };
+                count += 1;
+            }
+            run_start += count;
+            if let Some(relay) = self.relays.get(allocation.0).and_then(Option::as_ref) {
+                self.stats.send_failures +=
+                    send_all(relay.socket.as_raw_fd(), &transmits[..count], &mut self.send_scratch);
             }
         }
     }
 
-    fn accept(&mut self, index: usize, now: Instant) {
+    fn accept(&mut self, index: usize, now: Now) {
         for _ in 0..ACCEPTS_PER_WAKE {
             let (listener, bound) = &self.tcp_listeners[index];
             let bound = *bound;
@@ -246,7 +387,7 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // EMFILE and friends: stop accepting this turn; the
-                    // listener stays readable and is retried on the next.
+                    // listener is retried on the next.
                     warn!(error = %e, "tcp accept failed");
                     self.pending.push(Token(self.udp.len() + index));
                     return;
@@ -261,44 +402,107 @@ impl Worker {
                 continue;
             }
             trace!(%client, "tcp connection accepted");
-            entry.insert(TcpConnection::new(stream, FiveTuple { client, server, transport: Transport::Tcp }, now));
+            let tuple = FiveTuple { client, server, transport: Transport::Tcp };
+            entry.insert(TcpConnection::new(stream, tuple, now.instant));
             self.stats.tcp_accepted += 1;
         }
         self.pending.push(Token(self.udp.len() + index));
     }
 
-    fn serve_connection(&mut self, key: usize, now: Instant) {
+    fn serve_connection(&mut self, key: usize, now: Now) {
         let Some(connection) = self.connections.get_mut(key) else { return };
         let server = &mut self.server;
+        let relays = &mut self.relays;
+        let mut driver = driver(&self.poll, relays, &self.shared, now.instant);
+        let handle = ClientHandle(HANDLE_TCP | key as u64);
+        let mut send_failures = 0;
         let result = connection
-            .read_frames(now, |tuple, frame, out| {
-                server.handle_client(tuple, frame, out);
+            .read_frames(now.instant, |tuple, frame, out| {
+                if let ClientOutcome::Forward { allocation, peer, payload } =
+                    server.handle_client(now, tuple, handle, frame, out, &mut driver)
+                    && let Some(relay) = driver.relays.get(allocation.0).and_then(Option::as_ref)
+                    && relay.socket.send_to(&frame[payload], peer).is_err()
+                {
+                    send_failures += 1;
+                }
             })
             .and_then(|status| connection.flush().map(|()| status));
+        self.stats.send_failures += send_failures;
         match result {
             Ok(ReadStatus::Drained) => {}
             Ok(ReadStatus::MoreAvailable) => self.pending.push(Token(CONN_BASE + key)),
-            Err(reason) => self.close_connection(key, &reason),
+            Err(reason) => self.close_connection(key, &reason, now),
         }
     }
 
-    fn close_connection(&mut self, key: usize, reason: &Closed) {
+    fn flush_connection(&mut self, key: usize) {
+        let Some(connection) = self.connections.get_mut(key) else { return };
+        if let Err(reason) = connection.flush() {
+            self.close_connection(key, &reason, clock::reading());
+        }
+    }
+
+    fn close_connection(&mut self, key: usize, reason: &Closed, now: Now) {
         let mut connection = self.connections.remove(key);
         let _ = self.poll.registry().deregister(&mut connection.stream);
+        let mut driver = driver(&self.poll, &mut self.relays, &self.shared, now.instant);
+        self.server.handle_connection_closed(&connection.tuple, &mut driver);
         self.stats.tcp_closed += 1;
         trace!(client = %connection.tuple.client, %reason, "tcp connection closed");
     }
 
-    fn tick(&mut self, now: Instant) {
-        self.next_tick = now + TICK;
+    fn tick(&mut self, now: Now) {
+        self.next_tick = now.instant + TICK;
+        let mut driver = driver(&self.poll, &mut self.relays, &self.shared, now.instant);
+        self.server.handle_timeout(now, &mut driver);
+        self.shared.expire_reservations(now.instant);
+        let table = self.server.table();
         let idle: Vec<usize> = self
             .connections
             .iter()
-            .filter(|(_, c)| now.saturating_duration_since(c.last_received) >= TCP_IDLE_TIMEOUT)
+            .filter(|(_, c)| {
+                now.instant.saturating_duration_since(c.last_received) >= TCP_IDLE_TIMEOUT
+                    && table.find(&c.tuple).is_none()
+            })
             .map(|(key, _)| key)
             .collect();
         for key in idle {
-            self.close_connection(key, &Closed::Idle);
+            self.close_connection(key, &Closed::Idle, now);
         }
     }
+}
+
+/// Which buffer queued datagrams point into.
+#[derive(Clone, Copy)]
+enum Source {
+    Replies,
+    PeerBatch,
+}
+
+fn driver<'a>(
+    poll: &'a Poll,
+    relays: &'a mut Vec<Option<RelaySocket>>,
+    shared: &'a Shared,
+    now: Instant,
+) -> WorkerDriver<'a> {
+    WorkerDriver { registry: poll.registry(), relays, shared, token_base: RELAY_BASE, now }
+}
+
+/// Sends every datagram, retrying after partial sends; returns how many the
+/// kernel refused (dropped, as UDP allows).
+fn send_all(fd: RawFd, transmits: &[Transmit<'_>], scratch: &mut SendScratch) -> u64 {
+    let mut sent = 0;
+    let mut failures = 0;
+    while sent < transmits.len() {
+        match sys::send_batch(fd, &transmits[sent..], scratch) {
+            Ok(n) => sent += n.max(1),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                trace!(error = %e, destination = %transmits[sent].destination, "udp send failed");
+                failures += 1;
+                sent += 1;
+            }
+        }
+    }
+    failures
 }

@@ -9,17 +9,25 @@ use crate::proto::error::ParseError;
 /// Length of the ChannelData header.
 pub const HEADER_LEN: usize = 4;
 
-/// A channel number in the range RFC 8656 §12 allows a client to bind.
+/// A channel number. RFC 8656 §12 lets clients bind 0x4000..=0x4FFF; RFC 5766
+/// allowed 0x4000..=0x7FFF, and some clients still pick from that range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelNumber(u16);
 
 impl ChannelNumber {
     pub const MIN: u16 = 0x4000;
     pub const MAX: u16 = 0x4FFF;
+    /// The top of RFC 5766's range.
+    pub const MAX_RFC5766: u16 = 0x7FFF;
 
     /// `None` outside 0x4000..=0x4FFF.
     pub fn new(value: u16) -> Option<Self> {
         (Self::MIN..=Self::MAX).contains(&value).then_some(Self(value))
+    }
+
+    /// `None` outside 0x4000..=0x7FFF, the range of RFC 5766.
+    pub fn new_rfc5766(value: u16) -> Option<Self> {
+        (Self::MIN..=Self::MAX_RFC5766).contains(&value).then_some(Self(value))
     }
 
     pub fn get(self) -> u16 {
@@ -36,13 +44,15 @@ pub struct ChannelData<'a> {
 
 impl<'a> ChannelData<'a> {
     /// Reads a ChannelData message; bytes after the announced length (padding)
-    /// are ignored.
+    /// are ignored. Numbers of RFC 5766's wider range are accepted here; only
+    /// a bound channel carries data, and only a ChannelBind decides which
+    /// numbers may be bound.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ParseError> {
         let [c0, c1, l0, l1, rest @ ..] = bytes else {
             return Err(ParseError::Truncated("ChannelData header"));
         };
         let number = u16::from_be_bytes([*c0, *c1]);
-        let channel = ChannelNumber::new(number).ok_or(ParseError::InvalidChannel(number))?;
+        let channel = ChannelNumber::new_rfc5766(number).ok_or(ParseError::InvalidChannel(number))?;
         let len = usize::from(u16::from_be_bytes([*l0, *l1]));
         let payload = rest.get(..len).ok_or(ParseError::Truncated("ChannelData payload"))?;
         Ok(Self { channel, payload })
@@ -70,6 +80,8 @@ mod tests {
         assert!(ChannelNumber::new(0x4000).is_some());
         assert!(ChannelNumber::new(0x4FFF).is_some());
         assert!(ChannelNumber::new(0x5000).is_none());
+        assert!(ChannelNumber::new_rfc5766(0x7FFF).is_some());
+        assert!(ChannelNumber::new_rfc5766(0x8000).is_none());
     }
 
     #[test]
@@ -79,7 +91,8 @@ mod tests {
         assert_eq!(data.channel.get(), 0x4001);
         assert_eq!(data.payload, &[1, 2, 3]);
         assert_eq!(ChannelData::parse(&frame[..6]).err(), Some(ParseError::Truncated("ChannelData payload")));
-        assert_eq!(ChannelData::parse(&[0x50, 0, 0, 0]).err(), Some(ParseError::InvalidChannel(0x5000)));
+        assert_eq!(ChannelData::parse(&[0x80, 0, 0, 0]).err(), Some(ParseError::InvalidChannel(0x8000)));
+        assert!(ChannelData::parse(&[0x7A, 0x6B, 0, 0]).is_ok(), "RFC 5766 numbers parse; binding decides");
         assert_eq!(ChannelData::parse(&[0x40]).err(), Some(ParseError::Truncated("ChannelData header")));
     }
 

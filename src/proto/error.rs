@@ -40,3 +40,50 @@ pub enum ParseError {
     #[error("channel number {0:#06x} outside 0x4000-0x4FFF")]
     InvalidChannel(u16),
 }
+
+/// Why a TURN request was refused, grouped by fault. [`RequestError::code`]
+/// is the one place that decides what goes on the wire.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("peer refused by {0}")]
+    PeerForbidden(crate::proto::policy::DenyRule),
+    /// The request needs something this platform cannot do (DONT-FRAGMENT).
+    #[error("attribute {0:#06x} not supported here")]
+    UnsupportedAttribute(u16),
+    #[error("no allocation for this 5-tuple")]
+    NoAllocation,
+    #[error("an allocation already exists for this 5-tuple")]
+    AllocationExists,
+    #[error("username differs from the one that created the allocation")]
+    WrongCredentials,
+    #[error("transport protocol {0} is not supported")]
+    UnsupportedTransport(u8),
+    #[error("address family not supported")]
+    AddressFamilyNotSupported,
+    #[error("peer address family differs from the relayed address")]
+    PeerAddressFamilyMismatch,
+    #[error("allocation quota of the user reached")]
+    QuotaReached,
+    #[error("insufficient capacity: {0}")]
+    InsufficientCapacity(&'static str),
+}
+
+impl RequestError {
+    pub fn code(&self) -> crate::proto::stun::ErrorCode {
+        use crate::proto::stun::ErrorCode;
+        match self {
+            Self::BadRequest(_) => ErrorCode::BAD_REQUEST,
+            Self::PeerForbidden(_) => ErrorCode::FORBIDDEN,
+            Self::UnsupportedAttribute(_) => ErrorCode::UNKNOWN_ATTRIBUTE,
+            Self::NoAllocation | Self::AllocationExists => ErrorCode::ALLOCATION_MISMATCH,
+            Self::WrongCredentials => ErrorCode::WRONG_CREDENTIALS,
+            Self::UnsupportedTransport(_) => ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL,
+            Self::AddressFamilyNotSupported => ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED,
+            Self::PeerAddressFamilyMismatch => ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH,
+            Self::QuotaReached => ErrorCode::ALLOCATION_QUOTA_REACHED,
+            Self::InsufficientCapacity(_) => ErrorCode::INSUFFICIENT_CAPACITY,
+        }
+    }
+}

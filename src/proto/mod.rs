@@ -7,14 +7,29 @@
 
 #![forbid(unsafe_code)]
 
+pub mod allocation;
+pub mod auth;
 pub mod channel_data;
 pub mod demux;
 pub mod error;
+pub mod policy;
+pub mod port_pool;
 pub mod server;
 pub mod stun;
+pub mod table;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Instant;
+
+/// A reading of the clock, passed into every input of the core: monotonic
+/// time for deadlines, wall-clock seconds for what leaves the process
+/// (nonce timestamps, REST credential expiry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    pub instant: Instant,
+    pub unix: u64,
+}
 
 /// The transport protocol between a client and tern.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,24 +1,51 @@
-//! The server: what tern answers to each packet from a client (RFC 8489 §6.3,
-//! RFC 3489 §8 when classic STUN is enabled).
+//! The server: what tern does with each packet from a client or a peer
+//! (RFC 8489 §6.3 for STUN, RFC 8656 §7-§12 for TURN, RFC 3489 §8 when
+//! classic STUN is enabled).
 //!
-//! `handle_client` takes one datagram or stream frame and appends any answer to
-//! the caller's buffer. Malformed packets, responses and indications that need
-//! no answer are dropped and counted, never answered: a packet that cannot be
-//! parsed gets nothing back, so junk cannot be reflected.
+//! Inputs are `handle_client`, `handle_peer`, `handle_timeout` and
+//! `handle_connection_closed`, each with the time. Answers are appended to the
+//! caller's buffer; data to relay comes back as ranges into the caller's
+//! packet. Relay sockets and quotas are resources shared with other workers,
+//! so the core asks the driver for them through [`Driver`] and decides
+//! everything else itself.
+//!
+//! Malformed packets, responses, and indications that cannot be relayed are
+//! dropped and counted, never answered: junk is not reflected.
 
-use tracing::{debug, trace};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::time::Duration;
 
-use crate::proto::FiveTuple;
+use tracing::{debug, info, info_span, trace};
+
+use crate::proto::allocation::{Allocation, AllocationId, ChannelBindError, ClientHandle};
+use crate::proto::auth::{AuthError, Authenticator, LongTermKey};
+use crate::proto::channel_data::{self, ChannelData, ChannelNumber};
 use crate::proto::demux::{self, PacketKind};
-use crate::proto::error::ParseError;
-use crate::proto::stun::{AttrType, Class, ErrorCode, Message, MessageType, MessageWriter, Method};
+use crate::proto::error::{ParseError, RequestError};
+use crate::proto::policy::{self, PeerPolicy};
+use crate::proto::port_pool::ReservationToken;
+use crate::proto::stun::attr::{self, AttrType, FAMILY_IPV4, FAMILY_IPV6};
+use crate::proto::stun::{
+    ATTR_HEADER_LEN, Class, ErrorCode, HEADER_LEN, MAGIC_COOKIE, Message, MessageType, MessageWriter, Method,
+};
+use crate::proto::table::AllocationTable;
+use crate::proto::{FiveTuple, Now};
 
 /// The most unknown attributes listed in one 420 response; more are not
 /// listed, which keeps the answer no larger than the request.
 const MAX_UNKNOWN_LISTED: usize = 8;
+/// IANA protocol number of UDP, the one REQUESTED-TRANSPORT tern relays.
+const PROTOCOL_UDP: u8 = 17;
+/// Room a driver must leave in front of a peer's payload: the largest Data
+/// indication header (STUN header, XOR-PEER-ADDRESS with an IPv6 address,
+/// DATA attribute header).
+pub const PEER_HEADROOM: usize = HEADER_LEN + ATTR_HEADER_LEN + 20 + ATTR_HEADER_LEN;
+/// Room a driver must leave after a peer's payload for padding to four bytes.
+pub const PEER_TAILROOM: usize = 3;
 
-/// Behaviour of the STUN service.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Behaviour of the STUN and TURN service.
+#[derive(Clone, Debug, Default)]
 pub struct ServerConfig {
     /// SOFTWARE attribute in responses; none by default so answers stay small.
     pub software: Option<String>,
@@ -26,6 +53,110 @@ pub struct ServerConfig {
     pub rfc3489: bool,
     /// Put reason phrases in ERROR-CODE; off by default so answers stay small.
     pub reason_phrases: bool,
+    /// TURN, or `None` for a STUN-only server.
+    pub turn: Option<TurnConfig>,
+}
+
+/// Behaviour of the TURN relay.
+#[derive(Clone, Debug)]
+pub struct TurnConfig {
+    /// Long-term credentials, or `None` when the operator explicitly
+    /// allowed anonymous relaying.
+    pub auth: Option<Authenticator>,
+    pub policy: PeerPolicy,
+    /// Relay addresses; empty means the address each Allocate arrived on.
+    pub relay_ips: Vec<IpAddr>,
+    /// Public addresses to advertise for private relay addresses (1:1 NAT).
+    pub external_ips: Vec<ExternalIp>,
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    pub max_permissions: usize,
+    pub max_channels: usize,
+    /// Let ChannelBind use RFC 5766's 0x5000..=0x7FFF too, which RFC 8656
+    /// reserves but older clients (coturn's turnutils) still pick from.
+    pub rfc5766_channels: bool,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            auth: None,
+            policy: PeerPolicy::default(),
+            relay_ips: Vec::new(),
+            external_ips: Vec::new(),
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            max_permissions: 64,
+            max_channels: 64,
+            rfc5766_channels: false,
+        }
+    }
+}
+
+/// A public address behind which the relay sits: with `private` set it maps
+/// that one relay address, without it every relay address of its family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExternalIp {
+    pub public: IpAddr,
+    pub private: Option<IpAddr>,
+}
+
+/// Which port an Allocate asks for (RFC 8656 §7.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortRequest {
+    Any,
+    /// EVEN-PORT; with `reserve_next` the next port is held for a later Allocate.
+    Even {
+        reserve_next: bool,
+    },
+    /// RESERVATION-TOKEN from an earlier EVEN-PORT.
+    Reserved(ReservationToken),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayRequest {
+    /// The relay IP; ignored for `PortRequest::Reserved`, whose reservation names it.
+    pub ip: IpAddr,
+    pub port: PortRequest,
+    pub dont_fragment: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayOpened {
+    pub addr: SocketAddr,
+    pub reservation: Option<ReservationToken>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayError {
+    /// Every port of the range is taken.
+    NoPorts,
+    /// The reservation token is unknown or expired.
+    BadToken,
+    /// DONT-FRAGMENT cannot be honoured on this platform.
+    DontFragmentUnsupported,
+    /// The socket could not be opened (descriptor limit, address gone).
+    Unavailable,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaError {
+    /// The user has `user_quota` allocations.
+    User,
+    /// The server has `total_quota` allocations.
+    Total,
+}
+
+/// What the core needs from the driver: relay sockets and the quotas shared
+/// by all workers.
+pub trait Driver {
+    /// Opens the relay socket of allocation `id`.
+    fn open_relay(&mut self, id: AllocationId, request: &RelayRequest) -> Result<RelayOpened, RelayError>;
+    /// Closes it and returns its port to the pool.
+    fn close_relay(&mut self, id: AllocationId);
+    /// Counts one more allocation for `user` against the quotas.
+    fn acquire_quota(&mut self, user: &str) -> Result<(), QuotaError>;
+    fn release_quota(&mut self, user: &str);
 }
 
 /// Counters kept by one server; the driver sums them across workers.
@@ -33,18 +164,27 @@ pub struct ServerConfig {
 pub struct Stats {
     /// STUN requests received and parsed.
     pub requests: u64,
-    /// Binding success responses sent.
     pub binding_responses: u64,
-    /// Error responses sent, all codes.
+    /// Error responses sent, all codes (authentication challenges included).
     pub error_responses: u64,
-    /// Indications received (Binding indications are keep-alives).
+    /// 401 and 438 answers: challenges, wrong credentials, stale nonces.
+    pub auth_failures: u64,
     pub indications: u64,
     /// Packets that were not well-formed STUN or ChannelData.
     pub malformed: u64,
-    /// Messages whose FINGERPRINT did not match.
     pub bad_fingerprint: u64,
     /// Success or error responses sent to us, which a server ignores.
     pub unexpected_responses: u64,
+    pub allocations_created: u64,
+    pub allocations_deleted: u64,
+    /// Peers refused by the peer policy, on any path.
+    pub peers_forbidden: u64,
+    pub relayed_to_peer: u64,
+    pub relayed_to_client: u64,
+    /// Packets from peers without a permission.
+    pub dropped_no_permission: u64,
+    /// Send indications and ChannelData with no allocation, channel or permission.
+    pub dropped_client_data: u64,
 }
 
 impl Stats {
@@ -53,48 +193,183 @@ impl Stats {
         self.requests += other.requests;
         self.binding_responses += other.binding_responses;
         self.error_responses += other.error_responses;
+        self.auth_failures += other.auth_failures;
         self.indications += other.indications;
         self.malformed += other.malformed;
         self.bad_fingerprint += other.bad_fingerprint;
         self.unexpected_responses += other.unexpected_responses;
+        self.allocations_created += other.allocations_created;
+        self.allocations_deleted += other.allocations_deleted;
+        self.peers_forbidden += other.peers_forbidden;
+        self.relayed_to_peer += other.relayed_to_peer;
+        self.relayed_to_client += other.relayed_to_client;
+        self.dropped_no_permission += other.dropped_no_permission;
+        self.dropped_client_data += other.dropped_client_data;
     }
 }
 
 /// What the driver must do after `handle_client`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientOutcome {
     /// Nothing to send.
     Dropped,
     /// A response was appended to the reply buffer; send it to the client.
     Replied,
+    /// Send `packet[payload]` from the relay socket of `allocation` to `peer`.
+    Forward { allocation: AllocationId, peer: SocketAddr, payload: Range<usize> },
+}
+
+/// Where a peer's packet goes, once `handle_peer` has put a header on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerOutcome {
+    pub client: ClientHandle,
+    pub tuple: FiveTuple,
+    /// The ChannelData message or Data indication within the slot.
+    pub frame: (usize, usize),
+}
+
+/// Where a peer address came from: a request is logged at info when refused,
+/// a Send indication (which a client can repeat at line rate) at debug.
+#[derive(Clone, Copy)]
+enum Path {
+    Request,
+    Send,
+}
+
+/// Who sent an authenticated request.
+struct Identity<'m> {
+    username: &'m str,
+    /// Signs every response; `None` only in anonymous mode.
+    key: Option<LongTermKey>,
 }
 
 /// One worker's STUN/TURN server state.
 pub struct Server {
     config: ServerConfig,
+    table: AllocationTable,
     stats: Stats,
+    /// Round-robin position among `relay_ips` of a family.
+    relay_cursor: usize,
+    /// Transaction IDs of Data indications: a counter after a random prefix.
+    indication_counter: u64,
+    indication_prefix: [u8; 4],
 }
 
 impl Server {
     pub fn new(config: ServerConfig) -> Self {
-        Self { config, stats: Stats::default() }
+        Self {
+            config,
+            table: AllocationTable::default(),
+            stats: Stats::default(),
+            relay_cursor: 0,
+            indication_counter: 0,
+            indication_prefix: rand::random(),
+        }
     }
 
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
 
+    pub fn table(&self) -> &AllocationTable {
+        &self.table
+    }
+
     /// Handles one packet from a client: a datagram, or one frame cut from a
-    /// stream by [`demux::stream_frame_len`]. Any response is appended to
-    /// `reply`.
-    pub fn handle_client(&mut self, tuple: &FiveTuple, packet: &[u8], reply: &mut Vec<u8>) -> ClientOutcome {
+    /// stream by [`demux::stream_frame_len`]. `client` is how the driver
+    /// reaches this client again, stored with any allocation made.
+    pub fn handle_client(
+        &mut self,
+        now: Now,
+        tuple: &FiveTuple,
+        client: ClientHandle,
+        packet: &[u8],
+        reply: &mut Vec<u8>,
+        driver: &mut dyn Driver,
+    ) -> ClientOutcome {
         match demux::classify(packet) {
-            PacketKind::Stun => self.handle_stun(tuple, packet, reply),
-            PacketKind::ChannelData | PacketKind::Other => self.drop_malformed(tuple, ParseError::NotStun),
+            PacketKind::Stun => self.handle_stun(now, tuple, client, packet, reply, driver),
+            PacketKind::ChannelData => self.handle_channel_data(now, tuple, packet),
+            PacketKind::Other => self.drop_malformed(tuple, ParseError::NotStun),
         }
     }
 
-    fn handle_stun(&mut self, tuple: &FiveTuple, packet: &[u8], reply: &mut Vec<u8>) -> ClientOutcome {
+    /// Handles a datagram a peer sent to the relay socket of `id`. The
+    /// payload sits at `slot[headroom..headroom + len]`; the ChannelData or
+    /// Data indication header is written in front of it, and padding after
+    /// it, in place. `headroom` must be at least [`PEER_HEADROOM`] and the
+    /// slot must extend [`PEER_TAILROOM`] bytes past the payload.
+    pub fn handle_peer(
+        &mut self,
+        now: Now,
+        id: AllocationId,
+        peer: SocketAddr,
+        slot: &mut [u8],
+        headroom: usize,
+        len: usize,
+    ) -> Option<PeerOutcome> {
+        let allocation = self.table.get_mut(id)?;
+        if allocation.is_expired(now.instant) || !allocation.has_permission(peer.ip(), now.instant) {
+            self.stats.dropped_no_permission += 1;
+            trace!(%peer, "peer data dropped: no permission");
+            return None;
+        }
+        let stream = allocation.tuple.transport.is_stream();
+        let frame = match allocation.peer_channel(peer, now.instant) {
+            Some(channel) => write_channel_data(slot, headroom, len, channel, stream)?,
+            None => {
+                self.indication_counter += 1;
+                let mut tid = [0u8; 12];
+                tid[..4].copy_from_slice(&self.indication_prefix);
+                tid[4..].copy_from_slice(&self.indication_counter.to_be_bytes());
+                write_data_indication(slot, headroom, len, peer, tid)?
+            }
+        };
+        allocation.traffic.packets_to_client += 1;
+        allocation.traffic.bytes_to_client += len as u64;
+        self.stats.relayed_to_client += 1;
+        Some(PeerOutcome { client: allocation.client, tuple: allocation.tuple, frame })
+    }
+
+    /// Expires allocations, permissions and channel bindings. Call it
+    /// periodically (the driver does once a second); expiry is also checked
+    /// lazily on every use, so the period only bounds how long a dead
+    /// allocation holds its port.
+    pub fn handle_timeout(&mut self, now: Now, driver: &mut dyn Driver) {
+        let expired: Vec<AllocationId> =
+            self.table.iter().filter(|(_, a)| a.is_expired(now.instant)).map(|(id, _)| id).collect();
+        for id in expired {
+            self.delete(id, driver, "expired");
+        }
+        for (_, allocation) in self.table.iter_mut() {
+            allocation.expire_entries(now.instant);
+        }
+    }
+
+    /// A TCP or TLS connection closed: its allocation goes with it (RFC 8656 §3.1).
+    pub fn handle_connection_closed(&mut self, tuple: &FiveTuple, driver: &mut dyn Driver) {
+        if let Some(id) = self.table.find(tuple) {
+            self.delete(id, driver, "connection closed");
+        }
+    }
+
+    /// Deletes every allocation, for shutdown.
+    pub fn close_all(&mut self, driver: &mut dyn Driver) {
+        let ids: Vec<AllocationId> = self.table.iter().map(|(id, _)| id).collect();
+        for id in ids {
+            self.delete(id, driver, "server shutting down");
+        }
+    }
+
+    fn handle_stun(
+        &mut self,
+        now: Now,
+        tuple: &FiveTuple,
+        client: ClientHandle,
+        packet: &[u8],
+        reply: &mut Vec<u8>,
+        driver: &mut dyn Driver,
+    ) -> ClientOutcome {
         let message = match Message::parse(packet) {
             Ok(message) => message,
             Err(ParseError::NoMagicCookie) if self.config.rfc3489 => match Message::parse_rfc3489(packet) {
@@ -111,11 +386,15 @@ impl Server {
         match message.class() {
             Class::Request => {
                 self.stats.requests += 1;
-                self.handle_request(tuple, &message, reply)
+                self.handle_request(now, tuple, client, &message, reply, driver)
             }
             Class::Indication => {
                 self.stats.indications += 1;
-                ClientOutcome::Dropped
+                if message.method() == Method::SEND && self.config.turn.is_some() {
+                    self.handle_send(now, tuple, &message)
+                } else {
+                    ClientOutcome::Dropped
+                }
             }
             Class::Success | Class::Error => {
                 self.stats.unexpected_responses += 1;
@@ -124,7 +403,15 @@ impl Server {
         }
     }
 
-    fn handle_request(&mut self, tuple: &FiveTuple, request: &Message<'_>, reply: &mut Vec<u8>) -> ClientOutcome {
+    fn handle_request(
+        &mut self,
+        now: Now,
+        tuple: &FiveTuple,
+        client: ClientHandle,
+        request: &Message<'_>,
+        reply: &mut Vec<u8>,
+        driver: &mut dyn Driver,
+    ) -> ClientOutcome {
         let mut unknown = [AttrType(0); MAX_UNKNOWN_LISTED];
         let mut unknown_count = 0;
         for (slot, typ) in unknown.iter_mut().zip(request.unknown_required()) {
@@ -133,26 +420,491 @@ impl Server {
         }
         if unknown_count > 0 {
             debug!(client = %tuple.client, method = request.method().name(), "420: unknown comprehension-required attributes");
-            return self.error_response(request, ErrorCode::UNKNOWN_ATTRIBUTE, reply, |w| {
+            self.error_response(request, ErrorCode::UNKNOWN_ATTRIBUTE, None, reply, |w| {
                 w.unknown_attributes(&unknown[..unknown_count]);
             });
+            return ClientOutcome::Replied;
         }
+        let is_turn_method = matches!(
+            request.method(),
+            Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND
+        );
         match request.method() {
             Method::BINDING => self.binding_success(tuple, request, reply),
+            _ if is_turn_method && self.config.turn.is_some() => {
+                self.handle_turn_request(now, tuple, client, request, reply, driver)
+            }
             method => {
                 debug!(client = %tuple.client, method = method.0, "400: method not supported");
-                self.error_response(request, ErrorCode::BAD_REQUEST, reply, |_| {})
+                self.error_response(request, ErrorCode::BAD_REQUEST, None, reply, |_| {});
+                ClientOutcome::Replied
             }
         }
+    }
+
+    fn handle_turn_request(
+        &mut self,
+        now: Now,
+        tuple: &FiveTuple,
+        client: ClientHandle,
+        request: &Message<'_>,
+        reply: &mut Vec<u8>,
+        driver: &mut dyn Driver,
+    ) -> ClientOutcome {
+        let auth = self.config.turn.as_ref().and_then(|turn| turn.auth.as_ref());
+        let identity = match auth.map(|auth| auth.authenticate(request, tuple.client.ip(), now.unix)) {
+            Some(Ok(authenticated)) => Identity { username: authenticated.username, key: Some(authenticated.key) },
+            Some(Err(error)) => {
+                self.auth_error(now, tuple, request, error, reply);
+                return ClientOutcome::Replied;
+            }
+            None => Identity { username: "", key: None },
+        };
+        let result = match request.method() {
+            Method::ALLOCATE => self.allocate(now, tuple, client, request, &identity, reply, driver),
+            Method::REFRESH => self.refresh(now, tuple, request, &identity, reply, driver),
+            Method::CREATE_PERMISSION => self.create_permission(now, tuple, request, &identity, reply),
+            _ => self.channel_bind(now, tuple, request, &identity, reply),
+        };
+        if let Err(error) = result {
+            let code = error.code();
+            debug!(client = %tuple.client, method = request.method().name(), code = code.0, %error, "request refused");
+            self.error_response(request, code, identity.key.as_ref(), reply, |w| {
+                if let RequestError::UnsupportedAttribute(typ) = error {
+                    w.unknown_attributes(&[AttrType(typ)]);
+                }
+            });
+        }
+        ClientOutcome::Replied
+    }
+
+    /// 401 or 438 with REALM and a fresh NONCE, or 400 for a request that
+    /// carried MESSAGE-INTEGRITY without the attributes it needs. Never
+    /// signed: the key is unknown or wrong.
+    fn auth_error(
+        &mut self,
+        now: Now,
+        tuple: &FiveTuple,
+        request: &Message<'_>,
+        error: AuthError,
+        reply: &mut Vec<u8>,
+    ) {
+        self.stats.auth_failures += 1;
+        let Some(auth) = self.config.turn.as_ref().and_then(|t| t.auth.as_ref()) else { return };
+        if error != AuthError::Challenge {
+            debug!(client = %tuple.client, method = request.method().name(), ?error, "authentication failed");
+        }
+        let nonce = auth.nonce(tuple.client.ip(), now.unix);
+        let realm = auth.realm().to_owned();
+        self.error_response(request, error.code(), None, reply, |w| {
+            if error.sends_challenge() {
+                w.attr(AttrType::REALM, realm.as_bytes());
+                w.attr(AttrType::NONCE, &nonce);
+            }
+        });
+    }
+
+    /// RFC 8656 §7.2, in its order.
+    #[allow(clippy::too_many_arguments)]
+    fn allocate(
+        &mut self,
+        now: Now,
+        tuple: &FiveTuple,
+        client: ClientHandle,
+        request: &Message<'_>,
+        identity: &Identity<'_>,
+        reply: &mut Vec<u8>,
+        driver: &mut dyn Driver,
+    ) -> Result<(), RequestError> {
+        if let Some(id) = self.table.find(tuple) {
+            let allocation = self.table.get(id).expect("indexed allocations exist");
+            let (expired, same_transaction) =
+                (allocation.is_expired(now.instant), allocation.allocate_tid == request.transaction_id());
+            if expired {
+                self.delete(id, driver, "expired");
+            } else if same_transaction {
+                // A retransmission: the first answer was lost, send it again.
+                self.allocate_success(now, id, request, identity, reply);
+                return Ok(());
+            } else {
+                return Err(RequestError::AllocationExists);
+            }
+        }
+        let transport = request
+            .attribute(AttrType::REQUESTED_TRANSPORT)
+            .ok_or(RequestError::BadRequest("REQUESTED-TRANSPORT missing"))?;
+        let protocol = attr::read_requested_transport(transport)
+            .map_err(|_| RequestError::BadRequest("REQUESTED-TRANSPORT malformed"))?;
+        if protocol != PROTOCOL_UDP {
+            return Err(RequestError::UnsupportedTransport(protocol));
+        }
+        let dont_fragment = request.attribute(AttrType::DONT_FRAGMENT).is_some();
+        let token = request
+            .attribute(AttrType::RESERVATION_TOKEN)
+            .map(attr::read_reservation_token)
+            .transpose()
+            .map_err(|_| RequestError::BadRequest("RESERVATION-TOKEN malformed"))?;
+        let even_port = request
+            .attribute(AttrType::EVEN_PORT)
+            .map(attr::read_even_port)
+            .transpose()
+            .map_err(|_| RequestError::BadRequest("EVEN-PORT malformed"))?;
+        let family = request
+            .attribute(AttrType::REQUESTED_ADDRESS_FAMILY)
+            .map(attr::read_address_family)
+            .transpose()
+            .map_err(|_| RequestError::BadRequest("REQUESTED-ADDRESS-FAMILY malformed"))?;
+        if token.is_some() && (even_port.is_some() || family.is_some()) {
+            return Err(RequestError::BadRequest("RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY"));
+        }
+        let ipv6 = match family {
+            None | Some(FAMILY_IPV4) => false,
+            Some(FAMILY_IPV6) => true,
+            Some(_) => return Err(RequestError::AddressFamilyNotSupported),
+        };
+        let turn = self.config.turn.as_ref().expect("TURN requests reach here only with TURN on");
+        let requested = request.attribute(AttrType::LIFETIME).map(attr::read_u32).transpose().ok().flatten();
+        let lifetime = initial_lifetime(requested, turn.default_lifetime, turn.max_lifetime);
+        let ip = self.relay_ip(tuple, ipv6)?;
+        let port = match (token, even_port) {
+            (Some(token), _) => PortRequest::Reserved(token),
+            (None, Some(reserve_next)) => PortRequest::Even { reserve_next },
+            (None, None) => PortRequest::Any,
+        };
+
+        let quota_key = match identity.key {
+            Some(_) => identity.username.to_owned(),
+            None => tuple.client.ip().to_string(),
+        };
+        driver.acquire_quota(&quota_key).map_err(|e| match e {
+            QuotaError::User => RequestError::QuotaReached,
+            QuotaError::Total => RequestError::InsufficientCapacity("total allocation quota reached"),
+        })?;
+        let id = self.table.next_id();
+        let opened = match driver.open_relay(id, &RelayRequest { ip, port, dont_fragment }) {
+            Ok(opened) => opened,
+            Err(error) => {
+                driver.release_quota(&quota_key);
+                return Err(match error {
+                    RelayError::NoPorts => RequestError::InsufficientCapacity("relay port range exhausted"),
+                    RelayError::BadToken => RequestError::InsufficientCapacity("reservation token unknown or expired"),
+                    RelayError::DontFragmentUnsupported => {
+                        RequestError::UnsupportedAttribute(AttrType::DONT_FRAGMENT.0)
+                    }
+                    RelayError::Unavailable => RequestError::InsufficientCapacity("relay socket unavailable"),
+                });
+            }
+        };
+        let turn = self.config.turn.as_ref().expect("TURN requests reach here only with TURN on");
+        let advertised = advertise(&turn.external_ips, opened.addr);
+        let span =
+            info_span!("alloc", id = id.0, client = %tuple.client, transport = %tuple.transport, relay = %advertised);
+        let allocation = Allocation::new(
+            *tuple,
+            client,
+            opened.addr,
+            advertised,
+            identity.username,
+            &quota_key,
+            now.instant + lifetime,
+            request.transaction_id(),
+            opened.reservation,
+            span,
+        );
+        info!(parent: &allocation.span, user = identity.username, lifetime = lifetime.as_secs(), "allocation created");
+        let inserted = self.table.insert(allocation);
+        debug_assert_eq!(inserted, id);
+        self.stats.allocations_created += 1;
+        self.allocate_success(now, id, request, identity, reply);
+        Ok(())
+    }
+
+    fn allocate_success(
+        &mut self,
+        now: Now,
+        id: AllocationId,
+        request: &Message<'_>,
+        identity: &Identity<'_>,
+        reply: &mut Vec<u8>,
+    ) {
+        let allocation = self.table.get(id).expect("caller found it");
+        let (advertised, client, lifetime, token) = (
+            allocation.advertised,
+            allocation.tuple.client,
+            allocation.remaining_secs(now.instant),
+            allocation.reservation_token,
+        );
+        self.success_response(request, identity.key.as_ref(), reply, |w| {
+            w.xor_address(AttrType::XOR_RELAYED_ADDRESS, &advertised);
+            w.attr_u32(AttrType::LIFETIME, lifetime);
+            if let Some(token) = token {
+                w.attr(AttrType::RESERVATION_TOKEN, &token);
+            }
+            w.xor_address(AttrType::XOR_MAPPED_ADDRESS, &client);
+        });
+    }
+
+    /// RFC 8656 §7.3.
+    fn refresh(
+        &mut self,
+        now: Now,
+        tuple: &FiveTuple,
+        request: &Message<'_>,
+        identity: &Identity<'_>,
+        reply: &mut Vec<u8>,
+        driver: &mut dyn Driver,
+    ) -> Result<(), RequestError> {
+        let id = self.live_allocation(now, tuple, identity, driver)?;
+        let turn = self.config.turn.as_ref().expect("TURN requests reach here only with TURN on");
+        let (default_lifetime, max_lifetime) = (turn.default_lifetime, turn.max_lifetime);
+        let allocation = self.table.get_mut(id).expect("found above");
+        if let Some(family) = request.attribute(AttrType::REQUESTED_ADDRESS_FAMILY) {
+            let family = attr::read_address_family(family)
+                .map_err(|_| RequestError::BadRequest("REQUESTED-ADDRESS-FAMILY malformed"))?;
+            let matches = match family {
+                FAMILY_IPV4 => allocation.relayed.is_ipv4(),
+                FAMILY_IPV6 => allocation.relayed.is_ipv6(),
+                _ => false,
+            };
+            if !matches {
+                return Err(RequestError::PeerAddressFamilyMismatch);
+            }
+        }
+        let requested = request
+            .attribute(AttrType::LIFETIME)
+            .map(attr::read_u32)
+            .transpose()
+            .map_err(|_| RequestError::BadRequest("LIFETIME malformed"))?;
+        let lifetime = match requested {
+            Some(0) => Duration::ZERO,
+            Some(secs) => Duration::from_secs(u64::from(secs)).min(max_lifetime),
+            None => default_lifetime,
+        };
+        if lifetime.is_zero() {
+            self.delete(id, driver, "refreshed with lifetime 0");
+        } else {
+            allocation.expires = now.instant + lifetime;
+            debug!(parent: &allocation.span, lifetime = lifetime.as_secs(), "refreshed");
+        }
+        self.success_response(request, identity.key.as_ref(), reply, |w| {
+            w.attr_u32(AttrType::LIFETIME, u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX));
+        });
+        Ok(())
+    }
+
+    /// RFC 8656 §10.2: every XOR-PEER-ADDRESS is checked before any
+    /// permission is installed, so a request succeeds or fails as a whole.
+    fn create_permission(
+        &mut self,
+        now: Now,
+        tuple: &FiveTuple,
+        request: &Message<'_>,
+        identity: &Identity<'_>,
+        reply: &mut Vec<u8>,
+    ) -> Result<(), RequestError> {
+        let id = self.table.find(tuple).ok_or(RequestError::NoAllocation)?;
+        self.check_owner(now, id, identity)?;
+        let mut peers = Vec::new();
+        for attribute in request.attributes().filter(|a| a.typ == AttrType::XOR_PEER_ADDRESS) {
+            let ip = self.checked_peer(id, attribute.value, request, Path::Request)?.ip();
+            if !peers.contains(&ip) {
+                peers.push(ip);
+            }
+        }
+        if peers.is_empty() {
+            return Err(RequestError::BadRequest("XOR-PEER-ADDRESS missing"));
+        }
+        let max_permissions = self.config.turn.as_ref().map_or(0, |t| t.max_permissions);
+        let allocation = self.table.get_mut(id).expect("found above");
+        let added = peers.iter().filter(|ip| allocation.would_add_permission(**ip)).count();
+        if allocation.permission_count() + added > max_permissions {
+            return Err(RequestError::InsufficientCapacity("permission limit of the allocation reached"));
+        }
+        for ip in peers {
+            allocation.install_permission(ip, now.instant);
+            debug!(parent: &allocation.span, peer = %ip, "permission installed");
+        }
+        self.success_response(request, identity.key.as_ref(), reply, |_| {});
+        Ok(())
+    }
+
+    /// RFC 8656 §11.2.
+    fn channel_bind(
+        &mut self,
+        now: Now,
+        tuple: &FiveTuple,
+        request: &Message<'_>,
+        identity: &Identity<'_>,
+        reply: &mut Vec<u8>,
+    ) -> Result<(), RequestError> {
+        let id = self.table.find(tuple).ok_or(RequestError::NoAllocation)?;
+        self.check_owner(now, id, identity)?;
+        let number =
+            request.attribute(AttrType::CHANNEL_NUMBER).ok_or(RequestError::BadRequest("CHANNEL-NUMBER missing"))?;
+        let rfc5766 = self.config.turn.as_ref().is_some_and(|t| t.rfc5766_channels);
+        let number = attr::read_channel_number(number)
+            .ok()
+            .and_then(if rfc5766 { ChannelNumber::new_rfc5766 } else { ChannelNumber::new })
+            .ok_or(RequestError::BadRequest("channel number outside 0x4000-0x4FFF"))?;
+        let peer = request
+            .attribute(AttrType::XOR_PEER_ADDRESS)
+            .ok_or(RequestError::BadRequest("XOR-PEER-ADDRESS missing"))?;
+        let peer = self.checked_peer(id, peer, request, Path::Request)?;
+        let turn = self.config.turn.as_ref().expect("TURN requests reach here only with TURN on");
+        let (max_channels, max_permissions) = (turn.max_channels, turn.max_permissions);
+        let allocation = self.table.get_mut(id).expect("found above");
+        allocation.bind_channel(number, peer, now.instant, max_channels, max_permissions).map_err(|e| match e {
+            ChannelBindError::Conflict => RequestError::BadRequest("channel or peer already bound otherwise"),
+            ChannelBindError::Capacity => RequestError::InsufficientCapacity("channel or permission limit reached"),
+        })?;
+        debug!(parent: &allocation.span, channel = number.get(), %peer, "channel bound");
+        self.success_response(request, identity.key.as_ref(), reply, |_| {});
+        Ok(())
+    }
+
+    /// RFC 8656 §11.1: a Send indication goes to its peer only with a
+    /// permission; otherwise it is dropped silently.
+    fn handle_send(&mut self, now: Now, tuple: &FiveTuple, message: &Message<'_>) -> ClientOutcome {
+        let Some(id) = self.table.find(tuple) else { return self.drop_client_data("Send without allocation") };
+        let Some(peer) = message.attribute(AttrType::XOR_PEER_ADDRESS) else {
+            return self.drop_client_data("Send without XOR-PEER-ADDRESS");
+        };
+        let Some(data) = message.attributes().find(|a| a.typ == AttrType::DATA) else {
+            return self.drop_client_data("Send without DATA");
+        };
+        let Ok(peer) = self.checked_peer(id, peer, message, Path::Send) else {
+            return self.drop_client_data("Send to refused peer");
+        };
+        let allocation = self.table.get_mut(id).expect("indexed allocations exist");
+        if allocation.is_expired(now.instant) || !allocation.has_permission(peer.ip(), now.instant) {
+            return self.drop_client_data("Send without permission");
+        }
+        let start = data.offset + ATTR_HEADER_LEN;
+        allocation.traffic.packets_to_peer += 1;
+        allocation.traffic.bytes_to_peer += data.value.len() as u64;
+        self.stats.relayed_to_peer += 1;
+        ClientOutcome::Forward { allocation: id, peer, payload: start..start + data.value.len() }
+    }
+
+    /// RFC 8656 §12.6: ChannelData on a bound channel goes to its peer.
+    fn handle_channel_data(&mut self, now: Now, tuple: &FiveTuple, packet: &[u8]) -> ClientOutcome {
+        let data = match ChannelData::parse(packet) {
+            Ok(data) => data,
+            Err(error) => return self.drop_malformed(tuple, error),
+        };
+        let Some(id) = self.table.find(tuple) else { return self.drop_client_data("ChannelData without allocation") };
+        let allocation = self.table.get_mut(id).expect("indexed allocations exist");
+        if allocation.is_expired(now.instant) {
+            return self.drop_client_data("ChannelData on expired allocation");
+        }
+        let Some(peer) = allocation.channel_peer(data.channel, now.instant) else {
+            return self.drop_client_data("ChannelData on unbound channel");
+        };
+        allocation.traffic.packets_to_peer += 1;
+        allocation.traffic.bytes_to_peer += data.payload.len() as u64;
+        self.stats.relayed_to_peer += 1;
+        let start = channel_data::HEADER_LEN;
+        ClientOutcome::Forward { allocation: id, peer, payload: start..start + data.payload.len() }
+    }
+
+    /// The allocation of `tuple` if it is alive and `identity` owns it.
+    fn live_allocation(
+        &mut self,
+        now: Now,
+        tuple: &FiveTuple,
+        identity: &Identity<'_>,
+        driver: &mut dyn Driver,
+    ) -> Result<AllocationId, RequestError> {
+        let id = self.table.find(tuple).ok_or(RequestError::NoAllocation)?;
+        if self.table.get(id).is_some_and(|a| a.is_expired(now.instant)) {
+            self.delete(id, driver, "expired");
+            return Err(RequestError::NoAllocation);
+        }
+        self.check_owner(now, id, identity)?;
+        Ok(id)
+    }
+
+    /// 437 for an expired allocation, 441 for another user's (RFC 8656 §5).
+    fn check_owner(&self, now: Now, id: AllocationId, identity: &Identity<'_>) -> Result<(), RequestError> {
+        let allocation = self.table.get(id).ok_or(RequestError::NoAllocation)?;
+        if allocation.is_expired(now.instant) {
+            return Err(RequestError::NoAllocation);
+        }
+        if identity.key.is_some() && *allocation.username != *identity.username {
+            return Err(RequestError::WrongCredentials);
+        }
+        Ok(())
+    }
+
+    /// Reads a XOR-PEER-ADDRESS and applies the family check (443) and the
+    /// peer policy (403). Returns the peer in canonical form.
+    fn checked_peer(
+        &mut self,
+        id: AllocationId,
+        value: &[u8],
+        message: &Message<'_>,
+        path: Path,
+    ) -> Result<SocketAddr, RequestError> {
+        let peer = attr::read_xor_address(value, &message.transaction_id())
+            .map_err(|_| RequestError::BadRequest("XOR-PEER-ADDRESS malformed"))?;
+        let ip = policy::canonical(peer.ip());
+        let allocation = self.table.get(id).ok_or(RequestError::NoAllocation)?;
+        if ip.is_ipv4() != allocation.relayed.is_ipv4() {
+            return Err(RequestError::PeerAddressFamilyMismatch);
+        }
+        let policy = &self.config.turn.as_ref().expect("TURN is on").policy;
+        match policy.check(ip) {
+            Ok(ip) => Ok(SocketAddr::new(ip, peer.port())),
+            Err(rule) => {
+                self.stats.peers_forbidden += 1;
+                match path {
+                    Path::Request => info!(parent: &allocation.span, peer = %ip, %rule, "peer refused"),
+                    Path::Send => debug!(parent: &allocation.span, peer = %ip, %rule, "Send to refused peer"),
+                }
+                Err(RequestError::PeerForbidden(rule))
+            }
+        }
+    }
+
+    /// The relay IP for a new allocation: a configured relay IP of the family
+    /// (round robin), or the address the request arrived on.
+    fn relay_ip(&mut self, tuple: &FiveTuple, ipv6: bool) -> Result<IpAddr, RequestError> {
+        let turn = self.config.turn.as_ref().expect("TURN is on");
+        let candidates = turn.relay_ips.iter().filter(|ip| ip.is_ipv6() == ipv6);
+        let count = candidates.clone().count();
+        if count > 0 {
+            self.relay_cursor = self.relay_cursor.wrapping_add(1);
+            return Ok(*candidates.clone().nth(self.relay_cursor % count).expect("index below count"));
+        }
+        if turn.relay_ips.is_empty() && tuple.server.is_ipv6() == ipv6 && !tuple.server.ip().is_unspecified() {
+            return Ok(tuple.server.ip());
+        }
+        Err(RequestError::AddressFamilyNotSupported)
+    }
+
+    fn delete(&mut self, id: AllocationId, driver: &mut dyn Driver, reason: &'static str) {
+        let Some(allocation) = self.table.remove(id) else { return };
+        driver.close_relay(id);
+        driver.release_quota(&allocation.quota_key);
+        self.stats.allocations_deleted += 1;
+        let t = allocation.traffic;
+        info!(
+            parent: &allocation.span,
+            reason,
+            packets_to_peer = t.packets_to_peer,
+            bytes_to_peer = t.bytes_to_peer,
+            packets_to_client = t.packets_to_client,
+            bytes_to_client = t.bytes_to_client,
+            "allocation deleted"
+        );
     }
 
     /// RFC 8489 §6.3.1: XOR-MAPPED-ADDRESS is the source of the request as
     /// tern saw it.
     fn binding_success(&mut self, tuple: &FiveTuple, request: &Message<'_>, reply: &mut Vec<u8>) -> ClientOutcome {
-        let mut w =
-            MessageWriter::new(reply, MessageType::new(Method::BINDING, Class::Success), request.transaction_id());
-        w.xor_address(AttrType::XOR_MAPPED_ADDRESS, &tuple.client);
-        self.finish_response(&mut w, request);
+        self.success_response(request, None, reply, |w| {
+            w.xor_address(AttrType::XOR_MAPPED_ADDRESS, &tuple.client);
+        });
         self.stats.binding_responses += 1;
         trace!(client = %tuple.client, transport = %tuple.transport, "binding success");
         ClientOutcome::Replied
@@ -177,27 +929,44 @@ impl Server {
         ClientOutcome::Replied
     }
 
+    fn success_response(
+        &self,
+        request: &Message<'_>,
+        key: Option<&LongTermKey>,
+        reply: &mut Vec<u8>,
+        attributes: impl FnOnce(&mut MessageWriter<'_>),
+    ) {
+        let mut w =
+            MessageWriter::new(reply, MessageType::new(request.method(), Class::Success), request.transaction_id());
+        attributes(&mut w);
+        self.finish_response(&mut w, request, key);
+    }
+
     fn error_response(
         &mut self,
         request: &Message<'_>,
         code: ErrorCode,
+        key: Option<&LongTermKey>,
         reply: &mut Vec<u8>,
         extra: impl FnOnce(&mut MessageWriter<'_>),
-    ) -> ClientOutcome {
+    ) {
         let mut w =
             MessageWriter::new(reply, MessageType::new(request.method(), Class::Error), request.transaction_id());
         w.error_code(code, self.config.reason_phrases.then(|| code.reason()));
         extra(&mut w);
-        self.finish_response(&mut w, request);
+        self.finish_response(&mut w, request, key);
         self.stats.error_responses += 1;
-        ClientOutcome::Replied
     }
 
-    /// SOFTWARE when configured, and FINGERPRINT when the request had one
-    /// (RFC 8489 §7.3.1.1 asks a response to mirror the request's use of it).
-    fn finish_response(&self, w: &mut MessageWriter<'_>, request: &Message<'_>) {
+    /// SOFTWARE when configured; MESSAGE-INTEGRITY with the request's key when
+    /// it was authenticated (RFC 8489 §9.2.4: every such response is signed);
+    /// FINGERPRINT when the request had one (§7.3.1.1).
+    fn finish_response(&self, w: &mut MessageWriter<'_>, request: &Message<'_>, key: Option<&LongTermKey>) {
         if let Some(software) = &self.config.software {
             w.attr(AttrType::SOFTWARE, software.as_bytes());
+        }
+        if let Some(key) = key {
+            w.message_integrity(&key.0);
         }
         if request.has_fingerprint() {
             w.fingerprint();
@@ -209,140 +978,81 @@ impl Server {
         trace!(client = %tuple.client, %error, "dropped malformed packet");
         ClientOutcome::Dropped
     }
+
+    fn drop_client_data(&mut self, why: &'static str) -> ClientOutcome {
+        self.stats.dropped_client_data += 1;
+        trace!(why, "client data dropped");
+        ClientOutcome::Dropped
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::Transport;
-    use crate::proto::stun::TransactionId;
-    use crate::proto::stun::attr;
-
-    fn tuple() -> FiveTuple {
-        FiveTuple {
-            client: "192.0.2.7:40000".parse().expect("literal"),
-            server: "198.51.100.1:3478".parse().expect("literal"),
-            transport: Transport::Udp,
-        }
+/// RFC 8656 §7.2: the client's LIFETIME capped at the maximum, but never
+/// below the default.
+fn initial_lifetime(requested: Option<u32>, default: Duration, max: Duration) -> Duration {
+    match requested {
+        Some(secs) => Duration::from_secs(u64::from(secs)).min(max).max(default),
+        None => default,
     }
+}
 
-    fn request(method: Method, build: impl FnOnce(&mut MessageWriter<'_>)) -> Vec<u8> {
-        let mut buf = Vec::new();
-        let mut w = MessageWriter::new(&mut buf, MessageType::new(method, Class::Request), TransactionId([9; 12]));
-        build(&mut w);
-        buf
-    }
+/// The address to advertise for a relay bound to `relayed`.
+fn advertise(external: &[ExternalIp], relayed: SocketAddr) -> SocketAddr {
+    let ip = relayed.ip();
+    let public = external
+        .iter()
+        .find(|e| e.private == Some(ip))
+        .or_else(|| external.iter().find(|e| e.private.is_none() && e.public.is_ipv4() == ip.is_ipv4()))
+        .map_or(ip, |e| e.public);
+    SocketAddr::new(public, relayed.port())
+}
 
-    #[test]
-    fn binding_request_gets_xor_mapped_address() {
-        let mut server = Server::new(ServerConfig::default());
-        let mut reply = Vec::new();
-        let outcome = server.handle_client(&tuple(), &request(Method::BINDING, |_| {}), &mut reply);
-        assert_eq!(outcome, ClientOutcome::Replied);
-        let response = Message::parse(&reply).expect("well-formed response");
-        assert_eq!(response.message_type(), MessageType::new(Method::BINDING, Class::Success));
-        assert_eq!(response.transaction_id(), TransactionId([9; 12]));
-        let mapped = response.attribute(AttrType::XOR_MAPPED_ADDRESS).expect("present");
-        assert_eq!(attr::read_xor_address(mapped, &response.transaction_id()), Ok(tuple().client));
-        assert!(!response.has_fingerprint());
-    }
+/// Writes a ChannelData header before the payload (and, on streams, padding
+/// after it). Returns the frame's bounds in the slot.
+fn write_channel_data(
+    slot: &mut [u8],
+    headroom: usize,
+    len: usize,
+    channel: ChannelNumber,
+    stream: bool,
+) -> Option<(usize, usize)> {
+    let start = headroom.checked_sub(channel_data::HEADER_LEN)?;
+    let mut header = [0u8; channel_data::HEADER_LEN];
+    channel_data::write_header(&mut header, channel, u16::try_from(len).ok()?);
+    slot[start..headroom].copy_from_slice(&header);
+    let end = if stream { start + channel_data::padded_frame_len(len) } else { headroom + len };
+    slot.get_mut(headroom + len..end)?.fill(0);
+    Some((start, end))
+}
 
-    #[test]
-    fn fingerprint_in_request_means_fingerprint_in_response() {
-        let mut server = Server::new(ServerConfig::default());
-        let mut reply = Vec::new();
-        let packet = request(Method::BINDING, |w| {
-            w.fingerprint();
-        });
-        server.handle_client(&tuple(), &packet, &mut reply);
-        let response = Message::parse(&reply).expect("well-formed response");
-        assert!(response.verify_fingerprint());
-    }
-
-    #[test]
-    fn bad_fingerprint_is_dropped() {
-        let mut server = Server::new(ServerConfig::default());
-        let mut packet = request(Method::BINDING, |w| {
-            w.fingerprint();
-        });
-        let last = packet.len() - 1;
-        packet[last] ^= 1;
-        let mut reply = Vec::new();
-        assert_eq!(server.handle_client(&tuple(), &packet, &mut reply), ClientOutcome::Dropped);
-        assert!(reply.is_empty());
-        assert_eq!(server.stats().bad_fingerprint, 1);
-    }
-
-    #[test]
-    fn unknown_required_attribute_gets_420_listing_it() {
-        let mut server = Server::new(ServerConfig::default());
-        let mut reply = Vec::new();
-        let packet = request(Method::BINDING, |w| {
-            w.attr(AttrType(0x7F01), b"x");
-            w.attr(AttrType(0xC0DE), b"optional is fine");
-        });
-        server.handle_client(&tuple(), &packet, &mut reply);
-        let response = Message::parse(&reply).expect("well-formed response");
-        assert_eq!(response.class(), Class::Error);
-        let code = attr::read_error_code(response.attribute(AttrType::ERROR_CODE).expect("present"));
-        assert_eq!(code.map(|c| c.code), Ok(420));
-        let listed: Vec<_> =
-            attr::read_unknown_attributes(response.attribute(AttrType::UNKNOWN_ATTRIBUTES).expect("present"))
-                .expect("even length")
-                .collect();
-        assert_eq!(listed, [AttrType(0x7F01)]);
-    }
-
-    #[test]
-    fn indications_and_responses_get_no_answer() {
-        let mut server = Server::new(ServerConfig::default());
-        let mut reply = Vec::new();
-        let mut buf = Vec::new();
-        MessageWriter::new(&mut buf, MessageType::new(Method::BINDING, Class::Indication), TransactionId([1; 12]));
-        assert_eq!(server.handle_client(&tuple(), &buf, &mut reply), ClientOutcome::Dropped);
-        buf.clear();
-        MessageWriter::new(&mut buf, MessageType::new(Method::BINDING, Class::Success), TransactionId([1; 12]));
-        assert_eq!(server.handle_client(&tuple(), &buf, &mut reply), ClientOutcome::Dropped);
-        assert!(reply.is_empty());
-        assert_eq!((server.stats().indications, server.stats().unexpected_responses), (1, 1));
-    }
-
-    #[test]
-    fn rfc3489_request_is_answered_only_when_enabled() {
-        let mut packet = request(Method::BINDING, |_| {});
-        packet[4..8].copy_from_slice(&[1, 2, 3, 4]);
-        let mut reply = Vec::new();
-        let mut strict = Server::new(ServerConfig::default());
-        assert_eq!(strict.handle_client(&tuple(), &packet, &mut reply), ClientOutcome::Dropped);
-
-        let mut classic = Server::new(ServerConfig { rfc3489: true, ..ServerConfig::default() });
-        assert_eq!(classic.handle_client(&tuple(), &packet, &mut reply), ClientOutcome::Replied);
-        let response = Message::parse_rfc3489(&reply).expect("well-formed response");
-        assert_eq!(&reply[4..20], &packet[4..20]);
-        let mapped = response.attribute(AttrType::MAPPED_ADDRESS).expect("present");
-        assert_eq!(attr::read_address(mapped), Ok(tuple().client));
-    }
-
-    #[test]
-    fn malformed_packets_are_dropped_and_counted() {
-        let mut server = Server::new(ServerConfig::default());
-        let mut reply = Vec::new();
-        let good = request(Method::BINDING, |_| {});
-        for packet in [&good[..10], &[0xFFu8; 20][..], &[][..]] {
-            assert_eq!(server.handle_client(&tuple(), packet, &mut reply), ClientOutcome::Dropped);
-        }
-        assert!(reply.is_empty());
-        assert_eq!(server.stats().malformed, 3);
-    }
-
-    #[test]
-    fn unknown_method_gets_400() {
-        let mut server = Server::new(ServerConfig::default());
-        let mut reply = Vec::new();
-        server.handle_client(&tuple(), &request(Method(0x0FF), |_| {}), &mut reply);
-        let response = Message::parse(&reply).expect("well-formed response");
-        let code = attr::read_error_code(response.attribute(AttrType::ERROR_CODE).expect("present"));
-        assert_eq!(code.map(|c| c.code), Ok(400));
-        assert_eq!(response.method(), Method(0x0FF));
-    }
+/// Writes a Data indication (RFC 8656 §11.4) around the payload: STUN
+/// header, XOR-PEER-ADDRESS, DATA header before it, padding after it.
+fn write_data_indication(
+    slot: &mut [u8],
+    headroom: usize,
+    len: usize,
+    peer: SocketAddr,
+    tid: [u8; 12],
+) -> Option<(usize, usize)> {
+    let address_len = attr::address_value_len(&peer);
+    let header_len = HEADER_LEN + ATTR_HEADER_LEN + address_len + ATTR_HEADER_LEN;
+    let start = headroom.checked_sub(header_len)?;
+    let padded = (len + 3) & !3;
+    let message_len = u16::try_from(header_len - HEADER_LEN + padded).ok()?;
+    let data_len = u16::try_from(len).ok()?;
+    let out = slot.get_mut(start..headroom + padded)?;
+    out[..2].copy_from_slice(&MessageType::new(Method::DATA, Class::Indication).to_u16().to_be_bytes());
+    out[2..4].copy_from_slice(&message_len.to_be_bytes());
+    out[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    out[8..20].copy_from_slice(&tid);
+    let mut at = HEADER_LEN;
+    out[at..at + 2].copy_from_slice(&AttrType::XOR_PEER_ADDRESS.0.to_be_bytes());
+    out[at + 2..at + 4].copy_from_slice(&(address_len as u16).to_be_bytes());
+    at += ATTR_HEADER_LEN;
+    let tid = crate::proto::stun::TransactionId(tid);
+    attr::write_address(&mut out[at..at + address_len], &peer, Some(&tid));
+    at += address_len;
+    out[at..at + 2].copy_from_slice(&AttrType::DATA.0.to_be_bytes());
+    out[at + 2..at + 4].copy_from_slice(&data_len.to_be_bytes());
+    out[header_len + len..].fill(0);
+    Some((start, headroom + padded))
 }

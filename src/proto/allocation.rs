@@ -1,0 +1,305 @@
+//! One allocation: its relayed address, lifetime, permissions and channel
+//! bindings (RFC 8656 §2.2, §9, §12).
+//!
+//! Permissions and channels live in small vectors searched linearly: an
+//! allocation has a handful of each (the server caps them), and a scan of a
+//! few entries beats hashing on the per-packet path.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tracing::Span;
+
+use crate::proto::FiveTuple;
+use crate::proto::channel_data::ChannelNumber;
+use crate::proto::stun::TransactionId;
+
+/// A permission lasts 300 seconds unless refreshed (RFC 8656 §9).
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// A channel binding lasts 600 seconds unless refreshed (RFC 8656 §12).
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// After a binding expires, neither its number nor its peer may be bound to
+/// anything else for 300 more seconds (RFC 8656 §12), so late packets cannot
+/// reach the wrong peer.
+pub const CHANNEL_REUSE_GUARD: Duration = Duration::from_secs(300);
+
+/// Index of an allocation in its worker's table; also names its relay socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AllocationId(pub usize);
+
+/// The driver's name for how to reach a client (a listener socket or a TCP
+/// connection); the core stores it and hands it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientHandle(pub u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Permission {
+    ip: IpAddr,
+    expires: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ChannelBinding {
+    number: ChannelNumber,
+    peer: SocketAddr,
+    expires: Instant,
+}
+
+impl ChannelBinding {
+    fn is_active(&self, now: Instant) -> bool {
+        now < self.expires
+    }
+
+    fn is_guarded(&self, now: Instant) -> bool {
+        now < self.expires + CHANNEL_REUSE_GUARD
+    }
+}
+
+/// Why a ChannelBind cannot be honoured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelBindError {
+    /// The number is bound to another peer, or the peer to another number.
+    Conflict,
+    /// The allocation has as many channels as it may.
+    Capacity,
+}
+
+/// Traffic counters of one allocation, logged when it ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets_to_peer: u64,
+    pub bytes_to_peer: u64,
+    pub packets_to_client: u64,
+    pub bytes_to_client: u64,
+}
+
+pub struct Allocation {
+    pub tuple: FiveTuple,
+    pub client: ClientHandle,
+    /// The address the relay socket is bound to.
+    pub relayed: SocketAddr,
+    /// The address given to the client (the relayed one, or its public
+    /// mapping when an external IP is configured).
+    pub advertised: SocketAddr,
+    /// Who created it; later requests must come from the same user (441).
+    pub username: Box<str>,
+    /// The key quotas are counted under (the username, or the client IP
+    /// when authentication is off).
+    pub quota_key: Box<str>,
+    pub expires: Instant,
+    /// The Allocate that created it, so a retransmission gets the same answer.
+    pub allocate_tid: TransactionId,
+    pub reservation_token: Option<[u8; 8]>,
+    pub traffic: Traffic,
+    pub span: Span,
+    permissions: Vec<Permission>,
+    channels: Vec<ChannelBinding>,
+}
+
+impl Allocation {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        tuple: FiveTuple,
+        client: ClientHandle,
+        relayed: SocketAddr,
+        advertised: SocketAddr,
+        username: &str,
+        quota_key: &str,
+        expires: Instant,
+        allocate_tid: TransactionId,
+        reservation_token: Option<[u8; 8]>,
+        span: Span,
+    ) -> Self {
+        Self {
+            tuple,
+            client,
+            relayed,
+            advertised,
+            username: username.into(),
+            quota_key: quota_key.into(),
+            expires,
+            allocate_tid,
+            reservation_token,
+            traffic: Traffic::default(),
+            span,
+            permissions: Vec::new(),
+            channels: Vec::new(),
+        }
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        now >= self.expires
+    }
+
+    /// Time left, rounded down to whole seconds, for LIFETIME.
+    pub fn remaining_secs(&self, now: Instant) -> u32 {
+        u32::try_from(self.expires.saturating_duration_since(now).as_secs()).unwrap_or(u32::MAX)
+    }
+
+    pub fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions.iter().any(|p| p.ip == ip && now < p.expires)
+    }
+
+    /// Whether installing `ip` would add a permission rather than refresh one.
+    pub fn would_add_permission(&self, ip: IpAddr) -> bool {
+        !self.permissions.iter().any(|p| p.ip == ip)
+    }
+
+    pub fn permission_count(&self) -> usize {
+        self.permissions.len()
+    }
+
+    /// Installs or refreshes the permission for `ip`; the caller has checked
+    /// the per-allocation limit with [`Self::would_add_permission`].
+    pub fn install_permission(&mut self, ip: IpAddr, now: Instant) {
+        let expires = now + PERMISSION_LIFETIME;
+        match self.permissions.iter_mut().find(|p| p.ip == ip) {
+            Some(permission) => permission.expires = expires,
+            None => self.permissions.push(Permission { ip, expires }),
+        }
+    }
+
+    /// The peer a channel number is bound to, if the binding is active.
+    pub fn channel_peer(&self, number: ChannelNumber, now: Instant) -> Option<SocketAddr> {
+        self.channels.iter().find(|c| c.number == number && c.is_active(now)).map(|c| c.peer)
+    }
+
+    /// The channel bound to `peer`, if the binding is active.
+    pub fn peer_channel(&self, peer: SocketAddr, now: Instant) -> Option<ChannelNumber> {
+        self.channels.iter().find(|c| c.peer == peer && c.is_active(now)).map(|c| c.number)
+    }
+
+    /// Binds `number` to `peer` or refreshes that binding (RFC 8656 §12.2),
+    /// and installs or refreshes the permission for the peer's IP.
+    pub fn bind_channel(
+        &mut self,
+        number: ChannelNumber,
+        peer: SocketAddr,
+        now: Instant,
+        max_channels: usize,
+        max_permissions: usize,
+    ) -> Result<(), ChannelBindError> {
+        // A binding that shares the number or the peer, but not both,
+        // conflicts until its guard time is over; then it is dead and goes.
+        let conflicts = |c: &ChannelBinding| (c.number == number) != (c.peer == peer);
+        if self.channels.iter().any(|c| conflicts(c) && c.is_guarded(now)) {
+            return Err(ChannelBindError::Conflict);
+        }
+        self.channels.retain(|c| !conflicts(c));
+        let existing = self.channels.iter().position(|c| c.number == number);
+        if existing.is_none() && self.channels.len() >= max_channels {
+            return Err(ChannelBindError::Capacity);
+        }
+        if self.would_add_permission(peer.ip()) && self.permissions.len() >= max_permissions {
+            return Err(ChannelBindError::Capacity);
+        }
+        let expires = now + CHANNEL_LIFETIME;
+        match existing {
+            Some(index) => self.channels[index].expires = expires,
+            None => self.channels.push(ChannelBinding { number, peer, expires }),
+        }
+        self.install_permission(peer.ip(), now);
+        Ok(())
+    }
+
+    /// Forgets expired permissions and channel bindings past their guard time.
+    pub fn expire_entries(&mut self, now: Instant) {
+        self.permissions.retain(|p| now < p.expires);
+        self.channels.retain(|c| c.is_guarded(now));
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Transport;
+
+    fn allocation(now: Instant) -> Allocation {
+        let tuple = FiveTuple {
+            client: "192.0.2.1:5000".parse().expect("literal"),
+            server: "198.51.100.1:3478".parse().expect("literal"),
+            transport: Transport::Udp,
+        };
+        let relayed: SocketAddr = "198.51.100.1:50000".parse().expect("literal");
+        Allocation::new(
+            tuple,
+            ClientHandle(0),
+            relayed,
+            relayed,
+            "alice",
+            "alice",
+            now + Duration::from_secs(600),
+            TransactionId([0; 12]),
+            None,
+            Span::none(),
+        )
+    }
+
+    fn channel(n: u16) -> ChannelNumber {
+        ChannelNumber::new(n).expect("in range")
+    }
+
+    #[test]
+    fn permission_expires_after_300_seconds_and_refresh_extends_it() {
+        let now = crate::io::clock::now();
+        let mut a = allocation(now);
+        let ip: IpAddr = "203.0.113.9".parse().expect("literal");
+        a.install_permission(ip, now);
+        assert!(a.has_permission(ip, now + Duration::from_secs(299)));
+        assert!(!a.has_permission(ip, now + Duration::from_secs(300)));
+        a.install_permission(ip, now + Duration::from_secs(200));
+        assert!(a.has_permission(ip, now + Duration::from_secs(499)));
+        assert_eq!(a.permission_count(), 1);
+        a.expire_entries(now + Duration::from_secs(500));
+        assert_eq!(a.permission_count(), 0);
+    }
+
+    #[test]
+    fn channel_binding_lasts_600_seconds_and_installs_a_permission() {
+        let now = crate::io::clock::now();
+        let mut a = allocation(now);
+        let peer: SocketAddr = "203.0.113.9:7000".parse().expect("literal");
+        a.bind_channel(channel(0x4000), peer, now, 16, 16).expect("bind");
+        assert_eq!(a.channel_peer(channel(0x4000), now + Duration::from_secs(599)), Some(peer));
+        assert_eq!(a.peer_channel(peer, now), Some(channel(0x4000)));
+        assert_eq!(a.channel_peer(channel(0x4000), now + Duration::from_secs(600)), None);
+        assert!(a.has_permission(peer.ip(), now));
+    }
+
+    #[test]
+    fn conflicting_bindings_are_refused_until_the_guard_time_has_passed() {
+        let now = crate::io::clock::now();
+        let mut a = allocation(now);
+        let peer: SocketAddr = "203.0.113.9:7000".parse().expect("literal");
+        let other: SocketAddr = "203.0.113.9:7001".parse().expect("literal");
+        a.bind_channel(channel(0x4000), peer, now, 16, 16).expect("bind");
+        assert_eq!(a.bind_channel(channel(0x4000), other, now, 16, 16), Err(ChannelBindError::Conflict));
+        assert_eq!(a.bind_channel(channel(0x4001), peer, now, 16, 16), Err(ChannelBindError::Conflict));
+        // Expired but guarded: still refused.
+        let expired = now + CHANNEL_LIFETIME + Duration::from_secs(10);
+        assert_eq!(a.bind_channel(channel(0x4000), other, expired, 16, 16), Err(ChannelBindError::Conflict));
+        // Rebinding the same pair after expiry is allowed.
+        a.bind_channel(channel(0x4000), peer, expired, 16, 16).expect("same pair rebinds");
+        // Past the guard the number may go to another peer.
+        let later = expired + CHANNEL_LIFETIME + CHANNEL_REUSE_GUARD;
+        a.bind_channel(channel(0x4000), other, later, 16, 16).expect("reuse after guard");
+        assert_eq!(a.channel_peer(channel(0x4000), later), Some(other));
+        assert_eq!(a.channel_count(), 1);
+    }
+
+    #[test]
+    fn channel_limit_is_enforced() {
+        let now = crate::io::clock::now();
+        let mut a = allocation(now);
+        for i in 0..2u16 {
+            let peer = SocketAddr::new("203.0.113.9".parse().expect("literal"), 7000 + i);
+            a.bind_channel(channel(0x4000 + i), peer, now, 2, 16).expect("under the limit");
+        }
+        let peer: SocketAddr = "203.0.113.9:8000".parse().expect("literal");
+        assert_eq!(a.bind_channel(channel(0x4100), peer, now, 2, 16), Err(ChannelBindError::Capacity));
+    }
+}
