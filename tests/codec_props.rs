@@ -633,18 +633,26 @@ proptest! {
         prop_assert_eq!(stream_frame_len(&frame), Ok(Some(padded)));
     }
 
-    /// RFC 8656 §12: channel numbers outside 0x4000-0x4FFF are refused, both
-    /// as a `ChannelNumber` and when a frame carries one.
+    /// RFC 8656 §12: channel numbers outside 0x4000-0x4FFF cannot be bound
+    /// (`ChannelNumber::new`); RFC 5766's 0x5000-0x7FFF only with the
+    /// compatibility constructor. A frame parses when its number is in RFC
+    /// 5766's range (binding decides what is relayed) and is refused otherwise.
     #[test]
     fn channel_numbers_outside_the_range_are_refused(
         number in any::<u16>().prop_filter("out of range", |n| !(0x4000..=0x4FFF).contains(n)),
         payload in vec(any::<u8>(), 0..64),
     ) {
         prop_assert!(ChannelNumber::new(number).is_none());
+        let rfc5766 = (0x5000..=0x7FFF).contains(&number);
+        prop_assert_eq!(ChannelNumber::new_rfc5766(number).is_some(), rfc5766);
         let mut frame = number.to_be_bytes().to_vec();
         frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
         frame.extend_from_slice(&payload);
-        prop_assert_eq!(ChannelData::parse(&frame).err(), Some(ParseError::InvalidChannel(number)));
+        if rfc5766 {
+            prop_assert_eq!(ChannelData::parse(&frame).map(|d| d.channel.get()), Ok(number));
+        } else {
+            prop_assert_eq!(ChannelData::parse(&frame).err(), Some(ParseError::InvalidChannel(number)));
+        }
     }
 
     /// RFC 8656 §12.5 and RFC 7983: on TCP/TLS the first two bits say whether
