@@ -270,12 +270,27 @@ impl Worker {
     fn serve_connection(&mut self, key: usize, now: Instant) {
         let Some(connection) = self.connections.get_mut(key) else { return };
         let server = &mut self.server;
-        let result = connection
-            .read_frames(now, |tuple, frame, out| {
+        let read = if connection.peer_closed {
+            Ok(ReadStatus::Drained)
+        } else {
+            connection.read_frames(now, |tuple, frame, out| {
                 server.handle_client(tuple, frame, out);
             })
-            .and_then(|status| connection.flush().map(|()| status));
+        };
+        // A client that shuts down its sending side after its requests
+        // still reads: answers to what it sent are written before the
+        // connection is closed.
+        let read = match read {
+            Err(Closed::Eof) => {
+                connection.peer_closed = true;
+                Ok(ReadStatus::Drained)
+            }
+            other => other,
+        };
+        let result = read.and_then(|status| connection.flush().map(|()| status));
+        let finished = connection.peer_closed && connection.queued() == 0;
         match result {
+            Ok(_) if finished => self.close_connection(key, &Closed::Eof),
             Ok(ReadStatus::Drained) => {}
             Ok(ReadStatus::MoreAvailable) => self.pending.push(Token(CONN_BASE + key)),
             Err(reason) => self.close_connection(key, &reason),
