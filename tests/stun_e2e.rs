@@ -18,7 +18,7 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Runs `tern stun` and returns the mapped addresses it printed.
 fn tern_stun(server: SocketAddr, extra: &[&str]) -> Vec<SocketAddr> {
     let target = server.to_string();
-    let mut args = vec!["stun", target.as_str(), "--count", "3", "--interval", "10ms", "--timeout", "10s"];
+    let mut args = vec!["stun", target.as_str(), "--count", "3", "--interval", "10ms", "--timeout", "5s"];
     args.extend_from_slice(extra);
     let output = run_tern(&args);
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -262,7 +262,7 @@ fn ipv6_loopback() {
     let mut tcp = TcpClient::connect(server.tcp_addr());
     tcp.assert_binding_works();
 
-    let output = run_tern(&["stun", &server.udp_addr().to_string(), "--timeout", "10s"]);
+    let output = run_tern(&["stun", &server.udp_addr().to_string(), "--timeout", "5s"]);
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("mapped address [::1]:"), "{output:?}");
 }
@@ -343,4 +343,13 @@ fn sigterm_stops_the_server_cleanly() {
     assert!(status.success(), "SIGTERM ends tern with exit status 0, got {status}");
     assert!(find_log(&log, "shutting down").is_some_and(|l| l["signal"] == 15), "{log:#?}");
     assert!(find_log(&log, "tern stopped").is_some(), "{log:#?}");
+}
+
+#[test]
+fn sigint_stops_the_server_cleanly() {
+    let server = TernServer::start(&[]);
+    UdpClient::new(server.udp_addr()).assert_binding_works();
+    let (status, log) = server.stop_with_signal(libc::SIGINT);
+    assert!(status.success(), "SIGINT ends tern with exit status 0, got {status}");
+    assert!(find_log(&log, "shutting down").is_some_and(|l| l["signal"] == 2), "{log:#?}");
 }

@@ -214,7 +214,7 @@ impl TernServer {
 
     /// Like [`TernServer::start`] but returns the failure.
     pub fn try_start(args: &[&str]) -> Result<Self, StartFailure> {
-        Self::spawn(args, !args.contains(&"--listen"))
+        Self::spawn(args, !args.iter().any(|a| is_listen_flag(a)))
     }
 
     fn spawn(args: &[&str], default_listen: bool) -> Result<Self, StartFailure> {
@@ -223,7 +223,7 @@ impl TernServer {
             full.extend(["--listen", LOOPBACK_V4]);
         }
         full.extend_from_slice(args);
-        let expected = match full.iter().filter(|a| **a == "--listen").count() {
+        let expected = match full.iter().filter(|a| is_listen_flag(a)).count() {
             0 => None,
             n => Some(n),
         };
@@ -330,17 +330,26 @@ impl TernServer {
 
     /// Like [`TernServer::stop`], also returning every stderr line, the
     /// final "tern stopped" summary included.
-    pub fn stop_with_log(mut self) -> (ExitStatus, Vec<String>) {
+    pub fn stop_with_log(self) -> (ExitStatus, Vec<String>) {
+        self.stop_with_signal(libc::SIGTERM)
+    }
+
+    /// Sends `signal` and waits (bounded) for the process to exit; returns
+    /// its status and every stderr line.
+    pub fn stop_with_signal(mut self, signal: libc::c_int) -> (ExitStatus, Vec<String>) {
         let mut child = self.child.take().expect("the server is running");
         // The child is not reaped yet, so its PID cannot have been reused.
         let pid = libc::pid_t::try_from(self.pid).expect("PIDs fit in pid_t");
         // SAFETY: kill(2) with a PID we own and a valid signal number.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill({pid}, SIGTERM): {}", io::Error::last_os_error());
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}): {}", io::Error::last_os_error());
         let Some(status) = wait_bounded(&mut child, STOP_TIMEOUT) else {
             let _ = child.kill();
             let _ = wait_bounded(&mut child, STOP_TIMEOUT);
-            panic!("tern did not exit within {STOP_TIMEOUT:?} of SIGTERM; stderr:\n{}", self.stderr_lines().join("\n"));
+            panic!(
+                "tern did not exit within {STOP_TIMEOUT:?} of signal {signal}; stderr:\n{}",
+                self.stderr_lines().join("\n")
+            );
         };
         if let Some(reader) = self.reader.take() {
             join_bounded(reader);
@@ -375,6 +384,10 @@ impl Drop for TernServer {
             eprintln!("--- end of tern stderr ---");
         }
     }
+}
+
+fn is_listen_flag(arg: &str) -> bool {
+    arg == "--listen" || arg.starts_with("--listen=")
 }
 
 /// `Some` for a `"message":"listening"` line; an error for one whose fields
