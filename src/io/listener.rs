@@ -63,14 +63,13 @@ fn bind_address(addr: SocketAddr, workers: usize) -> Result<Bound, BindError> {
 }
 
 fn bind_set(addr: SocketAddr, workers: usize) -> Result<Bound, BindError> {
+    let resolved = claim(addr)?;
     let mut udp = Vec::with_capacity(workers);
     let mut tcp = Vec::with_capacity(workers);
-    let mut resolved = addr;
     for _ in 0..workers {
-        let socket = udp_socket(resolved).map_err(|source| BindError { transport: Transport::Udp, addr, source })?;
-        let local = socket.local_addr().map_err(|source| BindError { transport: Transport::Udp, addr, source })?;
-        resolved = local;
-        udp.push((mio::net::UdpSocket::from_std(socket), local));
+        let socket =
+            udp_socket(resolved).map_err(|source| BindError { transport: Transport::Udp, addr: resolved, source })?;
+        udp.push((mio::net::UdpSocket::from_std(socket), resolved));
     }
     for _ in 0..workers {
         let listener =
@@ -78,6 +77,41 @@ fn bind_set(addr: SocketAddr, workers: usize) -> Result<Bound, BindError> {
         tcp.push((mio::net::TcpListener::from_std(listener), resolved));
     }
     Ok((udp, tcp))
+}
+
+/// Checks that nobody serves `addr` yet and resolves port 0. SO_REUSEPORT
+/// lets sockets of the same user share a port, so a second tern would
+/// otherwise start beside a running one and silently take half its
+/// clients. Sockets without SO_REUSEPORT cannot share, so binding them
+/// fails if anything listens there; they are closed again at once.
+fn claim(addr: SocketAddr) -> Result<SocketAddr, BindError> {
+    let in_use = |transport, addr, source: io::Error| {
+        let source = if source.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{source} (is another tern or another server running there?)"),
+            )
+        } else {
+            source
+        };
+        BindError { transport, addr, source }
+    };
+    let udp = std::net::UdpSocket::bind(addr).map_err(|e| in_use(Transport::Udp, addr, e))?;
+    let resolved = udp.local_addr().map_err(|e| in_use(Transport::Udp, addr, e))?;
+    let tcp = Socket::new(Domain::for_address(resolved), Type::STREAM, Some(Protocol::TCP))
+        .and_then(|socket| {
+            if resolved.is_ipv6() {
+                socket.set_only_v6(true)?;
+            }
+            // Connections of a previous run in TIME_WAIT must not block a
+            // restart; SO_REUSEADDR still refuses a port someone listens on.
+            socket.set_reuse_address(true)?;
+            socket.bind(&resolved.into())?;
+            Ok(socket)
+        })
+        .map_err(|e| in_use(Transport::Tcp, resolved, e))?;
+    drop((udp, tcp));
+    Ok(resolved)
 }
 
 fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {

@@ -41,6 +41,9 @@ pub struct TcpConnection {
     out_pos: usize,
     /// Wall time of the last byte received, for the idle timeout.
     pub last_received: std::time::Instant,
+    /// The client shut down its sending side; once the write queue is
+    /// flushed the connection is closed.
+    pub peer_closed: bool,
 }
 
 /// Result of reading from a connection.
@@ -53,7 +56,15 @@ pub enum ReadStatus {
 
 impl TcpConnection {
     pub fn new(stream: mio::net::TcpStream, tuple: FiveTuple, now: std::time::Instant) -> Self {
-        Self { stream, tuple, inbuf: Vec::new(), outbuf: Vec::new(), out_pos: 0, last_received: now }
+        Self {
+            stream,
+            tuple,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            out_pos: 0,
+            last_received: now,
+            peer_closed: false,
+        }
     }
 
     /// Reads what the socket has and hands each complete frame to `on_frame`

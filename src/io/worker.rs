@@ -416,8 +416,10 @@ impl Worker {
         let mut driver = driver(&self.poll, relays, &self.shared, now.instant);
         let handle = ClientHandle(HANDLE_TCP | key as u64);
         let mut send_failures = 0;
-        let result = connection
-            .read_frames(now.instant, |tuple, frame, out| {
+        let read = if connection.peer_closed {
+            Ok(ReadStatus::Drained)
+        } else {
+            connection.read_frames(now.instant, |tuple, frame, out| {
                 if let ClientOutcome::Forward { allocation, peer, payload } =
                     server.handle_client(now, tuple, handle, frame, out, &mut driver)
                     && let Some(relay) = driver.relays.get(allocation.0).and_then(Option::as_ref)
@@ -426,9 +428,22 @@ impl Worker {
                     send_failures += 1;
                 }
             })
-            .and_then(|status| connection.flush().map(|()| status));
+        };
         self.stats.send_failures += send_failures;
+        // A client that shuts down its sending side after its requests still
+        // reads: answers to what it sent are written before the connection
+        // is closed.
+        let read = match read {
+            Err(Closed::Eof) => {
+                connection.peer_closed = true;
+                Ok(ReadStatus::Drained)
+            }
+            other => other,
+        };
+        let result = read.and_then(|status| connection.flush().map(|()| status));
+        let finished = connection.peer_closed && connection.queued() == 0;
         match result {
+            Ok(_) if finished => self.close_connection(key, &Closed::Eof, now),
             Ok(ReadStatus::Drained) => {}
             Ok(ReadStatus::MoreAvailable) => self.pending.push(Token(CONN_BASE + key)),
             Err(reason) => self.close_connection(key, &reason, now),
@@ -437,8 +452,12 @@ impl Worker {
 
     fn flush_connection(&mut self, key: usize) {
         let Some(connection) = self.connections.get_mut(key) else { return };
-        if let Err(reason) = connection.flush() {
-            self.close_connection(key, &reason, clock::reading());
+        match connection.flush() {
+            Err(reason) => self.close_connection(key, &reason, clock::reading()),
+            Ok(()) if connection.peer_closed && connection.queued() == 0 => {
+                self.close_connection(key, &Closed::Eof, clock::reading());
+            }
+            Ok(()) => {}
         }
     }
 
