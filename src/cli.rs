@@ -27,6 +27,10 @@ pub enum Command {
     Check(ServerArgs),
     /// Send STUN Binding requests and print the mapped address and round-trip time.
     Stun(StunArgs),
+    /// Check a TURN server end to end: allocate, permission, relay both ways, channel, delete.
+    Turn(TurnArgs),
+    /// Print TURN REST API credentials and the iceServers entry that uses them.
+    Credentials(CredentialsArgs),
 }
 
 /// Settings shared by `serve` and `check`: a config file and flags that
@@ -134,4 +138,51 @@ pub struct StunArgs {
 /// Parses durations such as `500ms`, `5s`, `24h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 500ms, 5s or 24h: {e}"))
+}
+
+/// The transport between a client and the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientTransport {
+    Udp,
+    Tcp,
+}
+
+#[derive(Debug, Args)]
+pub struct TurnArgs {
+    /// Server as HOST[:PORT] or a turn: URI; the port defaults to 3478.
+    pub server: String,
+    /// Username (with --pass), or the user part of REST credentials (with --secret).
+    #[arg(long, short)]
+    pub user: String,
+    /// Password of a long-term credential.
+    #[arg(long, short, required_unless_present = "secret", conflicts_with = "secret")]
+    pub pass: Option<String>,
+    /// TURN REST API secret: the probe makes its own time-limited credential.
+    #[arg(long)]
+    pub secret: Option<String>,
+    /// Transport to the server.
+    #[arg(long, value_enum, default_value = "udp")]
+    pub transport: ClientTransport,
+    /// A UDP echo server to use as the peer, instead of a socket of this client.
+    #[arg(long, value_name = "ADDR")]
+    pub peer: Option<SocketAddr>,
+    /// How long to wait for each step.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct CredentialsArgs {
+    /// The shared secret configured on the server (`auth.secrets`, `--secret`).
+    #[arg(long)]
+    pub secret: String,
+    /// The user the credential is for.
+    #[arg(long)]
+    pub user: String,
+    /// How long the credential stays valid.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// TURN URIs for the iceServers entry (repeatable).
+    #[arg(long = "uri", value_name = "URI", default_values_t = ["turn:127.0.0.1:3478?transport=udp".to_owned(), "turn:127.0.0.1:3478?transport=tcp".to_owned()])]
+    pub uris: Vec<String>,
 }

@@ -31,6 +31,8 @@ pub const DEFAULT_REALM: &str = "tern";
 pub const DEFAULT_RELAY_PORTS: (u16, u16) = (49152, 65535);
 /// REALM is at most 763 bytes (RFC 8489 §14.9).
 const MAX_REALM_LEN: usize = 763;
+/// What `tern check` prints instead of a password, key or secret.
+const REDACTED: &str = "<redacted>";
 /// More workers than this is a typo, not a machine.
 const MAX_WORKERS: usize = 1024;
 
@@ -497,7 +499,8 @@ impl Config {
     }
 
     /// The effective settings as a TOML file. Passwords, keys and secrets
-    /// are not printed; a comment says how many there are.
+    /// are printed as a placeholder, so the output can go to a log and still
+    /// describes the same server (the same users, as many secrets).
     pub fn to_toml(&self) -> String {
         let file = FileConfig {
             listen: Some(self.listen.iter().map(ToString::to_string).collect()),
@@ -528,21 +531,19 @@ impl Config {
             max_lifetime: Some(self.max_lifetime),
             rfc5766_channels: Some(self.rfc5766_channels),
             auth: Some(FileAuth {
-                users: None,
-                secrets: None,
+                users: Some(
+                    self.auth.users.keys().map(|name| (name.clone(), toml::Value::String(REDACTED.into()))).collect(),
+                ),
+                secrets: Some(vec![REDACTED.to_owned(); self.auth.secrets.len()]),
                 allow_anonymous: Some(self.auth.allow_anonymous),
                 nonce_lifetime: Some(self.auth.nonce_lifetime),
             }),
             log: Some(FileLog { level: Some(self.log.level), format: Some(self.log.format) }),
         };
         let mut text = toml::to_string(&file).expect("the configuration serialises");
-        let names: Vec<&str> = self.auth.users.keys().map(String::as_str).collect();
         text.push_str(&format!(
-            "# TURN relaying: {}; users: {} ({}); secrets: {}; passwords, keys and secrets are not shown\n",
+            "# TURN relaying: {}; passwords, keys and secrets are shown as {REDACTED:?}\n",
             if self.turn_enabled() { "on" } else { "off (STUN only)" },
-            names.len(),
-            if names.is_empty() { "none".to_owned() } else { names.join(", ") },
-            self.auth.secrets.len()
         ));
         text
     }

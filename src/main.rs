@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::{info, warn};
 
-use tern::cli::{Cli, Command, ServerArgs, StunArgs};
+use tern::cli::{Cli, ClientTransport, Command, CredentialsArgs, ServerArgs, StunArgs, TurnArgs};
+use tern::client::credentials::RestCredential;
+use tern::client::relay_probe::RelayProbe;
+use tern::client::turn::Credentials;
 use tern::client::{self, stun::StunProbe};
 use tern::config::Config;
 use tern::io::{self, shutdown::Shutdown};
@@ -19,6 +22,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::Check(args) => check(&args),
         Command::Stun(args) => stun(&args),
+        Command::Turn(args) => turn(&args),
+        Command::Credentials(args) => credentials(&args),
     };
     match result {
         Ok(code) => code,
@@ -50,6 +55,9 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
         }
     } else if config.turn.is_none() {
         info!("serving STUN only: no TURN credentials configured ([auth] users or secrets)");
+    }
+    if config.turn_enabled() {
+        warn_about_ephemeral_overlap(config.relay_ports);
     }
     let local_addresses = tern::io::sys::local_addresses().map_err(|e| format!("cannot list local addresses: {e}"))?;
     let running = io::start(&config.runtime(rand::random(), &local_addresses), &shutdown).map_err(|e| e.to_string())?;
@@ -88,4 +96,53 @@ fn stun(args: &StunArgs) -> Result<ExitCode, String> {
     };
     let ok = probe.run(&mut std::io::stdout().lock()).map_err(|e| e.to_string())?;
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn turn(args: &TurnArgs) -> Result<ExitCode, String> {
+    let server = client::resolve_server(&args.server).map_err(|e| format!("{}: {e}", args.server))?;
+    let credentials = match (&args.pass, &args.secret) {
+        (Some(password), _) => Credentials { username: args.user.clone(), password: password.clone() },
+        (None, Some(secret)) => {
+            let rest = RestCredential::new(
+                secret,
+                &args.user,
+                std::time::Duration::from_secs(3600),
+                tern::io::clock::unix_secs(),
+            );
+            Credentials { username: rest.username, password: rest.password }
+        }
+        (None, None) => return Err("give --pass or --secret".into()),
+    };
+    let transport = match args.transport {
+        ClientTransport::Udp => Transport::Udp,
+        ClientTransport::Tcp => Transport::Tcp,
+    };
+    let probe = RelayProbe { server, transport, credentials, peer: args.peer, timeout: args.timeout };
+    let ok = probe.run(&mut std::io::stdout().lock()).map_err(|e| e.to_string())?;
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn credentials(args: &CredentialsArgs) -> Result<ExitCode, String> {
+    let credential = RestCredential::new(&args.secret, &args.user, args.ttl, tern::io::clock::unix_secs());
+    print!("{}", credential.report(&args.uris));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Relay ports inside the kernel's ephemeral range can be taken by any
+/// program's outgoing sockets; tern skips those, but a busy host can run a
+/// relay out of ports that way.
+fn warn_about_ephemeral_overlap((min, max): (u16, u16)) {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else { return };
+    let bounds: Vec<u16> = text.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    if let [low, high] = bounds[..]
+        && min <= high
+        && low <= max
+    {
+        info!(
+            relay_ports = %format!("{min}-{max}"),
+            ephemeral = %format!("{low}-{high}"),
+            "the relay port range overlaps the kernel's ephemeral port range; other programs may take relay ports \
+             (move one of them: relay_ports, or sysctl net.ipv4.ip_local_port_range)"
+        );
+    }
 }

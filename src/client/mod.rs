@@ -5,8 +5,11 @@
 //! The probes use blocking sockets with deadlines: one request at a time is
 //! what they do, and a thread per probe is simpler than an event loop.
 
+pub mod credentials;
+pub mod relay_probe;
 pub mod stun;
 pub mod transaction;
+pub mod turn;
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
@@ -78,6 +81,11 @@ impl ClientSocket {
             }
         };
         Ok(Self { server, kind })
+    }
+
+    /// Wraps a UDP socket the caller already has.
+    pub fn from_udp(socket: UdpSocket, server: SocketAddr) -> Self {
+        Self { server, kind: Kind::Udp(socket) }
     }
 
     pub fn server(&self) -> SocketAddr {

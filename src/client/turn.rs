@@ -1,0 +1,300 @@
+//! A TURN client session (RFC 8656 §7-§12) over one [`ClientSocket`]: the
+//! long-term credential dance of RFC 8489 §9.2 (401 → credentials, 438 → new
+//! nonce), requests whose responses must carry a valid MESSAGE-INTEGRITY, and
+//! the data path both ways. Used by `tern turn` and by tests; it talks to any
+//! TURN server.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{ClientSocket, TransactError};
+use crate::proto::channel_data::{self, ChannelData};
+use crate::proto::demux::{self, PacketKind};
+use crate::proto::stun::attr::{self, AttrType};
+use crate::proto::stun::integrity::long_term_key_md5;
+use crate::proto::stun::{Class, ErrorCode, Message, MessageType, MessageWriter, Method, TransactionId};
+
+/// Retries of one request after 401 or 438: enough for "challenge, then
+/// stale nonce once", not enough to loop on a server that never accepts.
+const AUTH_ATTEMPTS: usize = 3;
+/// REQUESTED-TRANSPORT value for UDP.
+const PROTOCOL_UDP: u8 = 17;
+
+/// Long-term credentials.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+/// Why a TURN operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TurnError {
+    #[error("{code} {}{}", ErrorCode(*code).reason(), if reason.is_empty() { String::new() } else { format!(" ({reason})") })]
+    Rejected { code: u16, reason: String },
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    #[error(
+        "response without a valid MESSAGE-INTEGRITY: the server does not know these credentials, or something altered it"
+    )]
+    Integrity,
+    #[error("invalid response: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl TurnError {
+    /// The STUN error code, if the server answered with one.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            Self::Rejected { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<TransactError> for TurnError {
+    fn from(error: TransactError) -> Self {
+        match error {
+            TransactError::Timeout(timeout) => Self::Timeout(timeout),
+            TransactError::Io(e) => Self::Io(e),
+        }
+    }
+}
+
+/// The result of a successful Allocate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allocated {
+    pub relayed: SocketAddr,
+    pub mapped: SocketAddr,
+    pub lifetime: u32,
+}
+
+/// Data that arrived from a peer through the relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// The peer, for a Data indication.
+    pub peer: Option<SocketAddr>,
+    /// The channel, for ChannelData.
+    pub channel: Option<u16>,
+    pub data: Vec<u8>,
+}
+
+pub struct TurnSession {
+    socket: ClientSocket,
+    credentials: Credentials,
+    timeout: Duration,
+    realm: Option<String>,
+    nonce: Option<Vec<u8>>,
+    key: Option<[u8; 16]>,
+    received: VecDeque<Received>,
+    buf: Vec<u8>,
+}
+
+impl TurnSession {
+    pub fn new(socket: ClientSocket, credentials: Credentials, timeout: Duration) -> Self {
+        Self {
+            socket,
+            credentials,
+            timeout,
+            realm: None,
+            nonce: None,
+            key: None,
+            received: VecDeque::new(),
+            buf: Vec::with_capacity(2048),
+        }
+    }
+
+    pub fn socket(&self) -> &ClientSocket {
+        &self.socket
+    }
+
+    /// The realm the server announced, once it has.
+    pub fn realm(&self) -> Option<&str> {
+        self.realm.as_deref()
+    }
+
+    /// Allocate (RFC 8656 §7.1) for a UDP relay.
+    pub fn allocate(&mut self, lifetime: Option<u32>) -> Result<Allocated, TurnError> {
+        let response = self.request(Method::ALLOCATE, |w| {
+            w.attr(AttrType::REQUESTED_TRANSPORT, &[PROTOCOL_UDP, 0, 0, 0]);
+            if let Some(lifetime) = lifetime {
+                w.attr_u32(AttrType::LIFETIME, lifetime);
+            }
+        })?;
+        let message = Message::parse(&response).map_err(|e| TurnError::Invalid(e.to_string()))?;
+        let tid = message.transaction_id();
+        let address = |typ: AttrType, name: &str| {
+            message
+                .attribute(typ)
+                .ok_or_else(|| TurnError::Invalid(format!("no {name}")))
+                .and_then(|v| attr::read_xor_address(v, &tid).map_err(|e| TurnError::Invalid(e.to_string())))
+        };
+        let relayed = address(AttrType::XOR_RELAYED_ADDRESS, "XOR-RELAYED-ADDRESS")?;
+        let mapped = address(AttrType::XOR_MAPPED_ADDRESS, "XOR-MAPPED-ADDRESS")?;
+        let lifetime = message
+            .attribute(AttrType::LIFETIME)
+            .map(attr::read_u32)
+            .transpose()
+            .map_err(|e| TurnError::Invalid(e.to_string()))?
+            .ok_or_else(|| TurnError::Invalid("no LIFETIME".into()))?;
+        Ok(Allocated { relayed, mapped, lifetime })
+    }
+
+    /// Refresh (RFC 8656 §7.3); 0 deletes the allocation. Returns the granted lifetime.
+    pub fn refresh(&mut self, lifetime: u32) -> Result<u32, TurnError> {
+        let response = self.request(Method::REFRESH, |w| {
+            w.attr_u32(AttrType::LIFETIME, lifetime);
+        })?;
+        let message = Message::parse(&response).map_err(|e| TurnError::Invalid(e.to_string()))?;
+        message
+            .attribute(AttrType::LIFETIME)
+            .map(attr::read_u32)
+            .transpose()
+            .map_err(|e| TurnError::Invalid(e.to_string()))?
+            .ok_or_else(|| TurnError::Invalid("no LIFETIME".into()))
+    }
+
+    /// CreatePermission (RFC 8656 §10) for every peer's IP.
+    pub fn create_permission(&mut self, peers: &[SocketAddr]) -> Result<(), TurnError> {
+        self.request(Method::CREATE_PERMISSION, |w| {
+            for peer in peers {
+                w.xor_address(AttrType::XOR_PEER_ADDRESS, peer);
+            }
+        })
+        .map(drop)
+    }
+
+    /// ChannelBind (RFC 8656 §11).
+    pub fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Result<(), TurnError> {
+        self.request(Method::CHANNEL_BIND, |w| {
+            let mut value = [0u8; 4];
+            value[..2].copy_from_slice(&channel.to_be_bytes());
+            w.attr(AttrType::CHANNEL_NUMBER, &value);
+            w.xor_address(AttrType::XOR_PEER_ADDRESS, &peer);
+        })
+        .map(drop)
+    }
+
+    /// A Send indication (RFC 8656 §11.1).
+    pub fn send_indication(&mut self, peer: SocketAddr, data: &[u8]) -> Result<(), TurnError> {
+        let mut frame = Vec::with_capacity(data.len() + 64);
+        let mut w =
+            MessageWriter::new(&mut frame, MessageType::new(Method::SEND, Class::Indication), TransactionId::random());
+        w.xor_address(AttrType::XOR_PEER_ADDRESS, &peer).attr(AttrType::DATA, data);
+        self.socket.send(&frame)?;
+        Ok(())
+    }
+
+    /// ChannelData (RFC 8656 §12.4), padded on stream transports.
+    pub fn send_channel_data(&mut self, channel: u16, data: &[u8]) -> Result<(), TurnError> {
+        let number = channel_data::ChannelNumber::new_rfc5766(channel)
+            .ok_or_else(|| TurnError::Invalid(format!("channel {channel:#06x} outside 0x4000-0x7FFF")))?;
+        let len = u16::try_from(data.len()).map_err(|_| TurnError::Invalid("data over 64 KiB".into()))?;
+        let mut header = [0u8; channel_data::HEADER_LEN];
+        channel_data::write_header(&mut header, number, len);
+        let mut frame = header.to_vec();
+        frame.extend_from_slice(data);
+        if self.socket.transport().is_stream() {
+            frame.resize(channel_data::padded_frame_len(data.len()), 0);
+        }
+        self.socket.send(&frame)?;
+        Ok(())
+    }
+
+    /// The next data from a peer, waiting until `deadline`.
+    pub fn recv_data(&mut self, deadline: Instant) -> Result<Option<Received>, TurnError> {
+        if let Some(received) = self.received.pop_front() {
+            return Ok(Some(received));
+        }
+        let mut frame = std::mem::take(&mut self.buf);
+        let result = loop {
+            match self.socket.recv(deadline, &mut frame) {
+                Ok(true) => {
+                    if let Some(received) = parse_data(&frame) {
+                        break Ok(Some(received));
+                    }
+                }
+                Ok(false) => break Ok(None),
+                Err(e) => break Err(e.into()),
+            }
+        };
+        self.buf = frame;
+        result
+    }
+
+    /// Sends a request, answering a 401 or 438 challenge with credentials, and
+    /// returns the success response after checking its MESSAGE-INTEGRITY.
+    fn request(&mut self, method: Method, attributes: impl Fn(&mut MessageWriter<'_>)) -> Result<Vec<u8>, TurnError> {
+        for _ in 0..AUTH_ATTEMPTS {
+            let mut request = Vec::with_capacity(256);
+            let mut w =
+                MessageWriter::new(&mut request, MessageType::new(method, Class::Request), TransactionId::random());
+            attributes(&mut w);
+            if let (Some(realm), Some(nonce), Some(key)) = (&self.realm, &self.nonce, &self.key) {
+                w.attr(AttrType::USERNAME, self.credentials.username.as_bytes())
+                    .attr(AttrType::REALM, realm.as_bytes())
+                    .attr(AttrType::NONCE, nonce)
+                    .message_integrity(key);
+            }
+            let mut response = Vec::new();
+            let received = &mut self.received;
+            self.socket.transact(&request, self.timeout, &mut response, |frame| {
+                if let Some(data) = parse_data(frame) {
+                    received.push_back(data);
+                }
+            })?;
+            let message = Message::parse(&response).map_err(|e| TurnError::Invalid(e.to_string()))?;
+            if message.class() == Class::Success {
+                if let Some(key) = &self.key
+                    && !message.verify_integrity(key)
+                {
+                    return Err(TurnError::Integrity);
+                }
+                return Ok(response);
+            }
+            let error = message
+                .attribute(AttrType::ERROR_CODE)
+                .map(attr::read_error_code)
+                .ok_or_else(|| TurnError::Invalid("error response without ERROR-CODE".into()))?
+                .map_err(|e| TurnError::Invalid(e.to_string()))?;
+            let challenged = error.code == ErrorCode::UNAUTHENTICATED.0 && self.key.is_none();
+            let stale = error.code == ErrorCode::STALE_NONCE.0;
+            if !(challenged || stale) {
+                return Err(TurnError::Rejected { code: error.code, reason: error.reason.to_owned() });
+            }
+            let realm = message.attribute(AttrType::REALM).and_then(|r| std::str::from_utf8(r).ok());
+            let nonce = message.attribute(AttrType::NONCE);
+            let (Some(realm), Some(nonce)) = (realm, nonce) else {
+                return Err(TurnError::Invalid(format!("{} without REALM and NONCE", error.code)));
+            };
+            self.key = Some(long_term_key_md5(&self.credentials.username, realm, &self.credentials.password));
+            self.realm = Some(realm.to_owned());
+            self.nonce = Some(nonce.to_vec());
+        }
+        Err(TurnError::Rejected { code: ErrorCode::UNAUTHENTICATED.0, reason: "credentials refused".into() })
+    }
+}
+
+/// A Data indication or ChannelData frame, if `frame` is one.
+fn parse_data(frame: &[u8]) -> Option<Received> {
+    match demux::classify(frame) {
+        PacketKind::ChannelData => {
+            let data = ChannelData::parse(frame).ok()?;
+            Some(Received { peer: None, channel: Some(data.channel.get()), data: data.payload.to_vec() })
+        }
+        PacketKind::Stun => {
+            let message = Message::parse(frame).ok()?;
+            if message.message_type() != MessageType::new(Method::DATA, Class::Indication) {
+                return None;
+            }
+            let peer =
+                attr::read_xor_address(message.attribute(AttrType::XOR_PEER_ADDRESS)?, &message.transaction_id())
+                    .ok()?;
+            Some(Received { peer: Some(peer), channel: None, data: message.attribute(AttrType::DATA)?.to_vec() })
+        }
+        PacketKind::Other => None,
+    }
+}

@@ -1,0 +1,209 @@
+//! TURN end to end with tern's own client: `tern turn` and `tern credentials`
+//! against the real binary, and allocation churn that must give every relay
+//! port back.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TernServer, run_tern};
+use tern::client::ClientSocket;
+use tern::client::turn::{Credentials, TurnSession};
+use tern::proto::Transport;
+
+const STEPS: [&str; 6] = ["allocate", "create permission", "send indication", "channel bind", "channel data", "delete"];
+
+fn assert_all_steps_ok(stdout: &str) {
+    for step in STEPS {
+        assert!(
+            stdout.lines().any(|line| line.starts_with(step) && line.contains(" ok ")),
+            "step {step:?} did not succeed:\n{stdout}"
+        );
+    }
+}
+
+fn turn_probe(server: &TernServer, transport: &str, credentials: &[&str]) -> (bool, String) {
+    let addr = match transport {
+        "tcp" => server.tcp_addr(),
+        _ => server.udp_addr(),
+    }
+    .to_string();
+    let mut args = vec!["turn", addr.as_str(), "--transport", transport, "--timeout", "5s"];
+    args.extend_from_slice(credentials);
+    let output = run_tern(&args);
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn relay_server(extra: &[&str]) -> TernServer {
+    let mut args = vec!["--user", "alice:wonderland", "--allow-peer", "127.0.0.0/8", "--workers", "2"];
+    args.extend_from_slice(extra);
+    TernServer::start(&args)
+}
+
+#[test]
+fn tern_turn_relays_both_ways_over_udp_and_tcp() {
+    let server = relay_server(&[]);
+    for transport in ["udp", "tcp"] {
+        let (ok, stdout) = turn_probe(&server, transport, &["-u", "alice", "-p", "wonderland"]);
+        assert!(ok, "tern turn over {transport} failed:\n{stdout}");
+        assert_all_steps_ok(&stdout);
+        let allocate = stdout.lines().find(|l| l.starts_with("allocate")).expect("allocate line");
+        assert!(allocate.contains("relayed 127.0.0.1:"), "{allocate}");
+        assert!(allocate.contains("lifetime 600 s"), "{allocate}");
+    }
+    let (status, log) = server.stop_with_log();
+    assert!(status.success());
+    let created = log.iter().filter(|l| l.contains("\"allocation created\"")).count();
+    let deleted = log.iter().filter(|l| l.contains("refreshed with lifetime 0")).count();
+    assert_eq!((created, deleted), (2, 2), "each probe allocates once and deletes what it allocated");
+}
+
+#[test]
+fn wrong_password_is_refused_with_401() {
+    let server = relay_server(&[]);
+    let (ok, stdout) = turn_probe(&server, "udp", &["-u", "alice", "-p", "looking-glass"]);
+    assert!(!ok);
+    assert!(stdout.contains("FAILED: allocate: 401"), "{stdout}");
+    let (ok, stdout) = turn_probe(&server, "udp", &["-u", "mallory", "-p", "wonderland"]);
+    assert!(!ok);
+    assert!(stdout.contains("401"), "{stdout}");
+    let log = server.stderr_lines();
+    assert!(!log.iter().any(|l| l.contains("\"allocation created\"")), "no allocation for wrong credentials");
+}
+
+#[test]
+fn loopback_peer_is_refused_by_default_and_allowed_when_configured() {
+    let strict = TernServer::start(&["--user", "alice:wonderland"]);
+    let (ok, stdout) = turn_probe(&strict, "udp", &["-u", "alice", "-p", "wonderland"]);
+    assert!(!ok);
+    assert!(stdout.contains("create permission: 403"), "{stdout}");
+    assert!(stdout.contains("--allow-peer 127.0.0.0/8"), "the failure says how to allow it:\n{stdout}");
+    let (_, log) = strict.stop_with_log();
+    let refused = common::find_log(&log, "peer refused").expect("the refusal is logged");
+    assert!(refused["rule"].as_str().is_some_and(|r| r.contains("127.0.0.0/8")), "{refused}");
+    // The probe deletes its allocation when a step fails.
+    assert!(log.iter().any(|l| l.contains("refreshed with lifetime 0")));
+
+    let open = relay_server(&[]);
+    let (ok, stdout) = turn_probe(&open, "udp", &["-u", "alice", "-p", "wonderland"]);
+    assert!(ok, "{stdout}");
+}
+
+#[test]
+fn rest_credentials_from_tern_credentials_work_until_they_expire() {
+    let server = TernServer::start(&["--secret", "s3cr3t", "--secret", "0ld-s3cr3t", "--allow-peer", "127.0.0.0/8"]);
+    let output = run_tern(&["credentials", "--secret", "0ld-s3cr3t", "--user", "carol", "--ttl", "1h"]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} in:\n{stdout}"))
+            .to_owned()
+    };
+    let (username, password) = (field("username:"), field("password:"));
+    assert!(username.ends_with(":carol"), "{username}");
+    let json_start = stdout.find('{').expect("JSON snippet");
+    let snippet: serde_json::Value = serde_json::from_str(&stdout[json_start..]).expect("valid JSON");
+    assert_eq!(snippet["iceServers"][0]["username"], username.as_str());
+    assert_eq!(snippet["iceServers"][0]["credential"], password.as_str());
+
+    // A browser would use exactly these as username and credential.
+    let (ok, out) = turn_probe(&server, "udp", &["-u", &username, "-p", &password]);
+    assert!(ok, "{out}");
+    // `tern turn --secret` makes its own credential from the current secret.
+    let (ok, out) = turn_probe(&server, "tcp", &["-u", "dave", "--secret", "s3cr3t"]);
+    assert!(ok, "{out}");
+
+    let expired = run_tern(&["credentials", "--secret", "s3cr3t", "--user", "carol", "--ttl", "0s"]);
+    let stdout = String::from_utf8_lossy(&expired.stdout).into_owned();
+    let username = stdout.lines().find_map(|l| l.strip_prefix("username:")).expect("username").trim().to_owned();
+    let password = stdout.lines().find_map(|l| l.strip_prefix("password:")).expect("password").trim().to_owned();
+    let (ok, out) = turn_probe(&server, "udp", &["-u", &username, "-p", &password]);
+    assert!(!ok && out.contains("401"), "an expired REST credential is refused:\n{out}");
+}
+
+/// Allocates and deletes many times through a small port range: every
+/// delete must give its port back, or the range runs dry and Allocate gets
+/// 508. Then fills the range, checks the next Allocate gets 508, empties it
+/// and fills it again. Resident memory must come back near where it was.
+#[test]
+fn allocation_churn_returns_ports_and_memory() {
+    const PORTS: u16 = 64;
+    const CYCLES: usize = 3000;
+    // Outside the kernel's ephemeral range, so no other socket on the
+    // machine can take a relay port while the test counts them.
+    let first = relay_range_outside_ephemeral(PORTS);
+    let ports = format!("{first}-{}", first + PORTS - 1);
+    let server = TernServer::start(&["--user", "alice:wonderland", "--user-quota", "0", "--relay-ports", &ports]);
+    let addr = server.udp_addr();
+    let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
+    let session = || {
+        let socket = ClientSocket::open(addr, Transport::Udp, Duration::from_secs(5)).expect("socket");
+        TurnSession::new(socket, credentials.clone(), Duration::from_secs(5))
+    };
+
+    // Warm up so the allocator's first growth is not counted.
+    for _ in 0..200 {
+        let mut s = session();
+        s.allocate(None).expect("allocate");
+        s.refresh(0).expect("delete");
+    }
+    let rss_before = rss_kib(server.pid());
+
+    let mut relayed = std::collections::HashSet::new();
+    for cycle in 0..CYCLES {
+        let mut s = session();
+        let allocated = s.allocate(None).unwrap_or_else(|e| panic!("cycle {cycle}: allocate failed: {e}"));
+        relayed.insert(allocated.relayed.port());
+        assert_eq!(s.refresh(0).expect("delete"), 0);
+    }
+    assert_eq!(relayed.len(), usize::from(PORTS), "churn cycles through the whole range");
+
+    let mut held: Vec<TurnSession> = (0..PORTS)
+        .map(|i| {
+            let mut s = session();
+            s.allocate(None).unwrap_or_else(|e| panic!("allocation {i} of a full range failed: {e}"));
+            s
+        })
+        .collect();
+    let error = session().allocate(None).expect_err("the range is full");
+    assert_eq!(error.code(), Some(508), "{error}");
+    for s in &mut held {
+        s.refresh(0).expect("delete");
+    }
+    for s in &mut held {
+        s.allocate(None).expect("every port is free again");
+        s.refresh(0).expect("delete");
+    }
+
+    let rss_after = rss_kib(server.pid());
+    // Nothing per allocation may stay behind: 3000 leaked allocations of
+    // even 1 KiB would be 3 MiB. The bound leaves room for allocator slack.
+    assert!(
+        rss_after <= rss_before + 2048,
+        "resident memory grew from {rss_before} KiB to {rss_after} KiB over {CYCLES} allocate/delete cycles"
+    );
+    let (status, log) = server.stop_with_log();
+    assert!(status.success());
+    let stopped = common::find_log(&log, "tern stopped").expect("final report");
+    assert_eq!(stopped["allocations"].as_u64(), Some(200 + CYCLES as u64 + 2 * u64::from(PORTS)));
+}
+
+fn relay_range_outside_ephemeral(len: u16) -> u16 {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = text.split_whitespace().filter_map(|n| n.parse::<u16>().ok());
+    let (low, high) = (bounds.next().unwrap_or(32768), bounds.next().unwrap_or(60999));
+    if u32::from(high) + u32::from(len) < 65535 { high + 1 } else { low.saturating_sub(len + 1000) }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line")
+}
