@@ -31,6 +31,8 @@ pub enum Command {
     Turn(TurnArgs),
     /// Print TURN REST API credentials and the iceServers entry that uses them.
     Credentials(CredentialsArgs),
+    /// Load-test a TURN server: relay through many allocations, or an allocation storm.
+    Load(LoadArgs),
 }
 
 /// Settings shared by `serve` and `check`: a config file and flags that
@@ -91,6 +93,9 @@ pub struct ServerArgs {
     /// Accept channel numbers 0x5000-0x7FFF from RFC 5766 clients (sets `rfc5766_channels`).
     #[arg(long)]
     pub rfc5766_channels: bool,
+    /// Receive and send buffer of each UDP listen socket, in bytes (replaces `udp_buffer`).
+    #[arg(long, value_name = "BYTES")]
+    pub udp_buffer: Option<u32>,
 }
 
 impl ServerArgs {
@@ -113,6 +118,7 @@ impl ServerArgs {
             user_quota: self.user_quota,
             total_quota: self.total_quota,
             rfc5766_channels: self.rfc5766_channels,
+            udp_buffer: self.udp_buffer,
         }
     }
 }
@@ -185,4 +191,72 @@ pub struct CredentialsArgs {
     /// TURN URIs for the iceServers entry (repeatable).
     #[arg(long = "uri", value_name = "URI", default_values_t = ["turn:127.0.0.1:3478?transport=udp".to_owned(), "turn:127.0.0.1:3478?transport=tcp".to_owned()])]
     pub uris: Vec<String>,
+}
+
+/// What `tern load` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadMode {
+    /// Relay data through allocations to an echo peer and back.
+    Relay,
+    /// Allocate and delete as fast as the server answers.
+    Alloc,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Server as HOST[:PORT] or a turn: URI; the port defaults to 3478.
+    pub server: String,
+    /// Username (with --pass), or the user part of REST credentials (with --secret).
+    #[arg(long, short)]
+    pub user: String,
+    /// Password of a long-term credential.
+    #[arg(long, short, required_unless_present = "secret", conflicts_with = "secret")]
+    pub pass: Option<String>,
+    /// TURN REST API secret: the generator makes its own time-limited credential.
+    #[arg(long)]
+    pub secret: Option<String>,
+    #[arg(long, value_enum, default_value = "relay")]
+    pub mode: LoadMode,
+    /// Allocations to relay through.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub allocations: u32,
+    /// Open loop: packets per second per allocation.
+    #[arg(long, conflicts_with = "window")]
+    pub rate: Option<f64>,
+    /// Closed loop: packets in flight per allocation (the default, with 1).
+    #[arg(long)]
+    pub window: Option<u32>,
+    /// Payload bytes per packet (at least 24).
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// How long to send.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Transport to the server.
+    #[arg(long, value_enum, default_value = "udp")]
+    pub transport: ClientTransport,
+    /// Relay with Send/Data indications instead of channels.
+    #[arg(long)]
+    pub send_indication: bool,
+    /// A UDP echo server to use as the peer instead of the built-in one.
+    #[arg(long, value_name = "ADDR")]
+    pub peer: Option<SocketAddr>,
+    /// Threads of the built-in echo peer.
+    #[arg(long, default_value_t = 1)]
+    pub peer_threads: usize,
+    /// Client threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Allocations in progress at once, in alloc mode.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// The server's process ID, to report its CPU time and work per CPU-second.
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// How long to wait for each setup step.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }

@@ -29,6 +29,10 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:3478";
 pub const DEFAULT_REALM: &str = "tern";
 /// The relay port range when none is configured: the IANA dynamic range.
 pub const DEFAULT_RELAY_PORTS: (u16, u16) = (49152, 65535);
+/// SO_RCVBUF/SO_SNDBUF of UDP listen sockets: 4 MiB holds a few thousand
+/// datagrams, enough to ride out a scheduling hiccup at hundreds of
+/// thousands of packets per second. The kernel's default (208 KiB) is not.
+pub const DEFAULT_UDP_BUFFER: u32 = 4 * 1024 * 1024;
 /// REALM is at most 763 bytes (RFC 8489 §14.9).
 const MAX_REALM_LEN: usize = 763;
 /// What `tern check` prints instead of a password, key or secret.
@@ -60,6 +64,7 @@ pub struct Config {
     pub default_lifetime: u32,
     pub max_lifetime: u32,
     pub rfc5766_channels: bool,
+    pub udp_buffer: u32,
     pub auth: AuthConfig,
     pub log: LogConfig,
 }
@@ -159,6 +164,7 @@ pub struct Overrides {
     pub user_quota: Option<u32>,
     pub total_quota: Option<u32>,
     pub rfc5766_channels: bool,
+    pub udp_buffer: Option<u32>,
 }
 
 /// A configuration that cannot be used. The message names the file (or the
@@ -219,6 +225,8 @@ struct FileConfig {
     max_lifetime: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rfc5766_channels: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    udp_buffer: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     auth: Option<FileAuth>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -341,6 +349,7 @@ impl Config {
                 .map_err(|(k, m)| invalid(k, m))?,
             max_lifetime: positive(raw.max_lifetime.unwrap_or(3600), "max_lifetime").map_err(|(k, m)| invalid(k, m))?,
             rfc5766_channels: raw.rfc5766_channels.unwrap_or(false),
+            udp_buffer: raw.udp_buffer.unwrap_or(DEFAULT_UDP_BUFFER),
             auth: AuthConfig {
                 users,
                 secrets,
@@ -404,6 +413,9 @@ impl Config {
         }
         if let Some(quota) = overrides.total_quota {
             self.total_quota = quota;
+        }
+        if let Some(bytes) = overrides.udp_buffer {
+            self.udp_buffer = bytes;
         }
         self.rfc5766_channels |= overrides.rfc5766_channels;
         self.check_combination("configuration")
@@ -487,6 +499,7 @@ impl Config {
         RuntimeConfig {
             listen: self.listen.clone(),
             workers: self.workers,
+            udp_buffer: self.udp_buffer as usize,
             relay_ports: self.relay_ports,
             quotas: QuotaLimits { per_user: self.user_quota, total: self.total_quota },
             server: ServerConfig {
@@ -530,6 +543,7 @@ impl Config {
             default_lifetime: Some(self.default_lifetime),
             max_lifetime: Some(self.max_lifetime),
             rfc5766_channels: Some(self.rfc5766_channels),
+            udp_buffer: Some(self.udp_buffer),
             auth: Some(FileAuth {
                 users: Some(
                     self.auth.users.keys().map(|name| (name.clone(), toml::Value::String(REDACTED.into()))).collect(),

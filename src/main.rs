@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::{info, warn};
 
-use tern::cli::{Cli, ClientTransport, Command, CredentialsArgs, ServerArgs, StunArgs, TurnArgs};
+use tern::cli::{Cli, ClientTransport, Command, CredentialsArgs, LoadArgs, LoadMode, ServerArgs, StunArgs, TurnArgs};
 use tern::client::credentials::RestCredential;
+use tern::client::load::{self, LoadConfig, Mode, Pacing};
 use tern::client::relay_probe::RelayProbe;
 use tern::client::turn::Credentials;
 use tern::client::{self, stun::StunProbe};
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
         Command::Stun(args) => stun(&args),
         Command::Turn(args) => turn(&args),
         Command::Credentials(args) => credentials(&args),
+        Command::Load(args) => load_test(&args),
     };
     match result {
         Ok(code) => code,
@@ -98,26 +100,36 @@ fn stun(args: &StunArgs) -> Result<ExitCode, String> {
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn turn(args: &TurnArgs) -> Result<ExitCode, String> {
-    let server = client::resolve_server(&args.server).map_err(|e| format!("{}: {e}", args.server))?;
-    let credentials = match (&args.pass, &args.secret) {
-        (Some(password), _) => Credentials { username: args.user.clone(), password: password.clone() },
+/// Credentials from `--pass`, or made from `--secret` (valid for a day).
+fn client_credentials(user: &str, pass: Option<&String>, secret: Option<&String>) -> Result<Credentials, String> {
+    match (pass, secret) {
+        (Some(password), _) => Ok(Credentials { username: user.to_owned(), password: password.clone() }),
         (None, Some(secret)) => {
-            let rest = RestCredential::new(
-                secret,
-                &args.user,
-                std::time::Duration::from_secs(3600),
-                tern::io::clock::unix_secs(),
-            );
-            Credentials { username: rest.username, password: rest.password }
+            let ttl = std::time::Duration::from_secs(24 * 3600);
+            let rest = RestCredential::new(secret, user, ttl, tern::io::clock::unix_secs());
+            Ok(Credentials { username: rest.username, password: rest.password })
         }
-        (None, None) => return Err("give --pass or --secret".into()),
-    };
-    let transport = match args.transport {
+        (None, None) => Err("give --pass or --secret".into()),
+    }
+}
+
+fn transport(transport: ClientTransport) -> Transport {
+    match transport {
         ClientTransport::Udp => Transport::Udp,
         ClientTransport::Tcp => Transport::Tcp,
+    }
+}
+
+fn turn(args: &TurnArgs) -> Result<ExitCode, String> {
+    let server = client::resolve_server(&args.server).map_err(|e| format!("{}: {e}", args.server))?;
+    let credentials = client_credentials(&args.user, args.pass.as_ref(), args.secret.as_ref())?;
+    let probe = RelayProbe {
+        server,
+        transport: transport(args.transport),
+        credentials,
+        peer: args.peer,
+        timeout: args.timeout,
     };
-    let probe = RelayProbe { server, transport, credentials, peer: args.peer, timeout: args.timeout };
     let ok = probe.run(&mut std::io::stdout().lock()).map_err(|e| e.to_string())?;
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -145,4 +157,42 @@ fn warn_about_ephemeral_overlap((min, max): (u16, u16)) {
              (move one of them: relay_ports, or sysctl net.ipv4.ip_local_port_range)"
         );
     }
+}
+
+fn load_test(args: &LoadArgs) -> Result<ExitCode, String> {
+    let server = client::resolve_server(&args.server).map_err(|e| format!("{}: {e}", args.server))?;
+    let credentials = client_credentials(&args.user, args.pass.as_ref(), args.secret.as_ref())?;
+    let mode = match args.mode {
+        LoadMode::Relay => Mode::Relay {
+            allocations: args.allocations as usize,
+            pacing: match (args.rate, args.window) {
+                (Some(rate), _) if rate > 0.0 => Pacing::Rate(rate),
+                (Some(_), _) => return Err("--rate must be positive".into()),
+                (None, window) => Pacing::Window(window.unwrap_or(1).max(1)),
+            },
+            size: args.size,
+            send_indication: args.send_indication,
+            peer: args.peer,
+            peer_threads: args.peer_threads,
+        },
+        LoadMode::Alloc => Mode::Alloc { concurrency: args.concurrency.max(1) },
+    };
+    let config = LoadConfig {
+        server,
+        transport: transport(args.transport),
+        credentials,
+        mode,
+        duration: args.duration,
+        threads: args.threads.max(1),
+        server_pid: args.server_pid,
+        progress: !args.json,
+        timeout: args.timeout,
+    };
+    let report = load::run(&config)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -133,11 +133,21 @@ fn rest_credentials_from_tern_credentials_work_until_they_expire() {
 fn allocation_churn_returns_ports_and_memory() {
     const PORTS: u16 = 64;
     const CYCLES: usize = 3000;
-    // Outside the kernel's ephemeral range, so no other socket on the
-    // machine can take a relay port while the test counts them.
+    // Its own relay address and a range outside the kernel's ephemeral
+    // ports, so no other socket on the machine (other tests' servers relay
+    // on 127.0.0.1) can take a relay port while the test counts them.
     let first = relay_range_outside_ephemeral(PORTS);
     let ports = format!("{first}-{}", first + PORTS - 1);
-    let server = TernServer::start(&["--user", "alice:wonderland", "--user-quota", "0", "--relay-ports", &ports]);
+    let server = TernServer::start(&[
+        "--user",
+        "alice:wonderland",
+        "--user-quota",
+        "0",
+        "--relay-ports",
+        &ports,
+        "--relay-ip",
+        "127.0.0.2",
+    ]);
     let addr = server.udp_addr();
     let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
     let session = || {

@@ -6,6 +6,7 @@
 //! what they do, and a thread per probe is simpler than an event loop.
 
 pub mod credentials;
+pub mod load;
 pub mod relay_probe;
 pub mod stun;
 pub mod transaction;
@@ -86,6 +87,22 @@ impl ClientSocket {
     /// Wraps a UDP socket the caller already has.
     pub fn from_udp(socket: UdpSocket, server: SocketAddr) -> Self {
         Self { server, kind: Kind::Udp(socket) }
+    }
+
+    /// The UDP socket, if this is one.
+    pub fn into_udp(self) -> Option<UdpSocket> {
+        match self.kind {
+            Kind::Udp(socket) => Some(socket),
+            Kind::Tcp { .. } => None,
+        }
+    }
+
+    /// The TCP stream and any bytes already read from it.
+    pub fn into_tcp(self) -> Option<(TcpStream, Vec<u8>)> {
+        match self.kind {
+            Kind::Tcp { stream, inbuf } => Some((stream, inbuf)),
+            Kind::Udp(_) => None,
+        }
     }
 
     pub fn server(&self) -> SocketAddr {

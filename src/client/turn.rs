@@ -82,6 +82,26 @@ pub struct Received {
     pub data: Vec<u8>,
 }
 
+/// What signs requests once the long-term dance is done; the load generator
+/// keeps it to refresh allocations from its own event loop.
+#[derive(Clone, Debug)]
+pub struct AuthState {
+    pub username: String,
+    pub realm: String,
+    pub nonce: Vec<u8>,
+    pub key: [u8; 16],
+}
+
+impl AuthState {
+    /// Adds USERNAME, REALM, NONCE and MESSAGE-INTEGRITY to a request.
+    pub fn sign(&self, w: &mut MessageWriter<'_>) {
+        w.attr(AttrType::USERNAME, self.username.as_bytes())
+            .attr(AttrType::REALM, self.realm.as_bytes())
+            .attr(AttrType::NONCE, &self.nonce)
+            .message_integrity(&self.key);
+    }
+}
+
 pub struct TurnSession {
     socket: ClientSocket,
     credentials: Credentials,
@@ -109,6 +129,17 @@ impl TurnSession {
 
     pub fn socket(&self) -> &ClientSocket {
         &self.socket
+    }
+
+    /// The socket and, once authenticated, what signs further requests.
+    pub fn into_parts(self) -> (ClientSocket, Option<AuthState>) {
+        let auth = match (self.realm, self.nonce, self.key) {
+            (Some(realm), Some(nonce), Some(key)) => {
+                Some(AuthState { username: self.credentials.username, realm, nonce, key })
+            }
+            _ => None,
+        };
+        (self.socket, auth)
     }
 
     /// The realm the server announced, once it has.

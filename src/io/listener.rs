@@ -35,11 +35,12 @@ pub struct BindError {
 
 /// Binds `workers` UDP sockets and TCP listeners on each address. A port of 0
 /// is resolved once, to one port shared by UDP and TCP and all workers.
-pub fn bind_all(addrs: &[SocketAddr], workers: usize) -> Result<Vec<WorkerListeners>, BindError> {
+/// `buffer` is the SO_RCVBUF and SO_SNDBUF asked for each UDP socket.
+pub fn bind_all(addrs: &[SocketAddr], workers: usize, buffer: usize) -> Result<Vec<WorkerListeners>, BindError> {
     let mut per_worker: Vec<WorkerListeners> =
         (0..workers).map(|_| WorkerListeners { udp: Vec::new(), tcp: Vec::new() }).collect();
     for &addr in addrs {
-        let (udp, tcp) = bind_address(addr, workers)?;
+        let (udp, tcp) = bind_address(addr, workers, buffer)?;
         for (worker, (udp, tcp)) in per_worker.iter_mut().zip(udp.into_iter().zip(tcp)) {
             worker.udp.push(udp);
             worker.tcp.push(tcp);
@@ -50,11 +51,11 @@ pub fn bind_all(addrs: &[SocketAddr], workers: usize) -> Result<Vec<WorkerListen
 
 type Bound = (Vec<(mio::net::UdpSocket, SocketAddr)>, Vec<(mio::net::TcpListener, SocketAddr)>);
 
-fn bind_address(addr: SocketAddr, workers: usize) -> Result<Bound, BindError> {
+fn bind_address(addr: SocketAddr, workers: usize, buffer: usize) -> Result<Bound, BindError> {
     let attempts = if addr.port() == 0 { EPHEMERAL_ATTEMPTS } else { 1 };
     let mut last_error = None;
     for _ in 0..attempts {
-        match bind_set(addr, workers) {
+        match bind_set(addr, workers, buffer) {
             Ok(bound) => return Ok(bound),
             Err(error) => last_error = Some(error),
         }
@@ -62,13 +63,16 @@ fn bind_address(addr: SocketAddr, workers: usize) -> Result<Bound, BindError> {
     Err(last_error.expect("at least one attempt was made"))
 }
 
-fn bind_set(addr: SocketAddr, workers: usize) -> Result<Bound, BindError> {
+fn bind_set(addr: SocketAddr, workers: usize, buffer: usize) -> Result<Bound, BindError> {
     let resolved = claim(addr)?;
     let mut udp = Vec::with_capacity(workers);
     let mut tcp = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let socket =
-            udp_socket(resolved).map_err(|source| BindError { transport: Transport::Udp, addr: resolved, source })?;
+        let socket = udp_socket(resolved, buffer).map_err(|source| BindError {
+            transport: Transport::Udp,
+            addr: resolved,
+            source,
+        })?;
         udp.push((mio::net::UdpSocket::from_std(socket), resolved));
     }
     for _ in 0..workers {
@@ -114,8 +118,9 @@ fn claim(addr: SocketAddr) -> Result<SocketAddr, BindError> {
     Ok(resolved)
 }
 
-fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+fn udp_socket(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    size_buffers(&socket, buffer)?;
     if addr.is_ipv6() {
         // Separate sockets serve IPv4 and IPv6, so `0.0.0.0` and `::` can both be listened on.
         socket.set_only_v6(true)?;
@@ -140,6 +145,18 @@ fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Asks for `bytes` of receive and send buffer (0 keeps the kernel's
+/// default) and returns the receive buffer the kernel granted, which
+/// `net.core.rmem_max` may cap.
+pub fn size_buffers(socket: &Socket, bytes: usize) -> io::Result<usize> {
+    if bytes > 0 {
+        socket.set_recv_buffer_size(bytes)?;
+        socket.set_send_buffer_size(bytes)?;
+    }
+    // Linux reports twice the size it was given: half is its bookkeeping.
+    Ok(socket.recv_buffer_size()? / 2)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,7 +164,7 @@ mod tests {
     #[test]
     fn port_zero_resolves_to_one_port_for_all_workers_and_both_transports() {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("literal");
-        let workers = bind_all(&[addr], 3).expect("bind");
+        let workers = bind_all(&[addr], 3, 0).expect("bind");
         let port = workers[0].udp[0].1.port();
         assert_ne!(port, 0);
         for worker in &workers {

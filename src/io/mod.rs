@@ -18,11 +18,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::proto::Transport;
 use crate::proto::server::ServerConfig;
-pub use listener::BindError;
+pub use listener::{BindError, size_buffers};
 pub use relay::QuotaLimits;
 use shutdown::Shutdown;
 pub use worker::{IoStats, WorkerReport};
@@ -33,6 +33,8 @@ pub use worker::{IoStats, WorkerReport};
 pub struct RuntimeConfig {
     pub listen: Vec<SocketAddr>,
     pub workers: usize,
+    /// SO_RCVBUF/SO_SNDBUF of each UDP listen socket, in bytes; 0 keeps the kernel's.
+    pub udp_buffer: usize,
     pub relay_ports: (u16, u16),
     pub quotas: QuotaLimits,
     pub server: ServerConfig,
@@ -57,7 +59,18 @@ pub struct Running {
 
 /// Binds the listen sockets and starts the workers.
 pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, StartError> {
-    let per_worker = listener::bind_all(&config.listen, config.workers)?;
+    let per_worker = listener::bind_all(&config.listen, config.workers, config.udp_buffer)?;
+    if let Some((socket, _)) = per_worker.first().and_then(|w| w.udp.first()) {
+        let granted = socket2::SockRef::from(socket).recv_buffer_size().map(|b| b / 2).unwrap_or(0);
+        if config.udp_buffer > 0 && granted < config.udp_buffer {
+            warn!(
+                asked = config.udp_buffer,
+                granted,
+                "UDP socket buffers are capped by the kernel; raise net.core.rmem_max and net.core.wmem_max \
+                 (sysctl) or bursts will be dropped"
+            );
+        }
+    }
     let mut listening = Vec::new();
     if let Some(first) = per_worker.first() {
         listening.extend(first.udp.iter().map(|(_, addr)| (Transport::Udp, *addr)));

@@ -1,0 +1,686 @@
+//! Relay mode: allocations set up in parallel, then data through them to the
+//! echo peer and back, paced open-loop or closed-loop, on client threads
+//! that each run an event loop over their share of the allocations.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::{Events, Interest, Poll, Token};
+
+use super::{
+    CpuMeter, EchoPeer, LoadConfig, MIN_PAYLOAD, Mode, Pacing, Percentiles, RelayReport, Report, SetupReport,
+    failure_key, read_payload, write_payload,
+};
+use crate::client::ClientSocket;
+use crate::client::turn::{AuthState, TurnSession};
+use crate::io::clock;
+use crate::io::sys::RecvBatch;
+use crate::proto::channel_data::{self, ChannelData, ChannelNumber};
+use crate::proto::demux::{self, PacketKind};
+use crate::proto::stun::attr::{self, AttrType};
+use crate::proto::stun::{Class, ErrorCode, Message, MessageType, MessageWriter, Method, TransactionId};
+use crate::proto::{Transport, server::PEER_HEADROOM};
+
+/// The channel every allocation binds (channels are per allocation).
+const CHANNEL: u16 = 0x4000;
+/// Lifetime asked for, and how often it, the permission and the channel are
+/// refreshed on long runs (well inside the 300 s permission lifetime).
+const LIFETIME: u32 = 600;
+const MAINTENANCE_PERIOD: Duration = Duration::from_secs(120);
+/// Most allocations set up at once.
+const SETUP_THREADS: usize = 64;
+/// How long to wait for packets still in flight after the last send.
+const DRAIN: Duration = Duration::from_secs(1);
+/// Most packets one thread sends per loop turn when catching up, so
+/// receiving is never starved.
+const SEND_BURST: usize = 256;
+/// Receive and send buffer of every client socket: a burst the kernel drops
+/// here would count as loss of the server under test.
+pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+/// Attempts, and the wait between them, to delete each allocation at the end.
+const DELETE_ATTEMPTS: usize = 5;
+const DELETE_WAIT: Duration = Duration::from_millis(300);
+/// RTTs above this are recorded as this (the histogram's range).
+const MAX_RTT_NS: u64 = 60_000_000_000;
+
+/// An allocation ready to carry data.
+struct Prepared {
+    index: u32,
+    conn: PreparedConn,
+    peer: SocketAddr,
+    auth: Option<AuthState>,
+}
+
+enum PreparedConn {
+    Udp(std::net::UdpSocket),
+    Tcp(std::net::TcpStream, Vec<u8>),
+}
+
+pub fn run(config: &LoadConfig, report: &mut Report) -> Result<(), String> {
+    let Mode::Relay { allocations, pacing, size, send_indication, peer, peer_threads } = config.mode.clone() else {
+        unreachable!("relay::run is called for relay mode");
+    };
+    if size < MIN_PAYLOAD {
+        return Err(format!(
+            "--size must be at least {MIN_PAYLOAD} bytes (the payload carries a sequence number and timestamp)"
+        ));
+    }
+    report.mode = match pacing {
+        Pacing::Rate(rate) => format!("{allocations} allocations, {rate} pps each, {size} B"),
+        Pacing::Window(window) => format!("{allocations} allocations, window {window}, {size} B"),
+    } + if send_indication { ", Send/Data indications" } else { ", channels" };
+
+    let echo = match peer {
+        Some(_) => None,
+        None => {
+            let ip = if config.server.is_ipv4() { "127.0.0.1" } else { "::1" }.parse().expect("loopback literal");
+            Some(EchoPeer::start(ip, peer_threads).map_err(|e| format!("cannot start the echo peer: {e}"))?)
+        }
+    };
+    let peers: Vec<SocketAddr> = match (&echo, peer) {
+        (Some(echo), _) => echo.addrs().to_vec(),
+        (None, Some(peer)) => vec![peer],
+        (None, None) => unreachable!("one of the two is set"),
+    };
+
+    let (prepared, setup) = setup(config, &peers, allocations, send_indication);
+    report.setup = Some(setup);
+    if prepared.is_empty() {
+        if let Some(echo) = echo {
+            echo.stop();
+        }
+        return Err("no allocation could be set up".into());
+    }
+
+    let shared = Shared {
+        config: config.clone(),
+        pacing,
+        size,
+        send_indication,
+        base: clock::now(),
+        stop_sending: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+    };
+    let threads = config.threads.clamp(1, prepared.len());
+    let mut per_thread: Vec<Vec<Prepared>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, p) in prepared.into_iter().enumerate() {
+        per_thread[i % threads].push(p);
+    }
+    let meter = CpuMeter::start(config.server_pid)?;
+    let peer_before = echo.as_ref().map_or(0, EchoPeer::received);
+    let started = clock::now();
+    let results: Vec<Result<ThreadResult, String>> = std::thread::scope(|scope| {
+        let shared = &shared;
+        let handles: Vec<_> =
+            per_thread.into_iter().map(|flows| scope.spawn(move || client_thread(shared, flows))).collect();
+        progress(shared, config, started);
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("client thread panicked".into()))).collect()
+    });
+    let wall = clock::now() - started;
+    let to_peer = echo.as_ref().map(|e| e.received() - peer_before);
+    if let Some(echo) = echo {
+        echo.stop();
+    }
+
+    let mut histogram = new_histogram();
+    let (mut sent, mut received, mut bytes) = (0u64, 0u64, 0u64);
+    for result in results {
+        let result = result?;
+        histogram.add(&result.histogram).map_err(|e| e.to_string())?;
+        sent += result.sent;
+        received += result.received;
+        bytes += result.received * size as u64;
+    }
+    let send_window = config.duration.as_secs_f64().max(1e-9);
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1e6;
+    let lost = sent.saturating_sub(received);
+    report.relay = Some(RelayReport {
+        size,
+        sent,
+        to_peer,
+        to_client: received,
+        to_peer_pps: to_peer.map(|n| n as f64 / send_window),
+        to_client_pps: received as f64 / send_window,
+        to_client_mbit_s: bytes as f64 * 8.0 / 1e6 / send_window,
+        lost,
+        loss_percent: if sent > 0 { lost as f64 * 100.0 / sent as f64 } else { 0.0 },
+        rtt_ms: Percentiles {
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            max: histogram.max() as f64 / 1e6,
+        },
+    });
+    let delivered = received + to_peer.unwrap_or(received);
+    report.server_cpu = meter.finish(wall, delivered as f64)?;
+    Ok(())
+}
+
+/// Allocate, then a permission or a channel, for each allocation.
+fn setup(
+    config: &LoadConfig,
+    peers: &[SocketAddr],
+    count: usize,
+    send_indication: bool,
+) -> (Vec<Prepared>, SetupReport) {
+    let started = clock::now();
+    let prepared = Mutex::new(Vec::with_capacity(count));
+    let failures: Mutex<BTreeMap<String, u64>> = Mutex::default();
+    let threads = SETUP_THREADS.min(count).max(1);
+    std::thread::scope(|scope| {
+        for thread in 0..threads {
+            let (prepared, failures) = (&prepared, &failures);
+            scope.spawn(move || {
+                for index in (thread..count).step_by(threads) {
+                    let peer = peers[index % peers.len()];
+                    match prepare(config, index as u32, peer, send_indication) {
+                        Ok(p) => lock(prepared).push(p),
+                        Err(key) => *lock(failures).entry(key).or_default() += 1,
+                    }
+                }
+            });
+        }
+    });
+    let seconds = (clock::now() - started).as_secs_f64();
+    let mut prepared = prepared.into_inner().unwrap_or_else(|p| p.into_inner());
+    prepared.sort_by_key(|p| p.index);
+    let succeeded = prepared.len();
+    let report = SetupReport {
+        requested: count,
+        succeeded,
+        seconds,
+        per_second: succeeded as f64 / seconds.max(1e-9),
+        failures: failures.into_inner().unwrap_or_else(|p| p.into_inner()),
+    };
+    (prepared, report)
+}
+
+fn prepare(config: &LoadConfig, index: u32, peer: SocketAddr, send_indication: bool) -> Result<Prepared, String> {
+    let socket =
+        ClientSocket::open(config.server, config.transport, config.timeout).map_err(|_| "connect".to_owned())?;
+    let mut session = TurnSession::new(socket, config.credentials.clone(), config.timeout);
+    session.allocate(Some(LIFETIME)).map_err(|e| failure_key(&e))?;
+    if send_indication {
+        session.create_permission(&[peer]).map_err(|e| failure_key(&e))?;
+    } else {
+        session.channel_bind(CHANNEL, peer).map_err(|e| failure_key(&e))?;
+    }
+    let (socket, auth) = session.into_parts();
+    let conn = match config.transport {
+        Transport::Udp => PreparedConn::Udp(socket.into_udp().ok_or("udp")?),
+        _ => {
+            let (stream, inbuf) = socket.into_tcp().ok_or("tcp")?;
+            PreparedConn::Tcp(stream, inbuf)
+        }
+    };
+    Ok(Prepared { index, conn, peer, auth })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What the client threads share.
+struct Shared {
+    config: LoadConfig,
+    pacing: Pacing,
+    size: usize,
+    send_indication: bool,
+    /// Timestamps in payloads are nanoseconds since this.
+    base: Instant,
+    stop_sending: AtomicBool,
+    stop: AtomicBool,
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        u64::try_from((clock::now() - self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Prints progress once a second while the run lasts, and tells the threads
+/// when to stop sending and when to stop.
+fn progress(shared: &Shared, config: &LoadConfig, started: Instant) {
+    let bar = if config.progress { indicatif::ProgressBar::new_spinner() } else { indicatif::ProgressBar::hidden() };
+    let end = started + config.duration;
+    let (mut last_sent, mut last_received, mut last) = (0, 0, started);
+    while clock::now() < end {
+        std::thread::sleep(Duration::from_millis(200).min(end.saturating_duration_since(clock::now())));
+        let now = clock::now();
+        if now - last >= Duration::from_secs(1) {
+            let (sent, received) = (shared.sent.load(Ordering::Relaxed), shared.received.load(Ordering::Relaxed));
+            let secs = (now - last).as_secs_f64();
+            bar.set_message(format!(
+                "{:>5.1} s  sent {sent}  received {received}  {:.0} pps out, {:.0} pps back",
+                (now - started).as_secs_f64(),
+                (sent - last_sent) as f64 / secs,
+                (received - last_received) as f64 / secs
+            ));
+            bar.tick();
+            (last_sent, last_received, last) = (sent, received, now);
+        }
+    }
+    shared.stop_sending.store(true, Ordering::Relaxed);
+    let drain_end = clock::now() + DRAIN;
+    while clock::now() < drain_end && shared.received.load(Ordering::Relaxed) < shared.sent.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    bar.finish_and_clear();
+}
+
+struct ThreadResult {
+    histogram: Histogram<u64>,
+    sent: u64,
+    received: u64,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_RTT_NS, 3).expect("valid histogram bounds")
+}
+
+/// One allocation on a client thread.
+struct Flow {
+    index: u32,
+    conn: Conn,
+    peer: SocketAddr,
+    auth: Option<AuthState>,
+    sequence: u64,
+}
+
+enum Conn {
+    Udp(mio::net::UdpSocket),
+    Tcp { stream: mio::net::TcpStream, inbuf: Vec<u8>, outbuf: Vec<u8> },
+}
+
+/// A client thread: an event loop over its flows.
+fn client_thread(shared: &Shared, prepared: Vec<Prepared>) -> Result<ThreadResult, String> {
+    let mut poll = Poll::new().map_err(|e| e.to_string())?;
+    let mut flows = Vec::with_capacity(prepared.len());
+    for (slot, p) in prepared.into_iter().enumerate() {
+        let conn = match p.conn {
+            PreparedConn::Udp(socket) => {
+                socket.connect(shared.config.server).map_err(|e| e.to_string())?;
+                crate::io::size_buffers(&socket2::SockRef::from(&socket), SOCKET_BUFFER).map_err(|e| e.to_string())?;
+                socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let mut socket = mio::net::UdpSocket::from_std(socket);
+                poll.registry().register(&mut socket, Token(slot), Interest::READABLE).map_err(|e| e.to_string())?;
+                Conn::Udp(socket)
+            }
+            PreparedConn::Tcp(stream, inbuf) => {
+                stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let mut stream = mio::net::TcpStream::from_std(stream);
+                poll.registry()
+                    .register(&mut stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
+                    .map_err(|e| e.to_string())?;
+                Conn::Tcp { stream, inbuf, outbuf: Vec::new() }
+            }
+        };
+        flows.push(Flow { index: p.index, conn, peer: p.peer, auth: p.auth, sequence: 0 });
+    }
+    let mut state = ThreadState {
+        counters: Counters {
+            histogram: new_histogram(),
+            sent: 0,
+            received: 0,
+            sent_since_report: 0,
+            received_since_report: 0,
+        },
+        frame: Vec::with_capacity(shared.size + 64),
+        payload: vec![0; shared.size],
+        batch: RecvBatch::new(65536 + PEER_HEADROOM, 0),
+        chunk: vec![0; 65536],
+    };
+    let mut events = Events::with_capacity(1024);
+    let start = clock::now();
+    let mut next_maintenance = start + MAINTENANCE_PERIOD;
+    // Open loop: packet k of this thread is due at start + k / total rate.
+    let total_rate = match shared.pacing {
+        Pacing::Rate(rate) => rate * flows.len() as f64,
+        Pacing::Window(_) => 0.0,
+    };
+    let mut next_packet: u64 = 0;
+    if let Pacing::Window(window) = shared.pacing {
+        for flow in &mut flows {
+            for _ in 0..window {
+                let timestamp = shared.now_ns();
+                state.send(shared, flow, timestamp);
+            }
+        }
+    }
+    while !shared.stop.load(Ordering::Relaxed) {
+        let sending = !shared.stop_sending.load(Ordering::Relaxed);
+        let mut timeout = Duration::from_millis(20);
+        if sending && total_rate > 0.0 {
+            let elapsed = (clock::now() - start).as_secs_f64();
+            let mut burst = 0;
+            while (next_packet as f64) / total_rate <= elapsed && burst < SEND_BURST {
+                let flow = (next_packet % flows.len() as u64) as usize;
+                // The intended send time, not the actual one: a late send
+                // shows up as latency.
+                let intended = start + Duration::from_secs_f64(next_packet as f64 / total_rate);
+                let timestamp = u64::try_from((intended - shared.base).as_nanos()).unwrap_or(u64::MAX);
+                state.send(shared, &mut flows[flow], timestamp);
+                next_packet += 1;
+                burst += 1;
+            }
+            let due = next_packet as f64 / total_rate - (clock::now() - start).as_secs_f64();
+            timeout = if burst == SEND_BURST { Duration::ZERO } else { Duration::from_secs_f64(due.clamp(0.0, 0.02)) };
+        }
+        if sending && clock::now() >= next_maintenance {
+            next_maintenance += MAINTENANCE_PERIOD;
+            for flow in &mut flows {
+                state.maintain(shared, flow);
+            }
+        }
+        poll.poll(&mut events, Some(timeout))
+            .or_else(|e| if e.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(e.to_string()) })?;
+        for event in &events {
+            let flow = &mut flows[event.token().0];
+            state.receive(shared, flow, sending);
+        }
+        shared.sent.fetch_add(std::mem::take(&mut state.counters.sent_since_report), Ordering::Relaxed);
+        shared.received.fetch_add(std::mem::take(&mut state.counters.received_since_report), Ordering::Relaxed);
+    }
+    delete_all(&mut poll, &mut flows, &mut events);
+    let Counters { histogram, sent, received, .. } = state.counters;
+    Ok(ThreadResult { histogram, sent, received })
+}
+
+/// What a thread measures.
+struct Counters {
+    histogram: Histogram<u64>,
+    sent: u64,
+    received: u64,
+    sent_since_report: u64,
+    received_since_report: u64,
+}
+
+/// A thread's counters and reusable buffers: nothing is allocated per packet.
+struct ThreadState {
+    counters: Counters,
+    frame: Vec<u8>,
+    payload: Vec<u8>,
+    batch: RecvBatch,
+    chunk: Vec<u8>,
+}
+
+impl ThreadState {
+    /// Sends the flow's next payload as ChannelData or a Send indication.
+    fn send(&mut self, shared: &Shared, flow: &mut Flow, timestamp_ns: u64) {
+        self.frame.clear();
+        let size = shared.size;
+        if shared.send_indication {
+            write_payload(&mut self.payload, flow.index, flow.sequence, timestamp_ns);
+            let mut w = MessageWriter::new(
+                &mut self.frame,
+                MessageType::new(Method::SEND, Class::Indication),
+                TransactionId::random(),
+            );
+            w.xor_address(AttrType::XOR_PEER_ADDRESS, &flow.peer).attr(AttrType::DATA, &self.payload);
+        } else {
+            let stream = matches!(flow.conn, Conn::Tcp { .. });
+            let len = if stream { channel_data::padded_frame_len(size) } else { channel_data::HEADER_LEN + size };
+            self.frame.resize(len, 0);
+            let mut header = [0u8; channel_data::HEADER_LEN];
+            let channel = ChannelNumber::new(CHANNEL).expect("0x4000 is a valid channel");
+            channel_data::write_header(&mut header, channel, u16::try_from(size).unwrap_or(u16::MAX));
+            self.frame[..channel_data::HEADER_LEN].copy_from_slice(&header);
+            write_payload(&mut self.frame[channel_data::HEADER_LEN..], flow.index, flow.sequence, timestamp_ns);
+        }
+        flow.sequence += 1;
+        if transmit(&mut flow.conn, &self.frame) {
+            self.counters.sent += 1;
+            self.counters.sent_since_report += 1;
+        }
+    }
+
+    /// Reads what the flow's socket has; in window mode each echo is
+    /// answered with the next packet.
+    fn receive(&mut self, shared: &Shared, flow: &mut Flow, sending: bool) {
+        let mut echoes = 0u32;
+        let mut responses: Vec<Vec<u8>> = Vec::new();
+        match &mut flow.conn {
+            Conn::Udp(socket) => loop {
+                let count = match self.batch.recv(socket.as_raw_fd()) {
+                    Ok(count) => count,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => break,
+                };
+                for i in 0..count {
+                    match self.counters.read_frame(shared, self.batch.payload(i)) {
+                        FrameKind::Echo => echoes += 1,
+                        FrameKind::Response(bytes) => responses.push(bytes),
+                        FrameKind::Other => {}
+                    }
+                }
+            },
+            Conn::Tcp { stream, inbuf, outbuf } => {
+                let _ = flush(stream, outbuf);
+                loop {
+                    match stream.read(&mut self.chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => inbuf.extend_from_slice(&self.chunk[..n]),
+                    }
+                }
+                let mut start = 0;
+                while let Ok(Some(len)) = demux::stream_frame_len(&inbuf[start..]) {
+                    if start + len > inbuf.len() {
+                        break;
+                    }
+                    let frame = &inbuf[start..start + len];
+                    start += len;
+                    match self.counters.read_frame(shared, frame) {
+                        FrameKind::Echo => echoes += 1,
+                        FrameKind::Response(bytes) => responses.push(bytes),
+                        FrameKind::Other => {}
+                    }
+                }
+                inbuf.drain(..start);
+            }
+        }
+        for response in responses {
+            self.handle_response(shared, flow, &response);
+        }
+        if sending && matches!(shared.pacing, Pacing::Window(_)) {
+            for _ in 0..echoes {
+                let timestamp = shared.now_ns();
+                self.send(shared, flow, timestamp);
+            }
+        }
+    }
+}
+
+impl Counters {
+    /// Records an echo's round trip; control responses are handed back.
+    fn read_frame(&mut self, shared: &Shared, frame: &[u8]) -> FrameKind {
+        let payload = match demux::classify(frame) {
+            PacketKind::ChannelData => match ChannelData::parse(frame) {
+                Ok(data) => data.payload,
+                Err(_) => return FrameKind::Other,
+            },
+            PacketKind::Stun => match Message::parse(frame) {
+                Ok(message) if message.message_type() == MessageType::new(Method::DATA, Class::Indication) => {
+                    match message.attribute(AttrType::DATA) {
+                        Some(data) => data,
+                        None => return FrameKind::Other,
+                    }
+                }
+                Ok(message) if matches!(message.class(), Class::Success | Class::Error) => {
+                    return FrameKind::Response(frame.to_vec());
+                }
+                _ => return FrameKind::Other,
+            },
+            PacketKind::Other => return FrameKind::Other,
+        };
+        let Some((_, _, timestamp)) = read_payload(payload) else { return FrameKind::Other };
+        let rtt = shared.now_ns().saturating_sub(timestamp).clamp(1, MAX_RTT_NS);
+        let _ = self.histogram.record(rtt);
+        self.received += 1;
+        self.received_since_report += 1;
+        FrameKind::Echo
+    }
+}
+
+impl ThreadState {
+    /// A 438 to a refresh means a new nonce: take it and refresh again.
+    fn handle_response(&mut self, shared: &Shared, flow: &mut Flow, response: &[u8]) {
+        let Ok(message) = Message::parse(response) else { return };
+        if message.class() != Class::Error {
+            return;
+        }
+        let stale = message
+            .attribute(AttrType::ERROR_CODE)
+            .and_then(|v| attr::read_error_code(v).ok())
+            .is_some_and(|e| e.code == ErrorCode::STALE_NONCE.0);
+        if let (true, Some(nonce), Some(auth)) = (stale, message.attribute(AttrType::NONCE), flow.auth.as_mut()) {
+            auth.nonce = nonce.to_vec();
+            self.maintain(shared, flow);
+        }
+    }
+
+    /// Refreshes the allocation and its permission or channel.
+    fn maintain(&mut self, shared: &Shared, flow: &mut Flow) {
+        let Some(auth) = &flow.auth else { return };
+        let mut frames = Vec::new();
+        for method in
+            [Method::REFRESH, if shared.send_indication { Method::CREATE_PERMISSION } else { Method::CHANNEL_BIND }]
+        {
+            let mut request = Vec::new();
+            let mut w =
+                MessageWriter::new(&mut request, MessageType::new(method, Class::Request), TransactionId::random());
+            match method {
+                Method::REFRESH => {
+                    w.attr_u32(AttrType::LIFETIME, LIFETIME);
+                }
+                Method::CHANNEL_BIND => {
+                    w.attr(AttrType::CHANNEL_NUMBER, &[(CHANNEL >> 8) as u8, CHANNEL as u8, 0, 0]);
+                    w.xor_address(AttrType::XOR_PEER_ADDRESS, &flow.peer);
+                }
+                _ => {
+                    w.xor_address(AttrType::XOR_PEER_ADDRESS, &flow.peer);
+                }
+            }
+            auth.sign(&mut w);
+            frames.push(request);
+        }
+        for frame in frames {
+            transmit(&mut flow.conn, &frame);
+        }
+    }
+}
+
+/// Deletes every allocation with Refresh LIFETIME 0, sending again to those
+/// not answered yet: a lost delete would leave an allocation (and, when its
+/// client port is reused, a 437) behind for the lifetime.
+fn delete_all(poll: &mut Poll, flows: &mut [Flow], events: &mut Events) {
+    let mut waiting: Vec<Option<TransactionId>> = vec![None; flows.len()];
+    let mut confirmed: Vec<bool> = flows.iter().map(|f| f.auth.is_none()).collect();
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..DELETE_ATTEMPTS {
+        for ((flow, waiting), done) in flows.iter_mut().zip(&mut waiting).zip(&confirmed) {
+            let (false, Some(auth)) = (*done, &flow.auth) else { continue };
+            let tid = TransactionId::random();
+            let mut request = Vec::new();
+            let mut w = MessageWriter::new(&mut request, MessageType::new(Method::REFRESH, Class::Request), tid);
+            w.attr_u32(AttrType::LIFETIME, 0);
+            auth.sign(&mut w);
+            transmit(&mut flow.conn, &request);
+            *waiting = Some(tid);
+        }
+        let deadline = clock::now() + DELETE_WAIT;
+        while confirmed.contains(&false) && clock::now() < deadline {
+            if poll.poll(events, Some(deadline.saturating_duration_since(clock::now()))).is_err() {
+                break;
+            }
+            for event in events.iter() {
+                let index = event.token().0;
+                for frame in drain_frames(&mut flows[index].conn, &mut buf) {
+                    // Any answer counts: a 437 means an earlier attempt got through.
+                    if let Ok(message) = Message::parse(&frame)
+                        && matches!(message.class(), Class::Success | Class::Error)
+                        && waiting[index] == Some(message.transaction_id())
+                    {
+                        confirmed[index] = true;
+                    }
+                }
+            }
+        }
+        if !confirmed.contains(&false) {
+            return;
+        }
+    }
+}
+
+/// The frames waiting on a connection, read without blocking.
+fn drain_frames(conn: &mut Conn, buf: &mut [u8]) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    match conn {
+        Conn::Udp(socket) => {
+            while let Ok(n) = socket.recv(buf) {
+                frames.push(buf[..n].to_vec());
+            }
+        }
+        Conn::Tcp { stream, inbuf, outbuf } => {
+            let _ = flush(stream, outbuf);
+            while let Ok(n) = stream.read(buf) {
+                if n == 0 {
+                    break;
+                }
+                inbuf.extend_from_slice(&buf[..n]);
+            }
+            while let Ok(Some(len)) = demux::stream_frame_len(inbuf) {
+                if len > inbuf.len() {
+                    break;
+                }
+                frames.push(inbuf.drain(..len).collect());
+            }
+        }
+    }
+    frames
+}
+
+enum FrameKind {
+    Echo,
+    Response(Vec<u8>),
+    Other,
+}
+
+/// Sends a frame; false when the socket would not take it (a UDP drop).
+fn transmit(conn: &mut Conn, frame: &[u8]) -> bool {
+    match conn {
+        Conn::Udp(socket) => socket.send(frame).is_ok(),
+        Conn::Tcp { stream, outbuf, .. } => {
+            outbuf.extend_from_slice(frame);
+            flush(stream, outbuf).is_ok()
+        }
+    }
+}
+
+fn flush(stream: &mut mio::net::TcpStream, outbuf: &mut Vec<u8>) -> io::Result<()> {
+    let mut written = 0;
+    while written < outbuf.len() {
+        match stream.write(&outbuf[written..]) {
+            Ok(0) => break,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                outbuf.drain(..written);
+                return Err(e);
+            }
+        }
+    }
+    outbuf.drain(..written);
+    Ok(())
+}
