@@ -1056,3 +1056,6 @@ fn write_data_indication(
     out[header_len + len..].fill(0);
     Some((start, headroom + padded))
 }
+
+#[cfg(test)]
+mod tests;
