@@ -677,8 +677,7 @@ impl Server {
             .map_err(|_| RequestError::BadRequest("LIFETIME malformed"))?;
         let lifetime = match requested {
             Some(0) => Duration::ZERO,
-            Some(secs) => Duration::from_secs(u64::from(secs)).min(max_lifetime),
-            None => default_lifetime,
+            requested => initial_lifetime(requested, default_lifetime, max_lifetime),
         };
         if lifetime.is_zero() {
             self.delete(id, driver, "refreshed with lifetime 0");
@@ -986,8 +985,8 @@ impl Server {
     }
 }
 
-/// RFC 8656 §7.2: the client's LIFETIME capped at the maximum, but never
-/// below the default.
+/// RFC 8656 §7.2, and §7.3 for a non-zero Refresh: the client's LIFETIME
+/// capped at the maximum, but never below the default.
 fn initial_lifetime(requested: Option<u32>, default: Duration, max: Duration) -> Duration {
     match requested {
         Some(secs) => Duration::from_secs(u64::from(secs)).min(max).max(default),

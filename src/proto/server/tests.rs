@@ -969,6 +969,25 @@ fn refresh_without_lifetime_gives_the_default_and_caps_at_the_maximum() {
 }
 
 #[test]
+fn refresh_lifetime_below_the_default_is_raised_to_the_default() {
+    // RFC 8656 §7.3: a non-zero LIFETIME is capped at the maximum and, when
+    // below the default, raised to it, as for Allocate.
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    alice.allocated(&mut h);
+    h.advance(secs(100));
+    let response = alice.refresh(&mut h, Some(30));
+    assert_success(&response);
+    assert_eq!(response.lifetime(), Some(600));
+    h.advance(secs(599));
+    h.timeout();
+    assert_eq!(h.server.table().len(), 1, "alive until the default lifetime has passed");
+    h.advance(SECOND);
+    h.timeout();
+    assert!(h.server.table().is_empty());
+}
+
+#[test]
 fn refresh_with_lifetime_zero_deletes_at_once() {
     let mut h = Harness::authenticated();
     let mut alice = Client::alice("198.51.100.1:40000");
