@@ -845,6 +845,31 @@ fn message_integrity_without_nonce_is_400() {
 }
 
 #[test]
+fn unknown_comprehension_required_attributes_are_checked_after_authentication() {
+    // RFC 8489 §6.3: authentication checks first, then unknown attributes;
+    // §6.3.1: 420 listing the unknown comprehension-required ones; §9.2.4:
+    // that 420 is signed like any other answer to an authenticated request.
+    let mut h = Harness::authenticated();
+    let with_unknown = |w: &mut MessageWriter<'_>| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType(0x7F01), b"?").attr(AttrType(0xC001), b"ignored");
+    };
+    let mut alice = Client::alice("198.51.100.1:40000");
+    // `request` checks the unsigned first try is challenged (401), `exchange`
+    // that the 420 to the signed retry carries alice's MESSAGE-INTEGRITY.
+    let response = alice.request(&mut h, Method::ALLOCATE, &with_unknown);
+    assert_error(&response, 420);
+    let listed: Vec<AttrType> =
+        attr::read_unknown_attributes(response.attr(AttrType::UNKNOWN_ATTRIBUTES).expect("listed"))
+            .expect("well-formed")
+            .collect();
+    assert_eq!(listed, [AttrType(0x7F01)]);
+    assert!(h.server.table().is_empty() && h.driver.open_calls.is_empty());
+    // Wrong credentials are reported as such, not as a 420.
+    let mut mallory = Client::new("198.51.100.9:40000", SERVER, Transport::Udp, Some(("alice", "guess")));
+    assert_error(&mallory.request(&mut h, Method::ALLOCATE, &with_unknown), 401);
+}
+
+#[test]
 fn expired_nonce_is_438_with_a_fresh_nonce_that_then_works() {
     let mut h = Harness::authenticated();
     let mut alice = Client::alice("198.51.100.1:40000");
