@@ -367,6 +367,8 @@ struct Client {
     credentials: Option<(String, String)>,
     realm: Option<String>,
     nonce: Option<Vec<u8>>,
+    /// Add FINGERPRINT as the last attribute of requests.
+    fingerprint: bool,
 }
 
 impl Client {
@@ -378,6 +380,7 @@ impl Client {
             credentials: credentials.map(|(u, p)| (u.to_owned(), p.to_owned())),
             realm: None,
             nonce: None,
+            fingerprint: false,
         }
     }
 
@@ -406,6 +409,7 @@ impl Client {
             credentials: self.credentials.clone(),
             realm: None,
             nonce: None,
+            fingerprint: false,
         }
     }
 
@@ -427,6 +431,9 @@ impl Client {
             w.attr(AttrType::REALM, realm.as_bytes());
             w.attr(AttrType::NONCE, nonce);
             w.message_integrity(&key);
+        }
+        if self.fingerprint {
+            w.fingerprint();
         }
         w.finish();
         packet
@@ -596,6 +603,35 @@ fn requested_lifetime_is_raised_to_the_default_and_capped_at_the_maximum() {
         let expires = h.allocation(&client.tuple).expect("allocated").expires;
         assert_eq!(expires, h.now.instant + secs(u64::from(granted)));
     }
+}
+
+#[test]
+fn configured_relay_ips_take_turns_and_external_ips_are_advertised() {
+    let ip = |text: &str| -> IpAddr { text.parse().expect("IP literal") };
+    let turn = TurnConfig {
+        relay_ips: vec![ip("198.51.100.20"), ip("198.51.100.21"), ip("2001:db8::20")],
+        external_ips: vec![ExternalIp { public: ip("203.0.113.5"), private: Some(ip("198.51.100.20")) }],
+        ..turn_config()
+    };
+    let mut h = Harness::new(turn);
+    let mut relays = Vec::new();
+    for port in 40000..40004 {
+        let mut client = Client::alice(&format!("198.51.100.1:{port}"));
+        let advertised = client.allocated(&mut h);
+        let relayed = h.driver.open[&client.id(&h)];
+        // The client is told the public address of a mapped relay IP, with
+        // the relay's port; an unmapped relay IP is advertised as it is.
+        let expected = if relayed.ip() == ip("198.51.100.20") { ip("203.0.113.5") } else { relayed.ip() };
+        assert_eq!(advertised, SocketAddr::new(expected, relayed.port()));
+        relays.push(relayed.ip());
+    }
+    assert!(relays.windows(2).all(|pair| pair[0] != pair[1]), "IPv4 relay IPs alternate: {relays:?}");
+    let mut v6 = Client::alice("198.51.100.1:40004");
+    let response = v6.request(&mut h, Method::ALLOCATE, &|w| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family(0x02));
+    });
+    assert_success(&response);
+    assert_eq!(response.relayed().ip(), ip("2001:db8::20"), "an IPv4 client can get an IPv6 relay");
 }
 
 #[test]
@@ -804,6 +840,27 @@ fn total_quota_is_508() {
 // ---------------------------------------------------------------------------
 // Authentication (RFC 8489 §9.2, RFC 8656 §5)
 // ---------------------------------------------------------------------------
+
+#[test]
+fn fingerprint_is_checked_and_echoed_after_the_signature() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    alice.fingerprint = true;
+    // `exchange` verifies MESSAGE-INTEGRITY, which must not cover FINGERPRINT.
+    let response = alice.allocate(&mut h);
+    assert_success(&response);
+    let message = response.message();
+    assert_eq!(message.attributes().last().map(|a| a.typ), Some(AttrType::FINGERPRINT));
+    assert!(message.verify_fingerprint(), "RFC 8489 §14.7: FINGERPRINT covers the signed response");
+
+    // RFC 8489 §6.3: a wrong FINGERPRINT is dropped silently.
+    let mut packet = alice.build(Method::REFRESH, TransactionId::random(), &no_attributes);
+    let last = packet.len() - 1;
+    packet[last] ^= 1;
+    let (outcome, reply) = h.client_packet(&alice.tuple, alice.handle, &packet);
+    assert_eq!((outcome, reply.len()), (ClientOutcome::Dropped, 0));
+    assert_eq!(h.stats().bad_fingerprint, 1);
+}
 
 #[test]
 fn wrong_password_is_an_unsigned_401_with_realm_and_nonce() {
