@@ -412,28 +412,19 @@ impl Server {
         reply: &mut Vec<u8>,
         driver: &mut dyn Driver,
     ) -> ClientOutcome {
-        let mut unknown = [AttrType(0); MAX_UNKNOWN_LISTED];
-        let mut unknown_count = 0;
-        for (slot, typ) in unknown.iter_mut().zip(request.unknown_required()) {
-            *slot = typ;
-            unknown_count += 1;
-        }
-        if unknown_count > 0 {
-            debug!(client = %tuple.client, method = request.method().name(), "420: unknown comprehension-required attributes");
-            self.error_response(request, ErrorCode::UNKNOWN_ATTRIBUTE, None, reply, |w| {
-                w.unknown_attributes(&unknown[..unknown_count]);
-            });
-            return ClientOutcome::Replied;
-        }
         let is_turn_method = matches!(
             request.method(),
             Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND
         );
+        if is_turn_method && self.config.turn.is_some() {
+            // Authenticated first; unknown attributes are checked after that.
+            return self.handle_turn_request(now, tuple, client, request, reply, driver);
+        }
+        if self.reject_unknown_attributes(tuple, request, None, reply) {
+            return ClientOutcome::Replied;
+        }
         match request.method() {
             Method::BINDING => self.binding_success(tuple, request, reply),
-            _ if is_turn_method && self.config.turn.is_some() => {
-                self.handle_turn_request(now, tuple, client, request, reply, driver)
-            }
             method => {
                 debug!(client = %tuple.client, method = method.0, "400: method not supported");
                 self.error_response(request, ErrorCode::BAD_REQUEST, None, reply, |_| {});
@@ -460,6 +451,9 @@ impl Server {
             }
             None => Identity { username: "", key: None },
         };
+        if self.reject_unknown_attributes(tuple, request, identity.key.as_ref(), reply) {
+            return ClientOutcome::Replied;
+        }
         let result = match request.method() {
             Method::ALLOCATE => self.allocate(now, tuple, client, request, &identity, reply, driver),
             Method::REFRESH => self.refresh(now, tuple, request, &identity, reply, driver),
@@ -476,6 +470,34 @@ impl Server {
             });
         }
         ClientOutcome::Replied
+    }
+
+    /// RFC 8489 §6.3.1: a request with comprehension-required attributes
+    /// tern does not know gets 420 listing them, signed with `key` when the
+    /// request was authenticated (§9.2.4). RFC 8489 §6.3 checks this after
+    /// authentication, so TURN requests come here only once authenticated.
+    /// Returns whether it answered.
+    fn reject_unknown_attributes(
+        &mut self,
+        tuple: &FiveTuple,
+        request: &Message<'_>,
+        key: Option<&LongTermKey>,
+        reply: &mut Vec<u8>,
+    ) -> bool {
+        let mut unknown = [AttrType(0); MAX_UNKNOWN_LISTED];
+        let mut unknown_count = 0;
+        for (slot, typ) in unknown.iter_mut().zip(request.unknown_required()) {
+            *slot = typ;
+            unknown_count += 1;
+        }
+        if unknown_count == 0 {
+            return false;
+        }
+        debug!(client = %tuple.client, method = request.method().name(), "420: unknown comprehension-required attributes");
+        self.error_response(request, ErrorCode::UNKNOWN_ATTRIBUTE, key, reply, |w| {
+            w.unknown_attributes(&unknown[..unknown_count]);
+        });
+        true
     }
 
     /// 401 or 438 with REALM and a fresh NONCE, or 400 for a request that
@@ -677,8 +699,7 @@ impl Server {
             .map_err(|_| RequestError::BadRequest("LIFETIME malformed"))?;
         let lifetime = match requested {
             Some(0) => Duration::ZERO,
-            Some(secs) => Duration::from_secs(u64::from(secs)).min(max_lifetime),
-            None => default_lifetime,
+            requested => initial_lifetime(requested, default_lifetime, max_lifetime),
         };
         if lifetime.is_zero() {
             self.delete(id, driver, "refreshed with lifetime 0");
@@ -986,8 +1007,8 @@ impl Server {
     }
 }
 
-/// RFC 8656 §7.2: the client's LIFETIME capped at the maximum, but never
-/// below the default.
+/// RFC 8656 §7.2, and §7.3 for a non-zero Refresh: the client's LIFETIME
+/// capped at the maximum, but never below the default.
 fn initial_lifetime(requested: Option<u32>, default: Duration, max: Duration) -> Duration {
     match requested {
         Some(secs) => Duration::from_secs(u64::from(secs)).min(max).max(default),
@@ -1056,3 +1077,6 @@ fn write_data_indication(
     out[header_len + len..].fill(0);
     Some((start, headroom + padded))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1933 @@
+//! Tests of the TURN core through `Server`'s inputs, with a fake clock and a
+//! fake [`Driver`], so nothing here sleeps or opens a socket.
+//!
+//! Clients do the long-term credential dance as a real one would (RFC 8489
+//! §9.2): an unsigned first request, a 401 that carries REALM and NONCE, then
+//! signed requests. Every response is parsed and its class, method,
+//! transaction ID and ERROR-CODE checked, and every response to a signed
+//! request must carry a MESSAGE-INTEGRITY made with the same key, except the
+//! 401 and 438 answers, which cannot be signed (RFC 8489 §9.2.4).
+//!
+//! After every input the harness checks that the table is consistent, that
+//! the driver has exactly the table's relays open, and that the quota counts
+//! are exactly the table's allocations, so a leak anywhere fails the step
+//! that caused it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::proto::Transport;
+use crate::proto::auth::{StaticCredentials, rest_password};
+use crate::proto::port_pool::PortPool;
+use crate::proto::stun::TransactionId;
+use crate::proto::stun::integrity::long_term_key_md5;
+
+const REALM: &str = "example.org";
+const USERS: &[(&str, &str)] = &[("alice", "alice-password"), ("bob", "bob-password")];
+const REST_SECRET_NEW: &[u8] = b"rest-secret-new";
+const REST_SECRET_OLD: &[u8] = b"rest-secret-old";
+const NONCE_LIFETIME: u64 = 600;
+/// Wall-clock start of every test (2027-01-15).
+const UNIX_START: u64 = 1_800_000_000;
+/// Where clients send their requests; with no `relay_ips` configured, also
+/// the relay IP.
+const SERVER: &str = "192.0.2.10:3478";
+const SERVER_V6: &str = "[2001:db8::10]:3478";
+/// A small relay port range, so exhaustion is a few allocations away.
+const PORTS: (u16, u16) = (50000, 50007);
+/// REQUESTED-TRANSPORT values: UDP (17) and TCP (6) with the RFFU bytes.
+const UDP: [u8; 4] = [17, 0, 0, 0];
+const TCP: [u8; 4] = [6, 0, 0, 0];
+/// Public peers that the default policy lets through.
+const PEER: &str = "8.8.8.8:1000";
+const PEER_B: &str = "1.1.1.1:2000";
+const PEER_C: &str = "9.9.9.9:3000";
+const PEER_V6: &str = "[2606:4700::1111]:4000";
+/// Peers the default policy refuses (RFC 8656 §21.3), IPv4 or IPv4-mapped.
+const FORBIDDEN_PEERS: &[&str] =
+    &["127.0.0.1:9", "[::ffff:127.0.0.1]:9", "0.0.0.0:9", "10.0.0.1:9", "169.254.169.254:80", "192.168.1.1:9"];
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("address literal")
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+// ---------------------------------------------------------------------------
+// The fake driver
+// ---------------------------------------------------------------------------
+
+/// A [`Driver`] with the real one's port pools and quota rules and no sockets.
+struct FakeDriver {
+    ports: (u16, u16),
+    pools: HashMap<IpAddr, PortPool>,
+    /// Relays open now, by allocation.
+    open: HashMap<AllocationId, SocketAddr>,
+    /// Every `open_relay` call, successful or not.
+    open_calls: Vec<(AllocationId, RelayRequest)>,
+    /// Every `close_relay` call.
+    close_calls: Vec<AllocationId>,
+    /// Allocations per user; 0 for no limit (as `io::relay::QuotaLimits`).
+    user_quota: u32,
+    /// Allocations in all; 0 for no limit.
+    total_quota: u32,
+    per_user: BTreeMap<String, u32>,
+    total: u32,
+    /// Refuse DONT-FRAGMENT, as on a platform without IP_DONTFRAG.
+    dont_fragment_unsupported: bool,
+    /// The harness's clock, for reservation deadlines.
+    now: Instant,
+}
+
+impl FakeDriver {
+    fn new(now: Instant) -> Self {
+        Self {
+            ports: PORTS,
+            pools: HashMap::new(),
+            open: HashMap::new(),
+            open_calls: Vec::new(),
+            close_calls: Vec::new(),
+            user_quota: 0,
+            total_quota: 0,
+            per_user: BTreeMap::new(),
+            total: 0,
+            dont_fragment_unsupported: false,
+            now,
+        }
+    }
+
+    fn pool(&mut self, ip: IpAddr) -> &mut PortPool {
+        let (min, max) = self.ports;
+        self.pools.entry(ip).or_insert_with(|| PortPool::new(min, max))
+    }
+
+    fn free_ports(&self, ip: IpAddr) -> usize {
+        self.pools.get(&ip).map_or(usize::from(self.ports.1 - self.ports.0) + 1, PortPool::free_ports)
+    }
+
+    fn quota(&self, user: &str) -> u32 {
+        self.per_user.get(user).copied().unwrap_or(0)
+    }
+}
+
+impl Driver for FakeDriver {
+    fn open_relay(&mut self, id: AllocationId, request: &RelayRequest) -> Result<RelayOpened, RelayError> {
+        assert!(!self.open.contains_key(&id), "relay of {id:?} opened while open");
+        self.open_calls.push((id, *request));
+        if request.dont_fragment && self.dont_fragment_unsupported {
+            return Err(RelayError::DontFragmentUnsupported);
+        }
+        let now = self.now;
+        let (ip, port, reservation) = match request.port {
+            PortRequest::Reserved(token) => self
+                .pools
+                .iter_mut()
+                .find_map(|(ip, pool)| pool.claim(&token, now).map(|port| (*ip, port, None)))
+                .ok_or(RelayError::BadToken)?,
+            PortRequest::Even { reserve_next } => {
+                let (port, token) =
+                    self.pool(request.ip).allocate_even(reserve_next, now).ok_or(RelayError::NoPorts)?;
+                (request.ip, port, token)
+            }
+            PortRequest::Any => (request.ip, self.pool(request.ip).allocate().ok_or(RelayError::NoPorts)?, None),
+        };
+        let addr = SocketAddr::new(ip, port);
+        self.open.insert(id, addr);
+        Ok(RelayOpened { addr, reservation })
+    }
+
+    fn close_relay(&mut self, id: AllocationId) {
+        let addr = self.open.remove(&id).unwrap_or_else(|| panic!("close_relay({id:?}) of a relay that is not open"));
+        self.close_calls.push(id);
+        self.pool(addr.ip()).release(addr.port());
+    }
+
+    fn acquire_quota(&mut self, user: &str) -> Result<(), QuotaError> {
+        if self.total_quota != 0 && self.total >= self.total_quota {
+            return Err(QuotaError::Total);
+        }
+        let count = self.quota(user);
+        if self.user_quota != 0 && count >= self.user_quota {
+            return Err(QuotaError::User);
+        }
+        self.per_user.insert(user.to_owned(), count + 1);
+        self.total += 1;
+        Ok(())
+    }
+
+    fn release_quota(&mut self, user: &str) {
+        let count = self.per_user.get_mut(user).unwrap_or_else(|| panic!("quota of {user} released but not held"));
+        *count -= 1;
+        if *count == 0 {
+            self.per_user.remove(user);
+        }
+        self.total -= 1;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The harness
+// ---------------------------------------------------------------------------
+
+fn authenticator() -> Authenticator {
+    let users = USERS
+        .iter()
+        .map(|(user, password)| ((*user).to_owned(), LongTermKey(long_term_key_md5(user, REALM, password))))
+        .collect();
+    let store = StaticCredentials::new(users, vec![REST_SECRET_NEW.to_vec(), REST_SECRET_OLD.to_vec()]);
+    Authenticator::new(REALM.to_owned(), store, [7; 32], NONCE_LIFETIME)
+}
+
+/// TURN with long-term credentials and every other setting at its default.
+fn turn_config() -> TurnConfig {
+    TurnConfig { auth: Some(authenticator()), ..TurnConfig::default() }
+}
+
+struct Harness {
+    server: Server,
+    driver: FakeDriver,
+    now: Now,
+    start: Instant,
+}
+
+impl Harness {
+    fn new(turn: TurnConfig) -> Self {
+        let start = crate::io::clock::now();
+        let server = Server::new(ServerConfig { turn: Some(turn), ..ServerConfig::default() });
+        Self { server, driver: FakeDriver::new(start), now: Now { instant: start, unix: UNIX_START }, start }
+    }
+
+    fn authenticated() -> Self {
+        Self::new(turn_config())
+    }
+
+    /// Moves both clocks forward.
+    fn advance(&mut self, by: Duration) {
+        self.now.instant += by;
+        self.now.unix += by.as_secs();
+    }
+
+    /// Seconds since the start of the test.
+    fn elapsed(&self) -> Duration {
+        self.now.instant - self.start
+    }
+
+    fn client_packet(&mut self, tuple: &FiveTuple, client: ClientHandle, packet: &[u8]) -> (ClientOutcome, Vec<u8>) {
+        self.driver.now = self.now.instant;
+        let mut reply = Vec::new();
+        let outcome = self.server.handle_client(self.now, tuple, client, packet, &mut reply, &mut self.driver);
+        self.check_invariants();
+        (outcome, reply)
+    }
+
+    /// A datagram of `payload` from `peer` to the relay of `id`, received as
+    /// the driver does: at `PEER_HEADROOM` in a slot with `PEER_TAILROOM`
+    /// after it. The rest of the slot holds junk that must not leak.
+    fn peer_packet(&mut self, id: AllocationId, peer: SocketAddr, payload: &[u8]) -> (Option<PeerOutcome>, Vec<u8>) {
+        let mut slot = vec![0xAA; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
+        slot[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(payload);
+        let outcome = self.server.handle_peer(self.now, id, peer, &mut slot, PEER_HEADROOM, payload.len());
+        self.check_invariants();
+        (outcome, slot)
+    }
+
+    fn timeout(&mut self) {
+        self.driver.now = self.now.instant;
+        self.server.handle_timeout(self.now, &mut self.driver);
+        self.check_invariants();
+    }
+
+    fn connection_closed(&mut self, tuple: &FiveTuple) {
+        self.server.handle_connection_closed(tuple, &mut self.driver);
+        self.check_invariants();
+    }
+
+    fn close_all(&mut self) {
+        self.server.close_all(&mut self.driver);
+        self.check_invariants();
+    }
+
+    fn allocation(&self, tuple: &FiveTuple) -> Option<&Allocation> {
+        self.server.table().find(tuple).and_then(|id| self.server.table().get(id))
+    }
+
+    fn stats(&self) -> Stats {
+        *self.server.stats()
+    }
+
+    /// What must hold after every input: the table agrees with its index,
+    /// the driver has exactly the table's relays open (same ids, same
+    /// addresses), and the quotas count exactly the table's allocations.
+    fn check_invariants(&self) {
+        let table = self.server.table();
+        assert!(table.is_consistent(), "allocation table and its index disagree");
+        let relays: HashMap<AllocationId, SocketAddr> = table.iter().map(|(id, a)| (id, a.relayed)).collect();
+        assert_eq!(relays, self.driver.open, "open relays differ from the table's allocations");
+        let mut per_user = BTreeMap::new();
+        for (_, allocation) in table.iter() {
+            *per_user.entry(allocation.quota_key.to_string()).or_insert(0u32) += 1;
+        }
+        assert_eq!(per_user, self.driver.per_user, "quota counts differ from the table's allocations");
+        assert_eq!(self.driver.total as usize, table.len(), "total quota differs from the table");
+    }
+}
+
+/// A response, parsed and checked for what every response must be.
+struct Response(Vec<u8>);
+
+impl Response {
+    fn new(bytes: Vec<u8>) -> Self {
+        let message = Message::parse(&bytes).expect("a response is one well-formed STUN message");
+        match message.class() {
+            Class::Success => assert!(message.attribute(AttrType::ERROR_CODE).is_none(), "success with ERROR-CODE"),
+            Class::Error => {
+                let value = message.attribute(AttrType::ERROR_CODE).expect("error response without ERROR-CODE");
+                attr::read_error_code(value).expect("ERROR-CODE is well-formed");
+            }
+            class => panic!("a request was answered with {class:?}"),
+        }
+        Self(bytes)
+    }
+
+    fn message(&self) -> Message<'_> {
+        Message::parse(&self.0).expect("checked in new")
+    }
+
+    fn is_success(&self) -> bool {
+        self.message().class() == Class::Success
+    }
+
+    /// The ERROR-CODE number, `None` for a success.
+    fn code(&self) -> Option<u16> {
+        let value = self.message().attribute(AttrType::ERROR_CODE)?;
+        Some(attr::read_error_code(value).expect("checked in new").code)
+    }
+
+    fn attr(&self, typ: AttrType) -> Option<&[u8]> {
+        self.message().attribute(typ)
+    }
+
+    fn xor_address(&self, typ: AttrType) -> Option<SocketAddr> {
+        let message = self.message();
+        let value = message.attribute(typ)?;
+        Some(attr::read_xor_address(value, &message.transaction_id()).expect("address attributes are well-formed"))
+    }
+
+    fn lifetime(&self) -> Option<u32> {
+        self.attr(AttrType::LIFETIME).map(|v| attr::read_u32(v).expect("LIFETIME is 4 bytes"))
+    }
+
+    fn relayed(&self) -> SocketAddr {
+        self.xor_address(AttrType::XOR_RELAYED_ADDRESS).expect("XOR-RELAYED-ADDRESS in an Allocate success")
+    }
+}
+
+#[track_caller]
+fn assert_success(response: &Response) {
+    assert!(response.is_success(), "expected success, got error {:?}", response.code());
+}
+
+#[track_caller]
+fn assert_error(response: &Response, code: u16) {
+    assert_eq!(response.code(), Some(code), "expected error {code}");
+}
+
+#[track_caller]
+fn assert_forwarded(outcome: &ClientOutcome, packet: &[u8], id: AllocationId, peer: SocketAddr, data: &[u8]) {
+    match outcome {
+        ClientOutcome::Forward { allocation, peer: to, payload } => {
+            assert_eq!((*allocation, *to), (id, peer));
+            assert_eq!(&packet[payload.clone()], data, "the forwarded range is exactly the data");
+        }
+        other => panic!("expected Forward to {peer}, got {other:?}"),
+    }
+}
+
+type AttrFn<'a> = &'a dyn Fn(&mut MessageWriter<'_>);
+
+fn no_attributes(_: &mut MessageWriter<'_>) {}
+
+fn udp_transport(w: &mut MessageWriter<'_>) {
+    w.attr(AttrType::REQUESTED_TRANSPORT, &UDP);
+}
+
+/// A TURN client: its 5-tuple and what it has learnt of the realm and nonce.
+struct Client {
+    tuple: FiveTuple,
+    handle: ClientHandle,
+    /// Username and password; `None` in anonymous mode.
+    credentials: Option<(String, String)>,
+    realm: Option<String>,
+    nonce: Option<Vec<u8>>,
+    /// Add FINGERPRINT as the last attribute of requests.
+    fingerprint: bool,
+}
+
+impl Client {
+    fn new(client: &str, server: &str, transport: Transport, credentials: Option<(&str, &str)>) -> Self {
+        let tuple = FiveTuple { client: addr(client), server: addr(server), transport };
+        Self {
+            tuple,
+            handle: ClientHandle(u64::from(tuple.client.port())),
+            credentials: credentials.map(|(u, p)| (u.to_owned(), p.to_owned())),
+            realm: None,
+            nonce: None,
+            fingerprint: false,
+        }
+    }
+
+    fn user(name: &str, client: &str) -> Self {
+        let password = USERS.iter().find(|(u, _)| *u == name).expect("a configured user").1;
+        Self::new(client, SERVER, Transport::Udp, Some((name, password)))
+    }
+
+    fn alice(client: &str) -> Self {
+        Self::user("alice", client)
+    }
+
+    fn bob(client: &str) -> Self {
+        Self::user("bob", client)
+    }
+
+    fn anonymous(client: &str) -> Self {
+        Self::new(client, SERVER, Transport::Udp, None)
+    }
+
+    /// The same user on another 5-tuple.
+    fn on(&self, tuple: FiveTuple) -> Self {
+        Self {
+            tuple,
+            handle: ClientHandle(u64::from(tuple.client.port())),
+            credentials: self.credentials.clone(),
+            realm: None,
+            nonce: None,
+            fingerprint: false,
+        }
+    }
+
+    fn key(&self) -> Option<[u8; 16]> {
+        let (username, password) = self.credentials.as_ref()?;
+        Some(long_term_key_md5(username, self.realm.as_deref()?, password))
+    }
+
+    /// A request with `attributes`, signed (USERNAME, REALM, NONCE,
+    /// MESSAGE-INTEGRITY) once the client knows a nonce.
+    fn build(&self, method: Method, tid: TransactionId, attributes: AttrFn<'_>) -> Vec<u8> {
+        let mut packet = Vec::new();
+        let mut w = MessageWriter::new(&mut packet, MessageType::new(method, Class::Request), tid);
+        attributes(&mut w);
+        if let (Some((username, _)), Some(realm), Some(nonce), Some(key)) =
+            (&self.credentials, &self.realm, &self.nonce, self.key())
+        {
+            w.attr(AttrType::USERNAME, username.as_bytes());
+            w.attr(AttrType::REALM, realm.as_bytes());
+            w.attr(AttrType::NONCE, nonce);
+            w.message_integrity(&key);
+        }
+        if self.fingerprint {
+            w.fingerprint();
+        }
+        w.finish();
+        packet
+    }
+
+    /// One transaction: sends `packet` and checks the answer: a response
+    /// of the request's method and transaction ID, signed with the
+    /// request's key when the request was signed (RFC 8489 §9.2.4), unsigned
+    /// otherwise and for 401 and 438. Learns REALM and NONCE from 401 and 438.
+    #[track_caller]
+    fn exchange(&mut self, h: &mut Harness, packet: &[u8]) -> Response {
+        let request = Message::parse(packet).expect("our own request parses");
+        let (outcome, reply) = h.client_packet(&self.tuple, self.handle, packet);
+        assert_eq!(outcome, ClientOutcome::Replied, "a request is answered");
+        let response = Response::new(reply);
+        let message = response.message();
+        assert_eq!(message.method(), request.method(), "response method");
+        assert_eq!(message.transaction_id(), request.transaction_id(), "response transaction ID");
+        let challenge = matches!(response.code(), Some(401 | 438));
+        if challenge {
+            assert!(!message.has_integrity(), "a {} cannot be signed", response.code().unwrap_or(0));
+            let realm = response.attr(AttrType::REALM).expect("REALM with a 401 or 438");
+            let nonce = response.attr(AttrType::NONCE).expect("NONCE with a 401 or 438");
+            assert_eq!(realm, REALM.as_bytes());
+            let (realm, nonce) = (String::from_utf8(realm.to_vec()).expect("ASCII realm"), nonce.to_vec());
+            self.realm = Some(realm);
+            self.nonce = Some(nonce);
+        } else if request.has_integrity() {
+            let key = self.key().expect("a signed request was built with a key");
+            assert!(message.has_integrity(), "response {:?} to a signed request is unsigned", response.code());
+            assert!(message.verify_integrity(&key), "response signed with another key");
+        } else {
+            assert!(!message.has_integrity(), "response to an unsigned request is signed");
+        }
+        response
+    }
+
+    /// What a real client does: learn REALM and NONCE from a 401 first,
+    /// then send signed, and once more with the fresh nonce after a 438.
+    #[track_caller]
+    fn request(&mut self, h: &mut Harness, method: Method, attributes: AttrFn<'_>) -> Response {
+        if self.credentials.is_some() && self.nonce.is_none() {
+            let challenge = self.exchange(h, &self.build(method, TransactionId::random(), attributes));
+            assert_error(&challenge, 401);
+        }
+        let response = self.exchange(h, &self.build(method, TransactionId::random(), attributes));
+        if response.code() == Some(438) {
+            return self.exchange(h, &self.build(method, TransactionId::random(), attributes));
+        }
+        response
+    }
+
+    fn allocate(&mut self, h: &mut Harness) -> Response {
+        self.request(h, Method::ALLOCATE, &udp_transport)
+    }
+
+    /// Allocates and returns the relayed address.
+    #[track_caller]
+    fn allocated(&mut self, h: &mut Harness) -> SocketAddr {
+        let response = self.allocate(h);
+        assert_success(&response);
+        response.relayed()
+    }
+
+    fn refresh(&mut self, h: &mut Harness, lifetime: Option<u32>) -> Response {
+        self.request(h, Method::REFRESH, &|w| {
+            if let Some(lifetime) = lifetime {
+                w.attr_u32(AttrType::LIFETIME, lifetime);
+            }
+        })
+    }
+
+    fn permit(&mut self, h: &mut Harness, peers: &[SocketAddr]) -> Response {
+        self.request(h, Method::CREATE_PERMISSION, &|w| {
+            for peer in peers {
+                w.xor_address(AttrType::XOR_PEER_ADDRESS, peer);
+            }
+        })
+    }
+
+    fn bind(&mut self, h: &mut Harness, number: u16, peer: SocketAddr) -> Response {
+        self.request(h, Method::CHANNEL_BIND, &|w| {
+            w.attr(AttrType::CHANNEL_NUMBER, &[(number >> 8) as u8, number as u8, 0, 0]);
+            w.xor_address(AttrType::XOR_PEER_ADDRESS, &peer);
+        })
+    }
+
+    /// A Send indication; returns the outcome and the packet it indexes.
+    fn send(&self, h: &mut Harness, peer: SocketAddr, data: &[u8]) -> (ClientOutcome, Vec<u8>) {
+        let mut packet = Vec::new();
+        let mut w =
+            MessageWriter::new(&mut packet, MessageType::new(Method::SEND, Class::Indication), TransactionId::random());
+        w.xor_address(AttrType::XOR_PEER_ADDRESS, &peer);
+        w.attr(AttrType::DATA, data);
+        w.finish();
+        let (outcome, reply) = h.client_packet(&self.tuple, self.handle, &packet);
+        assert!(reply.is_empty(), "indications are never answered");
+        (outcome, packet)
+    }
+
+    /// A ChannelData message, padded to four bytes on streams (RFC 8656 §12.5).
+    fn channel_data(&self, h: &mut Harness, number: u16, payload: &[u8]) -> (ClientOutcome, Vec<u8>) {
+        let mut packet = number.to_be_bytes().to_vec();
+        packet.extend_from_slice(&u16::try_from(payload.len()).expect("small payload").to_be_bytes());
+        packet.extend_from_slice(payload);
+        if self.tuple.transport.is_stream() {
+            packet.resize(channel_data::padded_frame_len(payload.len()), 0);
+        }
+        let (outcome, reply) = h.client_packet(&self.tuple, self.handle, &packet);
+        assert!(reply.is_empty(), "ChannelData is never answered");
+        (outcome, packet)
+    }
+
+    #[track_caller]
+    fn id(&self, h: &Harness) -> AllocationId {
+        h.server.table().find(&self.tuple).expect("the client has an allocation")
+    }
+}
+
+fn family(value: u8) -> [u8; 4] {
+    [value, 0, 0, 0]
+}
+
+// ---------------------------------------------------------------------------
+// Allocate (RFC 8656 §7.2)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn allocate_is_challenged_then_succeeds_with_relayed_mapped_address_and_default_lifetime() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+
+    // RFC 8489 §9.2.4: no MESSAGE-INTEGRITY → 401 with REALM and NONCE, unsigned.
+    let challenge = alice.exchange(&mut h, &alice.build(Method::ALLOCATE, TransactionId::random(), &udp_transport));
+    assert_error(&challenge, 401);
+    assert_eq!(challenge.attr(AttrType::NONCE).map(<[u8]>::len), Some(crate::proto::auth::NONCE_LEN));
+    assert!(challenge.attr(AttrType::XOR_RELAYED_ADDRESS).is_none());
+    assert!(h.server.table().is_empty() && h.driver.open_calls.is_empty(), "a challenge allocates nothing");
+
+    let response = alice.exchange(&mut h, &alice.build(Method::ALLOCATE, TransactionId::random(), &udp_transport));
+    assert_success(&response);
+    let relayed = response.relayed();
+    let id = alice.id(&h);
+    assert_eq!(relayed.ip(), addr(SERVER).ip(), "relay IP is the address the request arrived on");
+    assert!((PORTS.0..=PORTS.1).contains(&relayed.port()));
+    assert_eq!(h.driver.open.get(&id), Some(&relayed), "relayed address is the driver's");
+    assert_eq!(response.xor_address(AttrType::XOR_MAPPED_ADDRESS), Some(alice.tuple.client));
+    assert_eq!(response.lifetime(), Some(600));
+    assert_eq!(
+        h.driver.open_calls[0].1,
+        RelayRequest { ip: addr(SERVER).ip(), port: PortRequest::Any, dont_fragment: false }
+    );
+    assert_eq!((h.driver.quota("alice"), h.driver.total), (1, 1));
+    assert_eq!(h.stats().allocations_created, 1);
+}
+
+#[test]
+fn requested_lifetime_is_raised_to_the_default_and_capped_at_the_maximum() {
+    let mut h = Harness::authenticated();
+    for (port, requested, granted) in [(40001, 30, 600), (40002, 5000, 3600), (40003, 1000, 1000), (40004, 0, 600)] {
+        let mut client = Client::alice(&format!("198.51.100.1:{port}"));
+        let response = client.request(&mut h, Method::ALLOCATE, &|w| {
+            w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr_u32(AttrType::LIFETIME, requested);
+        });
+        assert_success(&response);
+        assert_eq!(response.lifetime(), Some(granted), "LIFETIME {requested}");
+        let expires = h.allocation(&client.tuple).expect("allocated").expires;
+        assert_eq!(expires, h.now.instant + secs(u64::from(granted)));
+    }
+}
+
+#[test]
+fn configured_relay_ips_take_turns_and_external_ips_are_advertised() {
+    let ip = |text: &str| -> IpAddr { text.parse().expect("IP literal") };
+    let turn = TurnConfig {
+        relay_ips: vec![ip("198.51.100.20"), ip("198.51.100.21"), ip("2001:db8::20")],
+        external_ips: vec![ExternalIp { public: ip("203.0.113.5"), private: Some(ip("198.51.100.20")) }],
+        ..turn_config()
+    };
+    let mut h = Harness::new(turn);
+    let mut relays = Vec::new();
+    for port in 40000..40004 {
+        let mut client = Client::alice(&format!("198.51.100.1:{port}"));
+        let advertised = client.allocated(&mut h);
+        let relayed = h.driver.open[&client.id(&h)];
+        // The client is told the public address of a mapped relay IP, with
+        // the relay's port; an unmapped relay IP is advertised as it is.
+        let expected = if relayed.ip() == ip("198.51.100.20") { ip("203.0.113.5") } else { relayed.ip() };
+        assert_eq!(advertised, SocketAddr::new(expected, relayed.port()));
+        relays.push(relayed.ip());
+    }
+    assert!(relays.windows(2).all(|pair| pair[0] != pair[1]), "IPv4 relay IPs alternate: {relays:?}");
+    let mut v6 = Client::alice("198.51.100.1:40004");
+    let response = v6.request(&mut h, Method::ALLOCATE, &|w| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family(0x02));
+    });
+    assert_success(&response);
+    assert_eq!(response.relayed().ip(), ip("2001:db8::20"), "an IPv4 client can get an IPv6 relay");
+}
+
+#[test]
+fn allocate_without_requested_transport_is_400() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    assert_error(&alice.request(&mut h, Method::ALLOCATE, &no_attributes), 400);
+    assert!(h.server.table().is_empty());
+}
+
+#[test]
+fn allocate_for_tcp_relaying_is_442() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    let response = alice.request(&mut h, Method::ALLOCATE, &|w| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &TCP);
+    });
+    assert_error(&response, 442);
+    assert!(h.server.table().is_empty() && h.driver.open_calls.is_empty());
+}
+
+#[test]
+fn second_allocate_is_437_but_a_retransmission_gets_the_same_success() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    assert_error(&alice.exchange(&mut h, &alice.build(Method::ALLOCATE, TransactionId::random(), &udp_transport)), 401);
+    let first = alice.build(Method::ALLOCATE, TransactionId::random(), &udp_transport);
+    let original = alice.exchange(&mut h, &first);
+    assert_success(&original);
+
+    // The success was lost; the client retransmits the same request.
+    h.advance(secs(10));
+    let again = alice.exchange(&mut h, &first);
+    assert_success(&again);
+    assert_eq!(again.relayed(), original.relayed());
+    assert_eq!(again.lifetime(), Some(590), "LIFETIME is the time left");
+    assert_eq!(h.driver.open_calls.len(), 1, "no second relay for a retransmission");
+
+    // A new transaction on the same 5-tuple is an allocation mismatch.
+    let second = alice.exchange(&mut h, &alice.build(Method::ALLOCATE, TransactionId::random(), &udp_transport));
+    assert_error(&second, 437);
+    assert_eq!(h.server.table().len(), 1);
+    assert_eq!(h.driver.open_calls.len(), 1);
+}
+
+#[test]
+fn requested_address_family_the_server_cannot_relay_is_440() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    for value in [0x02, 0x03] {
+        let response = alice.request(&mut h, Method::ALLOCATE, &|w| {
+            w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family(value));
+        });
+        assert_error(&response, 440);
+    }
+    assert!(h.driver.open_calls.is_empty() && h.driver.total == 0);
+    let response = alice.request(&mut h, Method::ALLOCATE, &|w| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family(0x01));
+    });
+    assert_success(&response);
+    assert!(response.relayed().is_ipv4());
+}
+
+#[test]
+fn an_ipv6_relay_needs_requested_address_family() {
+    // RFC 8656 §7.2: without REQUESTED-ADDRESS-FAMILY the relay is IPv4,
+    // which an IPv6-only server cannot offer.
+    let mut h = Harness::authenticated();
+    let mut alice = Client::new("[2001:db8::1]:40000", SERVER_V6, Transport::Udp, Some(("alice", USERS[0].1)));
+    assert_error(&alice.allocate(&mut h), 440);
+    let response = alice.request(&mut h, Method::ALLOCATE, &|w| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family(0x02));
+    });
+    assert_success(&response);
+    assert_eq!(response.relayed().ip(), addr(SERVER_V6).ip());
+    assert_eq!(response.xor_address(AttrType::XOR_MAPPED_ADDRESS), Some(alice.tuple.client));
+}
+
+#[test]
+fn reservation_token_with_even_port_or_address_family_is_400() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    let response = alice.request(&mut h, Method::ALLOCATE, &|w| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &UDP)
+            .attr(AttrType::RESERVATION_TOKEN, &[1; 8])
+            .attr(AttrType::EVEN_PORT, &[0x80]);
+    });
+    assert_error(&response, 400);
+    let response = alice.request(&mut h, Method::ALLOCATE, &|w| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &UDP)
+            .attr(AttrType::RESERVATION_TOKEN, &[1; 8])
+            .attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family(0x01));
+    });
+    assert_error(&response, 400);
+    assert!(h.driver.open_calls.is_empty());
+}
+
+#[test]
+fn even_port_gets_an_even_port() {
+    let mut h = Harness::authenticated();
+    // Take the first port, so the next one in the queue is odd.
+    assert_eq!(Client::alice("198.51.100.1:40000").allocated(&mut h).port(), PORTS.0);
+    let mut bob = Client::bob("198.51.100.2:40000");
+    let response = bob.request(&mut h, Method::ALLOCATE, &|w| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType::EVEN_PORT, &[0x00]);
+    });
+    assert_success(&response);
+    assert_eq!(response.relayed().port() % 2, 0);
+    assert!(response.attr(AttrType::RESERVATION_TOKEN).is_none(), "no token without the R bit");
+}
+
+#[test]
+fn even_port_with_r_bit_reserves_the_next_port_for_the_token() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    let response = alice.request(&mut h, Method::ALLOCATE, &|w| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType::EVEN_PORT, &[0x80]);
+    });
+    assert_success(&response);
+    let even = response.relayed();
+    assert_eq!(even.port() % 2, 0);
+    let token: [u8; 8] = response.attr(AttrType::RESERVATION_TOKEN).expect("token").try_into().expect("8 bytes");
+
+    // Another 5-tuple claims the reserved port with the token.
+    let mut second = Client::alice("198.51.100.1:40001");
+    let with_token = |w: &mut MessageWriter<'_>| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType::RESERVATION_TOKEN, &token);
+    };
+    let response = second.request(&mut h, Method::ALLOCATE, &with_token);
+    assert_success(&response);
+    assert_eq!(response.relayed(), SocketAddr::new(even.ip(), even.port() + 1));
+
+    // A token claims once; an unknown one never.
+    let mut third = Client::bob("198.51.100.2:40000");
+    assert_error(&third.request(&mut h, Method::ALLOCATE, &with_token), 508);
+    let response = third.request(&mut h, Method::ALLOCATE, &|w| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType::RESERVATION_TOKEN, &[0x55; 8]);
+    });
+    assert_error(&response, 508);
+    assert_eq!(h.driver.quota("bob"), 0, "refused allocations hold no quota");
+}
+
+#[test]
+fn dont_fragment_the_driver_cannot_honour_is_a_signed_420_listing_it() {
+    let mut h = Harness::authenticated();
+    h.driver.dont_fragment_unsupported = true;
+    let mut alice = Client::alice("198.51.100.1:40000");
+    let with_df = |w: &mut MessageWriter<'_>| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType::DONT_FRAGMENT, &[]);
+    };
+    let response = alice.request(&mut h, Method::ALLOCATE, &with_df);
+    assert_error(&response, 420);
+    let unknown: Vec<AttrType> =
+        attr::read_unknown_attributes(response.attr(AttrType::UNKNOWN_ATTRIBUTES).expect("listed"))
+            .expect("well-formed")
+            .collect();
+    assert_eq!(unknown, [AttrType::DONT_FRAGMENT]);
+    assert!(h.driver.open.is_empty() && h.driver.total == 0, "nothing held after the 420");
+
+    h.driver.dont_fragment_unsupported = false;
+    assert_success(&alice.request(&mut h, Method::ALLOCATE, &with_df));
+    assert!(h.driver.open_calls.last().expect("opened").1.dont_fragment);
+}
+
+#[test]
+fn exhausted_port_range_is_508_until_a_port_comes_back() {
+    let mut h = Harness::authenticated();
+    h.driver.ports = (50000, 50001);
+    let mut first = Client::alice("198.51.100.1:40000");
+    first.allocated(&mut h);
+    Client::alice("198.51.100.1:40001").allocated(&mut h);
+    let mut third = Client::bob("198.51.100.2:40000");
+    assert_error(&third.allocate(&mut h), 508);
+    assert_eq!(h.driver.quota("bob"), 0, "the quota taken for it is given back");
+
+    assert_success(&first.refresh(&mut h, Some(0)));
+    assert_eq!(third.allocated(&mut h).port(), 50000, "the freed port is reused");
+}
+
+#[test]
+fn user_quota_is_486_and_leaks_nothing() {
+    let mut h = Harness::authenticated();
+    h.driver.user_quota = 1;
+    Client::alice("198.51.100.1:40000").allocated(&mut h);
+    let free = h.driver.free_ports(addr(SERVER).ip());
+    let mut again = Client::alice("198.51.100.1:40001");
+    assert_error(&again.allocate(&mut h), 486);
+    assert_eq!((h.driver.quota("alice"), h.driver.total), (1, 1));
+    assert_eq!(h.driver.open.len(), 1);
+    assert_eq!(h.driver.free_ports(addr(SERVER).ip()), free, "no port taken");
+    assert_eq!(h.driver.open_calls.len(), 1, "no relay even tried");
+    assert!(h.server.table().find(&again.tuple).is_none());
+    // Another user is not affected.
+    Client::bob("198.51.100.2:40000").allocated(&mut h);
+}
+
+#[test]
+fn total_quota_is_508() {
+    let mut h = Harness::authenticated();
+    h.driver.total_quota = 1;
+    Client::alice("198.51.100.1:40000").allocated(&mut h);
+    assert_error(&Client::bob("198.51.100.2:40000").allocate(&mut h), 508);
+    assert_eq!((h.driver.quota("bob"), h.driver.total, h.driver.open.len()), (0, 1, 1));
+}
+
+// ---------------------------------------------------------------------------
+// Authentication (RFC 8489 §9.2, RFC 8656 §5)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn fingerprint_is_checked_and_echoed_after_the_signature() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    alice.fingerprint = true;
+    // `exchange` verifies MESSAGE-INTEGRITY, which must not cover FINGERPRINT.
+    let response = alice.allocate(&mut h);
+    assert_success(&response);
+    let message = response.message();
+    assert_eq!(message.attributes().last().map(|a| a.typ), Some(AttrType::FINGERPRINT));
+    assert!(message.verify_fingerprint(), "RFC 8489 §14.7: FINGERPRINT covers the signed response");
+
+    // RFC 8489 §6.3: a wrong FINGERPRINT is dropped silently.
+    let mut packet = alice.build(Method::REFRESH, TransactionId::random(), &no_attributes);
+    let last = packet.len() - 1;
+    packet[last] ^= 1;
+    let (outcome, reply) = h.client_packet(&alice.tuple, alice.handle, &packet);
+    assert_eq!((outcome, reply.len()), (ClientOutcome::Dropped, 0));
+    assert_eq!(h.stats().bad_fingerprint, 1);
+}
+
+#[test]
+fn wrong_password_is_an_unsigned_401_with_realm_and_nonce() {
+    let mut h = Harness::authenticated();
+    let mut mallory = Client::new("198.51.100.9:40000", SERVER, Transport::Udp, Some(("alice", "guess")));
+    // `request` checks the challenge; `exchange` that the 401 is unsigned
+    // and carries REALM and NONCE.
+    assert_error(&mallory.allocate(&mut h), 401);
+    assert!(h.server.table().is_empty() && h.driver.open_calls.is_empty());
+    assert_eq!(h.stats().auth_failures, 2);
+}
+
+#[test]
+fn unknown_user_is_401() {
+    let mut h = Harness::authenticated();
+    let mut carol = Client::new("198.51.100.9:40000", SERVER, Transport::Udp, Some(("carol", "carol-password")));
+    assert_error(&carol.allocate(&mut h), 401);
+    assert!(h.server.table().is_empty());
+}
+
+#[test]
+fn message_integrity_without_nonce_is_400() {
+    let mut h = Harness::authenticated();
+    let alice = Client::alice("198.51.100.1:40000");
+    let key = long_term_key_md5("alice", REALM, USERS[0].1);
+    let mut packet = Vec::new();
+    let tid = TransactionId::random();
+    let mut w = MessageWriter::new(&mut packet, MessageType::new(Method::ALLOCATE, Class::Request), tid);
+    w.attr(AttrType::REQUESTED_TRANSPORT, &UDP)
+        .attr(AttrType::USERNAME, b"alice")
+        .attr(AttrType::REALM, REALM.as_bytes())
+        .message_integrity(&key);
+    w.finish();
+    let (outcome, reply) = h.client_packet(&alice.tuple, alice.handle, &packet);
+    assert_eq!(outcome, ClientOutcome::Replied);
+    let response = Response::new(reply);
+    assert_eq!((response.message().method(), response.message().transaction_id()), (Method::ALLOCATE, tid));
+    assert_error(&response, 400);
+    assert!(!response.message().has_integrity(), "the request was not authenticated, so neither is the answer");
+    assert!(h.server.table().is_empty());
+}
+
+#[test]
+fn unknown_comprehension_required_attributes_are_checked_after_authentication() {
+    // RFC 8489 §6.3: authentication checks first, then unknown attributes;
+    // §6.3.1: 420 listing the unknown comprehension-required ones; §9.2.4:
+    // that 420 is signed like any other answer to an authenticated request.
+    let mut h = Harness::authenticated();
+    let with_unknown = |w: &mut MessageWriter<'_>| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType(0x7F01), b"?").attr(AttrType(0xC001), b"ignored");
+    };
+    let mut alice = Client::alice("198.51.100.1:40000");
+    // `request` checks the unsigned first try is challenged (401), `exchange`
+    // that the 420 to the signed retry carries alice's MESSAGE-INTEGRITY.
+    let response = alice.request(&mut h, Method::ALLOCATE, &with_unknown);
+    assert_error(&response, 420);
+    let listed: Vec<AttrType> =
+        attr::read_unknown_attributes(response.attr(AttrType::UNKNOWN_ATTRIBUTES).expect("listed"))
+            .expect("well-formed")
+            .collect();
+    assert_eq!(listed, [AttrType(0x7F01)]);
+    assert!(h.server.table().is_empty() && h.driver.open_calls.is_empty());
+    // Wrong credentials are reported as such, not as a 420.
+    let mut mallory = Client::new("198.51.100.9:40000", SERVER, Transport::Udp, Some(("alice", "guess")));
+    assert_error(&mallory.request(&mut h, Method::ALLOCATE, &with_unknown), 401);
+}
+
+#[test]
+fn expired_nonce_is_438_with_a_fresh_nonce_that_then_works() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    assert_error(&alice.exchange(&mut h, &alice.build(Method::ALLOCATE, TransactionId::random(), &udp_transport)), 401);
+    let old = alice.nonce.clone().expect("learnt");
+
+    // Still valid one second before its lifetime ends...
+    h.advance(secs(NONCE_LIFETIME - 1));
+    let mut probe = alice.on(alice.tuple);
+    probe.realm.clone_from(&alice.realm);
+    probe.nonce = Some(old.clone());
+    assert_error(&probe.exchange(&mut h, &probe.build(Method::REFRESH, TransactionId::random(), &no_attributes)), 437);
+
+    // ...stale at its end.
+    h.advance(SECOND);
+    let stale = alice.exchange(&mut h, &alice.build(Method::ALLOCATE, TransactionId::random(), &udp_transport));
+    assert_error(&stale, 438);
+    let fresh = alice.nonce.clone().expect("learnt from the 438");
+    assert_ne!(fresh, old);
+    assert!(h.server.table().is_empty());
+    assert_success(&alice.exchange(&mut h, &alice.build(Method::ALLOCATE, TransactionId::random(), &udp_transport)));
+}
+
+#[test]
+fn rest_credentials_work_with_either_secret_until_they_expire() {
+    let mut h = Harness::authenticated();
+    let username = format!("{}:carol", UNIX_START + 3600);
+    for (port, secret) in [(40000, REST_SECRET_NEW), (40001, REST_SECRET_OLD)] {
+        let password = rest_password(secret, &username);
+        let mut carol =
+            Client::new(&format!("198.51.100.3:{port}"), SERVER, Transport::Udp, Some((&username, &password)));
+        carol.allocated(&mut h);
+        assert_eq!(&*h.allocation(&carol.tuple).expect("allocated").username, username);
+    }
+    assert_eq!(h.driver.quota(&username), 2);
+
+    let unknown_secret = rest_password(b"not-a-secret", &username);
+    let mut forger = Client::new("198.51.100.4:40000", SERVER, Transport::Udp, Some((&username, &unknown_secret)));
+    assert_error(&forger.allocate(&mut h), 401);
+
+    let expired = format!("{}:carol", UNIX_START - 1);
+    let password = rest_password(REST_SECRET_NEW, &expired);
+    let mut late = Client::new("198.51.100.3:40002", SERVER, Transport::Udp, Some((&expired, &password)));
+    assert_error(&late.allocate(&mut h), 401);
+
+    // A credential valid at allocation time stops working at its expiry.
+    let short = format!("{}:dave", UNIX_START + 100);
+    let password = rest_password(REST_SECRET_NEW, &short);
+    let mut dave = Client::new("198.51.100.5:40000", SERVER, Transport::Udp, Some((&short, &password)));
+    dave.allocated(&mut h);
+    h.advance(secs(100));
+    assert_error(&dave.refresh(&mut h, None), 401);
+    assert_eq!(h.server.table().len(), 3);
+}
+
+#[test]
+fn another_user_on_an_existing_allocation_is_441() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    let relayed = alice.allocated(&mut h);
+    let mut bob = Client::bob("198.51.100.1:40000");
+    assert_eq!(bob.tuple, alice.tuple);
+
+    // `exchange` checks each answer is signed with bob's key.
+    assert_error(&bob.refresh(&mut h, Some(0)), 441);
+    assert_error(&bob.permit(&mut h, &[addr(PEER)]), 441);
+    assert_error(&bob.bind(&mut h, 0x4000, addr(PEER)), 441);
+    assert_error(&bob.allocate(&mut h), 437);
+
+    let allocation = h.allocation(&alice.tuple).expect("untouched");
+    assert_eq!((&*allocation.username, allocation.relayed), ("alice", relayed));
+    assert_eq!((allocation.permission_count(), allocation.channel_count()), (0, 0));
+    assert_eq!(h.driver.quota("bob"), 0);
+    assert_success(&alice.refresh(&mut h, None));
+}
+
+#[test]
+fn anonymous_mode_relays_without_credentials_and_signs_nothing() {
+    let mut h = Harness::new(TurnConfig::default());
+    let mut anon = Client::anonymous("198.51.100.7:40000");
+    // `exchange` checks that no answer to an unsigned request is signed.
+    let relayed = anon.allocated(&mut h);
+    assert_eq!(relayed.ip(), addr(SERVER).ip());
+    assert_eq!(h.driver.quota("198.51.100.7"), 1, "quotas count by client IP");
+    assert_success(&anon.permit(&mut h, &[addr(PEER)]));
+    assert_success(&anon.bind(&mut h, 0x4000, addr(PEER_B)));
+    assert_success(&anon.refresh(&mut h, Some(0)));
+    assert!(h.server.table().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Refresh (RFC 8656 §7.3)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn refresh_lifetime_sets_the_new_expiry_exactly() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    alice.allocated(&mut h);
+    h.advance(secs(100));
+    let response = alice.refresh(&mut h, Some(1200));
+    assert_success(&response);
+    assert_eq!(response.lifetime(), Some(1200));
+
+    h.advance(secs(1199));
+    h.timeout();
+    assert_eq!(h.server.table().len(), 1, "alive one second before");
+    h.advance(SECOND);
+    h.timeout();
+    assert!(h.server.table().is_empty(), "gone at the new expiry");
+    assert_eq!(h.driver.close_calls.len(), 1);
+}
+
+#[test]
+fn refresh_without_lifetime_gives_the_default_and_caps_at_the_maximum() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    alice.allocated(&mut h);
+    assert_eq!(alice.refresh(&mut h, None).lifetime(), Some(600));
+    assert_eq!(alice.refresh(&mut h, Some(5000)).lifetime(), Some(3600));
+    assert_eq!(h.allocation(&alice.tuple).expect("alive").expires, h.now.instant + secs(3600));
+}
+
+#[test]
+fn refresh_lifetime_below_the_default_is_raised_to_the_default() {
+    // RFC 8656 §7.3: a non-zero LIFETIME is capped at the maximum and, when
+    // below the default, raised to it, as for Allocate.
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    alice.allocated(&mut h);
+    h.advance(secs(100));
+    let response = alice.refresh(&mut h, Some(30));
+    assert_success(&response);
+    assert_eq!(response.lifetime(), Some(600));
+    h.advance(secs(599));
+    h.timeout();
+    assert_eq!(h.server.table().len(), 1, "alive until the default lifetime has passed");
+    h.advance(SECOND);
+    h.timeout();
+    assert!(h.server.table().is_empty());
+}
+
+#[test]
+fn refresh_with_lifetime_zero_deletes_at_once() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    alice.allocated(&mut h);
+    let id = alice.id(&h);
+    let response = alice.refresh(&mut h, Some(0));
+    assert_success(&response);
+    assert_eq!(response.lifetime(), Some(0));
+    assert_eq!(h.driver.close_calls, [id]);
+    assert_eq!((h.driver.quota("alice"), h.driver.total), (0, 0));
+    assert!(h.server.table().is_empty());
+    assert_eq!(h.stats().allocations_deleted, 1);
+    // The 5-tuple is free again.
+    assert_error(&alice.refresh(&mut h, None), 437);
+    alice.allocated(&mut h);
+}
+
+#[test]
+fn refresh_without_allocation_is_437() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    assert_error(&alice.refresh(&mut h, Some(600)), 437);
+}
+
+#[test]
+fn refresh_with_the_other_address_family_is_443() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    alice.allocated(&mut h);
+    let response = alice.request(&mut h, Method::REFRESH, &|w| {
+        w.attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family(0x02));
+    });
+    assert_error(&response, 443);
+    let response = alice.request(&mut h, Method::REFRESH, &|w| {
+        w.attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family(0x01));
+    });
+    assert_success(&response);
+}
+
+// ---------------------------------------------------------------------------
+// CreatePermission (RFC 8656 §9, §10)
+// ---------------------------------------------------------------------------
+
+/// An allocated client and its allocation id.
+fn allocated_alice(h: &mut Harness) -> (Client, AllocationId) {
+    let mut alice = Client::alice("198.51.100.1:40000");
+    alice.allocated(h);
+    let id = alice.id(h);
+    (alice, id)
+}
+
+#[test]
+fn create_permission_installs_every_peer_of_the_request() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    assert_success(&alice.permit(&mut h, &[addr(PEER), addr(PEER_B)]));
+    assert_eq!(h.server.table().get(id).expect("alive").permission_count(), 2);
+    for peer in [addr(PEER), addr(PEER_B)] {
+        let (outcome, packet) = alice.send(&mut h, peer, b"hi");
+        assert_forwarded(&outcome, &packet, id, peer, b"hi");
+    }
+    let dropped = h.stats().dropped_client_data;
+    assert_eq!(alice.send(&mut h, addr(PEER_C), b"hi").0, ClientOutcome::Dropped);
+    assert_eq!(h.stats().dropped_client_data, dropped + 1);
+}
+
+#[test]
+fn a_permission_covers_every_port_of_the_peer_ip() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    assert_success(&alice.permit(&mut h, &[addr("8.8.8.8:1000")]));
+    let other_port = addr("8.8.8.8:5555");
+    let (outcome, packet) = alice.send(&mut h, other_port, b"x");
+    assert_forwarded(&outcome, &packet, id, other_port, b"x");
+    assert!(h.peer_packet(id, addr("8.8.8.8:7777"), b"y").0.is_some());
+}
+
+#[test]
+fn a_permission_lasts_exactly_300_seconds_and_repeating_refreshes_it() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    assert_success(&alice.refresh(&mut h, Some(3600)));
+    let peer = addr(PEER);
+    assert_success(&alice.permit(&mut h, &[peer]));
+    h.advance(secs(299));
+    assert!(matches!(alice.send(&mut h, peer, b"x").0, ClientOutcome::Forward { .. }));
+    assert!(h.peer_packet(id, peer, b"y").0.is_some());
+    h.advance(SECOND);
+    assert_eq!(alice.send(&mut h, peer, b"x").0, ClientOutcome::Dropped);
+    assert!(h.peer_packet(id, peer, b"y").0.is_none());
+
+    // Installed again at 300 s and refreshed at 500 s: alive until 800 s.
+    assert_success(&alice.permit(&mut h, &[peer]));
+    h.advance(secs(200));
+    assert_success(&alice.permit(&mut h, &[peer]));
+    assert_eq!(h.server.table().get(id).expect("alive").permission_count(), 1, "refreshed, not duplicated");
+    h.advance(secs(299));
+    assert!(h.peer_packet(id, peer, b"y").0.is_some());
+    h.advance(SECOND);
+    assert!(h.peer_packet(id, peer, b"y").0.is_none());
+}
+
+#[test]
+fn create_permission_without_peer_is_400() {
+    let mut h = Harness::authenticated();
+    let (mut alice, _) = allocated_alice(&mut h);
+    assert_error(&alice.permit(&mut h, &[]), 400);
+}
+
+#[test]
+fn create_permission_without_allocation_is_437() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    assert_error(&alice.permit(&mut h, &[addr(PEER)]), 437);
+    assert_error(&alice.bind(&mut h, 0x4000, addr(PEER)), 437);
+}
+
+#[test]
+fn ipv6_peer_on_an_ipv4_relay_is_443() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    assert_error(&alice.permit(&mut h, &[addr(PEER_V6)]), 443);
+    assert_error(&alice.bind(&mut h, 0x4000, addr(PEER_V6)), 443);
+    let allocation = h.server.table().get(id).expect("alive");
+    assert_eq!((allocation.permission_count(), allocation.channel_count()), (0, 0));
+}
+
+#[test]
+fn create_permission_is_all_or_nothing() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    assert_error(&alice.permit(&mut h, &[addr(PEER), addr("10.0.0.1:9")]), 403);
+    assert_eq!(h.server.table().get(id).expect("alive").permission_count(), 0);
+    assert_eq!(alice.send(&mut h, addr(PEER), b"x").0, ClientOutcome::Dropped);
+    assert_error(&alice.permit(&mut h, &[addr(PEER), addr(PEER_V6)]), 443);
+    assert_eq!(h.server.table().get(id).expect("alive").permission_count(), 0);
+}
+
+#[test]
+fn permissions_beyond_the_limit_are_508() {
+    let mut h = Harness::new(TurnConfig { max_permissions: 2, ..turn_config() });
+    let (mut alice, id) = allocated_alice(&mut h);
+    assert_success(&alice.permit(&mut h, &[addr(PEER), addr(PEER_B)]));
+    assert_error(&alice.permit(&mut h, &[addr(PEER_C)]), 508);
+    assert_error(&alice.permit(&mut h, &[addr(PEER), addr(PEER_C)]), 508);
+    assert_success(&alice.permit(&mut h, &[addr(PEER), addr(PEER_B)]));
+    // ChannelBind installs a permission too, under the same limit.
+    assert_error(&alice.bind(&mut h, 0x4000, addr(PEER_C)), 508);
+    assert_success(&alice.bind(&mut h, 0x4000, addr(PEER)));
+    assert_eq!(h.server.table().get(id).expect("alive").permission_count(), 2);
+}
+
+// ---------------------------------------------------------------------------
+// ChannelBind (RFC 8656 §11.2, §12)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn channel_numbers_outside_0x4000_to_0x4fff_are_400() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    for number in [0x0000, 0x3FFF, 0x5000, 0x7FFF, 0x8000, 0xFFFF] {
+        assert_error(&alice.bind(&mut h, number, addr(PEER)), 400);
+    }
+    assert_eq!(h.server.table().get(id).expect("alive").permission_count(), 0, "no permission from a 400");
+    assert_success(&alice.bind(&mut h, 0x4FFF, addr(PEER)));
+}
+
+#[test]
+fn rfc5766_channels_accepts_0x5000_to_0x7fff() {
+    let mut h = Harness::new(TurnConfig { rfc5766_channels: true, ..turn_config() });
+    let (mut alice, id) = allocated_alice(&mut h);
+    assert_success(&alice.bind(&mut h, 0x5000, addr(PEER)));
+    assert_success(&alice.bind(&mut h, 0x7FFF, addr(PEER_B)));
+    assert_error(&alice.bind(&mut h, 0x3FFF, addr(PEER_C)), 400);
+    assert_error(&alice.bind(&mut h, 0x8000, addr(PEER_C)), 400);
+    let (outcome, packet) = alice.channel_data(&mut h, 0x5000, b"old client");
+    assert_forwarded(&outcome, &packet, id, addr(PEER), b"old client");
+}
+
+#[test]
+fn channel_bind_without_channel_number_or_peer_is_400() {
+    let mut h = Harness::authenticated();
+    let (mut alice, _) = allocated_alice(&mut h);
+    let response = alice.request(&mut h, Method::CHANNEL_BIND, &|w| {
+        w.xor_address(AttrType::XOR_PEER_ADDRESS, &addr(PEER));
+    });
+    assert_error(&response, 400);
+    let response = alice.request(&mut h, Method::CHANNEL_BIND, &|w| {
+        w.attr(AttrType::CHANNEL_NUMBER, &[0x40, 0, 0, 0]);
+    });
+    assert_error(&response, 400);
+}
+
+#[test]
+fn channel_bind_installs_a_permission_for_the_peer_ip() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    let peer = addr(PEER);
+    assert_success(&alice.bind(&mut h, 0x4000, peer));
+    // RFC 8656 §12.2: the binding installs a permission for the peer's IP.
+    let other_port = addr("8.8.8.8:2000");
+    let (outcome, packet) = alice.send(&mut h, other_port, b"by Send");
+    assert_forwarded(&outcome, &packet, id, other_port, b"by Send");
+    assert!(h.peer_packet(id, other_port, b"x").0.is_some());
+    // The permission lasts 300 s like any other (RFC 8656 §9).
+    h.advance(secs(300));
+    assert!(h.peer_packet(id, peer, b"x").0.is_none());
+}
+
+#[test]
+fn a_channel_binding_lasts_600_seconds_and_rebinding_refreshes_it() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    assert_success(&alice.refresh(&mut h, Some(3600)));
+    let peer = addr(PEER);
+    assert_success(&alice.bind(&mut h, 0x4000, peer));
+    h.advance(secs(599));
+    let (outcome, packet) = alice.channel_data(&mut h, 0x4000, b"data");
+    assert_forwarded(&outcome, &packet, id, peer, b"data");
+    h.advance(SECOND);
+    assert_eq!(alice.channel_data(&mut h, 0x4000, b"data").0, ClientOutcome::Dropped);
+
+    // The same pair may be rebound at any time, which refreshes it.
+    let start = h.elapsed();
+    assert_success(&alice.bind(&mut h, 0x4000, peer));
+    h.advance(secs(400));
+    assert_success(&alice.bind(&mut h, 0x4000, peer));
+    h.advance(secs(599));
+    assert!(matches!(alice.channel_data(&mut h, 0x4000, b"data").0, ClientOutcome::Forward { .. }));
+    h.advance(SECOND);
+    assert_eq!(h.elapsed() - start, secs(1000));
+    assert_eq!(alice.channel_data(&mut h, 0x4000, b"data").0, ClientOutcome::Dropped);
+    assert_eq!(h.server.table().get(id).expect("alive").channel_count(), 1);
+}
+
+#[test]
+fn a_number_or_peer_bound_otherwise_is_400() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    assert_success(&alice.bind(&mut h, 0x4000, addr(PEER)));
+    assert_error(&alice.bind(&mut h, 0x4000, addr(PEER_B)), 400);
+    // Same IP, other port: another peer.
+    assert_error(&alice.bind(&mut h, 0x4000, addr("8.8.8.8:1001")), 400);
+    assert_error(&alice.bind(&mut h, 0x4001, addr(PEER)), 400);
+    let (outcome, packet) = alice.channel_data(&mut h, 0x4000, b"x");
+    assert_forwarded(&outcome, &packet, id, addr(PEER), b"x");
+    assert_eq!(alice.channel_data(&mut h, 0x4001, b"x").0, ClientOutcome::Dropped);
+}
+
+#[test]
+fn an_expired_binding_guards_its_number_and_peer_for_300_more_seconds() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    assert_success(&alice.refresh(&mut h, Some(3600)));
+    let (peer, other) = (addr(PEER), addr(PEER_B));
+    assert_success(&alice.bind(&mut h, 0x4000, peer));
+    h.advance(secs(600));
+    assert_eq!(alice.channel_data(&mut h, 0x4000, b"x").0, ClientOutcome::Dropped, "expired");
+    // A sweep while guarded must not forget the guard.
+    h.timeout();
+    assert_error(&alice.bind(&mut h, 0x4000, other), 400);
+    assert_error(&alice.bind(&mut h, 0x4001, peer), 400);
+    h.advance(secs(299));
+    h.timeout();
+    assert_error(&alice.bind(&mut h, 0x4000, other), 400);
+    assert_error(&alice.bind(&mut h, 0x4001, peer), 400);
+    h.advance(SECOND);
+    assert_success(&alice.bind(&mut h, 0x4000, other));
+    assert_success(&alice.bind(&mut h, 0x4001, peer));
+    let (outcome, packet) = alice.channel_data(&mut h, 0x4000, b"x");
+    assert_forwarded(&outcome, &packet, id, other, b"x");
+}
+
+#[test]
+fn channels_beyond_the_limit_are_508() {
+    let mut h = Harness::new(TurnConfig { max_channels: 2, ..turn_config() });
+    let (mut alice, _) = allocated_alice(&mut h);
+    assert_success(&alice.bind(&mut h, 0x4000, addr(PEER)));
+    assert_success(&alice.bind(&mut h, 0x4001, addr(PEER_B)));
+    assert_error(&alice.bind(&mut h, 0x4002, addr(PEER_C)), 508);
+    // Refreshing a binding is not adding one.
+    assert_success(&alice.bind(&mut h, 0x4001, addr(PEER_B)));
+}
+
+// ---------------------------------------------------------------------------
+// Peer policy on every path (RFC 8656 §21.3)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_default_policy_refuses_special_peers_on_every_path() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    for (i, peer) in FORBIDDEN_PEERS.iter().map(|p| addr(p)).enumerate() {
+        let before = h.stats();
+        assert_error(&alice.permit(&mut h, &[peer]), 403);
+        assert_error(&alice.bind(&mut h, 0x4000 + i as u16, peer), 403);
+        assert_eq!(alice.send(&mut h, peer, b"x").0, ClientOutcome::Dropped, "Send to {peer}");
+        let after = h.stats();
+        assert_eq!(after.peers_forbidden, before.peers_forbidden + 3, "{peer} counted on each path");
+        assert_eq!(after.dropped_client_data, before.dropped_client_data + 1);
+        assert_eq!(after.relayed_to_peer, before.relayed_to_peer);
+    }
+    let allocation = h.server.table().get(id).expect("alive");
+    assert_eq!((allocation.permission_count(), allocation.channel_count()), (0, 0));
+}
+
+#[test]
+fn allow_peers_opens_what_it_names_including_mapped_forms() {
+    let allow = PeerPolicy::new(vec!["127.0.0.0/8".parse().expect("CIDR")], vec![], vec![]);
+    let mut h = Harness::new(TurnConfig { policy: allow, ..turn_config() });
+    let (mut alice, id) = allocated_alice(&mut h);
+    let (loopback, mapped) = (addr("127.0.0.1:9"), addr("[::ffff:127.0.0.1]:9"));
+    assert_success(&alice.permit(&mut h, &[mapped]));
+    // The mapped form is the IPv4 peer: forwarded to its canonical address.
+    let (outcome, packet) = alice.send(&mut h, mapped, b"x");
+    assert_forwarded(&outcome, &packet, id, loopback, b"x");
+    assert_success(&alice.bind(&mut h, 0x4000, loopback));
+    assert!(h.peer_packet(id, loopback, b"y").0.is_some());
+    for other in ["10.0.0.1:9", "169.254.169.254:80", "192.168.1.1:9"] {
+        assert_error(&alice.permit(&mut h, &[addr(other)]), 403);
+    }
+}
+
+#[test]
+fn deny_peers_wins_over_allow_peers() {
+    let policy = PeerPolicy::new(
+        vec!["127.0.0.0/8".parse().expect("CIDR")],
+        vec!["127.0.0.2/32".parse().expect("CIDR"), "8.8.8.0/24".parse().expect("CIDR")],
+        vec![],
+    );
+    let mut h = Harness::new(TurnConfig { policy, ..turn_config() });
+    let (mut alice, _) = allocated_alice(&mut h);
+    assert_success(&alice.permit(&mut h, &[addr("127.0.0.1:9")]));
+    assert_error(&alice.permit(&mut h, &[addr("127.0.0.2:9")]), 403);
+    assert_error(&alice.permit(&mut h, &[addr("[::ffff:127.0.0.2]:9")]), 403);
+    assert_error(&alice.bind(&mut h, 0x4000, addr("127.0.0.2:9")), 403);
+    assert_error(&alice.permit(&mut h, &[addr(PEER)]), 403);
+    assert_success(&alice.permit(&mut h, &[addr(PEER_B)]));
+    let before = h.stats().peers_forbidden;
+    assert_eq!(alice.send(&mut h, addr("127.0.0.2:9"), b"x").0, ClientOutcome::Dropped);
+    assert_eq!(h.stats().peers_forbidden, before + 1);
+}
+
+// ---------------------------------------------------------------------------
+// Data path (RFC 8656 §11, §12.6, §12.7)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn send_indication_forwards_exactly_the_data_bytes() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    let peer = addr(PEER);
+    assert_success(&alice.permit(&mut h, &[peer]));
+    for len in 0..=9 {
+        let data: Vec<u8> = (1..=len).collect();
+        let (outcome, packet) = alice.send(&mut h, peer, &data);
+        assert_forwarded(&outcome, &packet, id, peer, &data);
+    }
+    assert_eq!(h.stats().relayed_to_peer, 10);
+    assert_eq!(h.server.table().get(id).expect("alive").traffic.bytes_to_peer, (0..=9).sum::<u64>());
+}
+
+#[test]
+fn send_indication_without_permission_or_allocation_is_dropped_and_counted() {
+    let mut h = Harness::authenticated();
+    let stranger = Client::alice("198.51.100.9:40000");
+    assert_eq!(stranger.send(&mut h, addr(PEER), b"x").0, ClientOutcome::Dropped);
+    let (alice, _) = allocated_alice(&mut h);
+    assert_eq!(alice.send(&mut h, addr(PEER), b"x").0, ClientOutcome::Dropped);
+    assert_eq!(h.stats().dropped_client_data, 2);
+    assert_eq!(h.stats().relayed_to_peer, 0);
+}
+
+#[test]
+fn channel_data_on_a_bound_channel_forwards_the_payload() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    assert_success(&alice.bind(&mut h, 0x4abc, addr(PEER)));
+    for len in 0..=5 {
+        let payload = vec![0x42; len];
+        let (outcome, packet) = alice.channel_data(&mut h, 0x4abc, &payload);
+        assert_forwarded(&outcome, &packet, id, addr(PEER), &payload);
+    }
+    let dropped = h.stats().dropped_client_data;
+    assert_eq!(alice.channel_data(&mut h, 0x4abd, b"unbound").0, ClientOutcome::Dropped);
+    assert_eq!(h.stats().dropped_client_data, dropped + 1);
+}
+
+#[test]
+fn channel_data_over_tcp_forwards_the_payload_without_padding() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::new("198.51.100.1:40000", SERVER, Transport::Tcp, Some(("alice", USERS[0].1)));
+    alice.allocated(&mut h);
+    let id = alice.id(&h);
+    assert_success(&alice.bind(&mut h, 0x4000, addr(PEER)));
+    for len in 0..=5 {
+        let payload = vec![7; len];
+        let (outcome, packet) = alice.channel_data(&mut h, 0x4000, &payload);
+        assert_eq!(packet.len() % 4, 0, "the client pads on a stream");
+        assert_eq!(demux::stream_frame_len(&packet), Ok(Some(packet.len())));
+        assert_forwarded(&outcome, &packet, id, addr(PEER), &payload);
+    }
+}
+
+#[test]
+fn peer_data_without_permission_is_dropped_and_counted() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    assert_eq!(h.peer_packet(id, addr(PEER), b"x").0, None);
+    assert_success(&alice.permit(&mut h, &[addr(PEER_B)]));
+    assert_eq!(h.peer_packet(id, addr(PEER), b"x").0, None);
+    assert_eq!(h.stats().dropped_no_permission, 2);
+    assert_eq!(h.stats().relayed_to_client, 0);
+}
+
+/// Checks a ChannelData frame built in the slot by `handle_peer`.
+#[track_caller]
+fn check_channel_frame(outcome: &PeerOutcome, slot: &[u8], number: u16, payload: &[u8], stream: bool) {
+    let (start, end) = outcome.frame;
+    assert_eq!(start, PEER_HEADROOM - channel_data::HEADER_LEN, "header right in front of the payload");
+    let frame = &slot[start..end];
+    assert_eq!(&frame[..2], &number.to_be_bytes());
+    assert_eq!(&frame[2..4], &(payload.len() as u16).to_be_bytes());
+    assert_eq!(&frame[4..4 + payload.len()], payload);
+    if stream {
+        // RFC 8656 §12.5: padded to four on TCP, with zeros.
+        assert_eq!(frame.len(), channel_data::padded_frame_len(payload.len()));
+        assert!(frame[4 + payload.len()..].iter().all(|b| *b == 0), "padding is zero");
+        assert_eq!(demux::stream_frame_len(frame), Ok(Some(frame.len())));
+    } else {
+        assert_eq!(frame.len(), channel_data::HEADER_LEN + payload.len(), "no padding on UDP");
+    }
+    let parsed = ChannelData::parse(frame).expect("a well-formed ChannelData message");
+    assert_eq!((parsed.channel.get(), parsed.payload), (number, payload));
+}
+
+#[test]
+fn peer_data_on_a_channel_gets_a_channel_data_header_unpadded_on_udp() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    assert_success(&alice.bind(&mut h, 0x4123, addr(PEER)));
+    for len in 0..=7u8 {
+        let payload: Vec<u8> = (1..=len).collect();
+        let (outcome, slot) = h.peer_packet(id, addr(PEER), &payload);
+        let outcome = outcome.expect("permitted and bound");
+        assert_eq!((outcome.client, outcome.tuple), (alice.handle, alice.tuple));
+        check_channel_frame(&outcome, &slot, 0x4123, &payload, false);
+    }
+    assert_eq!(h.stats().relayed_to_client, 8);
+}
+
+#[test]
+fn peer_data_on_a_channel_is_padded_to_four_on_tcp() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::new("198.51.100.1:40000", SERVER, Transport::Tcp, Some(("alice", USERS[0].1)));
+    alice.allocated(&mut h);
+    let id = alice.id(&h);
+    assert_success(&alice.bind(&mut h, 0x4123, addr(PEER)));
+    for len in 0..=7u8 {
+        let payload: Vec<u8> = (1..=len).collect();
+        let (outcome, slot) = h.peer_packet(id, addr(PEER), &payload);
+        let outcome = outcome.expect("permitted and bound");
+        assert_eq!(outcome.tuple.transport, Transport::Tcp);
+        check_channel_frame(&outcome, &slot, 0x4123, &payload, true);
+    }
+}
+
+/// Checks a Data indication built in the slot by `handle_peer`; returns its
+/// transaction ID.
+#[track_caller]
+fn check_data_indication(outcome: &PeerOutcome, slot: &[u8], peer: SocketAddr, payload: &[u8]) -> TransactionId {
+    let (start, end) = outcome.frame;
+    assert_eq!(end, PEER_HEADROOM + payload.len().next_multiple_of(4), "ends at the padded payload");
+    let message = Message::parse(&slot[start..end]).expect("a Data indication is a well-formed STUN message");
+    assert_eq!(message.message_type(), MessageType::new(Method::DATA, Class::Indication));
+    let types: Vec<AttrType> = message.attributes().map(|a| a.typ).collect();
+    assert_eq!(types, [AttrType::XOR_PEER_ADDRESS, AttrType::DATA]);
+    let xor_peer = message.attribute(AttrType::XOR_PEER_ADDRESS).expect("listed");
+    assert_eq!(attr::read_xor_address(xor_peer, &message.transaction_id()), Ok(peer));
+    assert_eq!(message.attribute(AttrType::DATA), Some(payload));
+    assert!(slot[PEER_HEADROOM + payload.len()..end].iter().all(|b| *b == 0), "padding is zero, not old bytes");
+    message.transaction_id()
+}
+
+#[test]
+fn peer_data_without_a_channel_becomes_a_data_indication() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    let peer = addr(PEER);
+    assert_success(&alice.permit(&mut h, &[peer]));
+    let mut tids = Vec::new();
+    for len in 0..=7u8 {
+        let payload: Vec<u8> = (1..=len).collect();
+        let (outcome, slot) = h.peer_packet(id, peer, &payload);
+        let outcome = outcome.expect("permitted");
+        assert_eq!((outcome.client, outcome.tuple), (alice.handle, alice.tuple));
+        tids.push(check_data_indication(&outcome, &slot, peer, &payload));
+    }
+    tids.sort_by_key(|t| t.0);
+    tids.dedup();
+    assert_eq!(tids.len(), 8, "each indication has its own transaction ID");
+    // A bound channel is for its peer only; another port of the IP gets indications.
+    assert_success(&alice.bind(&mut h, 0x4000, peer));
+    let other_port = addr("8.8.8.8:1001");
+    let (outcome, slot) = h.peer_packet(id, other_port, b"abc");
+    check_data_indication(&outcome.expect("permitted"), &slot, other_port, b"abc");
+}
+
+#[test]
+fn peer_data_from_an_ipv6_peer_becomes_a_data_indication() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::new("[2001:db8::1]:40000", SERVER_V6, Transport::Udp, Some(("alice", USERS[0].1)));
+    let response = alice.request(&mut h, Method::ALLOCATE, &|w| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family(0x02));
+    });
+    assert_success(&response);
+    let id = alice.id(&h);
+    let peer = addr(PEER_V6);
+    assert_success(&alice.permit(&mut h, &[peer]));
+    assert_error(&alice.permit(&mut h, &[addr(PEER)]), 443);
+    for len in 0..=7u8 {
+        let payload: Vec<u8> = (1..=len).collect();
+        let (outcome, slot) = h.peer_packet(id, peer, &payload);
+        let outcome = outcome.expect("permitted");
+        assert_eq!(outcome.frame.0, 0, "an IPv6 Data indication uses all of PEER_HEADROOM");
+        check_data_indication(&outcome, &slot, peer, &payload);
+    }
+    let (outcome, packet) = alice.send(&mut h, peer, b"v6");
+    assert_forwarded(&outcome, &packet, id, peer, b"v6");
+}
+
+// ---------------------------------------------------------------------------
+// Expiry and teardown (RFC 8656 §3.1, §7, §9, §12)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_sweep_deletes_an_allocation_at_its_expiry() {
+    let mut h = Harness::authenticated();
+    let (_, id) = allocated_alice(&mut h);
+    let free = h.driver.free_ports(addr(SERVER).ip());
+    h.advance(secs(599));
+    h.timeout();
+    assert_eq!(h.server.table().len(), 1);
+    h.advance(SECOND);
+    h.timeout();
+    assert!(h.server.table().is_empty());
+    assert_eq!(h.driver.close_calls, [id]);
+    assert_eq!((h.driver.quota("alice"), h.driver.total), (0, 0));
+    assert_eq!(h.driver.free_ports(addr(SERVER).ip()), free + 1, "the port went back to the pool");
+    assert_eq!(h.stats().allocations_deleted, 1);
+}
+
+#[test]
+fn the_sweep_forgets_expired_permissions_and_channels() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    assert_success(&alice.refresh(&mut h, Some(3600)));
+    assert_success(&alice.permit(&mut h, &[addr(PEER)]));
+    assert_success(&alice.bind(&mut h, 0x4000, addr(PEER_B)));
+    let counts = |h: &Harness| {
+        let allocation = h.server.table().get(id).expect("alive");
+        (allocation.permission_count(), allocation.channel_count())
+    };
+    h.advance(secs(299));
+    h.timeout();
+    assert_eq!(counts(&h), (2, 1));
+    h.advance(SECOND);
+    h.timeout();
+    assert_eq!(counts(&h), (0, 1), "permissions gone at 300 s, the channel lives on");
+    // The channel expires at 600 s and is forgotten after its guard time.
+    h.advance(secs(599));
+    h.timeout();
+    assert_eq!(counts(&h), (0, 1));
+    h.advance(SECOND);
+    h.timeout();
+    assert_eq!(counts(&h), (0, 0));
+}
+
+#[test]
+fn an_expired_allocation_relays_nothing_even_before_the_sweep() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = allocated_alice(&mut h);
+    let peer = addr(PEER);
+    assert_success(&alice.bind(&mut h, 0x4000, peer));
+    h.advance(secs(400));
+    assert_success(&alice.permit(&mut h, &[peer]));
+    assert_success(&alice.bind(&mut h, 0x4000, peer));
+    h.advance(secs(200));
+    // 600 s: the allocation is dead though its permission and channel are not.
+    assert_eq!(alice.send(&mut h, peer, b"x").0, ClientOutcome::Dropped);
+    assert_eq!(alice.channel_data(&mut h, 0x4000, b"x").0, ClientOutcome::Dropped);
+    assert_eq!(h.peer_packet(id, peer, b"x").0, None);
+    assert_error(&alice.permit(&mut h, &[peer]), 437);
+    assert_error(&alice.bind(&mut h, 0x4000, peer), 437);
+    assert_eq!(h.server.table().len(), 1, "not swept yet");
+    // A Refresh finds it dead and deletes it.
+    assert_error(&alice.refresh(&mut h, None), 437);
+    assert!(h.server.table().is_empty());
+    assert_eq!(h.driver.close_calls, [id]);
+}
+
+#[test]
+fn allocate_over_an_expired_allocation_replaces_it() {
+    let mut h = Harness::authenticated();
+    let (mut alice, old) = allocated_alice(&mut h);
+    h.advance(secs(600));
+    alice.allocated(&mut h);
+    assert_eq!(h.driver.close_calls, [old]);
+    assert_eq!(h.driver.open_calls.len(), 2);
+    assert_eq!((h.server.table().len(), h.driver.quota("alice")), (1, 1));
+}
+
+#[test]
+fn a_closed_tcp_connection_takes_its_allocation_with_it() {
+    let mut h = Harness::authenticated();
+    let mut tcp = Client::new("198.51.100.1:40001", SERVER, Transport::Tcp, Some(("alice", USERS[0].1)));
+    tcp.allocated(&mut h);
+    let id = tcp.id(&h);
+    let (udp, _) = allocated_alice(&mut h);
+    h.connection_closed(&tcp.tuple);
+    assert_eq!(h.driver.close_calls, [id]);
+    assert!(h.server.table().find(&tcp.tuple).is_none());
+    assert!(h.server.table().find(&udp.tuple).is_some());
+    assert_eq!(h.driver.quota("alice"), 1);
+    // A second close, or one without an allocation, does nothing.
+    h.connection_closed(&tcp.tuple);
+    assert_eq!(h.driver.close_calls.len(), 1);
+}
+
+#[test]
+fn close_all_deletes_every_allocation_and_returns_everything() {
+    let mut h = Harness::authenticated();
+    let free = h.driver.free_ports(addr(SERVER).ip());
+    Client::alice("198.51.100.1:40000").allocated(&mut h);
+    Client::alice("198.51.100.1:40001").allocated(&mut h);
+    Client::bob("198.51.100.2:40000").allocated(&mut h);
+    h.close_all();
+    assert!(h.server.table().is_empty());
+    assert_eq!(h.driver.close_calls.len(), 3);
+    assert!(h.driver.per_user.is_empty() && h.driver.total == 0);
+    assert_eq!(h.driver.free_ports(addr(SERVER).ip()), free);
+    assert_eq!(h.stats().allocations_deleted, 3);
+}
+
+// ---------------------------------------------------------------------------
+// Stateful property: the table follows a model of allocations
+// ---------------------------------------------------------------------------
+
+/// The clients of the property: user, address, transport. Three belong to
+/// alice, so her quota can run out; the TCP ones can have their connection closed.
+const MODEL_CLIENTS: &[(&str, &str, Transport)] = &[
+    ("alice", "198.51.100.1:40000", Transport::Udp),
+    ("alice", "198.51.100.1:40001", Transport::Tcp),
+    ("alice", "198.51.100.1:40002", Transport::Udp),
+    ("bob", "198.51.100.2:40000", Transport::Udp),
+    ("bob", "198.51.100.2:40001", Transport::Tcp),
+];
+/// Channel `i` is always bound to peer `i`, so bindings never conflict.
+const MODEL_PEERS: &[&str] = &[PEER, PEER_B, PEER_C];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Allocate { client: usize, lifetime: Option<u32> },
+    Refresh { client: usize, lifetime: Option<u32> },
+    CreatePermission { client: usize, peer: usize },
+    ChannelBind { client: usize, channel: usize },
+    Advance(u64),
+    Timeout,
+    ConnectionClosed { client: usize },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    user_quota: u32,
+    total_quota: u32,
+    ports: u16,
+}
+
+fn limits() -> impl Strategy<Value = Limits> {
+    (0..=3u32, 0..=4u32, 1..=4u16).prop_map(|(user_quota, total_quota, ports)| Limits {
+        user_quota,
+        total_quota,
+        ports,
+    })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let client = 0..MODEL_CLIENTS.len();
+    let lifetime = prop_oneof![Just(None), Just(Some(0)), (1..=4000u32).prop_map(Some)];
+    let tcp_clients: Vec<usize> = (0..MODEL_CLIENTS.len()).filter(|i| MODEL_CLIENTS[*i].2.is_stream()).collect();
+    // Steps land on and around every deadline: 300 s permissions, 600 s
+    // default lifetime, 600 s nonces, 3600 s maximum.
+    let step = prop_oneof![1..=5u64, Just(299), Just(300), Just(599), Just(600), Just(601), 0..=4000u64];
+    prop_oneof![
+        3 => (client.clone(), lifetime.clone()).prop_map(|(client, lifetime)| Op::Allocate { client, lifetime }),
+        3 => (client.clone(), lifetime).prop_map(|(client, lifetime)| Op::Refresh { client, lifetime }),
+        1 => (client.clone(), 0..MODEL_PEERS.len()).prop_map(|(client, peer)| Op::CreatePermission { client, peer }),
+        1 => (client, 0..MODEL_PEERS.len()).prop_map(|(client, channel)| Op::ChannelBind { client, channel }),
+        3 => step.prop_map(Op::Advance),
+        1 => Just(Op::Timeout),
+        1 => proptest::sample::select(tcp_clients).prop_map(|client| Op::ConnectionClosed { client }),
+    ]
+}
+
+/// What the table should hold: which clients have an allocation (expired
+/// or not, until something deletes it) and when each expires, in seconds
+/// since the start.
+#[derive(Debug, Default)]
+struct Model {
+    allocations: BTreeMap<usize, u64>,
+    now: u64,
+}
+
+impl Model {
+    /// RFC 8656 §7.2 and §7.3: min(requested, 3600), at least the default 600.
+    fn lifetime(requested: Option<u32>) -> u64 {
+        requested.map_or(600, |secs| u64::from(secs).clamp(600, 3600))
+    }
+
+    fn is_alive(&self, client: usize) -> bool {
+        self.allocations.get(&client).is_some_and(|expires| self.now < *expires)
+    }
+
+    fn per_user(&self) -> BTreeMap<String, u32> {
+        let mut per_user = BTreeMap::new();
+        for client in self.allocations.keys() {
+            *per_user.entry(MODEL_CLIENTS[*client].0.to_owned()).or_insert(0) += 1;
+        }
+        per_user
+    }
+
+    /// The expected answer to an Allocate: an error code, or the lifetime.
+    fn allocate(&mut self, client: usize, requested: Option<u32>, limits: Limits) -> Result<u64, u16> {
+        if self.is_alive(client) {
+            return Err(437);
+        }
+        // An expired allocation on the 5-tuple is deleted first.
+        self.allocations.remove(&client);
+        let total = self.allocations.len();
+        let user = self.per_user().get(MODEL_CLIENTS[client].0).copied().unwrap_or(0);
+        if limits.total_quota != 0 && total >= limits.total_quota as usize {
+            return Err(508);
+        }
+        if limits.user_quota != 0 && user >= limits.user_quota {
+            return Err(486);
+        }
+        if total >= usize::from(limits.ports) {
+            return Err(508);
+        }
+        let lifetime = Self::lifetime(requested);
+        self.allocations.insert(client, self.now + lifetime);
+        Ok(lifetime)
+    }
+
+    fn refresh(&mut self, client: usize, requested: Option<u32>) -> Result<u64, u16> {
+        if !self.is_alive(client) {
+            // A Refresh finds an expired allocation and deletes it.
+            self.allocations.remove(&client);
+            return Err(437);
+        }
+        if requested == Some(0) {
+            self.allocations.remove(&client);
+            return Ok(0);
+        }
+        let lifetime = Self::lifetime(requested);
+        self.allocations.insert(client, self.now + lifetime);
+        Ok(lifetime)
+    }
+
+    fn timeout(&mut self) {
+        let now = self.now;
+        self.allocations.retain(|_, expires| now < *expires);
+    }
+}
+
+#[track_caller]
+fn assert_answer(response: &Response, expected: Result<u64, u16>, op: &Op) {
+    match expected {
+        Ok(lifetime) => {
+            assert!(response.is_success(), "{op:?}: expected success, got {:?}", response.code());
+            assert_eq!(response.lifetime().map(u64::from), Some(lifetime), "{op:?}: LIFETIME");
+        }
+        Err(code) => assert_eq!(response.code(), Some(code), "{op:?}"),
+    }
+}
+
+fn run_against_model(limits: Limits, ops: &[Op]) {
+    let mut h = Harness::authenticated();
+    h.driver.user_quota = limits.user_quota;
+    h.driver.total_quota = limits.total_quota;
+    h.driver.ports = (PORTS.0, PORTS.0 + limits.ports - 1);
+    let mut clients: Vec<Client> = MODEL_CLIENTS
+        .iter()
+        .map(|(user, client, transport)| {
+            let password = USERS.iter().find(|(u, _)| u == user).expect("a configured user").1;
+            Client::new(client, SERVER, *transport, Some((user, password)))
+        })
+        .collect();
+    let mut model = Model::default();
+    for op in ops {
+        match *op {
+            Op::Allocate { client, lifetime } => {
+                let response = clients[client].request(&mut h, Method::ALLOCATE, &|w| {
+                    w.attr(AttrType::REQUESTED_TRANSPORT, &UDP);
+                    if let Some(lifetime) = lifetime {
+                        w.attr_u32(AttrType::LIFETIME, lifetime);
+                    }
+                });
+                assert_answer(&response, model.allocate(client, lifetime, limits), op);
+            }
+            Op::Refresh { client, lifetime } => {
+                let response = clients[client].refresh(&mut h, lifetime);
+                assert_answer(&response, model.refresh(client, lifetime), op);
+            }
+            Op::CreatePermission { client, peer } => {
+                let response = clients[client].permit(&mut h, &[addr(MODEL_PEERS[peer])]);
+                assert_eq!(response.code(), if model.is_alive(client) { None } else { Some(437) }, "{op:?}");
+            }
+            Op::ChannelBind { client, channel } => {
+                let number = 0x4000 + u16::try_from(channel).expect("few channels");
+                let response = clients[client].bind(&mut h, number, addr(MODEL_PEERS[channel]));
+                assert_eq!(response.code(), if model.is_alive(client) { None } else { Some(437) }, "{op:?}");
+            }
+            Op::Advance(by) => {
+                h.advance(secs(by));
+                model.now += by;
+            }
+            Op::Timeout => {
+                h.timeout();
+                model.timeout();
+            }
+            Op::ConnectionClosed { client } => {
+                h.connection_closed(&clients[client].tuple);
+                model.allocations.remove(&client);
+            }
+        }
+        // The harness has checked the table's consistency and that open
+        // relays and quotas match the table; now the table against the model.
+        let table = h.server.table();
+        assert_eq!(table.len(), model.allocations.len(), "after {op:?}");
+        for (index, client) in clients.iter().enumerate() {
+            let expires = table.find(&client.tuple).and_then(|id| table.get(id)).map(|a| a.expires);
+            let expected = model.allocations.get(&index).map(|secs_| h.start + secs(*secs_));
+            assert_eq!(expires, expected, "client {index} after {op:?}");
+        }
+        assert_eq!(h.driver.open.len(), model.allocations.len(), "open relays after {op:?}");
+        assert_eq!(h.driver.per_user, model.per_user(), "quotas after {op:?}");
+        assert_eq!(h.driver.total as usize, model.allocations.len(), "total quota after {op:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn allocations_follow_the_model(limits in limits(), ops in proptest::collection::vec(op(), 1..60)) {
+        run_against_model(limits, &ops);
+    }
+}
