@@ -286,6 +286,13 @@ impl TurnSession {
                 }
                 return Ok(response);
             }
+            // RFC 8489 §9.2.5: a signed error response must verify too.
+            if let Some(key) = &self.key
+                && message.has_integrity()
+                && !message.verify_integrity(key)
+            {
+                return Err(TurnError::Integrity);
+            }
             let error = message
                 .attribute(AttrType::ERROR_CODE)
                 .map(attr::read_error_code)

@@ -540,8 +540,11 @@ impl Server {
     ) -> Result<(), RequestError> {
         if let Some(id) = self.table.find(tuple) {
             let allocation = self.table.get(id).expect("indexed allocations exist");
-            let (expired, same_transaction) =
-                (allocation.is_expired(now.instant), allocation.allocate_tid == request.transaction_id());
+            // A retransmission is the same transaction from the same user.
+            let (expired, same_transaction) = (
+                allocation.is_expired(now.instant),
+                allocation.allocate_tid == request.transaction_id() && *allocation.username == *identity.username,
+            );
             if expired {
                 self.delete(id, driver, "expired");
             } else if same_transaction {
@@ -585,7 +588,11 @@ impl Server {
             Some(_) => return Err(RequestError::AddressFamilyNotSupported),
         };
         let turn = self.config.turn.as_ref().expect("TURN requests reach here only with TURN on");
-        let requested = request.attribute(AttrType::LIFETIME).map(attr::read_u32).transpose().ok().flatten();
+        let requested = request
+            .attribute(AttrType::LIFETIME)
+            .map(attr::read_u32)
+            .transpose()
+            .map_err(|_| RequestError::BadRequest("LIFETIME malformed"))?;
         let lifetime = initial_lifetime(requested, turn.default_lifetime, turn.max_lifetime);
         let ip = self.relay_ip(tuple, ipv6)?;
         let port = match (token, even_port) {
@@ -737,6 +744,8 @@ impl Server {
         }
         let max_permissions = self.config.turn.as_ref().map_or(0, |t| t.max_permissions);
         let allocation = self.table.get_mut(id).expect("found above");
+        // Expired permissions must not count against the limit before the sweep.
+        allocation.expire_entries(now.instant);
         let added = peers.iter().filter(|ip| allocation.would_add_permission(**ip)).count();
         if allocation.permission_count() + added > max_permissions {
             return Err(RequestError::InsufficientCapacity("permission limit of the allocation reached"));
@@ -774,6 +783,7 @@ impl Server {
         let turn = self.config.turn.as_ref().expect("TURN requests reach here only with TURN on");
         let (max_channels, max_permissions) = (turn.max_channels, turn.max_permissions);
         let allocation = self.table.get_mut(id).expect("found above");
+        allocation.expire_entries(now.instant);
         allocation.bind_channel(number, peer, now.instant, max_channels, max_permissions).map_err(|e| match e {
             ChannelBindError::Conflict => RequestError::BadRequest("channel or peer already bound otherwise"),
             ChannelBindError::Capacity => RequestError::InsufficientCapacity("channel or permission limit reached"),

@@ -1224,6 +1224,17 @@ fn permissions_beyond_the_limit_are_508() {
     assert_eq!(h.server.table().get(id).expect("alive").permission_count(), 2);
 }
 
+#[test]
+fn expired_permissions_do_not_count_against_the_limit_before_the_sweep() {
+    let mut h = Harness::new(TurnConfig { max_permissions: 2, ..turn_config() });
+    let (mut alice, _) = allocated_alice(&mut h);
+    assert_success(&alice.permit(&mut h, &[addr(PEER), addr(PEER_B)]));
+    h.advance(Duration::from_secs(300));
+    // No handle_timeout yet: the two permissions are expired but still listed.
+    assert_success(&alice.permit(&mut h, &[addr(PEER_C)]));
+    assert_success(&alice.bind(&mut h, 0x4000, addr(PEER)));
+}
+
 // ---------------------------------------------------------------------------
 // ChannelBind (RFC 8656 §11.2, §12)
 // ---------------------------------------------------------------------------
