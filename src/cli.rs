@@ -241,9 +241,15 @@ pub struct LoadArgs {
     /// A UDP echo server to use as the peer instead of the built-in one.
     #[arg(long, value_name = "ADDR")]
     pub peer: Option<SocketAddr>,
+    /// Address of the built-in echo peer (default: an ephemeral port on loopback).
+    #[arg(long, value_name = "ADDR", conflicts_with = "peer")]
+    pub peer_listen: Option<SocketAddr>,
     /// Threads of the built-in echo peer.
     #[arg(long, default_value_t = 1)]
     pub peer_threads: usize,
+    /// No TURN: send bare payloads to a plain UDP forwarder (the benchmark baseline).
+    #[arg(long)]
+    pub raw: bool,
     /// Client threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,

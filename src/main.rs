@@ -173,7 +173,9 @@ fn load_test(args: &LoadArgs) -> Result<ExitCode, String> {
             size: args.size,
             send_indication: args.send_indication,
             peer: args.peer,
+            peer_listen: args.peer_listen,
             peer_threads: args.peer_threads,
+            raw: args.raw,
         },
         LoadMode::Alloc => Mode::Alloc { concurrency: args.concurrency.max(1) },
     };

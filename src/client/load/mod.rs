@@ -52,7 +52,12 @@ pub enum Mode {
         send_indication: bool,
         /// An echo server to use instead of the built-in peer.
         peer: Option<SocketAddr>,
+        /// Where the built-in peer listens (port 0: any).
+        peer_listen: Option<SocketAddr>,
         peer_threads: usize,
+        /// No TURN at all: bare payloads to a plain UDP forwarder, the
+        /// baseline the benchmarks compare against.
+        raw: bool,
     },
     /// An allocation storm with this many allocations in progress at once.
     Alloc { concurrency: usize },

@@ -3,7 +3,9 @@
 //! what they received, which is what the relay delivered towards peers.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
+
+use socket2::{Domain, Protocol, Socket, Type};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,23 +19,27 @@ const STOP_CHECK: Duration = Duration::from_millis(50);
 
 /// Echo sockets, one per thread.
 pub struct EchoPeer {
-    addrs: Vec<SocketAddr>,
+    addr: SocketAddr,
     received: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl EchoPeer {
-    /// Starts `threads` echo sockets on `ip` (ephemeral ports).
-    pub fn start(ip: IpAddr, threads: usize) -> io::Result<Self> {
+    /// Starts `threads` echo sockets sharing the address `bind` (port 0
+    /// picks one) with SO_REUSEPORT, so the kernel spreads relays over them.
+    pub fn start(bind: SocketAddr, threads: usize) -> io::Result<Self> {
         let received = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let mut addrs = Vec::new();
+        let mut addr = bind;
         let mut handles = Vec::new();
         for index in 0..threads.max(1) {
-            let socket = UdpSocket::bind(SocketAddr::new(ip, 0))?;
-            crate::io::size_buffers(&socket2::SockRef::from(&socket), super::relay::SOCKET_BUFFER)?;
-            addrs.push(socket.local_addr()?);
+            let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+            socket.set_reuse_port(true)?;
+            crate::io::size_buffers(&socket, super::relay::SOCKET_BUFFER)?;
+            socket.bind(&addr.into())?;
+            let socket: UdpSocket = socket.into();
+            addr = socket.local_addr()?;
             let (received, stop) = (received.clone(), stop.clone());
             handles.push(
                 std::thread::Builder::new()
@@ -41,12 +47,12 @@ impl EchoPeer {
                     .spawn(move || echo(&socket, &received, &stop))?,
             );
         }
-        Ok(Self { addrs, received, stop, threads: handles })
+        Ok(Self { addr, received, stop, threads: handles })
     }
 
-    /// The peer addresses, one per socket.
-    pub fn addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+    /// The address the peer sockets share.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Datagrams received so far.

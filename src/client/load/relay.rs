@@ -63,7 +63,9 @@ enum PreparedConn {
 }
 
 pub fn run(config: &LoadConfig, report: &mut Report) -> Result<(), String> {
-    let Mode::Relay { allocations, pacing, size, send_indication, peer, peer_threads } = config.mode.clone() else {
+    let Mode::Relay { allocations, pacing, size, send_indication, peer, peer_listen, peer_threads, raw } =
+        config.mode.clone()
+    else {
         unreachable!("relay::run is called for relay mode");
     };
     if size < MIN_PAYLOAD {
@@ -74,22 +76,34 @@ pub fn run(config: &LoadConfig, report: &mut Report) -> Result<(), String> {
     report.mode = match pacing {
         Pacing::Rate(rate) => format!("{allocations} allocations, {rate} pps each, {size} B"),
         Pacing::Window(window) => format!("{allocations} allocations, window {window}, {size} B"),
-    } + if send_indication { ", Send/Data indications" } else { ", channels" };
+    } + if raw {
+        ", raw UDP (no TURN)"
+    } else if send_indication {
+        ", Send/Data indications"
+    } else {
+        ", channels"
+    };
+    if raw && config.transport != Transport::Udp {
+        return Err("--raw runs over UDP".into());
+    }
 
     let echo = match peer {
         Some(_) => None,
         None => {
-            let ip = if config.server.is_ipv4() { "127.0.0.1" } else { "::1" }.parse().expect("loopback literal");
-            Some(EchoPeer::start(ip, peer_threads).map_err(|e| format!("cannot start the echo peer: {e}"))?)
+            let loopback = if config.server.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" };
+            let bind = peer_listen.unwrap_or_else(|| loopback.parse().expect("loopback literal"));
+            let echo = EchoPeer::start(bind, peer_threads)
+                .map_err(|e| format!("cannot start the echo peer on {bind}: {e}"))?;
+            Some(echo)
         }
     };
-    let peers: Vec<SocketAddr> = match (&echo, peer) {
-        (Some(echo), _) => echo.addrs().to_vec(),
-        (None, Some(peer)) => vec![peer],
+    let peer = match (&echo, peer) {
+        (Some(echo), _) => echo.addr(),
+        (None, Some(peer)) => peer,
         (None, None) => unreachable!("one of the two is set"),
     };
 
-    let (prepared, setup) = setup(config, &peers, allocations, send_indication);
+    let (prepared, setup) = setup(config, peer, allocations, send_indication, raw);
     report.setup = Some(setup);
     if prepared.is_empty() {
         if let Some(echo) = echo {
@@ -103,6 +117,7 @@ pub fn run(config: &LoadConfig, report: &mut Report) -> Result<(), String> {
         pacing,
         size,
         send_indication,
+        raw,
         base: clock::now(),
         stop_sending: AtomicBool::new(false),
         stop: AtomicBool::new(false),
@@ -165,12 +180,14 @@ pub fn run(config: &LoadConfig, report: &mut Report) -> Result<(), String> {
     Ok(())
 }
 
-/// Allocate, then a permission or a channel, for each allocation.
+/// Allocate, then a permission or a channel, for each allocation; in raw
+/// mode just a socket.
 fn setup(
     config: &LoadConfig,
-    peers: &[SocketAddr],
+    peer: SocketAddr,
     count: usize,
     send_indication: bool,
+    raw: bool,
 ) -> (Vec<Prepared>, SetupReport) {
     let started = clock::now();
     let prepared = Mutex::new(Vec::with_capacity(count));
@@ -181,8 +198,12 @@ fn setup(
             let (prepared, failures) = (&prepared, &failures);
             scope.spawn(move || {
                 for index in (thread..count).step_by(threads) {
-                    let peer = peers[index % peers.len()];
-                    match prepare(config, index as u32, peer, send_indication) {
+                    let outcome = if raw {
+                        raw_socket(config, index as u32, peer)
+                    } else {
+                        prepare(config, index as u32, peer, send_indication)
+                    };
+                    match outcome {
                         Ok(p) => lock(prepared).push(p),
                         Err(key) => *lock(failures).entry(key).or_default() += 1,
                     }
@@ -225,6 +246,12 @@ fn prepare(config: &LoadConfig, index: u32, peer: SocketAddr, send_indication: b
     Ok(Prepared { index, conn, peer, auth })
 }
 
+fn raw_socket(config: &LoadConfig, index: u32, peer: SocketAddr) -> Result<Prepared, String> {
+    let any = if config.server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let socket = std::net::UdpSocket::bind(any).map_err(|_| "io".to_owned())?;
+    Ok(Prepared { index, conn: PreparedConn::Udp(socket), peer, auth: None })
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -235,6 +262,7 @@ struct Shared {
     pacing: Pacing,
     size: usize,
     send_indication: bool,
+    raw: bool,
     /// Timestamps in payloads are nanoseconds since this.
     base: Instant,
     stop_sending: AtomicBool,
@@ -421,7 +449,10 @@ impl ThreadState {
     fn send(&mut self, shared: &Shared, flow: &mut Flow, timestamp_ns: u64) {
         self.frame.clear();
         let size = shared.size;
-        if shared.send_indication {
+        if shared.raw {
+            self.frame.resize(size, 0);
+            write_payload(&mut self.frame, flow.index, flow.sequence, timestamp_ns);
+        } else if shared.send_indication {
             write_payload(&mut self.payload, flow.index, flow.sequence, timestamp_ns);
             let mut w = MessageWriter::new(
                 &mut self.frame,
@@ -459,7 +490,13 @@ impl ThreadState {
                     Err(_) => break,
                 };
                 for i in 0..count {
-                    match self.counters.read_frame(shared, self.batch.payload(i)) {
+                    let datagram = self.batch.payload(i);
+                    let kind = if shared.raw {
+                        self.counters.read_payload(shared, datagram)
+                    } else {
+                        self.counters.read_frame(shared, datagram)
+                    };
+                    match kind {
                         FrameKind::Echo => echoes += 1,
                         FrameKind::Response(bytes) => responses.push(bytes),
                         FrameKind::Other => {}
@@ -524,6 +561,11 @@ impl Counters {
             },
             PacketKind::Other => return FrameKind::Other,
         };
+        self.read_payload(shared, payload)
+    }
+
+    /// Records the round trip of an echoed payload.
+    fn read_payload(&mut self, shared: &Shared, payload: &[u8]) -> FrameKind {
         let Some((_, _, timestamp)) = read_payload(payload) else { return FrameKind::Other };
         let rtt = shared.now_ns().saturating_sub(timestamp).clamp(1, MAX_RTT_NS);
         let _ = self.histogram.record(rtt);
