@@ -8,6 +8,7 @@
 
 pub mod clock;
 mod listener;
+mod out;
 pub mod relay;
 pub mod shutdown;
 pub mod sys;

@@ -176,14 +176,31 @@ fn read_pktinfo(hdr: &libc::msghdr) -> Option<IpAddr> {
     None
 }
 
-/// One datagram to send.
+/// One datagram to send, or with `segment_size` several of that size (the
+/// last may be shorter) to one destination in one GSO send: the kernel runs
+/// them through its stack as one packet and cuts them apart at the end.
 #[derive(Clone, Copy, Debug)]
 pub struct Transmit<'a> {
     pub destination: SocketAddr,
     /// Source address to send from, for sockets bound to a wildcard address.
     pub source_ip: Option<IpAddr>,
     pub payload: &'a [u8],
+    pub segment_size: Option<u16>,
 }
+
+impl<'a> Transmit<'a> {
+    /// A single datagram.
+    pub fn new(destination: SocketAddr, source_ip: Option<IpAddr>, payload: &'a [u8]) -> Self {
+        Self { destination, source_ip, payload, segment_size: None }
+    }
+}
+
+/// Most segments in one GSO send (the kernel's UDP_MAX_SEGMENTS was 64
+/// before Linux 6.9).
+pub const GSO_MAX_SEGMENTS: usize = 64;
+/// Most bytes in one GSO send: an IPv6 datagram's payload limit, with room
+/// for the UDP header.
+pub const GSO_MAX_BYTES: usize = 65_000;
 
 /// Scratch space for [`send_batch`], reused across calls.
 pub struct SendScratch {
@@ -228,9 +245,9 @@ pub fn send_batch(fd: RawFd, transmits: &[Transmit<'_>], scratch: &mut SendScrat
         hdr.msg_flags = 0;
         hdr.msg_controllen = 0;
         hdr.msg_control = ptr::null_mut();
-        if let Some(source) = transmit.source_ip {
+        if transmit.source_ip.is_some() || transmit.segment_size.is_some() {
             hdr.msg_control = scratch.control[i].0.as_mut_ptr().cast();
-            hdr.msg_controllen = write_pktinfo(source, &mut scratch.control[i]);
+            hdr.msg_controllen = write_control(transmit.source_ip, transmit.segment_size, &mut scratch.control[i]);
         }
     }
     // SAFETY: every header points at `transmits` payloads and `scratch`
@@ -239,38 +256,64 @@ pub fn send_batch(fd: RawFd, transmits: &[Transmit<'_>], scratch: &mut SendScrat
     if sent < 0 { Err(io::Error::last_os_error()) } else { Ok(sent as usize) }
 }
 
-/// Writes a PKTINFO control message selecting `source`; returns its length.
-fn write_pktinfo(source: IpAddr, buf: &mut ControlBuf) -> usize {
+/// Writes the control messages of a send: PKTINFO selecting `source`, and
+/// UDP_SEGMENT for a GSO send. Returns their total length.
+fn write_control(source: Option<IpAddr>, segment_size: Option<u16>, buf: &mut ControlBuf) -> usize {
     buf.0 = [0; CONTROL_LEN];
-    let (level, typ, data_len) = match source {
-        IpAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO, mem::size_of::<libc::in_pktinfo>()),
-        IpAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, mem::size_of::<libc::in6_pktinfo>()),
-    };
-    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic; the header and data are
-    // written inside `buf`, which is aligned for cmsghdr and larger than
-    // CMSG_SPACE of either pktinfo struct.
-    unsafe {
-        let space = libc::CMSG_SPACE(data_len as libc::c_uint) as usize;
-        debug_assert!(space <= CONTROL_LEN);
-        let cmsg = buf.0.as_mut_ptr().cast::<libc::cmsghdr>();
-        (*cmsg).cmsg_level = level;
-        (*cmsg).cmsg_type = typ;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(data_len as libc::c_uint) as usize;
-        let data = libc::CMSG_DATA(cmsg);
-        match source {
-            IpAddr::V4(ip) => {
-                let mut info: libc::in_pktinfo = mem::zeroed();
-                info.ipi_spec_dst.s_addr = u32::from(ip).to_be();
-                ptr::write_unaligned(data.cast(), info);
+    let mut used = 0;
+    if let Some(source) = source {
+        let (level, typ, data_len) = match source {
+            IpAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO, mem::size_of::<libc::in_pktinfo>()),
+            IpAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, mem::size_of::<libc::in6_pktinfo>()),
+        };
+        // SAFETY: the cmsg header and data are written inside `buf` at
+        // `used`, which is cmsg-aligned (CMSG_SPACE rounds up); the two
+        // messages together (at most 40 + 16 bytes) fit CONTROL_LEN.
+        unsafe {
+            let cmsg = buf.0.as_mut_ptr().add(used).cast::<libc::cmsghdr>();
+            (*cmsg).cmsg_level = level;
+            (*cmsg).cmsg_type = typ;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(data_len as libc::c_uint) as usize;
+            let data = libc::CMSG_DATA(cmsg);
+            match source {
+                IpAddr::V4(ip) => {
+                    let mut info: libc::in_pktinfo = mem::zeroed();
+                    info.ipi_spec_dst.s_addr = u32::from(ip).to_be();
+                    ptr::write_unaligned(data.cast(), info);
+                }
+                IpAddr::V6(ip) => {
+                    let mut info: libc::in6_pktinfo = mem::zeroed();
+                    info.ipi6_addr.s6_addr = ip.octets();
+                    ptr::write_unaligned(data.cast(), info);
+                }
             }
-            IpAddr::V6(ip) => {
-                let mut info: libc::in6_pktinfo = mem::zeroed();
-                info.ipi6_addr.s6_addr = ip.octets();
-                ptr::write_unaligned(data.cast(), info);
-            }
+            used += libc::CMSG_SPACE(data_len as libc::c_uint) as usize;
         }
-        space
     }
+    if let Some(size) = segment_size {
+        // SAFETY: as above; a u16 is written as the UDP_SEGMENT payload.
+        unsafe {
+            let cmsg = buf.0.as_mut_ptr().add(used).cast::<libc::cmsghdr>();
+            (*cmsg).cmsg_level = libc::SOL_UDP;
+            (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as libc::c_uint) as usize;
+            ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size);
+            used += libc::CMSG_SPACE(mem::size_of::<u16>() as libc::c_uint) as usize;
+        }
+    }
+    debug_assert!(used <= CONTROL_LEN);
+    used
+}
+
+/// Whether the kernel does UDP GSO (Linux 4.18 and later).
+pub fn gso_supported(fd: RawFd) -> bool {
+    let mut value: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are live and sized for the option.
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::SOL_UDP, libc::UDP_SEGMENT, (&mut value as *mut libc::c_int).cast(), &mut len)
+    };
+    rc == 0
 }
 
 /// One descriptor to wait on with [`wait_readable`], for threads that block
@@ -447,10 +490,8 @@ mod tests {
         let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let to = receiver.local_addr().expect("addr");
         let payloads: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + usize::from(i)]).collect();
-        let transmits: Vec<_> = payloads
-            .iter()
-            .map(|p| Transmit { destination: to, source_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), payload: p })
-            .collect();
+        let transmits: Vec<_> =
+            payloads.iter().map(|p| Transmit::new(to, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), p)).collect();
         let mut scratch = SendScratch::default();
         assert_eq!(send_batch(sender.as_raw_fd(), &transmits, &mut scratch).expect("send"), 5);
 
@@ -477,6 +518,37 @@ mod tests {
             }
         }
         assert_eq!(got, payloads);
+    }
+
+    #[test]
+    fn gso_send_arrives_as_separate_datagrams() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        receiver.set_nonblocking(true).expect("nonblocking");
+        let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        if !gso_supported(sender.as_raw_fd()) {
+            eprintln!("skipping: no UDP GSO on this kernel");
+            return;
+        }
+        // Three segments of 100 bytes and a last one of 40.
+        let payload: Vec<u8> = (0..340u32).map(|i| (i / 100) as u8).collect();
+        let to = receiver.local_addr().expect("addr");
+        let transmit = Transmit { destination: to, source_ip: None, payload: &payload, segment_size: Some(100) };
+        let mut scratch = SendScratch::default();
+        assert_eq!(send_batch(sender.as_raw_fd(), &[transmit], &mut scratch).expect("send"), 1);
+        let mut batch = RecvBatch::new(2048, 0);
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            if let Ok(n) = batch.recv(receiver.as_raw_fd()) {
+                got.extend((0..n).map(|i| batch.payload(i).to_vec()));
+            }
+            if got.len() >= 4 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let lengths: Vec<usize> = got.iter().map(Vec::len).collect();
+        assert_eq!(lengths, [100, 100, 100, 40]);
+        assert!(got[3].iter().all(|b| *b == 3));
     }
 
     #[test]

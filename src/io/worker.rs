@@ -10,8 +10,8 @@
 //! turn, after everyone else.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +21,10 @@ use tracing::{debug, info_span, trace, warn};
 
 use super::clock;
 use super::listener::WorkerListeners;
+use super::out::{OutQueue, Via};
 use super::relay::{RelaySocket, Shared, WorkerDriver};
 use super::shutdown::Shutdown;
-use super::sys::{self, RecvBatch, SendScratch, Transmit};
+use super::sys::{self, RecvBatch};
 use super::tcp::{Closed, ReadStatus, TcpConnection, WRITE_QUEUE_LIMIT};
 use crate::proto::allocation::{AllocationId, ClientHandle};
 use crate::proto::server::{ClientOutcome, PEER_HEADROOM, PEER_TAILROOM, Server, ServerConfig, Stats};
@@ -81,25 +82,6 @@ impl WorkerReport {
     }
 }
 
-/// A datagram queued for sending from a listener socket: its bytes are in a
-/// receive slot (relayed data) or the reply buffer.
-#[derive(Clone, Copy)]
-struct Queued {
-    listener: usize,
-    destination: SocketAddr,
-    source_ip: Option<IpAddr>,
-    range: (usize, usize),
-}
-
-/// A datagram for a peer, queued for its relay socket.
-#[derive(Clone, Copy)]
-struct Forward {
-    allocation: AllocationId,
-    peer: SocketAddr,
-    slot: usize,
-    range: (usize, usize),
-}
-
 /// A worker ready to run on its own thread.
 pub struct Worker {
     id: usize,
@@ -112,11 +94,9 @@ pub struct Worker {
     relays: Vec<Option<RelaySocket>>,
     client_batch: RecvBatch,
     peer_batch: RecvBatch,
-    send_scratch: SendScratch,
-    /// Answers produced by one receive batch, back to back.
-    replies: Vec<u8>,
-    queued: Vec<Queued>,
-    forwards: Vec<Forward>,
+    /// UDP datagrams to send at the end of the loop turn.
+    out: OutQueue,
+    /// TCP connections with relayed data to write at the end of the turn.
     dirty_connections: Vec<usize>,
     pending: Vec<Token>,
     shutdown: Shutdown,
@@ -142,6 +122,7 @@ impl Worker {
         for (index, (listener, _)) in tcp.iter_mut().enumerate() {
             poll.registry().register(listener, Token(udp.len() + index), Interest::READABLE)?;
         }
+        let gso = udp.first().is_some_and(|(socket, _)| sys::gso_supported(socket.as_raw_fd()));
         Ok(Self {
             id,
             poll,
@@ -153,10 +134,7 @@ impl Worker {
             relays: Vec::new(),
             client_batch: RecvBatch::new(UDP_SLOT, 0),
             peer_batch: RecvBatch::new(PEER_HEADROOM + UDP_SLOT + PEER_TAILROOM, PEER_HEADROOM),
-            send_scratch: SendScratch::default(),
-            replies: Vec::with_capacity(sys::BATCH * 128),
-            queued: Vec::with_capacity(sys::BATCH),
-            forwards: Vec::with_capacity(sys::BATCH),
+            out: OutQueue::new(gso),
             dirty_connections: Vec::new(),
             pending: Vec::new(),
             shutdown,
@@ -189,8 +167,10 @@ impl Worker {
             for &token in &ready {
                 self.dispatch(token, now);
             }
+            self.flush(now);
             if now.instant >= self.next_tick {
                 self.tick(now);
+                self.flush(now);
             }
         }
         let now = clock::reading();
@@ -226,9 +206,6 @@ impl Worker {
                     continue;
                 }
             };
-            self.replies.clear();
-            self.queued.clear();
-            self.forwards.clear();
             let mut driver = driver(&self.poll, &mut self.relays, &self.shared, now.instant);
             for i in 0..received {
                 let meta = *self.client_batch.meta(i);
@@ -247,24 +224,22 @@ impl Worker {
                     server: SocketAddr::new(local_ip, bound.port()),
                     transport: Transport::Udp,
                 };
-                let start = self.replies.len();
+                let start = self.out.bytes_mut().len();
                 let handle = ClientHandle(index as u64);
                 let packet = self.client_batch.payload(i);
-                match self.server.handle_client(now, &tuple, handle, packet, &mut self.replies, &mut driver) {
+                match self.server.handle_client(now, &tuple, handle, packet, self.out.bytes_mut(), &mut driver) {
                     ClientOutcome::Dropped => {}
-                    ClientOutcome::Replied => self.queued.push(Queued {
-                        listener: index,
-                        destination: meta.source,
-                        source_ip,
-                        range: (start, self.replies.len()),
-                    }),
+                    ClientOutcome::Replied => {
+                        self.out.push_written(Via::Listener(index), meta.source, source_ip, start)
+                    }
                     ClientOutcome::Forward { allocation, peer, payload } => {
-                        self.forwards.push(Forward { allocation, peer, slot: i, range: (payload.start, payload.end) })
+                        self.out.push(Via::Relay(allocation), peer, None, &packet[payload]);
                     }
                 }
             }
-            self.send_queued(Source::Replies);
-            self.send_forwards();
+            if self.out.is_full() {
+                self.flush(now);
+            }
             if received < sys::BATCH {
                 return;
             }
@@ -283,8 +258,6 @@ impl Worker {
                     continue;
                 }
             };
-            self.queued.clear();
-            self.dirty_connections.clear();
             for i in 0..received {
                 let meta = *self.peer_batch.meta(i);
                 if meta.truncated {
@@ -295,7 +268,7 @@ impl Worker {
                 let Some(out) = self.server.handle_peer(now, id, meta.source, slot, PEER_HEADROOM, meta.len) else {
                     continue;
                 };
-                let (start, end) = out.frame;
+                let frame = &self.peer_batch.slot(i)[out.frame.0..out.frame.1];
                 if out.client.0 & HANDLE_TCP != 0 {
                     let key = (out.client.0 & !HANDLE_TCP) as usize;
                     let Some(connection) = self.connections.get_mut(key) else { continue };
@@ -303,7 +276,7 @@ impl Worker {
                         self.stats.tcp_queue_drops += 1;
                         continue;
                     }
-                    connection.outbuf.extend_from_slice(&self.peer_batch.slot(i)[start..end]);
+                    connection.outbuf.extend_from_slice(frame);
                     if !self.dirty_connections.contains(&key) {
                         self.dirty_connections.push(key);
                     }
@@ -313,18 +286,11 @@ impl Worker {
                         .udp
                         .get(listener)
                         .and_then(|(_, bound)| bound.ip().is_unspecified().then(|| out.tuple.server.ip()));
-                    let base = self.peer_batch.slot_start(i);
-                    self.queued.push(Queued {
-                        listener,
-                        destination: out.tuple.client,
-                        source_ip,
-                        range: (base + start, base + end),
-                    });
+                    self.out.push(Via::Listener(listener), out.tuple.client, source_ip, frame);
                 }
             }
-            self.send_queued(Source::PeerBatch);
-            for key in std::mem::take(&mut self.dirty_connections) {
-                self.flush_connection(key);
+            if self.out.is_full() {
+                self.flush(now);
             }
             if received < sys::BATCH {
                 return;
@@ -333,47 +299,19 @@ impl Worker {
         self.pending.push(Token(RELAY_BASE + id.0));
     }
 
-    /// Sends the queued datagrams, grouped by listener socket.
-    fn send_queued(&mut self, source: Source) {
-        let bytes: &[u8] = match source {
-            Source::Replies => &self.replies,
-            Source::PeerBatch => self.peer_batch.storage(),
-        };
-        let unused = Transmit { destination: SocketAddr::from(([0, 0, 0, 0], 0)), source_ip: None, payload: &[] };
-        let mut transmits = [unused; sys::BATCH];
-        for (listener, (socket, _)) in self.udp.iter().enumerate() {
-            let mut count = 0;
-            for queued in self.queued.iter().filter(|q| q.listener == listener) {
-                transmits[count] = Transmit {
-                    destination: queued.destination,
-                    source_ip: queued.source_ip,
-                    payload: &bytes[queued.range.0..queued.range.1],
-                };
-                count += 1;
-            }
-            self.stats.send_failures += send_all(socket.as_raw_fd(), &transmits[..count], &mut self.send_scratch);
+    /// Sends what the turn produced: queued datagrams, and relayed data for
+    /// TCP clients.
+    fn flush(&mut self, now: Now) {
+        if !self.out.is_empty() {
+            let (udp, relays) = (&self.udp, &self.relays);
+            let flushed = self.out.flush(|via| match via {
+                Via::Listener(index) => udp.get(index).map(|(socket, _)| socket.as_raw_fd()),
+                Via::Relay(id) => relays.get(id.0).and_then(Option::as_ref).map(|r| r.socket.as_raw_fd()),
+            });
+            self.stats.send_failures += flushed.failures;
         }
-    }
-
-    /// Sends client data to peers, one `sendmmsg` per run of datagrams for
-    /// the same relay socket.
-    fn send_forwards(&mut self) {
-        let unused = Transmit { destination: SocketAddr::from(([0, 0, 0, 0], 0)), source_ip: None, payload: &[] };
-        let mut transmits = [unused; sys::BATCH];
-        let mut run_start = 0;
-        while run_start < self.forwards.len() {
-            let allocation = self.forwards[run_start].allocation;
-            let mut count = 0;
-            for forward in self.forwards[run_start..].iter().take_while(|f| f.allocation == allocation) {
-                let payload = &self.client_batch.payload(forward.slot)[forward.range.0..forward.range.1];
-                transmits[count] = Transmit { destination: forward.peer, source_ip: None, payload };
-                count += 1;
-            }
-            run_start += count;
-            if let Some(relay) = self.relays.get(allocation.0).and_then(Option::as_ref) {
-                self.stats.send_failures +=
-                    send_all(relay.socket.as_raw_fd(), &transmits[..count], &mut self.send_scratch);
-            }
+        for key in std::mem::take(&mut self.dirty_connections) {
+            self.flush_connection(key, now);
         }
     }
 
@@ -415,21 +353,18 @@ impl Worker {
         let relays = &mut self.relays;
         let mut driver = driver(&self.poll, relays, &self.shared, now.instant);
         let handle = ClientHandle(HANDLE_TCP | key as u64);
-        let mut send_failures = 0;
+        let udp_out = &mut self.out;
         let read = if connection.peer_closed {
             Ok(ReadStatus::Drained)
         } else {
-            connection.read_frames(now.instant, |tuple, frame, out| {
+            connection.read_frames(now.instant, |tuple, frame, replies| {
                 if let ClientOutcome::Forward { allocation, peer, payload } =
-                    server.handle_client(now, tuple, handle, frame, out, &mut driver)
-                    && let Some(relay) = driver.relays.get(allocation.0).and_then(Option::as_ref)
-                    && relay.socket.send_to(&frame[payload], peer).is_err()
+                    server.handle_client(now, tuple, handle, frame, replies, &mut driver)
                 {
-                    send_failures += 1;
+                    udp_out.push(Via::Relay(allocation), peer, None, &frame[payload]);
                 }
             })
         };
-        self.stats.send_failures += send_failures;
         // A client that shuts down its sending side after its requests still
         // reads: answers to what it sent are written before the connection
         // is closed.
@@ -450,12 +385,12 @@ impl Worker {
         }
     }
 
-    fn flush_connection(&mut self, key: usize) {
+    fn flush_connection(&mut self, key: usize, now: Now) {
         let Some(connection) = self.connections.get_mut(key) else { return };
         match connection.flush() {
-            Err(reason) => self.close_connection(key, &reason, clock::reading()),
+            Err(reason) => self.close_connection(key, &reason, now),
             Ok(()) if connection.peer_closed && connection.queued() == 0 => {
-                self.close_connection(key, &Closed::Eof, clock::reading());
+                self.close_connection(key, &Closed::Eof, now);
             }
             Ok(()) => {}
         }
@@ -491,13 +426,6 @@ impl Worker {
     }
 }
 
-/// Which buffer queued datagrams point into.
-#[derive(Clone, Copy)]
-enum Source {
-    Replies,
-    PeerBatch,
-}
-
 fn driver<'a>(
     poll: &'a Poll,
     relays: &'a mut Vec<Option<RelaySocket>>,
@@ -505,23 +433,4 @@ fn driver<'a>(
     now: Instant,
 ) -> WorkerDriver<'a> {
     WorkerDriver { registry: poll.registry(), relays, shared, token_base: RELAY_BASE, now }
-}
-
-/// Sends every datagram, retrying after partial sends; returns how many the
-/// kernel refused (dropped, as UDP allows).
-fn send_all(fd: RawFd, transmits: &[Transmit<'_>], scratch: &mut SendScratch) -> u64 {
-    let mut sent = 0;
-    let mut failures = 0;
-    while sent < transmits.len() {
-        match sys::send_batch(fd, &transmits[sent..], scratch) {
-            Ok(n) => sent += n.max(1),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                trace!(error = %e, destination = %transmits[sent].destination, "udp send failed");
-                failures += 1;
-                sent += 1;
-            }
-        }
-    }
-    failures
 }

@@ -24,7 +24,7 @@ pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 pub const CHANNEL_REUSE_GUARD: Duration = Duration::from_secs(300);
 
 /// Index of an allocation in its worker's table; also names its relay socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AllocationId(pub usize);
 
 /// The driver's name for how to reach a client (a listener socket or a TCP

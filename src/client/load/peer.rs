@@ -84,10 +84,10 @@ fn echo(socket: &UdpSocket, received: &AtomicU64, stop: &AtomicBool) {
             Err(_) => continue,
         };
         received.fetch_add(count as u64, Ordering::Relaxed);
-        let unused = Transmit { destination: SocketAddr::from(([0, 0, 0, 0], 0)), source_ip: None, payload: &[] };
+        let unused = Transmit::new(SocketAddr::from(([0, 0, 0, 0], 0)), None, &[]);
         let mut transmits = [unused; sys::BATCH];
         for (i, transmit) in transmits.iter_mut().enumerate().take(count) {
-            *transmit = Transmit { destination: batch.meta(i).source, source_ip: None, payload: batch.payload(i) };
+            *transmit = Transmit::new(batch.meta(i).source, None, batch.payload(i));
         }
         let mut sent = 0;
         while sent < count {

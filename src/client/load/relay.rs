@@ -20,7 +20,7 @@ use super::{
 use crate::client::ClientSocket;
 use crate::client::turn::{AuthState, TurnSession};
 use crate::io::clock;
-use crate::io::sys::RecvBatch;
+use crate::io::sys::{self, RecvBatch, SendScratch, Transmit};
 use crate::proto::channel_data::{self, ChannelData, ChannelNumber};
 use crate::proto::demux::{self, PacketKind};
 use crate::proto::stun::attr::{self, AttrType};
@@ -37,9 +37,11 @@ const MAINTENANCE_PERIOD: Duration = Duration::from_secs(120);
 const SETUP_THREADS: usize = 64;
 /// How long to wait for packets still in flight after the last send.
 const DRAIN: Duration = Duration::from_secs(1);
-/// Most packets one thread sends per loop turn when catching up, so
-/// receiving is never starved.
-const SEND_BURST: usize = 256;
+/// Most packets one thread sends in one go when catching up, so receiving
+/// is never starved.
+const SEND_BURST: usize = 1024;
+/// Receive events handled between two looks at the send schedule.
+const SEND_CHECK_EVERY: usize = 32;
 /// Receive and send buffer of every client socket: a burst the kernel drops
 /// here would count as loss of the server under test.
 pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
@@ -308,6 +310,42 @@ fn progress(shared: &Shared, config: &LoadConfig, started: Instant) {
     bar.finish_and_clear();
 }
 
+/// Open-loop pacing: packet k of a thread is due at start + k / total rate,
+/// to flow k mod n.
+struct Schedule {
+    start: Instant,
+    total_rate: f64,
+    base: Instant,
+}
+
+impl Schedule {
+    fn due_at(&self, packet: u64) -> Instant {
+        self.start + Duration::from_secs_f64(packet as f64 / self.total_rate)
+    }
+
+    /// Sends every packet already due, up to a burst.
+    fn send_due(&self, shared: &Shared, state: &mut ThreadState, flows: &mut [Flow], next_packet: &mut u64) {
+        let now = clock::now();
+        for _ in 0..SEND_BURST {
+            let intended = self.due_at(*next_packet);
+            if intended > now {
+                break;
+            }
+            let flow = (*next_packet % flows.len() as u64) as usize;
+            // The intended send time, not the actual one: a late send shows
+            // up as latency.
+            let timestamp = u64::try_from((intended - self.base).as_nanos()).unwrap_or(u64::MAX);
+            state.send(shared, &mut flows[flow], timestamp);
+            *next_packet += 1;
+        }
+    }
+
+    /// How long to wait for the next packet to fall due.
+    fn until_due(&self, next_packet: u64) -> Duration {
+        self.due_at(next_packet).saturating_duration_since(clock::now()).min(Duration::from_millis(20))
+    }
+}
+
 struct ThreadResult {
     histogram: Histogram<u64>,
     sent: u64,
@@ -365,9 +403,11 @@ fn client_thread(shared: &Shared, prepared: Vec<Prepared>) -> Result<ThreadResul
             sent_since_report: 0,
             received_since_report: 0,
         },
-        frame: Vec::with_capacity(shared.size + 64),
+        frame: Vec::with_capacity((shared.size + 64) * sys::BATCH),
+        frame_ends: Vec::with_capacity(sys::BATCH),
         payload: vec![0; shared.size],
         batch: RecvBatch::new(65536 + PEER_HEADROOM, 0),
+        scratch: SendScratch::default(),
         chunk: vec![0; 65536],
     };
     let mut events = Events::with_capacity(1024);
@@ -381,30 +421,15 @@ fn client_thread(shared: &Shared, prepared: Vec<Prepared>) -> Result<ThreadResul
     let mut next_packet: u64 = 0;
     if let Pacing::Window(window) = shared.pacing {
         for flow in &mut flows {
-            for _ in 0..window {
-                let timestamp = shared.now_ns();
-                state.send(shared, flow, timestamp);
-            }
+            state.send_many(shared, flow, window);
         }
     }
+    let schedule = Schedule { start, total_rate, base: shared.base };
     while !shared.stop.load(Ordering::Relaxed) {
         let sending = !shared.stop_sending.load(Ordering::Relaxed);
-        let mut timeout = Duration::from_millis(20);
-        if sending && total_rate > 0.0 {
-            let elapsed = (clock::now() - start).as_secs_f64();
-            let mut burst = 0;
-            while (next_packet as f64) / total_rate <= elapsed && burst < SEND_BURST {
-                let flow = (next_packet % flows.len() as u64) as usize;
-                // The intended send time, not the actual one: a late send
-                // shows up as latency.
-                let intended = start + Duration::from_secs_f64(next_packet as f64 / total_rate);
-                let timestamp = u64::try_from((intended - shared.base).as_nanos()).unwrap_or(u64::MAX);
-                state.send(shared, &mut flows[flow], timestamp);
-                next_packet += 1;
-                burst += 1;
-            }
-            let due = next_packet as f64 / total_rate - (clock::now() - start).as_secs_f64();
-            timeout = if burst == SEND_BURST { Duration::ZERO } else { Duration::from_secs_f64(due.clamp(0.0, 0.02)) };
+        let paced = sending && total_rate > 0.0;
+        if paced {
+            schedule.send_due(shared, &mut state, &mut flows, &mut next_packet);
         }
         if sending && clock::now() >= next_maintenance {
             next_maintenance += MAINTENANCE_PERIOD;
@@ -412,11 +437,17 @@ fn client_thread(shared: &Shared, prepared: Vec<Prepared>) -> Result<ThreadResul
                 state.maintain(shared, flow);
             }
         }
+        let timeout = if paced { schedule.until_due(next_packet) } else { Duration::from_millis(20) };
         poll.poll(&mut events, Some(timeout))
             .or_else(|e| if e.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(e.to_string()) })?;
-        for event in &events {
+        for (i, event) in events.iter().enumerate() {
             let flow = &mut flows[event.token().0];
             state.receive(shared, flow, sending);
+            // Receiving many sockets takes time; packets that fall due
+            // meanwhile go out now rather than at the next turn.
+            if paced && i % SEND_CHECK_EVERY == SEND_CHECK_EVERY - 1 {
+                schedule.send_due(shared, &mut state, &mut flows, &mut next_packet);
+            }
         }
         shared.sent.fetch_add(std::mem::take(&mut state.counters.sent_since_report), Ordering::Relaxed);
         shared.received.fetch_add(std::mem::take(&mut state.counters.received_since_report), Ordering::Relaxed);
@@ -438,20 +469,42 @@ struct Counters {
 /// A thread's counters and reusable buffers: nothing is allocated per packet.
 struct ThreadState {
     counters: Counters,
+    /// Frames about to be sent on one flow, back to back, and where each ends.
     frame: Vec<u8>,
+    frame_ends: Vec<usize>,
     payload: Vec<u8>,
     batch: RecvBatch,
+    scratch: SendScratch,
     chunk: Vec<u8>,
 }
 
 impl ThreadState {
     /// Sends the flow's next payload as ChannelData or a Send indication.
     fn send(&mut self, shared: &Shared, flow: &mut Flow, timestamp_ns: u64) {
-        self.frame.clear();
+        self.write_frame(shared, flow, timestamp_ns);
+        self.send_frames(shared, flow);
+    }
+
+    /// Sends `count` payloads on one flow: one `sendmmsg` per 32 over UDP,
+    /// one write over TCP.
+    fn send_many(&mut self, shared: &Shared, flow: &mut Flow, count: u32) {
+        for _ in 0..count {
+            let timestamp = shared.now_ns();
+            self.write_frame(shared, flow, timestamp);
+            if self.frame_ends.len() == sys::BATCH {
+                self.send_frames(shared, flow);
+            }
+        }
+        self.send_frames(shared, flow);
+    }
+
+    /// Appends the flow's next frame to the pending frames.
+    fn write_frame(&mut self, shared: &Shared, flow: &mut Flow, timestamp_ns: u64) {
+        let start = self.frame.len();
         let size = shared.size;
         if shared.raw {
-            self.frame.resize(size, 0);
-            write_payload(&mut self.frame, flow.index, flow.sequence, timestamp_ns);
+            self.frame.resize(start + size, 0);
+            write_payload(&mut self.frame[start..], flow.index, flow.sequence, timestamp_ns);
         } else if shared.send_indication {
             write_payload(&mut self.payload, flow.index, flow.sequence, timestamp_ns);
             let mut w = MessageWriter::new(
@@ -463,18 +516,42 @@ impl ThreadState {
         } else {
             let stream = matches!(flow.conn, Conn::Tcp { .. });
             let len = if stream { channel_data::padded_frame_len(size) } else { channel_data::HEADER_LEN + size };
-            self.frame.resize(len, 0);
+            self.frame.resize(start + len, 0);
             let mut header = [0u8; channel_data::HEADER_LEN];
             let channel = ChannelNumber::new(CHANNEL).expect("0x4000 is a valid channel");
             channel_data::write_header(&mut header, channel, u16::try_from(size).unwrap_or(u16::MAX));
-            self.frame[..channel_data::HEADER_LEN].copy_from_slice(&header);
-            write_payload(&mut self.frame[channel_data::HEADER_LEN..], flow.index, flow.sequence, timestamp_ns);
+            let frame = &mut self.frame[start..];
+            frame[..channel_data::HEADER_LEN].copy_from_slice(&header);
+            write_payload(&mut frame[channel_data::HEADER_LEN..], flow.index, flow.sequence, timestamp_ns);
         }
         flow.sequence += 1;
-        if transmit(&mut flow.conn, &self.frame) {
-            self.counters.sent += 1;
-            self.counters.sent_since_report += 1;
-        }
+        self.frame_ends.push(self.frame.len());
+    }
+
+    /// Sends the pending frames and counts those the socket took.
+    fn send_frames(&mut self, shared: &Shared, flow: &mut Flow) {
+        let sent = match &mut flow.conn {
+            Conn::Udp(socket) => {
+                let unused = Transmit::new(shared.config.server, None, &[]);
+                let mut transmits = [unused; sys::BATCH];
+                let mut start = 0;
+                for (transmit, &end) in transmits.iter_mut().zip(&self.frame_ends) {
+                    *transmit = Transmit::new(shared.config.server, None, &self.frame[start..end]);
+                    start = end;
+                }
+                let count = self.frame_ends.len().min(sys::BATCH);
+                // What the socket did not take is a client-side drop.
+                sys::send_batch(socket.as_raw_fd(), &transmits[..count], &mut self.scratch).unwrap_or(0)
+            }
+            Conn::Tcp { stream, outbuf, .. } => {
+                outbuf.extend_from_slice(&self.frame);
+                if flush(stream, outbuf).is_ok() { self.frame_ends.len() } else { 0 }
+            }
+        };
+        self.counters.sent += sent as u64;
+        self.counters.sent_since_report += sent as u64;
+        self.frame.clear();
+        self.frame_ends.clear();
     }
 
     /// Reads what the flow's socket has; in window mode each echo is
@@ -484,11 +561,7 @@ impl ThreadState {
         let mut responses: Vec<Vec<u8>> = Vec::new();
         match &mut flow.conn {
             Conn::Udp(socket) => loop {
-                let count = match self.batch.recv(socket.as_raw_fd()) {
-                    Ok(count) => count,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => break,
-                };
+                let Ok(count) = self.batch.recv(socket.as_raw_fd()) else { break };
                 for i in 0..count {
                     let datagram = self.batch.payload(i);
                     let kind = if shared.raw {
@@ -501,6 +574,11 @@ impl ThreadState {
                         FrameKind::Response(bytes) => responses.push(bytes),
                         FrameKind::Other => {}
                     }
+                }
+                // A short batch emptied the socket; asking again would only
+                // hear "would block".
+                if count < sys::BATCH {
+                    break;
                 }
             },
             Conn::Tcp { stream, inbuf, outbuf } => {
@@ -531,10 +609,7 @@ impl ThreadState {
             self.handle_response(shared, flow, &response);
         }
         if sending && matches!(shared.pacing, Pacing::Window(_)) {
-            for _ in 0..echoes {
-                let timestamp = shared.now_ns();
-                self.send(shared, flow, timestamp);
-            }
+            self.send_many(shared, flow, echoes);
         }
     }
 }
