@@ -86,7 +86,9 @@ impl PortPool {
                 continue;
             }
             self.mark_used(port);
-            self.even_cursor = port;
+            // Start the next search past this port: if it comes back at once
+            // (its bind failed), the next search must not offer it again.
+            self.even_cursor = port.checked_add(2).filter(|next| *next <= self.max).unwrap_or(self.min);
             let token = reserve_next.then(|| {
                 self.mark_used(port + 1);
                 let token: ReservationToken = rand::random();
@@ -209,6 +211,28 @@ mod tests {
         // 10 ports: two even ports and a claimed reservation are in use; the
         // expired reservation's port is free again.
         assert_eq!(pool.free_ports(), 7);
+    }
+
+    #[test]
+    fn a_released_even_port_is_not_offered_again_first() {
+        // The relay driver returns a port another program holds and asks
+        // again; the pool must move on, or every EVEN-PORT Allocate fails
+        // while that one port stays taken.
+        let now = crate::io::clock::now();
+        let mut pool = PortPool::new(50000, 50009);
+        let (first, _) = pool.allocate_even(false, now).expect("even free");
+        pool.release(first);
+        let (second, _) = pool.allocate_even(false, now).expect("even free");
+        assert_ne!(second, first);
+        pool.release(second);
+        let mut offered = vec![first, second];
+        while offered.len() < 6 {
+            let (port, _) = pool.allocate_even(false, now).expect("even free");
+            pool.release(port);
+            offered.push(port);
+        }
+        // The search wraps around the range, past the top even port.
+        assert_eq!(offered, [50000, 50002, 50004, 50006, 50008, 50000]);
     }
 
     #[test]

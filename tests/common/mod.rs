@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -156,6 +156,98 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// A UDP port on `ip` that was free a moment ago: bound, read and released.
+/// Someone else may take it before the caller binds it, so callers must
+/// check that their bind worked ([`PeerProcess::start`] does).
+pub fn free_udp_port(ip: IpAddr) -> u16 {
+    let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap_or_else(|e| panic!("binding {ip} port 0: {e}"));
+    socket.local_addr().expect("bound socket has an address").port()
+}
+
+/// How many ports [`PeerProcess::start`] tries before it gives up.
+const PEER_ATTEMPTS: usize = 5;
+/// How long a started `turnutils_peer` may take to echo its first datagram.
+const PEER_READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Wait for one echo of the readiness probe before sending it again.
+const PEER_PROBE_WAIT: Duration = Duration::from_millis(200);
+
+/// A running `turnutils_peer` (coturn's UDP echo peer) on a loopback
+/// address. Dropping it kills the process by PID and reaps it.
+pub struct PeerProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl PeerProcess {
+    /// Starts `turnutils_peer -p PORT -L IP` on a free port of `ip` and waits
+    /// until it echoes a datagram. `turnutils_peer` does not exit when its
+    /// port is taken (it retries the bind forever), so a peer that does not
+    /// echo is killed and another port is tried.
+    pub fn start(ip: IpAddr) -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..PEER_ATTEMPTS {
+            let addr = SocketAddr::new(ip, free_udp_port(ip));
+            let mut child = Command::new("turnutils_peer")
+                .args(["-p", &addr.port().to_string(), "-L", &ip.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run turnutils_peer: {e}"));
+            match wait_for_echo(&mut child, addr) {
+                Ok(()) => return Self { child, addr },
+                Err(reason) => {
+                    let _ = child.kill();
+                    let _ = wait_bounded(&mut child, STOP_TIMEOUT);
+                    failures.push(format!("{addr}: {reason}"));
+                }
+            }
+        }
+        panic!("turnutils_peer did not come up in {PEER_ATTEMPTS} attempts: {failures:?}");
+    }
+
+    /// The address the peer echoes on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        // Not reaped yet, so the PID is still ours.
+        let _ = self.child.kill();
+        let _ = wait_bounded(&mut self.child, STOP_TIMEOUT);
+    }
+}
+
+/// Sends a probe to `addr` until it comes back (within [`PEER_READY_TIMEOUT`])
+/// or `child` exits.
+fn wait_for_echo(child: &mut Child, addr: SocketAddr) -> Result<(), String> {
+    let local = if addr.is_ipv4() { LOOPBACK_V4 } else { LOOPBACK_V6 };
+    let socket = UdpSocket::bind(local).map_err(|e| format!("binding {local}: {e}"))?;
+    socket.set_read_timeout(Some(PEER_PROBE_WAIT)).map_err(|e| format!("set_read_timeout: {e}"))?;
+    let probe = b"tern interop: is the peer up?";
+    let deadline = clock::now() + PEER_READY_TIMEOUT;
+    let mut buf = [0u8; 256];
+    for _ in 0..MAX_TURNS {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited with {status}"));
+        }
+        if clock::now() >= deadline {
+            return Err(format!("no echo within {PEER_READY_TIMEOUT:?}"));
+        }
+        // Refused (ICMP port unreachable) until the peer has bound: try again.
+        let _ = socket.send_to(probe, addr);
+        if let Ok((n, from)) = socket.recv_from(&mut buf)
+            && from == addr
+            && buf[..n] == probe[..]
+        {
+            return Ok(());
+        }
+    }
+    Err("too many probes".into())
 }
 
 /// A scratch file under the target directory, unique to this test process
