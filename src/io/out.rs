@@ -121,7 +121,7 @@ impl OutQueue {
                 let first = self.entries[index];
                 let last = self.entries[index + run - 1];
                 let payload = &self.bytes[first.start..last.start + last.len];
-                let segment_size = (run > 1).then(|| first.len as u16);
+                let segment_size = (run > 1).then_some(first.len as u16);
                 transmits[count] =
                     Transmit { destination: first.destination, source_ip: first.source_ip, payload, segment_size };
                 count += 1;

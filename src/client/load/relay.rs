@@ -560,27 +560,28 @@ impl ThreadState {
         let mut echoes = 0u32;
         let mut responses: Vec<Vec<u8>> = Vec::new();
         match &mut flow.conn {
-            Conn::Udp(socket) => loop {
-                let Ok(count) = self.batch.recv(socket.as_raw_fd()) else { break };
-                for i in 0..count {
-                    let datagram = self.batch.payload(i);
-                    let kind = if shared.raw {
-                        self.counters.read_payload(shared, datagram)
-                    } else {
-                        self.counters.read_frame(shared, datagram)
-                    };
-                    match kind {
-                        FrameKind::Echo => echoes += 1,
-                        FrameKind::Response(bytes) => responses.push(bytes),
-                        FrameKind::Other => {}
+            Conn::Udp(socket) => {
+                while let Ok(count) = self.batch.recv(socket.as_raw_fd()) {
+                    for i in 0..count {
+                        let datagram = self.batch.payload(i);
+                        let kind = if shared.raw {
+                            self.counters.read_payload(shared, datagram)
+                        } else {
+                            self.counters.read_frame(shared, datagram)
+                        };
+                        match kind {
+                            FrameKind::Echo => echoes += 1,
+                            FrameKind::Response(bytes) => responses.push(bytes),
+                            FrameKind::Other => {}
+                        }
+                    }
+                    // A short batch emptied the socket; asking again would
+                    // only hear "would block".
+                    if count < sys::BATCH {
+                        break;
                     }
                 }
-                // A short batch emptied the socket; asking again would only
-                // hear "would block".
-                if count < sys::BATCH {
-                    break;
-                }
-            },
+            }
             Conn::Tcp { stream, inbuf, outbuf } => {
                 let _ = flush(stream, outbuf);
                 loop {
