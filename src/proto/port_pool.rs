@@ -1,8 +1,10 @@
 //! The relay port range of one relay IP (RFC 8656 §7.2, §14.6, §14.9).
 //!
-//! Free ports wait in a FIFO queue: a released port goes to the back, so it is
-//! reused as late as possible and a peer's stray packets for the old allocation
-//! find the port closed or owned by someone who never permitted them. A bitmap
+//! Free ports wait in a FIFO queue, in random order at first (RFC 8656 §7.2
+//! asks for unpredictable relay ports, RFC 6056): a released port goes to the
+//! back, so it is reused as late as possible and a peer's stray packets for
+//! the old allocation find the port closed or owned by someone who never
+//! permitted them. A bitmap
 //! is the truth about which ports are free; the queue may hold stale entries
 //! (ports taken out of order for EVEN-PORT or a reservation), which are skipped
 //! when they reach the front. Allocate and release are O(1) amortised.
@@ -11,6 +13,8 @@
 //! 8-byte token that a later Allocate may claim.
 
 use std::collections::{HashMap, VecDeque};
+
+use rand::seq::SliceRandom;
 use std::time::{Duration, Instant};
 
 /// How long a reserved port waits for its token (RFC 8656 §7.2: 30 seconds).
@@ -45,7 +49,11 @@ impl PortPool {
             reservations: HashMap::new(),
             even_cursor: min,
         };
-        for port in min..=max {
+        let mut order: Vec<u16> = (min..=max).collect();
+        // RFC 8656 §7.2 and RFC 6056: relay ports should not be guessable.
+        // Shuffled once, then FIFO, so a freed port still waits its turn.
+        order.shuffle(&mut rand::rng());
+        for port in order {
             pool.mark_free(port);
             pool.queue.push_back(port);
         }
@@ -157,16 +165,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_come_out_in_fifo_order_and_released_ones_go_last() {
+    fn released_ports_go_to_the_back_of_the_queue() {
         let mut pool = PortPool::new(50000, 50003);
-        assert_eq!(pool.allocate(), Some(50000));
-        assert_eq!(pool.allocate(), Some(50001));
-        pool.release(50000);
-        assert_eq!(pool.allocate(), Some(50002));
-        assert_eq!(pool.allocate(), Some(50003));
-        assert_eq!(pool.allocate(), Some(50000));
+        let first = pool.allocate().expect("free");
+        let second = pool.allocate().expect("free");
+        pool.release(first);
+        let third = pool.allocate().expect("free");
+        let fourth = pool.allocate().expect("free");
+        assert_eq!(pool.allocate(), Some(first), "the released port comes after all the others");
         assert_eq!(pool.allocate(), None);
         assert_eq!(pool.free_ports(), 0);
+        let mut all = [first, second, third, fourth];
+        all.sort_unstable();
+        assert_eq!(all, [50000, 50001, 50002, 50003]);
+    }
+
+    #[test]
+    fn the_first_ports_are_not_handed_out_in_order() {
+        // 1000 ports handed out in ascending order by chance: about 1 in 1000!.
+        let mut pool = PortPool::new(50000, 50999);
+        let ports: Vec<u16> = (0..1000).map(|_| pool.allocate().expect("free")).collect();
+        assert!(ports.windows(2).any(|w| w[1] != w[0] + 1), "ports came out sequentially");
     }
 
     #[test]

@@ -601,10 +601,7 @@ impl Server {
             (None, None) => PortRequest::Any,
         };
 
-        let quota_key = match identity.key {
-            Some(_) => identity.username.to_owned(),
-            None => tuple.client.ip().to_string(),
-        };
+        let quota_key = quota_key(identity, tuple);
         driver.acquire_quota(&quota_key).map_err(|e| match e {
             QuotaError::User => RequestError::QuotaReached,
             QuotaError::Total => RequestError::InsufficientCapacity("total allocation quota reached"),
@@ -1014,6 +1011,19 @@ impl Server {
         self.stats.dropped_client_data += 1;
         trace!(why, "client data dropped");
         ClientOutcome::Dropped
+    }
+}
+
+/// Who an allocation counts against for `user_quota`: the user, and for a
+/// REST API credential (`EXPIRY:USER`) the user part, or every fresh
+/// credential would bring a fresh quota. Without authentication, the client IP.
+fn quota_key(identity: &Identity<'_>, tuple: &FiveTuple) -> String {
+    match identity.key {
+        Some(_) => match identity.username.split_once(':') {
+            Some((expiry, user)) if !expiry.is_empty() && expiry.bytes().all(|b| b.is_ascii_digit()) => user.to_owned(),
+            _ => identity.username.to_owned(),
+        },
+        None => tuple.client.ip().to_string(),
     }
 }
 
