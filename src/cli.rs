@@ -250,6 +250,10 @@ pub struct LoadArgs {
     /// No TURN: send bare payloads to a plain UDP forwarder (the benchmark baseline).
     #[arg(long)]
     pub raw: bool,
+    /// Local addresses for the client sockets, used in turn (repeatable); one
+    /// address has about 28 000 ephemeral ports, so more allocations need more.
+    #[arg(long = "client-ip", value_name = "IP")]
+    pub client_ips: Vec<IpAddr>,
     /// Client threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,

@@ -60,6 +60,21 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
     }
     if config.turn_enabled() {
         warn_about_ephemeral_overlap(config.relay_ports);
+        match tern::io::sys::raise_fd_limit(tern::io::sys::fd_ceiling()) {
+            Ok(limit) => {
+                let ports = u64::from(config.relay_ports.1 - config.relay_ports.0) + 1;
+                let relay_ips = config.relay_ips.len().max(1) as u64;
+                if limit < ports * relay_ips {
+                    warn!(
+                        limit,
+                        relay_ports = ports * relay_ips,
+                        "the open-file limit is below the number of relay ports; allocations will fail before the \
+                         ports run out (raise LimitNOFILE or ulimit -n)"
+                    );
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read the open-file limit"),
+        }
     }
     let local_addresses = tern::io::sys::local_addresses().map_err(|e| format!("cannot list local addresses: {e}"))?;
     let running = io::start(&config.runtime(rand::random(), &local_addresses), &shutdown).map_err(|e| e.to_string())?;
@@ -176,6 +191,7 @@ fn load_test(args: &LoadArgs) -> Result<ExitCode, String> {
             peer_listen: args.peer_listen,
             peer_threads: args.peer_threads,
             raw: args.raw,
+            client_ips: args.client_ips.clone(),
         },
         LoadMode::Alloc => Mode::Alloc { concurrency: args.concurrency.max(1) },
     };
@@ -190,6 +206,8 @@ fn load_test(args: &LoadArgs) -> Result<ExitCode, String> {
         progress: !args.json,
         timeout: args.timeout,
     };
+    // A socket per allocation, on this side too.
+    let _ = tern::io::sys::raise_fd_limit(tern::io::sys::fd_ceiling());
     let report = load::run(&config)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);

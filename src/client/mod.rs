@@ -66,14 +66,31 @@ enum Kind {
 impl ClientSocket {
     /// Opens a socket to `server`; over TCP this connects within `timeout`.
     pub fn open(server: SocketAddr, transport: Transport, timeout: Duration) -> io::Result<Self> {
+        Self::open_from(None, server, transport, timeout)
+    }
+
+    /// Like [`Self::open`], from the local address `local` when given.
+    pub fn open_from(
+        local: Option<IpAddr>,
+        server: SocketAddr,
+        transport: Transport,
+        timeout: Duration,
+    ) -> io::Result<Self> {
+        let unspecified = if server.is_ipv4() { IpAddr::from([0, 0, 0, 0]) } else { IpAddr::from([0u16; 8]) };
+        let local = SocketAddr::new(local.unwrap_or(unspecified), 0);
         let kind = match transport {
-            Transport::Udp => {
-                let any: SocketAddr =
-                    if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("wildcard literal parses");
-                Kind::Udp(UdpSocket::bind(any)?)
-            }
+            Transport::Udp => Kind::Udp(UdpSocket::bind(local)?),
             Transport::Tcp => {
-                let stream = TcpStream::connect_timeout(&server, timeout)?;
+                let socket = socket2::Socket::new(
+                    socket2::Domain::for_address(server),
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )?;
+                if !local.ip().is_unspecified() {
+                    socket.bind(&local.into())?;
+                }
+                socket.connect_timeout(&server.into(), timeout)?;
+                let stream: TcpStream = socket.into();
                 stream.set_nodelay(true)?;
                 Kind::Tcp { stream, inbuf: Vec::new() }
             }

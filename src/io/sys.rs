@@ -335,6 +335,34 @@ pub fn wait_readable(poll_fd: &mut PollFd, timeout: std::time::Duration) -> io::
     if ready < 0 { Err(io::Error::last_os_error()) } else { Ok(ready > 0) }
 }
 
+/// Raises the limit on open descriptors (a relay holds a socket per
+/// allocation): to `ceiling` where the process may raise its hard limit
+/// (root), else to the hard limit. Returns the new soft limit.
+pub fn raise_fd_limit(ceiling: u64) -> io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct we pass; setrlimit only reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let wanted = ceiling.max(limit.rlim_max);
+        let privileged = libc::rlimit { rlim_cur: wanted, rlim_max: wanted };
+        if wanted > limit.rlim_cur && libc::setrlimit(libc::RLIMIT_NOFILE, &privileged) == 0 {
+            return Ok(wanted);
+        }
+        let unprivileged = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        if limit.rlim_cur < limit.rlim_max && libc::setrlimit(libc::RLIMIT_NOFILE, &unprivileged) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// The most descriptors a process may have (`fs.nr_open`).
+pub fn fd_ceiling() -> u64 {
+    std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1 << 20)
+}
+
 /// Clock ticks per second of the CPU times in /proc/PID/stat.
 pub fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf only reads a system constant.

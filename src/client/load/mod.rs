@@ -19,7 +19,7 @@ mod relay;
 mod storm;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -58,6 +58,8 @@ pub enum Mode {
         /// No TURN at all: bare payloads to a plain UDP forwarder, the
         /// baseline the benchmarks compare against.
         raw: bool,
+        /// Local addresses for client sockets, in turn; empty: any.
+        client_ips: Vec<IpAddr>,
     },
     /// An allocation storm with this many allocations in progress at once.
     Alloc { concurrency: usize },

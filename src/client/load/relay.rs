@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -65,7 +65,7 @@ enum PreparedConn {
 }
 
 pub fn run(config: &LoadConfig, report: &mut Report) -> Result<(), String> {
-    let Mode::Relay { allocations, pacing, size, send_indication, peer, peer_listen, peer_threads, raw } =
+    let Mode::Relay { allocations, pacing, size, send_indication, peer, peer_listen, peer_threads, raw, client_ips } =
         config.mode.clone()
     else {
         unreachable!("relay::run is called for relay mode");
@@ -105,7 +105,7 @@ pub fn run(config: &LoadConfig, report: &mut Report) -> Result<(), String> {
         (None, None) => unreachable!("one of the two is set"),
     };
 
-    let (prepared, setup) = setup(config, peer, allocations, send_indication, raw);
+    let (prepared, setup) = setup(config, peer, allocations, send_indication, raw, &client_ips);
     report.setup = Some(setup);
     if prepared.is_empty() {
         if let Some(echo) = echo {
@@ -190,6 +190,7 @@ fn setup(
     count: usize,
     send_indication: bool,
     raw: bool,
+    client_ips: &[IpAddr],
 ) -> (Vec<Prepared>, SetupReport) {
     let started = clock::now();
     let prepared = Mutex::new(Vec::with_capacity(count));
@@ -200,10 +201,11 @@ fn setup(
             let (prepared, failures) = (&prepared, &failures);
             scope.spawn(move || {
                 for index in (thread..count).step_by(threads) {
+                    let local = (!client_ips.is_empty()).then(|| client_ips[index % client_ips.len()]);
                     let outcome = if raw {
-                        raw_socket(config, index as u32, peer)
+                        raw_socket(config, local, index as u32, peer)
                     } else {
-                        prepare(config, index as u32, peer, send_indication)
+                        prepare(config, local, index as u32, peer, send_indication)
                     };
                     match outcome {
                         Ok(p) => lock(prepared).push(p),
@@ -227,9 +229,15 @@ fn setup(
     (prepared, report)
 }
 
-fn prepare(config: &LoadConfig, index: u32, peer: SocketAddr, send_indication: bool) -> Result<Prepared, String> {
-    let socket =
-        ClientSocket::open(config.server, config.transport, config.timeout).map_err(|_| "connect".to_owned())?;
+fn prepare(
+    config: &LoadConfig,
+    local: Option<IpAddr>,
+    index: u32,
+    peer: SocketAddr,
+    send_indication: bool,
+) -> Result<Prepared, String> {
+    let socket = ClientSocket::open_from(local, config.server, config.transport, config.timeout)
+        .map_err(|_| "connect".to_owned())?;
     let mut session = TurnSession::new(socket, config.credentials.clone(), config.timeout);
     session.allocate(Some(LIFETIME)).map_err(|e| failure_key(&e))?;
     if send_indication {
@@ -248,9 +256,10 @@ fn prepare(config: &LoadConfig, index: u32, peer: SocketAddr, send_indication: b
     Ok(Prepared { index, conn, peer, auth })
 }
 
-fn raw_socket(config: &LoadConfig, index: u32, peer: SocketAddr) -> Result<Prepared, String> {
-    let any = if config.server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-    let socket = std::net::UdpSocket::bind(any).map_err(|_| "io".to_owned())?;
+fn raw_socket(config: &LoadConfig, local: Option<IpAddr>, index: u32, peer: SocketAddr) -> Result<Prepared, String> {
+    let unspecified = if config.server.is_ipv4() { IpAddr::from([0, 0, 0, 0]) } else { IpAddr::from([0u16; 8]) };
+    let bind = SocketAddr::new(local.unwrap_or(unspecified), 0);
+    let socket = std::net::UdpSocket::bind(bind).map_err(|_| "io".to_owned())?;
     Ok(Prepared { index, conn: PreparedConn::Udp(socket), peer, auth: None })
 }
 
