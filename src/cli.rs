@@ -96,6 +96,9 @@ pub struct ServerArgs {
     /// Receive and send buffer of each UDP listen socket, in bytes (replaces `udp_buffer`).
     #[arg(long, value_name = "BYTES")]
     pub udp_buffer: Option<u32>,
+    /// Unauthenticated answers per second per source IP, 0 for no limit (replaces `rate_limit`).
+    #[arg(long, value_name = "N")]
+    pub rate_limit: Option<u32>,
 }
 
 impl ServerArgs {
@@ -119,6 +122,7 @@ impl ServerArgs {
             total_quota: self.total_quota,
             rfc5766_channels: self.rfc5766_channels,
             udp_buffer: self.udp_buffer,
+            rate_limit: self.rate_limit,
         }
     }
 }

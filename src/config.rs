@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::io::{QuotaLimits, RuntimeConfig};
 use crate::proto::auth::{Authenticator, LongTermKey, StaticCredentials};
 use crate::proto::policy::PeerPolicy;
+use crate::proto::rate_limit::RateLimit;
 use crate::proto::server::{ExternalIp, ServerConfig, TurnConfig};
 use crate::proto::stun::integrity::long_term_key_md5;
 
@@ -33,6 +34,11 @@ pub const DEFAULT_RELAY_PORTS: (u16, u16) = (49152, 65535);
 /// datagrams, enough to ride out a scheduling hiccup at hundreds of
 /// thousands of packets per second. The kernel's default (208 KiB) is not.
 pub const DEFAULT_UDP_BUFFER: u32 = 4 * 1024 * 1024;
+/// Unauthenticated answers per second per source IP. Every allocation
+/// starts with one (the 401), and a large NAT puts thousands of users behind
+/// one address, so this is generous; a spoofed flood still gets at most
+/// about 40 KB/s of small answers per worker reflected at its victim.
+pub const DEFAULT_RATE_LIMIT: u32 = 500;
 /// REALM is at most 763 bytes (RFC 8489 §14.9).
 const MAX_REALM_LEN: usize = 763;
 /// What `tern check` prints instead of a password, key or secret.
@@ -65,6 +71,10 @@ pub struct Config {
     pub max_lifetime: u32,
     pub rfc5766_channels: bool,
     pub udp_buffer: u32,
+    /// Unauthenticated answers per second per source IP (0: no limit).
+    pub rate_limit: u32,
+    /// Answers a quiet source may get at once; unset: twice `rate_limit`.
+    pub rate_limit_burst: Option<u32>,
     pub auth: AuthConfig,
     pub log: LogConfig,
 }
@@ -165,6 +175,7 @@ pub struct Overrides {
     pub total_quota: Option<u32>,
     pub rfc5766_channels: bool,
     pub udp_buffer: Option<u32>,
+    pub rate_limit: Option<u32>,
 }
 
 /// A configuration that cannot be used. The message names the file (or the
@@ -227,6 +238,10 @@ struct FileConfig {
     rfc5766_channels: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     udp_buffer: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit_burst: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     auth: Option<FileAuth>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -350,6 +365,12 @@ impl Config {
             max_lifetime: positive(raw.max_lifetime.unwrap_or(3600), "max_lifetime").map_err(|(k, m)| invalid(k, m))?,
             rfc5766_channels: raw.rfc5766_channels.unwrap_or(false),
             udp_buffer: raw.udp_buffer.unwrap_or(DEFAULT_UDP_BUFFER),
+            rate_limit: raw.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT),
+            rate_limit_burst: raw
+                .rate_limit_burst
+                .map(|burst| positive(burst, "rate_limit_burst"))
+                .transpose()
+                .map_err(|(k, m)| invalid(k, m))?,
             auth: AuthConfig {
                 users,
                 secrets,
@@ -416,6 +437,9 @@ impl Config {
         }
         if let Some(bytes) = overrides.udp_buffer {
             self.udp_buffer = bytes;
+        }
+        if let Some(rate) = overrides.rate_limit {
+            self.rate_limit = rate;
         }
         self.rfc5766_channels |= overrides.rfc5766_channels;
         self.check_combination("configuration")
@@ -507,6 +531,11 @@ impl Config {
                 rfc3489: self.rfc3489,
                 reason_phrases: self.reason_phrases,
                 turn,
+                rate_limit: RateLimit {
+                    per_second: f64::from(self.rate_limit),
+                    burst: f64::from(self.rate_limit_burst.unwrap_or(self.rate_limit.saturating_mul(2))),
+                    ..RateLimit::default()
+                },
             },
         }
     }
@@ -544,6 +573,8 @@ impl Config {
             max_lifetime: Some(self.max_lifetime),
             rfc5766_channels: Some(self.rfc5766_channels),
             udp_buffer: Some(self.udp_buffer),
+            rate_limit: Some(self.rate_limit),
+            rate_limit_burst: self.rate_limit_burst,
             auth: Some(FileAuth {
                 users: Some(
                     self.auth.users.keys().map(|name| (name.clone(), toml::Value::String(REDACTED.into()))).collect(),

@@ -88,6 +88,7 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
         allocations = report.server.allocations_created,
         relayed_to_peer = report.server.relayed_to_peer,
         relayed_to_client = report.server.relayed_to_client,
+        rate_limited = report.server.rate_limited,
         tcp_connections = report.io.tcp_accepted,
         "tern stopped"
     );

@@ -14,6 +14,7 @@ pub mod demux;
 pub mod error;
 pub mod policy;
 pub mod port_pool;
+pub mod rate_limit;
 pub mod server;
 pub mod stun;
 pub mod table;

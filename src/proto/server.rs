@@ -25,6 +25,7 @@ use crate::proto::demux::{self, PacketKind};
 use crate::proto::error::{ParseError, RequestError};
 use crate::proto::policy::{self, PeerPolicy};
 use crate::proto::port_pool::ReservationToken;
+use crate::proto::rate_limit::{RateLimit, SourceLimiter};
 use crate::proto::stun::attr::{self, AttrType, FAMILY_IPV4, FAMILY_IPV6};
 use crate::proto::stun::{
     ATTR_HEADER_LEN, Class, ErrorCode, HEADER_LEN, MAGIC_COOKIE, Message, MessageType, MessageWriter, Method,
@@ -55,6 +56,8 @@ pub struct ServerConfig {
     pub reason_phrases: bool,
     /// TURN, or `None` for a STUN-only server.
     pub turn: Option<TurnConfig>,
+    /// Budget per source IP of answers that need no credentials.
+    pub rate_limit: RateLimit,
 }
 
 /// Behaviour of the TURN relay.
@@ -185,6 +188,8 @@ pub struct Stats {
     pub dropped_no_permission: u64,
     /// Send indications and ChannelData with no allocation, channel or permission.
     pub dropped_client_data: u64,
+    /// Unauthenticated requests not answered: their source was over its budget.
+    pub rate_limited: u64,
 }
 
 impl Stats {
@@ -205,6 +210,7 @@ impl Stats {
         self.relayed_to_client += other.relayed_to_client;
         self.dropped_no_permission += other.dropped_no_permission;
         self.dropped_client_data += other.dropped_client_data;
+        self.rate_limited += other.rate_limited;
     }
 }
 
@@ -253,11 +259,13 @@ pub struct Server {
     /// Transaction IDs of Data indications: a counter after a random prefix.
     indication_counter: u64,
     indication_prefix: [u8; 4],
+    limiter: SourceLimiter,
 }
 
 impl Server {
     pub fn new(config: ServerConfig) -> Self {
         Self {
+            limiter: SourceLimiter::new(config.rate_limit),
             config,
             table: AllocationTable::default(),
             stats: Stats::default(),
@@ -344,6 +352,7 @@ impl Server {
         for (_, allocation) in self.table.iter_mut() {
             allocation.expire_entries(now.instant);
         }
+        self.limiter.forget_idle(now.instant);
     }
 
     /// A TCP or TLS connection closed: its allocation goes with it (RFC 8656 §3.1).
@@ -373,7 +382,12 @@ impl Server {
         let message = match Message::parse(packet) {
             Ok(message) => message,
             Err(ParseError::NoMagicCookie) if self.config.rfc3489 => match Message::parse_rfc3489(packet) {
-                Ok(message) => return self.handle_rfc3489(tuple, &message, reply),
+                Ok(message) => {
+                    if self.over_rate_limit(now, tuple) {
+                        return ClientOutcome::Dropped;
+                    }
+                    return self.handle_rfc3489(tuple, &message, reply);
+                }
                 Err(error) => return self.drop_malformed(tuple, error),
             },
             Err(error) => return self.drop_malformed(tuple, error),
@@ -420,6 +434,10 @@ impl Server {
             // Authenticated first; unknown attributes are checked after that.
             return self.handle_turn_request(now, tuple, client, request, reply, driver);
         }
+        // Everything below is answered without credentials.
+        if self.over_rate_limit(now, tuple) {
+            return ClientOutcome::Dropped;
+        }
         if self.reject_unknown_attributes(tuple, request, None, reply) {
             return ClientOutcome::Replied;
         }
@@ -446,11 +464,17 @@ impl Server {
         let identity = match auth.map(|auth| auth.authenticate(request, tuple.client.ip(), now.unix)) {
             Some(Ok(authenticated)) => Identity { username: authenticated.username, key: Some(authenticated.key) },
             Some(Err(error)) => {
+                if self.over_rate_limit(now, tuple) {
+                    return ClientOutcome::Dropped;
+                }
                 self.auth_error(now, tuple, request, error, reply);
                 return ClientOutcome::Replied;
             }
             None => Identity { username: "", key: None },
         };
+        if identity.key.is_none() && self.over_rate_limit(now, tuple) {
+            return ClientOutcome::Dropped;
+        }
         if self.reject_unknown_attributes(tuple, request, identity.key.as_ref(), reply) {
             return ClientOutcome::Replied;
         }
@@ -999,6 +1023,17 @@ impl Server {
         if request.has_fingerprint() {
             w.fingerprint();
         }
+    }
+
+    /// Whether an answer without credentials to this client would exceed its
+    /// source's budget; counted when it does.
+    fn over_rate_limit(&mut self, now: Now, tuple: &FiveTuple) -> bool {
+        if self.limiter.allow(tuple.client.ip(), now.instant) {
+            return false;
+        }
+        self.stats.rate_limited += 1;
+        trace!(client = %tuple.client, "unauthenticated answer rate-limited");
+        true
     }
 
     fn drop_malformed(&mut self, tuple: &FiveTuple, error: ParseError) -> ClientOutcome {
