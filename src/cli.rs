@@ -99,6 +99,12 @@ pub struct ServerArgs {
     /// Unauthenticated answers per second per source IP, 0 for no limit (replaces `rate_limit`).
     #[arg(long, value_name = "N")]
     pub rate_limit: Option<u32>,
+    /// When started as root, the user to run as once listening (replaces `user`).
+    #[arg(long, value_name = "NAME")]
+    pub run_as_user: Option<String>,
+    /// The group to run as (replaces `group`; default: the user's group).
+    #[arg(long, value_name = "NAME")]
+    pub run_as_group: Option<String>,
 }
 
 impl ServerArgs {
@@ -123,6 +129,8 @@ impl ServerArgs {
             rfc5766_channels: self.rfc5766_channels,
             udp_buffer: self.udp_buffer,
             rate_limit: self.rate_limit,
+            user: self.run_as_user.clone(),
+            group: self.run_as_group.clone(),
         }
     }
 }

@@ -75,6 +75,9 @@ pub struct Config {
     pub rate_limit: u32,
     /// Answers a quiet source may get at once; unset: twice `rate_limit`.
     pub rate_limit_burst: Option<u32>,
+    /// The user and group to run as after binding (started as root).
+    pub user: Option<String>,
+    pub group: Option<String>,
     pub auth: AuthConfig,
     pub log: LogConfig,
 }
@@ -176,6 +179,8 @@ pub struct Overrides {
     pub rfc5766_channels: bool,
     pub udp_buffer: Option<u32>,
     pub rate_limit: Option<u32>,
+    pub user: Option<String>,
+    pub group: Option<String>,
 }
 
 /// A configuration that cannot be used. The message names the file (or the
@@ -242,6 +247,10 @@ struct FileConfig {
     rate_limit: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit_burst: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     auth: Option<FileAuth>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -366,6 +375,8 @@ impl Config {
             rfc5766_channels: raw.rfc5766_channels.unwrap_or(false),
             udp_buffer: raw.udp_buffer.unwrap_or(DEFAULT_UDP_BUFFER),
             rate_limit: raw.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT),
+            user: raw.user.filter(|u| !u.is_empty()),
+            group: raw.group.filter(|g| !g.is_empty()),
             rate_limit_burst: raw
                 .rate_limit_burst
                 .map(|burst| positive(burst, "rate_limit_burst"))
@@ -441,6 +452,12 @@ impl Config {
         if let Some(rate) = overrides.rate_limit {
             self.rate_limit = rate;
         }
+        if let Some(user) = &overrides.user {
+            self.user = Some(user.clone());
+        }
+        if let Some(group) = &overrides.group {
+            self.group = Some(group.clone());
+        }
         self.rfc5766_channels |= overrides.rfc5766_channels;
         self.check_combination("configuration")
     }
@@ -468,6 +485,12 @@ impl Config {
         if self.default_lifetime > self.max_lifetime {
             return Err(invalid("default_lifetime", "must not exceed max_lifetime"));
         }
+        if self.group.is_some() && self.user.is_none() {
+            return Err(invalid("group", "needs `user` too"));
+        }
+        if let Some(user) = &self.user {
+            crate::io::sys::lookup_identity(user, self.group.as_deref()).map_err(|m| invalid("user", &m))?;
+        }
         Ok(())
     }
 
@@ -480,6 +503,9 @@ impl Config {
     /// What the IO driver needs. `nonce_key` signs nonces: random per
     /// process, shared by its workers.
     pub fn runtime(&self, nonce_key: [u8; 32], local_addresses: &[IpAddr]) -> RuntimeConfig {
+        // Checked by `check_combination`, so the lookup succeeds here.
+        let run_as =
+            self.user.as_ref().and_then(|user| crate::io::sys::lookup_identity(user, self.group.as_deref()).ok());
         let turn = self.turn_enabled().then(|| {
             let auth = self.auth.has_credentials().then(|| {
                 let users = self
@@ -524,6 +550,7 @@ impl Config {
             listen: self.listen.clone(),
             workers: self.workers,
             udp_buffer: self.udp_buffer as usize,
+            run_as,
             relay_ports: self.relay_ports,
             quotas: QuotaLimits { per_user: self.user_quota, total: self.total_quota },
             server: ServerConfig {
@@ -575,6 +602,8 @@ impl Config {
             udp_buffer: Some(self.udp_buffer),
             rate_limit: Some(self.rate_limit),
             rate_limit_burst: self.rate_limit_burst,
+            user: self.user.clone(),
+            group: self.group.clone(),
             auth: Some(FileAuth {
                 users: Some(
                     self.auth.users.keys().map(|name| (name.clone(), toml::Value::String(REDACTED.into()))).collect(),

@@ -76,6 +76,9 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
             Err(e) => warn!(error = %e, "cannot read the open-file limit"),
         }
     }
+    if config.user.is_none() && tern::io::sys::running_as_root() {
+        warn!("running as root: set `user` (or --run-as-user) to drop privileges once listening");
+    }
     let local_addresses = tern::io::sys::local_addresses().map_err(|e| format!("cannot list local addresses: {e}"))?;
     let running = io::start(&config.runtime(rand::random(), &local_addresses), &shutdown).map_err(|e| e.to_string())?;
     let report = running.join().map_err(|e| format!("server failed: {e}"))?;

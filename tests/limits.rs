@@ -46,3 +46,32 @@ fn unauthenticated_answers_are_limited_per_source() {
     let limited = stopped["rate_limited"].as_u64().expect("rate_limited is reported");
     assert!(limited >= 400, "{limited} answers were held back");
 }
+
+/// Issue 6 item 9: started as root with a user to run as, tern binds its
+/// sockets (a port below 1024 here) and then runs as that user.
+#[test]
+fn root_drops_to_the_configured_user_after_binding() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipping: needs root to switch users");
+        return;
+    }
+    let server = TernServer::start_without_default_listen(&["--listen", "127.0.0.1:987", "--run-as-user", "nobody"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).expect("/proc status");
+    let uids: Vec<&str> =
+        status.lines().find_map(|l| l.strip_prefix("Uid:")).expect("Uid line").split_whitespace().collect();
+    assert_eq!(uids, ["65534"; 4], "real, effective, saved and filesystem uid are all nobody's");
+    let gids: Vec<&str> =
+        status.lines().find_map(|l| l.strip_prefix("Groups:")).expect("Groups line").split_whitespace().collect();
+    assert!(gids.is_empty(), "supplementary groups are dropped: {gids:?}");
+    let mut client = common::UdpClient::new(server.udp_addr());
+    client.assert_binding_works();
+}
+
+#[test]
+fn an_unknown_user_to_run_as_is_a_config_error() {
+    let output = common::run_tern(&["check", "--run-as-user", "no-such-user-here"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("key `user`: no user named \"no-such-user-here\""), "{stderr}");
+}

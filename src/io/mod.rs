@@ -36,6 +36,8 @@ pub struct RuntimeConfig {
     pub workers: usize,
     /// SO_RCVBUF/SO_SNDBUF of each UDP listen socket, in bytes; 0 keeps the kernel's.
     pub udp_buffer: usize,
+    /// Who to become once the listen sockets are bound.
+    pub run_as: Option<sys::Identity>,
     pub relay_ports: (u16, u16),
     pub quotas: QuotaLimits,
     pub server: ServerConfig,
@@ -48,6 +50,8 @@ pub enum StartError {
     Bind(#[from] BindError),
     #[error("cannot start worker: {0}")]
     Worker(#[source] std::io::Error),
+    #[error("cannot switch to the configured user and group: {0}")]
+    Privileges(#[source] std::io::Error),
 }
 
 /// A running server.
@@ -76,6 +80,10 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
     if let Some(first) = per_worker.first() {
         listening.extend(first.udp.iter().map(|(_, addr)| (Transport::Udp, *addr)));
         listening.extend(first.tcp.iter().map(|(_, addr)| (Transport::Tcp, *addr)));
+    }
+    if let Some(identity) = config.run_as {
+        sys::drop_privileges(identity).map_err(StartError::Privileges)?;
+        info!(uid = identity.uid, gid = identity.gid, "dropped privileges");
     }
     let shared = Arc::new(relay::Shared::new(config.relay_ports, config.quotas));
     let mut workers = Vec::with_capacity(config.workers);
