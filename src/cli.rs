@@ -90,6 +90,12 @@ pub struct ServerArgs {
     /// Allocations in all, 0 for no limit (replaces `total_quota`).
     #[arg(long, value_name = "N")]
     pub total_quota: Option<u32>,
+    /// TCP connections from one IP, 0 for no limit (replaces `max_tcp_per_ip`).
+    #[arg(long, value_name = "N")]
+    pub max_tcp_per_ip: Option<u32>,
+    /// Bytes per second each allocation may relay each way, 0 for no limit (replaces `max_bps`).
+    #[arg(long, value_name = "BYTES")]
+    pub max_bps: Option<u32>,
     /// Accept channel numbers 0x5000-0x7FFF from RFC 5766 clients (sets `rfc5766_channels`).
     #[arg(long)]
     pub rfc5766_channels: bool,
@@ -126,6 +132,8 @@ impl ServerArgs {
             deny_peers: self.deny_peers.clone(),
             user_quota: self.user_quota,
             total_quota: self.total_quota,
+            max_tcp_per_ip: self.max_tcp_per_ip,
+            max_bps: self.max_bps,
             rfc5766_channels: self.rfc5766_channels,
             udp_buffer: self.udp_buffer,
             rate_limit: self.rate_limit,

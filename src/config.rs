@@ -34,6 +34,9 @@ pub const DEFAULT_RELAY_PORTS: (u16, u16) = (49152, 65535);
 /// datagrams, enough to ride out a scheduling hiccup at hundreds of
 /// thousands of packets per second. The kernel's default (208 KiB) is not.
 pub const DEFAULT_UDP_BUFFER: u32 = 4 * 1024 * 1024;
+/// TCP connections from one source IP: enough for a large office behind one
+/// NAT, too few to exhaust descriptors from one host.
+pub const DEFAULT_TCP_PER_IP: u32 = 500;
 /// Unauthenticated answers per second per source IP. Every allocation
 /// starts with one (the 401), and a large NAT puts thousands of users behind
 /// one address, so this is generous; a spoofed flood still gets at most
@@ -65,6 +68,11 @@ pub struct Config {
     pub deny_peers: Vec<IpNet>,
     pub user_quota: u32,
     pub total_quota: u32,
+    /// TCP connections from one IP, and in all (0: no limit).
+    pub max_tcp_per_ip: u32,
+    pub max_tcp_connections: u32,
+    /// Bytes per second an allocation may relay each way (0: no limit).
+    pub max_bps: u32,
     pub max_permissions: u32,
     pub max_channels: u32,
     pub default_lifetime: u32,
@@ -176,6 +184,8 @@ pub struct Overrides {
     pub deny_peers: Vec<IpNet>,
     pub user_quota: Option<u32>,
     pub total_quota: Option<u32>,
+    pub max_tcp_per_ip: Option<u32>,
+    pub max_bps: Option<u32>,
     pub rfc5766_channels: bool,
     pub udp_buffer: Option<u32>,
     pub rate_limit: Option<u32>,
@@ -231,6 +241,12 @@ struct FileConfig {
     user_quota: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     total_quota: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tcp_per_ip: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tcp_connections: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_bps: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_permissions: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -366,6 +382,9 @@ impl Config {
             deny_peers,
             user_quota: raw.user_quota.unwrap_or(10),
             total_quota: raw.total_quota.unwrap_or(0),
+            max_tcp_per_ip: raw.max_tcp_per_ip.unwrap_or(DEFAULT_TCP_PER_IP),
+            max_tcp_connections: raw.max_tcp_connections.unwrap_or(0),
+            max_bps: raw.max_bps.unwrap_or(0),
             max_permissions: positive(raw.max_permissions.unwrap_or(64), "max_permissions")
                 .map_err(|(k, m)| invalid(k, m))?,
             max_channels: positive(raw.max_channels.unwrap_or(64), "max_channels").map_err(|(k, m)| invalid(k, m))?,
@@ -445,6 +464,12 @@ impl Config {
         }
         if let Some(quota) = overrides.total_quota {
             self.total_quota = quota;
+        }
+        if let Some(limit) = overrides.max_tcp_per_ip {
+            self.max_tcp_per_ip = limit;
+        }
+        if let Some(bps) = overrides.max_bps {
+            self.max_bps = bps;
         }
         if let Some(bytes) = overrides.udp_buffer {
             self.udp_buffer = bytes;
@@ -544,6 +569,7 @@ impl Config {
                 max_permissions: self.max_permissions as usize,
                 max_channels: self.max_channels as usize,
                 rfc5766_channels: self.rfc5766_channels,
+                max_bps: self.max_bps,
             }
         });
         RuntimeConfig {
@@ -552,7 +578,12 @@ impl Config {
             udp_buffer: self.udp_buffer as usize,
             run_as,
             relay_ports: self.relay_ports,
-            quotas: QuotaLimits { per_user: self.user_quota, total: self.total_quota },
+            quotas: QuotaLimits {
+                per_user: self.user_quota,
+                total: self.total_quota,
+                tcp_per_ip: self.max_tcp_per_ip,
+                tcp_total: self.max_tcp_connections,
+            },
             server: ServerConfig {
                 software: self.software.clone(),
                 rfc3489: self.rfc3489,
@@ -594,6 +625,9 @@ impl Config {
             deny_peers: Some(self.deny_peers.iter().map(ToString::to_string).collect()),
             user_quota: Some(self.user_quota),
             total_quota: Some(self.total_quota),
+            max_tcp_per_ip: Some(self.max_tcp_per_ip),
+            max_tcp_connections: Some(self.max_tcp_connections),
+            max_bps: Some(self.max_bps),
             max_permissions: Some(self.max_permissions),
             max_channels: Some(self.max_channels),
             default_lifetime: Some(self.default_lifetime),

@@ -93,6 +93,8 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
         relayed_to_client = report.server.relayed_to_client,
         rate_limited = report.server.rate_limited,
         tcp_connections = report.io.tcp_accepted,
+        tcp_refused = report.io.tcp_refused,
+        over_bandwidth = report.server.over_bandwidth,
         "tern stopped"
     );
     Ok(ExitCode::SUCCESS)

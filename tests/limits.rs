@@ -75,3 +75,53 @@ fn an_unknown_user_to_run_as_is_a_config_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("key `user`: no user named \"no-such-user-here\""), "{stderr}");
 }
+
+/// Issue 6 item 7: connections from one IP beyond `max_tcp_per_ip` are
+/// closed at once and counted; the ones admitted keep working, and a closed
+/// one frees its place.
+#[test]
+fn tcp_connections_per_ip_are_capped() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    let server = TernServer::start(&["--max-tcp-per-ip", "3", "--workers", "2"]);
+    let connect = || TcpStream::connect(server.tcp_addr()).expect("connect");
+    let mut admitted: Vec<TcpStream> = (0..3).map(|_| connect()).collect();
+    // Make sure the server has taken the three before the fourth arrives.
+    for stream in &mut admitted {
+        let (_, request) = binding_request(false);
+        stream.write_all(&request).expect("write");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut header = [0u8; 20];
+        stream.read_exact(&mut header).expect("an admitted connection is answered");
+        let mut rest = vec![0u8; usize::from(u16::from_be_bytes([header[2], header[3]]))];
+        stream.read_exact(&mut rest).expect("the rest of the answer");
+    }
+    let mut refused = connect();
+    refused.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let (_, request) = binding_request(false);
+    let _ = refused.write_all(&request);
+    let mut buf = [0u8; 64];
+    // Closed without an answer: EOF, or a reset if the write raced the close.
+    assert!(matches!(refused.read(&mut buf), Ok(0) | Err(_)), "the fourth connection is closed unanswered");
+
+    drop(admitted.pop());
+    let mut replacement = None;
+    for _ in 0..50 {
+        // The server notices the close on its next turn; retry briefly.
+        let mut stream = connect();
+        stream.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        let (_, request) = binding_request(false);
+        if stream.write_all(&request).is_ok() && matches!(stream.read(&mut buf), Ok(n) if n > 0) {
+            replacement = Some(stream);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(replacement.is_some(), "a freed place is given to a new connection");
+
+    let (status, log) = server.stop_with_log();
+    assert!(status.success());
+    let stopped = common::find_log(&log, "tern stopped").expect("final report");
+    assert!(stopped["tcp_refused"].as_u64().is_some_and(|n| n >= 1), "{stopped}");
+}

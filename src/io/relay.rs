@@ -24,13 +24,17 @@ use crate::proto::server::{Driver, PortRequest, QuotaError, RelayError, RelayOpe
 /// Ports tried when the one the pool offers is taken by another program.
 const BIND_ATTEMPTS: usize = 16;
 
-/// Limits on allocations, shared by all workers.
+/// Limits on allocations and TCP connections, shared by all workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QuotaLimits {
     /// Allocations per user; 0 for no limit.
     pub per_user: u32,
     /// Allocations in all; 0 for no limit.
     pub total: u32,
+    /// TCP connections from one IP; 0 for no limit.
+    pub tcp_per_ip: u32,
+    /// TCP connections in all; 0 for no limit.
+    pub tcp_total: u32,
 }
 
 /// State shared by every worker.
@@ -38,7 +42,14 @@ pub struct Shared {
     ports: (u16, u16),
     pools: Mutex<HashMap<IpAddr, PortPool>>,
     quotas: Mutex<Quotas>,
+    connections: Mutex<Connections>,
     limits: QuotaLimits,
+}
+
+#[derive(Default)]
+struct Connections {
+    per_ip: HashMap<IpAddr, u32>,
+    total: u32,
 }
 
 #[derive(Default)]
@@ -49,7 +60,33 @@ struct Quotas {
 
 impl Shared {
     pub fn new(ports: (u16, u16), limits: QuotaLimits) -> Self {
-        Self { ports, pools: Mutex::default(), quotas: Mutex::default(), limits }
+        Self { ports, pools: Mutex::default(), quotas: Mutex::default(), connections: Mutex::default(), limits }
+    }
+
+    /// Counts a new TCP connection from `ip`, unless it would pass a limit.
+    pub fn admit_connection(&self, ip: IpAddr) -> bool {
+        let mut connections = lock(&self.connections);
+        let from_ip = connections.per_ip.get(&ip).copied().unwrap_or(0);
+        if (self.limits.tcp_total != 0 && connections.total >= self.limits.tcp_total)
+            || (self.limits.tcp_per_ip != 0 && from_ip >= self.limits.tcp_per_ip)
+        {
+            return false;
+        }
+        connections.per_ip.insert(ip, from_ip + 1);
+        connections.total += 1;
+        true
+    }
+
+    /// Forgets a connection [`Self::admit_connection`] counted.
+    pub fn release_connection(&self, ip: IpAddr) {
+        let mut connections = lock(&self.connections);
+        connections.total = connections.total.saturating_sub(1);
+        if let Some(count) = connections.per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                connections.per_ip.remove(&ip);
+            }
+        }
     }
 
     /// Free ports of the pool of `ip`, for tests and the shutdown report.

@@ -62,6 +62,8 @@ pub struct IoStats {
     pub tcp_queue_drops: u64,
     pub tcp_accepted: u64,
     pub tcp_closed: u64,
+    /// TCP connections closed at once: a connection limit was reached.
+    pub tcp_refused: u64,
 }
 
 /// What a worker reports when it stops.
@@ -79,6 +81,7 @@ impl WorkerReport {
         self.io.tcp_queue_drops += other.io.tcp_queue_drops;
         self.io.tcp_accepted += other.io.tcp_accepted;
         self.io.tcp_closed += other.io.tcp_closed;
+        self.io.tcp_refused += other.io.tcp_refused;
     }
 }
 
@@ -331,12 +334,19 @@ impl Worker {
                     return;
                 }
             };
+            if !self.shared.admit_connection(client.ip()) {
+                // Closing at once; the client sees a reset or EOF.
+                self.stats.tcp_refused += 1;
+                debug!(%client, "tcp connection refused: connection limit");
+                continue;
+            }
             let server = stream.local_addr().unwrap_or(bound);
             let _ = stream.set_nodelay(true);
             let entry = self.connections.vacant_entry();
             let token = Token(CONN_BASE + entry.key());
             if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {
                 warn!(error = %e, "cannot register tcp connection");
+                self.shared.release_connection(client.ip());
                 continue;
             }
             trace!(%client, "tcp connection accepted");
@@ -401,6 +411,7 @@ impl Worker {
         let _ = self.poll.registry().deregister(&mut connection.stream);
         let mut driver = driver(&self.poll, &mut self.relays, &self.shared, now.instant);
         self.server.handle_connection_closed(&connection.tuple, &mut driver);
+        self.shared.release_connection(connection.tuple.client.ip());
         self.stats.tcp_closed += 1;
         trace!(client = %connection.tuple.client, %reason, "tcp connection closed");
     }

@@ -64,6 +64,34 @@ pub enum ChannelBindError {
     Capacity,
 }
 
+/// A byte budget: `rate` bytes per second, up to a second's worth saved up.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ByteBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl ByteBucket {
+    pub fn new(bytes_per_second: u32, now: Instant) -> Self {
+        let rate = f64::from(bytes_per_second);
+        Self { rate, tokens: rate, last: now }
+    }
+
+    /// Whether `bytes` fit the budget now; takes them if so.
+    pub fn take(&mut self, bytes: usize, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.last = now;
+        if self.tokens >= bytes as f64 {
+            self.tokens -= bytes as f64;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Traffic counters of one allocation, logged when it ends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Traffic {
@@ -91,6 +119,8 @@ pub struct Allocation {
     pub allocate_tid: TransactionId,
     pub reservation_token: Option<[u8; 8]>,
     pub traffic: Traffic,
+    /// `max_bps` budgets towards peers and towards the client, when set.
+    pub bandwidth: Option<Box<[ByteBucket; 2]>>,
     pub span: Span,
     permissions: Vec<Permission>,
     channels: Vec<ChannelBinding>,
@@ -121,6 +151,7 @@ impl Allocation {
             allocate_tid,
             reservation_token,
             traffic: Traffic::default(),
+            bandwidth: None,
             span,
             permissions: Vec::new(),
             channels: Vec::new(),
@@ -210,6 +241,15 @@ impl Allocation {
 
     pub fn channel_count(&self) -> usize {
         self.channels.len()
+    }
+
+    /// Whether `bytes` towards a peer (`to_peer`) or the client fit the
+    /// allocation's bandwidth budget.
+    pub fn within_bandwidth(&mut self, to_peer: bool, bytes: usize, now: Instant) -> bool {
+        match &mut self.bandwidth {
+            Some(buckets) => buckets[usize::from(!to_peer)].take(bytes, now),
+            None => true,
+        }
     }
 }
 

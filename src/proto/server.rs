@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tracing::{debug, info, info_span, trace};
 
-use crate::proto::allocation::{Allocation, AllocationId, ChannelBindError, ClientHandle};
+use crate::proto::allocation::{Allocation, AllocationId, ByteBucket, ChannelBindError, ClientHandle};
 use crate::proto::auth::{AuthError, Authenticator, LongTermKey};
 use crate::proto::channel_data::{self, ChannelData, ChannelNumber};
 use crate::proto::demux::{self, PacketKind};
@@ -78,6 +78,8 @@ pub struct TurnConfig {
     /// Let ChannelBind use RFC 5766's 0x5000..=0x7FFF too, which RFC 8656
     /// reserves but older clients (coturn's turnutils) still pick from.
     pub rfc5766_channels: bool,
+    /// Bytes per second an allocation may relay each way; 0 for no limit.
+    pub max_bps: u32,
 }
 
 impl Default for TurnConfig {
@@ -92,6 +94,7 @@ impl Default for TurnConfig {
             max_permissions: 64,
             max_channels: 64,
             rfc5766_channels: false,
+            max_bps: 0,
         }
     }
 }
@@ -190,6 +193,8 @@ pub struct Stats {
     pub dropped_client_data: u64,
     /// Unauthenticated requests not answered: their source was over its budget.
     pub rate_limited: u64,
+    /// Relayed packets dropped: the allocation was over `max_bps`.
+    pub over_bandwidth: u64,
 }
 
 impl Stats {
@@ -211,6 +216,7 @@ impl Stats {
         self.dropped_no_permission += other.dropped_no_permission;
         self.dropped_client_data += other.dropped_client_data;
         self.rate_limited += other.rate_limited;
+        self.over_bandwidth += other.over_bandwidth;
     }
 }
 
@@ -320,6 +326,10 @@ impl Server {
         if allocation.is_expired(now.instant) || !allocation.has_permission(peer.ip(), now.instant) {
             self.stats.dropped_no_permission += 1;
             trace!(%peer, "peer data dropped: no permission");
+            return None;
+        }
+        if !allocation.within_bandwidth(false, len, now.instant) {
+            self.stats.over_bandwidth += 1;
             return None;
         }
         let stream = allocation.tuple.transport.is_stream();
@@ -649,7 +659,7 @@ impl Server {
         let advertised = advertise(&turn.external_ips, opened.addr);
         let span =
             info_span!("alloc", id = id.0, client = %tuple.client, transport = %tuple.transport, relay = %advertised);
-        let allocation = Allocation::new(
+        let mut allocation = Allocation::new(
             *tuple,
             client,
             opened.addr,
@@ -661,6 +671,11 @@ impl Server {
             opened.reservation,
             span,
         );
+        let max_bps = self.config.turn.as_ref().map_or(0, |t| t.max_bps);
+        if max_bps > 0 {
+            allocation.bandwidth =
+                Some(Box::new([ByteBucket::new(max_bps, now.instant), ByteBucket::new(max_bps, now.instant)]));
+        }
         info!(parent: &allocation.span, user = identity.username, lifetime = lifetime.as_secs(), "allocation created");
         let inserted = self.table.insert(allocation);
         debug_assert_eq!(inserted, id);
@@ -831,6 +846,10 @@ impl Server {
         if allocation.is_expired(now.instant) || !allocation.has_permission(peer.ip(), now.instant) {
             return self.drop_client_data("Send without permission");
         }
+        if !allocation.within_bandwidth(true, data.value.len(), now.instant) {
+            self.stats.over_bandwidth += 1;
+            return ClientOutcome::Dropped;
+        }
         let start = data.offset + ATTR_HEADER_LEN;
         allocation.traffic.packets_to_peer += 1;
         allocation.traffic.bytes_to_peer += data.value.len() as u64;
@@ -852,6 +871,10 @@ impl Server {
         let Some(peer) = allocation.channel_peer(data.channel, now.instant) else {
             return self.drop_client_data("ChannelData on unbound channel");
         };
+        if !allocation.within_bandwidth(true, data.payload.len(), now.instant) {
+            self.stats.over_bandwidth += 1;
+            return ClientOutcome::Dropped;
+        }
         allocation.traffic.packets_to_peer += 1;
         allocation.traffic.bytes_to_peer += data.payload.len() as u64;
         self.stats.relayed_to_peer += 1;

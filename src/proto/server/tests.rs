@@ -1495,6 +1495,24 @@ fn channel_data_over_tcp_forwards_the_payload_without_padding() {
 }
 
 #[test]
+fn max_bps_limits_each_direction_separately() {
+    let mut h = Harness::new(TurnConfig { max_bps: 1000, ..turn_config() });
+    let (mut alice, id) = allocated_alice(&mut h);
+    assert_success(&alice.bind(&mut h, 0x4000, addr(PEER)));
+    // A second's worth towards the peer, then nothing until it refills.
+    assert!(matches!(alice.channel_data(&mut h, 0x4000, &[1; 600]).0, ClientOutcome::Forward { .. }));
+    assert!(matches!(alice.channel_data(&mut h, 0x4000, &[1; 400]).0, ClientOutcome::Forward { .. }));
+    assert_eq!(alice.channel_data(&mut h, 0x4000, &[1; 10]).0, ClientOutcome::Dropped);
+    // The other direction has its own budget.
+    assert!(h.peer_packet(id, addr(PEER), &[2; 900]).0.is_some());
+    assert_eq!(h.peer_packet(id, addr(PEER), &[2; 200]).0, None);
+    assert_eq!(h.stats().over_bandwidth, 2);
+    h.advance(Duration::from_millis(500));
+    assert!(matches!(alice.channel_data(&mut h, 0x4000, &[1; 500]).0, ClientOutcome::Forward { .. }));
+    assert_eq!(alice.channel_data(&mut h, 0x4000, &[1; 10]).0, ClientOutcome::Dropped);
+}
+
+#[test]
 fn peer_data_without_permission_is_dropped_and_counted() {
     let mut h = Harness::authenticated();
     let (mut alice, id) = allocated_alice(&mut h);
