@@ -272,8 +272,15 @@ fn serve_on_a_udp_port_in_use_names_the_address() {
 
 #[test]
 fn serve_on_a_tcp_port_in_use_names_the_address() {
-    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr: SocketAddr = taken.local_addr().expect("addr");
+    // A TCP port whose UDP twin is free, or tern would (rightly) report UDP
+    // first: other tests hold ephemeral UDP ports at the same time.
+    let (_taken, addr) = (0..100)
+        .find_map(|_| {
+            let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr: SocketAddr = taken.local_addr().expect("addr");
+            UdpSocket::bind(addr).ok().map(|_| (taken, addr))
+        })
+        .expect("a TCP port with a free UDP twin");
     let line = serve_fails(&["--listen", &addr.to_string(), "--workers", "1"]);
     assert!(line.starts_with(&format!("tern: cannot listen on tcp {addr}: ")), "{line}");
     assert!(line.contains("in use"), "{line}");
