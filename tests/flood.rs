@@ -11,7 +11,6 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use common::{SplitMix64, TernServer, run_tern};
 use tern::io::sys::{self, SendScratch, Transmit};
