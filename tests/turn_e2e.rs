@@ -136,7 +136,7 @@ fn allocation_churn_returns_ports_and_memory() {
     // Its own relay address and a range outside the kernel's ephemeral
     // ports, so no other socket on the machine (other tests' servers relay
     // on 127.0.0.1) can take a relay port while the test counts them.
-    let first = relay_range_outside_ephemeral(PORTS);
+    let first = common::relay_range_outside_ephemeral(PORTS);
     let ports = format!("{first}-{}", first + PORTS - 1);
     // Thousands of 401s to one source: the per-source limit is off here.
     let server = TernServer::start(&[
@@ -203,13 +203,6 @@ fn allocation_churn_returns_ports_and_memory() {
     assert!(status.success());
     let stopped = common::find_log(&log, "tern stopped").expect("final report");
     assert_eq!(stopped["allocations"].as_u64(), Some(200 + CYCLES as u64 + 2 * u64::from(PORTS)));
-}
-
-fn relay_range_outside_ephemeral(len: u16) -> u16 {
-    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    let mut bounds = text.split_whitespace().filter_map(|n| n.parse::<u16>().ok());
-    let (low, high) = (bounds.next().unwrap_or(32768), bounds.next().unwrap_or(60999));
-    if u32::from(high) + u32::from(len) < 65535 { high + 1 } else { low.saturating_sub(len + 1000) }
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -792,3 +792,12 @@ impl SplitMix64 {
         }
     }
 }
+
+/// The first port of `len` relay ports outside the kernel's ephemeral range,
+/// so no client socket on the machine can take one while a test counts them.
+pub fn relay_range_outside_ephemeral(len: u16) -> u16 {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = text.split_whitespace().filter_map(|n| n.parse::<u16>().ok());
+    let (low, high) = (bounds.next().unwrap_or(32768), bounds.next().unwrap_or(60999));
+    if u32::from(high) + u32::from(len) < 65535 { high + 1 } else { low.saturating_sub(len + 1000) }
+}
