@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{TernServer, run_tern};
+use common::{TernServer, run_bounded, tern_command};
 use tern::client::ClientSocket;
 use tern::client::turn::{Credentials, TurnSession};
 use tern::proto::Transport;
@@ -83,23 +83,28 @@ fn soak_returns_descriptors_ports_and_memory_to_baseline() {
     };
     let addr = server.udp_addr().to_string();
     let duration = format!("{seconds}s");
-    let output = run_tern(&[
-        "load",
-        &addr,
-        "-u",
-        "alice",
-        "-p",
-        "wonderland",
-        "--allocations",
-        "50",
-        "--rate",
-        "200",
-        "--size",
-        "200",
-        "--duration",
-        &duration,
-        "--json",
-    ]);
+    // The load run itself lasts `seconds`; allow for its start and final report.
+    let load_timeout = Duration::from_secs(seconds + 30);
+    let output = run_bounded(
+        &mut tern_command(&[
+            "load",
+            &addr,
+            "-u",
+            "alice",
+            "-p",
+            "wonderland",
+            "--allocations",
+            "50",
+            "--rate",
+            "200",
+            "--size",
+            "200",
+            "--duration",
+            &duration,
+            "--json",
+        ]),
+        load_timeout,
+    );
     running.store(false, Ordering::Relaxed);
     churn.join().expect("churn thread");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
