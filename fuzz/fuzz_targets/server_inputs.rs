@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use tern::proto::allocation::{AllocationId, ClientHandle};
+use tern::proto::allocation::{AllocationId, ClientHandle, RelayId};
 use tern::proto::auth::{Authenticator, LongTermKey, StaticCredentials, rest_password};
 use tern::proto::channel_data::{self, ChannelData};
 use tern::proto::policy::PeerPolicy;
@@ -212,6 +212,7 @@ enum Attr {
     EvenPort(bool),
     ReservationToken(Token),
     RequestedFamily(Family),
+    AdditionalFamily(Family),
     DontFragment,
     Raw(u16, Vec<u8>),
 }
@@ -244,6 +245,16 @@ enum Family {
     V4,
     V6,
     Other(u8),
+}
+
+impl Family {
+    fn value(&self) -> u8 {
+        match self {
+            Family::V4 => FAMILY_IPV4,
+            Family::V6 => FAMILY_IPV6,
+            Family::Other(f) => *f,
+        }
+    }
 }
 
 #[derive(Arbitrary, Debug)]
@@ -301,7 +312,7 @@ struct FakeDriver {
     pools: HashMap<IpAddr, FakePool>,
     reservations: HashMap<[u8; 8], (SocketAddr, Instant)>,
     next_token: u64,
-    open: HashMap<AllocationId, SocketAddr>,
+    open: HashMap<RelayId, SocketAddr>,
     user_quota: u32,
     total_quota: u32,
     per_user: BTreeMap<String, u32>,
@@ -327,11 +338,17 @@ impl FakeDriver {
 }
 
 impl Driver for FakeDriver {
-    fn open_relay(&mut self, id: AllocationId, request: &RelayRequest) -> Result<RelayOpened, RelayError> {
+    fn open_relay(&mut self, id: RelayId, request: &RelayRequest) -> Result<RelayOpened, RelayError> {
         assert!(!self.open.contains_key(&id), "relay of {id:?} opened while open");
+        assert_eq!(id.is_ipv6(), request.ip.is_ipv6(), "relay id and address of different families");
         self.expire_reservations();
         let (addr, reservation) = match request.port {
             PortRequest::Reserved(token) => {
+                // A reservation is claimed only in its own family.
+                match self.reservations.get(&token) {
+                    Some((addr, _)) if addr.is_ipv6() == request.ip.is_ipv6() => {}
+                    _ => return Err(RelayError::BadToken),
+                }
                 let (addr, _) = self.reservations.remove(&token).ok_or(RelayError::BadToken)?;
                 (addr, None)
             }
@@ -364,7 +381,7 @@ impl Driver for FakeDriver {
         Ok(RelayOpened { addr, reservation })
     }
 
-    fn close_relay(&mut self, id: AllocationId) {
+    fn close_relay(&mut self, id: RelayId) {
         let addr = self.open.remove(&id).unwrap_or_else(|| panic!("close_relay({id:?}) of a relay not open"));
         assert!(self.pool(addr.ip()).free.insert(addr.port()), "port {addr} released twice");
     }
@@ -640,12 +657,10 @@ impl Harness {
                 w.attr(AttrType::RESERVATION_TOKEN, &token);
             }
             Attr::RequestedFamily(family) => {
-                let f = match family {
-                    Family::V4 => FAMILY_IPV4,
-                    Family::V6 => FAMILY_IPV6,
-                    Family::Other(f) => *f,
-                };
-                w.attr(AttrType::REQUESTED_ADDRESS_FAMILY, &[f, 0, 0, 0]);
+                w.attr(AttrType::REQUESTED_ADDRESS_FAMILY, &[family.value(), 0, 0, 0]);
+            }
+            Attr::AdditionalFamily(family) => {
+                w.attr(AttrType::ADDITIONAL_ADDRESS_FAMILY, &[family.value(), 0, 0, 0]);
             }
             Attr::DontFragment => {
                 w.attr(AttrType::DONT_FRAGMENT, &[]);
@@ -697,10 +712,12 @@ impl Harness {
         match &outcome {
             ClientOutcome::Replied => self.check_reply(tuple, packet, &reply, key),
             ClientOutcome::Dropped => assert!(reply.is_empty(), "dropped, yet a reply was written"),
-            ClientOutcome::Forward { allocation, peer, payload } => {
+            ClientOutcome::Forward { relay, peer, payload } => {
                 assert!(reply.is_empty(), "forwarded, yet a reply was written");
                 assert!(payload.start <= payload.end && payload.end <= packet.len(), "range outside the packet");
-                let a = self.server.table().get(*allocation).expect("forward from an allocation that exists");
+                assert_eq!(relay.is_ipv6(), peer.is_ipv6(), "forward through the relay of another family");
+                assert!(self.driver.open.contains_key(relay), "forward through a relay that is not open");
+                let a = self.server.table().get(relay.allocation()).expect("forward from an allocation that exists");
                 assert_eq!(a.tuple, *tuple, "forward from another client's allocation");
                 assert!(!a.is_expired(self.now.instant), "forward from an expired allocation");
                 assert_eq!(self.policy.check(peer.ip()), Ok(peer.ip()), "forward to a refused peer {peer}");
@@ -769,7 +786,9 @@ impl Harness {
         let peer = peer_addr(peer);
         let mut slot = vec![0xAA; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
         slot[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(payload);
-        let Some(outcome) = self.server.handle_peer(self.now, id, peer, &mut slot, PEER_HEADROOM, payload.len()) else {
+        let relay = RelayId::new(id, peer.is_ipv6());
+        let Some(outcome) = self.server.handle_peer(self.now, relay, peer, &mut slot, PEER_HEADROOM, payload.len())
+        else {
             return;
         };
         let a = self.server.table().get(id).expect("relayed for an allocation that exists");
@@ -799,7 +818,10 @@ impl Harness {
     fn check_invariants(&self) {
         let table = self.server.table();
         assert!(table.is_consistent(), "allocation table and its index disagree");
-        let relays: HashMap<AllocationId, SocketAddr> = table.iter().map(|(id, a)| (id, a.relayed)).collect();
+        let relays: HashMap<RelayId, SocketAddr> = table
+            .iter()
+            .flat_map(|(id, a)| a.relayed_addresses().map(move |r| (RelayId::new(id, r.addr.is_ipv6()), r.addr)))
+            .collect();
         assert_eq!(relays, self.driver.open, "open relays differ from the table");
         let distinct: BTreeSet<SocketAddr> = relays.values().copied().collect();
         assert_eq!(distinct.len(), relays.len(), "two allocations share a relayed address");
@@ -808,7 +830,9 @@ impl Harness {
         let mut per_ip = BTreeMap::new();
         for (_, a) in table.iter() {
             *per_user.entry(a.quota_key.to_string()).or_insert(0u32) += 1;
-            *per_ip.entry(a.relayed.ip()).or_insert(0usize) += 1;
+            for relayed in a.relayed_addresses() {
+                *per_ip.entry(relayed.addr.ip()).or_insert(0usize) += 1;
+            }
             assert!(a.permission_count() <= self.max_permissions, "permissions over the limit");
             assert!(a.channel_count() <= self.max_channels, "channels over the limit");
         }

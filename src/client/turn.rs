@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use super::{ClientSocket, TransactError};
 use crate::proto::channel_data::{self, ChannelData};
 use crate::proto::demux::{self, PacketKind};
-use crate::proto::stun::attr::{self, AttrType};
+use crate::proto::error::ParseError;
+use crate::proto::stun::attr::{self, AttrType, FAMILY_IPV6};
 use crate::proto::stun::integrity::long_term_key_md5;
 use crate::proto::stun::{Class, ErrorCode, Message, MessageType, MessageWriter, Method, TransactionId};
 
@@ -68,8 +69,12 @@ impl From<TransactError> for TurnError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Allocated {
     pub relayed: SocketAddr,
+    /// The second relayed address of a dual allocation.
+    pub also_relayed: Option<SocketAddr>,
     pub mapped: SocketAddr,
     pub lifetime: u32,
+    /// ADDRESS-ERROR-CODE: the family a dual allocation did not get, and why.
+    pub address_error: Option<(u8, u16)>,
 }
 
 /// Data that arrived from a peer through the relay.
@@ -149,29 +154,54 @@ impl TurnSession {
 
     /// Allocate (RFC 8656 §7.1) for a UDP relay.
     pub fn allocate(&mut self, lifetime: Option<u32>) -> Result<Allocated, TurnError> {
-        let response = self.request(Method::ALLOCATE, |w| {
-            w.attr(AttrType::REQUESTED_TRANSPORT, &[PROTOCOL_UDP, 0, 0, 0]);
+        self.allocate_with(|w| {
             if let Some(lifetime) = lifetime {
                 w.attr_u32(AttrType::LIFETIME, lifetime);
             }
+        })
+    }
+
+    /// Allocate an IPv4 and an IPv6 relayed address at once (RFC 8656 §7.2,
+    /// ADDITIONAL-ADDRESS-FAMILY). A server that grants only one says why
+    /// not the other in [`Allocated::address_error`].
+    pub fn allocate_dual(&mut self) -> Result<Allocated, TurnError> {
+        self.allocate_with(|w| {
+            w.attr(AttrType::ADDITIONAL_ADDRESS_FAMILY, &[FAMILY_IPV6, 0, 0, 0]);
+        })
+    }
+
+    fn allocate_with(&mut self, attributes: impl Fn(&mut MessageWriter<'_>)) -> Result<Allocated, TurnError> {
+        let response = self.request(Method::ALLOCATE, |w| {
+            w.attr(AttrType::REQUESTED_TRANSPORT, &[PROTOCOL_UDP, 0, 0, 0]);
+            attributes(w);
         })?;
         let message = Message::parse(&response).map_err(|e| TurnError::Invalid(e.to_string()))?;
         let tid = message.transaction_id();
-        let address = |typ: AttrType, name: &str| {
-            message
-                .attribute(typ)
-                .ok_or_else(|| TurnError::Invalid(format!("no {name}")))
-                .and_then(|v| attr::read_xor_address(v, &tid).map_err(|e| TurnError::Invalid(e.to_string())))
-        };
-        let relayed = address(AttrType::XOR_RELAYED_ADDRESS, "XOR-RELAYED-ADDRESS")?;
-        let mapped = address(AttrType::XOR_MAPPED_ADDRESS, "XOR-MAPPED-ADDRESS")?;
+        let invalid = |e: ParseError| TurnError::Invalid(e.to_string());
+        let mut relayed = message
+            .attributes()
+            .filter(|a| a.typ == AttrType::XOR_RELAYED_ADDRESS)
+            .map(|a| attr::read_xor_address(a.value, &tid).map_err(invalid));
+        let (first, also_relayed) = (relayed.next(), relayed.next());
+        let relayed = first.ok_or_else(|| TurnError::Invalid("no XOR-RELAYED-ADDRESS".into()))??;
+        let also_relayed = also_relayed.transpose()?;
+        let mapped = message
+            .attribute(AttrType::XOR_MAPPED_ADDRESS)
+            .ok_or_else(|| TurnError::Invalid("no XOR-MAPPED-ADDRESS".into()))
+            .and_then(|v| attr::read_xor_address(v, &tid).map_err(invalid))?;
         let lifetime = message
             .attribute(AttrType::LIFETIME)
             .map(attr::read_u32)
             .transpose()
-            .map_err(|e| TurnError::Invalid(e.to_string()))?
+            .map_err(invalid)?
             .ok_or_else(|| TurnError::Invalid("no LIFETIME".into()))?;
-        Ok(Allocated { relayed, mapped, lifetime })
+        let address_error = message
+            .attribute(AttrType::ADDRESS_ERROR_CODE)
+            .map(attr::read_address_error_code)
+            .transpose()
+            .map_err(invalid)?
+            .map(|(family, code)| (family, code.code));
+        Ok(Allocated { relayed, also_relayed, mapped, lifetime, address_error })
     }
 
     /// Refresh (RFC 8656 §7.3); 0 deletes the allocation. Returns the granted lifetime.

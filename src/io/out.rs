@@ -20,7 +20,7 @@ use std::os::fd::RawFd;
 use tracing::{trace, warn};
 
 use super::sys::{self, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, SendScratch, Transmit};
-use crate::proto::allocation::AllocationId;
+use crate::proto::allocation::RelayId;
 
 /// Flush before the turn ends once this many datagrams are queued, which
 /// bounds the delay added to the first of them.
@@ -32,7 +32,7 @@ const FLUSH_BYTES: usize = 1 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Via {
     Listener(usize),
-    Relay(AllocationId),
+    Relay(RelayId),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -247,7 +247,7 @@ mod tests {
     #[test]
     fn datagrams_for_a_closed_socket_are_dropped() {
         let mut queue = OutQueue::new(false);
-        queue.push(Via::Relay(AllocationId(3)), "127.0.0.1:9".parse().expect("literal"), None, b"x");
+        queue.push(Via::Relay(RelayId(3)), "127.0.0.1:9".parse().expect("literal"), None, b"x");
         let flushed = queue.flush(|_| None);
         assert_eq!(flushed.failures, 0);
         assert!(queue.is_empty());

@@ -26,7 +26,7 @@ use super::relay::{RelaySocket, Shared, WorkerDriver};
 use super::shutdown::Shutdown;
 use super::sys::{self, RecvBatch};
 use super::tcp::{Closed, ReadStatus, TcpConnection, WRITE_QUEUE_LIMIT};
-use crate::proto::allocation::{AllocationId, ClientHandle};
+use crate::proto::allocation::{ClientHandle, RelayId};
 use crate::proto::server::{ClientOutcome, PEER_HEADROOM, PEER_TAILROOM, Server, ServerConfig, Stats};
 use crate::proto::{FiveTuple, Now, Transport};
 
@@ -187,7 +187,7 @@ impl Worker {
         let udp_count = self.udp.len();
         match token.0 {
             _ if token == WAKER => {}
-            index if index >= RELAY_BASE => self.drain_relay(AllocationId(index - RELAY_BASE), now),
+            index if index >= RELAY_BASE => self.drain_relay(RelayId(index - RELAY_BASE), now),
             index if index >= CONN_BASE => self.serve_connection(index - CONN_BASE, now),
             index if index < udp_count => self.drain_udp(index, now),
             index if index < udp_count + self.tcp_listeners.len() => self.accept(index - udp_count, now),
@@ -235,8 +235,8 @@ impl Worker {
                     ClientOutcome::Replied => {
                         self.out.push_written(Via::Listener(index), meta.source, source_ip, start)
                     }
-                    ClientOutcome::Forward { allocation, peer, payload } => {
-                        self.out.push(Via::Relay(allocation), peer, None, &packet[payload]);
+                    ClientOutcome::Forward { relay, peer, payload } => {
+                        self.out.push(Via::Relay(relay), peer, None, &packet[payload]);
                     }
                 }
             }
@@ -250,8 +250,8 @@ impl Worker {
         self.pending.push(Token(index));
     }
 
-    fn drain_relay(&mut self, id: AllocationId, now: Now) {
-        let Some(fd) = self.relays.get(id.0).and_then(Option::as_ref).map(|r| r.socket.as_raw_fd()) else { return };
+    fn drain_relay(&mut self, relay: RelayId, now: Now) {
+        let Some(fd) = self.relays.get(relay.0).and_then(Option::as_ref).map(|r| r.socket.as_raw_fd()) else { return };
         for _ in 0..BATCHES_PER_WAKE {
             let received = match self.peer_batch.recv(fd) {
                 Ok(n) => n,
@@ -268,7 +268,7 @@ impl Worker {
                     continue;
                 }
                 let slot = self.peer_batch.slot_mut(i);
-                let Some(out) = self.server.handle_peer(now, id, meta.source, slot, PEER_HEADROOM, meta.len) else {
+                let Some(out) = self.server.handle_peer(now, relay, meta.source, slot, PEER_HEADROOM, meta.len) else {
                     continue;
                 };
                 let frame = &self.peer_batch.slot(i)[out.frame.0..out.frame.1];
@@ -299,7 +299,7 @@ impl Worker {
                 return;
             }
         }
-        self.pending.push(Token(RELAY_BASE + id.0));
+        self.pending.push(Token(RELAY_BASE + relay.0));
     }
 
     /// Sends what the turn produced: queued datagrams, and relayed data for
@@ -368,10 +368,10 @@ impl Worker {
             Ok(ReadStatus::Drained)
         } else {
             connection.read_frames(now.instant, |tuple, frame, replies| {
-                if let ClientOutcome::Forward { allocation, peer, payload } =
+                if let ClientOutcome::Forward { relay, peer, payload } =
                     server.handle_client(now, tuple, handle, frame, replies, &mut driver)
                 {
-                    udp_out.push(Via::Relay(allocation), peer, None, &frame[payload]);
+                    udp_out.push(Via::Relay(relay), peer, None, &frame[payload]);
                 }
             })
         };
