@@ -281,3 +281,48 @@ fn dual_allocation_relays_ipv4_and_ipv6_peers() {
     let created = common::find_log(&log, "allocation created").expect("logged");
     assert_eq!(created["also"].as_str(), Some(v6.to_string().as_str()), "{created}");
 }
+
+/// RFC 8656 §11.5: a datagram relayed to a closed port draws an ICMP port
+/// unreachable, which reaches the client as a Data indication with the ICMP
+/// attribute and the peer's address, for IPv4 and IPv6 relays alike.
+#[test]
+fn icmp_errors_for_relayed_datagrams_reach_the_client() {
+    let server = TernServer::start(&[
+        "--user",
+        "alice:wonderland",
+        "--relay-ip",
+        "127.0.0.1",
+        "--relay-ip",
+        "::1",
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--allow-peer",
+        "::1/128",
+    ]);
+    let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
+    let socket = ClientSocket::open(server.udp_addr(), Transport::Udp, Duration::from_secs(5)).expect("socket");
+    let mut session = TurnSession::new(socket, credentials, Duration::from_secs(5));
+    session.allocate_dual().expect("dual allocate");
+    // Ports that were free a moment ago: nothing listens there.
+    let closed: Vec<std::net::SocketAddr> = ["127.0.0.1:0", "[::1]:0"]
+        .iter()
+        .map(|a| std::net::UdpSocket::bind(a).expect("bind").local_addr().expect("bound"))
+        .collect();
+    session.create_permission(&closed).expect("permission");
+    // (ICMP type, code) of "port unreachable" in ICMPv4 and ICMPv6.
+    for (peer, expected) in closed.iter().zip([(3, 3), (1, 4)]) {
+        session.send_indication(*peer, b"anyone there?").expect("send");
+        let deadline = tern::io::clock::now() + Duration::from_secs(5);
+        let received = session.recv_data(deadline).expect("receive").expect("an ICMP report");
+        let icmp = received.icmp.unwrap_or_else(|| panic!("a Data indication with ICMP, got {received:?}"));
+        assert_eq!((icmp.icmp_type, icmp.code), expected, "{peer}");
+        assert_eq!(icmp.error_data, 0);
+        assert_eq!(received.peer, Some(*peer));
+        assert!(received.data.is_empty());
+    }
+    session.refresh(0).expect("delete");
+    let (status, log) = server.stop_with_log();
+    assert!(status.success());
+    let stopped = common::find_log(&log, "tern stopped").expect("final report");
+    assert_eq!(stopped["icmp_relayed"].as_u64(), Some(2), "{stopped}");
+}

@@ -85,6 +85,18 @@ pub struct Received {
     /// The channel, for ChannelData.
     pub channel: Option<u16>,
     pub data: Vec<u8>,
+    /// An ICMP error the relay got for what was sent to `peer` (then `data`
+    /// is empty).
+    pub icmp: Option<Icmp>,
+}
+
+/// The ICMP attribute of a Data indication (RFC 8656 §18.13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Icmp {
+    pub icmp_type: u8,
+    pub code: u8,
+    /// The next-hop MTU for "fragmentation needed" and "packet too big".
+    pub error_data: u32,
 }
 
 /// What signs requests once the long-term dance is done; the load generator
@@ -351,7 +363,7 @@ fn parse_data(frame: &[u8]) -> Option<Received> {
     match demux::classify(frame) {
         PacketKind::ChannelData => {
             let data = ChannelData::parse(frame).ok()?;
-            Some(Received { peer: None, channel: Some(data.channel.get()), data: data.payload.to_vec() })
+            Some(Received { peer: None, channel: Some(data.channel.get()), data: data.payload.to_vec(), icmp: None })
         }
         PacketKind::Stun => {
             let message = Message::parse(frame).ok()?;
@@ -361,7 +373,21 @@ fn parse_data(frame: &[u8]) -> Option<Received> {
             let peer =
                 attr::read_xor_address(message.attribute(AttrType::XOR_PEER_ADDRESS)?, &message.transaction_id())
                     .ok()?;
-            Some(Received { peer: Some(peer), channel: None, data: message.attribute(AttrType::DATA)?.to_vec() })
+            // RFC 8656 §11.5: an ICMP error about what we sent to the peer
+            // comes as a Data indication with ICMP instead of DATA.
+            let icmp = match message.attribute(AttrType::ICMP) {
+                Some([_, _, icmp_type, code, data @ ..]) => {
+                    let error_data = u32::from_be_bytes(data.try_into().ok()?);
+                    Some(Icmp { icmp_type: *icmp_type, code: *code, error_data })
+                }
+                Some(_) => return None,
+                None => None,
+            };
+            let data = match icmp {
+                Some(_) => Vec::new(),
+                None => message.attribute(AttrType::DATA)?.to_vec(),
+            };
+            Some(Received { peer: Some(peer), channel: None, data, icmp })
         }
         PacketKind::Other => None,
     }

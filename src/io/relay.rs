@@ -242,6 +242,11 @@ fn bind_relay(addr: SocketAddr, dont_fragment: bool) -> Result<mio::net::UdpSock
         socket.set_only_v6(true).map_err(BindFailure::Io)?;
     }
     socket.set_nonblocking(true).map_err(BindFailure::Io)?;
+    // ICMP errors reach the client where the kernel reports them; relaying
+    // works without them.
+    if let Err(e) = sys::enable_recv_err(socket.as_raw_fd(), addr.is_ipv6()) {
+        debug!(%addr, error = %e, "no ICMP errors for this relay socket");
+    }
     if dont_fragment {
         sys::set_dont_fragment(socket.as_raw_fd(), addr.is_ipv6()).map_err(|_| BindFailure::DontFragment)?;
     }

@@ -27,7 +27,7 @@ use super::shutdown::Shutdown;
 use super::sys::{self, RecvBatch};
 use super::tcp::{Closed, ReadStatus, TcpConnection, WRITE_QUEUE_LIMIT};
 use crate::proto::allocation::{ClientHandle, RelayId};
-use crate::proto::server::{ClientOutcome, PEER_HEADROOM, PEER_TAILROOM, Server, ServerConfig, Stats};
+use crate::proto::server::{ClientOutcome, IcmpReport, PEER_HEADROOM, PEER_TAILROOM, Server, ServerConfig, Stats};
 use crate::proto::{FiveTuple, Now, Transport};
 
 /// Receive slots are large enough for any UDP datagram.
@@ -82,6 +82,39 @@ impl WorkerReport {
         self.io.tcp_accepted += other.io.tcp_accepted;
         self.io.tcp_closed += other.io.tcp_closed;
         self.io.tcp_refused += other.io.tcp_refused;
+    }
+}
+
+/// Where frames for clients go: a client's TCP connection, or the UDP
+/// listener it talks to. Borrows the worker's fields one by one, so a frame
+/// may still borrow the receive batch it was built in.
+struct Delivery<'a> {
+    udp: &'a [(mio::net::UdpSocket, SocketAddr)],
+    connections: &'a mut Slab<TcpConnection>,
+    dirty: &'a mut Vec<usize>,
+    out: &'a mut OutQueue,
+    stats: &'a mut IoStats,
+}
+
+impl Delivery<'_> {
+    fn send(&mut self, client: ClientHandle, tuple: &FiveTuple, frame: &[u8]) {
+        if client.0 & HANDLE_TCP != 0 {
+            let key = (client.0 & !HANDLE_TCP) as usize;
+            let Some(connection) = self.connections.get_mut(key) else { return };
+            if connection.queued() > WRITE_QUEUE_LIMIT {
+                self.stats.tcp_queue_drops += 1;
+                return;
+            }
+            connection.outbuf.extend_from_slice(frame);
+            if !self.dirty.contains(&key) {
+                self.dirty.push(key);
+            }
+        } else {
+            let listener = client.0 as usize;
+            let source_ip =
+                self.udp.get(listener).and_then(|(_, bound)| bound.ip().is_unspecified().then(|| tuple.server.ip()));
+            self.out.push(Via::Listener(listener), tuple.client, source_ip, frame);
+        }
     }
 }
 
@@ -257,7 +290,10 @@ impl Worker {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
+                    // The socket's pending error: an ICMP error about
+                    // something it sent, queued in full on its error queue.
                     trace!(error = %e, "relay receive error");
+                    self.drain_icmp(relay, fd, now);
                     continue;
                 }
             };
@@ -272,31 +308,56 @@ impl Worker {
                     continue;
                 };
                 let frame = &self.peer_batch.slot(i)[out.frame.0..out.frame.1];
-                if out.client.0 & HANDLE_TCP != 0 {
-                    let key = (out.client.0 & !HANDLE_TCP) as usize;
-                    let Some(connection) = self.connections.get_mut(key) else { continue };
-                    if connection.queued() > WRITE_QUEUE_LIMIT {
-                        self.stats.tcp_queue_drops += 1;
-                        continue;
-                    }
-                    connection.outbuf.extend_from_slice(frame);
-                    if !self.dirty_connections.contains(&key) {
-                        self.dirty_connections.push(key);
-                    }
-                } else {
-                    let listener = out.client.0 as usize;
-                    let source_ip = self
-                        .udp
-                        .get(listener)
-                        .and_then(|(_, bound)| bound.ip().is_unspecified().then(|| out.tuple.server.ip()));
-                    self.out.push(Via::Listener(listener), out.tuple.client, source_ip, frame);
+                Delivery {
+                    udp: &self.udp,
+                    connections: &mut self.connections,
+                    dirty: &mut self.dirty_connections,
+                    out: &mut self.out,
+                    stats: &mut self.stats,
                 }
+                .send(out.client, &out.tuple, frame);
             }
             if self.out.is_full() {
                 self.flush(now);
             }
             if received < sys::BATCH {
                 return;
+            }
+        }
+        self.pending.push(Token(RELAY_BASE + relay.0));
+    }
+
+    /// Reads the relay socket's error queue and passes ICMP errors on to the
+    /// client (RFC 8656 §11.5). Bounded per turn like a receive; what is
+    /// left is read on the next turn.
+    fn drain_icmp(&mut self, relay: RelayId, fd: std::os::fd::RawFd, now: Now) {
+        for _ in 0..sys::BATCH {
+            let error = match sys::recv_icmp_error(fd) {
+                Ok(Some(error)) => error,
+                Ok(None) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    trace!(error = %e, "relay error queue");
+                    return;
+                }
+            };
+            let report = IcmpReport {
+                peer: error.destination,
+                ipv6: error.ipv6,
+                icmp_type: error.icmp_type,
+                icmp_code: error.icmp_code,
+                mtu: error.info,
+            };
+            let mut indication = Vec::new();
+            if let Some((client, tuple)) = self.server.handle_icmp(now, relay, &report, &mut indication) {
+                Delivery {
+                    udp: &self.udp,
+                    connections: &mut self.connections,
+                    dirty: &mut self.dirty_connections,
+                    out: &mut self.out,
+                    stats: &mut self.stats,
+                }
+                .send(client, &tuple, &indication);
             }
         }
         self.pending.push(Token(RELAY_BASE + relay.0));

@@ -31,6 +31,7 @@ use crate::proto::rate_limit::{RateLimit, SourceLimiter};
 use crate::proto::stun::attr::{self, AttrType, FAMILY_IPV4, FAMILY_IPV6};
 use crate::proto::stun::{
     ATTR_HEADER_LEN, Class, ErrorCode, HEADER_LEN, MAGIC_COOKIE, Message, MessageType, MessageWriter, Method,
+    TransactionId,
 };
 use crate::proto::table::AllocationTable;
 use crate::proto::{FiveTuple, Now};
@@ -198,6 +199,8 @@ pub struct Stats {
     pub rate_limited: u64,
     /// Relayed packets dropped: the allocation was over `max_bps`.
     pub over_bandwidth: u64,
+    /// ICMP errors about relayed datagrams passed on to clients.
+    pub icmp_relayed: u64,
 }
 
 impl Stats {
@@ -220,6 +223,7 @@ impl Stats {
         self.dropped_client_data += other.dropped_client_data;
         self.rate_limited += other.rate_limited;
         self.over_bandwidth += other.over_bandwidth;
+        self.icmp_relayed += other.icmp_relayed;
     }
 }
 
@@ -232,6 +236,19 @@ pub enum ClientOutcome {
     Replied,
     /// Send `packet[payload]` from the relay socket `relay` to `peer`.
     Forward { relay: RelayId, peer: SocketAddr, payload: Range<usize> },
+}
+
+/// An ICMP error about a datagram a relay socket sent (RFC 8656 §11.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IcmpReport {
+    /// Where the datagram was going.
+    pub peer: SocketAddr,
+    /// ICMPv6 rather than ICMPv4.
+    pub ipv6: bool,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// The next-hop MTU the kernel reported with the error, if any.
+    pub mtu: u32,
 }
 
 /// Where a peer's packet goes, once `handle_peer` has put a header on it.
@@ -339,10 +356,7 @@ impl Server {
         let frame = match allocation.peer_channel(peer, now.instant) {
             Some(channel) => write_channel_data(slot, headroom, len, channel, stream)?,
             None => {
-                self.indication_counter += 1;
-                let mut tid = [0u8; 12];
-                tid[..4].copy_from_slice(&self.indication_prefix);
-                tid[4..].copy_from_slice(&self.indication_counter.to_be_bytes());
+                let tid = next_indication_tid(&self.indication_prefix, &mut self.indication_counter);
                 write_data_indication(slot, headroom, len, peer, tid)?
             }
         };
@@ -350,6 +364,43 @@ impl Server {
         allocation.traffic.bytes_to_client += len as u64;
         self.stats.relayed_to_client += 1;
         Some(PeerOutcome { client: allocation.client, tuple: allocation.tuple, frame })
+    }
+
+    /// RFC 8656 §11.5: an ICMP error about a datagram the relay sent goes to
+    /// the client as a Data indication with XOR-PEER-ADDRESS and ICMP, when
+    /// it is of a kind the RFC relays (ICMPv4 destination unreachable or
+    /// time exceeded; ICMPv6 destination unreachable, packet too big or time
+    /// exceeded) and the peer has a permission. The indication is written
+    /// to `out`; the driver sends it to the returned client.
+    pub fn handle_icmp(
+        &mut self,
+        now: Now,
+        relay: RelayId,
+        report: &IcmpReport,
+        out: &mut Vec<u8>,
+    ) -> Option<(ClientHandle, FiveTuple)> {
+        let relayed = matches!((report.ipv6, report.icmp_type), (false, 3 | 11) | (true, 1..=3));
+        let allocation = self.table.get_mut(relay.allocation())?;
+        let peer = SocketAddr::new(policy::canonical(report.peer.ip()), report.peer.port());
+        if !relayed || allocation.is_expired(now.instant) || !allocation.has_permission(peer.ip(), now.instant) {
+            trace!(%peer, icmp_type = report.icmp_type, "ICMP error not relayed");
+            return None;
+        }
+        // Error Data carries the MTU for "fragmentation needed" and "packet
+        // too big" (RFC 8656 §18.13), and is zero otherwise.
+        let mtu_error = matches!((report.ipv6, report.icmp_type, report.icmp_code), (false, 3, 4) | (true, 2, _));
+        let error_data = if mtu_error { report.mtu } else { 0 };
+        let mut icmp = [0u8; 8];
+        icmp[2] = report.icmp_type;
+        icmp[3] = report.icmp_code;
+        icmp[4..].copy_from_slice(&error_data.to_be_bytes());
+        let tid = next_indication_tid(&self.indication_prefix, &mut self.indication_counter);
+        let mut w = MessageWriter::new(out, MessageType::new(Method::DATA, Class::Indication), TransactionId(tid));
+        w.xor_address(AttrType::XOR_PEER_ADDRESS, &peer).attr(AttrType::ICMP, &icmp);
+        w.finish();
+        debug!(parent: &allocation.span, %peer, icmp_type = report.icmp_type, icmp_code = report.icmp_code, "ICMP error relayed");
+        self.stats.icmp_relayed += 1;
+        Some((allocation.client, allocation.tuple))
     }
 
     /// Expires allocations, permissions and channel bindings. Call it
@@ -1238,6 +1289,16 @@ fn write_data_indication(
     out[at + 2..at + 4].copy_from_slice(&data_len.to_be_bytes());
     out[header_len + len..].fill(0);
     Some((start, headroom + padded))
+}
+
+/// A Data indication's transaction ID: the server's random prefix and a
+/// counter, unique without a random draw per packet.
+fn next_indication_tid(prefix: &[u8; 4], counter: &mut u64) -> [u8; 12] {
+    *counter += 1;
+    let mut tid = [0u8; 12];
+    tid[..4].copy_from_slice(prefix);
+    tid[4..].copy_from_slice(&counter.to_be_bytes());
+    tid
 }
 
 /// What the client is told when no relay socket could be opened.

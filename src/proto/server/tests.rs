@@ -1362,6 +1362,71 @@ fn reservation_token_of_an_ipv6_relay_is_claimed_in_its_family() {
 }
 
 // ---------------------------------------------------------------------------
+// ICMP (RFC 8656 §11.5)
+// ---------------------------------------------------------------------------
+
+fn icmp(peer: &str, ipv6: bool, icmp_type: u8, icmp_code: u8, mtu: u32) -> IcmpReport {
+    IcmpReport { peer: addr(peer), ipv6, icmp_type, icmp_code, mtu }
+}
+
+#[test]
+fn icmp_errors_reach_the_client_only_for_permitted_peers_and_relayed_kinds() {
+    let mut h = Harness::new(dual_stack());
+    let mut alice = Client::alice("198.51.100.1:40000");
+    assert_success(&alice.request(&mut h, Method::ALLOCATE, &dual_allocate));
+    let id = alice.id(&h);
+    let (v4, v6) = (RelayId::new(id, false), RelayId::new(id, true));
+    let mut out = Vec::new();
+    // No permission yet: nothing is relayed.
+    assert!(h.server.handle_icmp(h.now, v4, &icmp(PEER, false, 3, 3, 0), &mut out).is_none());
+    assert_success(&alice.permit(&mut h, &[addr(PEER), addr(PEER_V6)]));
+
+    // (report, what the ICMP attribute must carry as type, code, error data)
+    let relayed = [
+        (v4, icmp(PEER, false, 3, 3, 1500), (3, 3, 0)),
+        (v4, icmp(PEER, false, 3, 4, 1400), (3, 4, 1400)),
+        (v4, icmp(PEER, false, 11, 0, 0), (11, 0, 0)),
+        (v6, icmp(PEER_V6, true, 1, 4, 0), (1, 4, 0)),
+        (v6, icmp(PEER_V6, true, 2, 0, 1280), (2, 0, 1280)),
+        (v6, icmp(PEER_V6, true, 3, 0, 9), (3, 0, 0)),
+    ];
+    for (relay, report, (icmp_type, code, data)) in relayed {
+        out.clear();
+        let (client, tuple) = h.server.handle_icmp(h.now, relay, &report, &mut out).expect("relayed");
+        assert_eq!((client, tuple), (alice.handle, alice.tuple));
+        let message = Message::parse(&out).expect("a STUN message");
+        assert_eq!(message.message_type(), MessageType::new(Method::DATA, Class::Indication));
+        let peer = attr::read_xor_address(
+            message.attribute(AttrType::XOR_PEER_ADDRESS).expect("XOR-PEER-ADDRESS"),
+            &message.transaction_id(),
+        )
+        .expect("well-formed");
+        assert_eq!(peer, report.peer);
+        let value = message.attribute(AttrType::ICMP).expect("ICMP");
+        assert_eq!(value.len(), 8);
+        assert_eq!(
+            (value[2], value[3], u32::from_be_bytes(value[4..].try_into().expect("4 bytes"))),
+            (icmp_type, code, data)
+        );
+        assert!(message.attribute(AttrType::DATA).is_none(), "ICMP instead of DATA");
+    }
+    // Kinds RFC 8656 does not relay: echo reply, redirect, ICMPv6 parameter
+    // problem; and a peer without a permission.
+    for (relay, report) in [
+        (v4, icmp(PEER, false, 0, 0, 0)),
+        (v4, icmp(PEER, false, 5, 1, 0)),
+        (v6, icmp(PEER_V6, true, 4, 0, 0)),
+        (v4, icmp(PEER_B, false, 3, 3, 0)),
+    ] {
+        assert!(h.server.handle_icmp(h.now, relay, &report, &mut Vec::new()).is_none(), "{report:?}");
+    }
+    assert_eq!(h.stats().icmp_relayed, 6);
+    // Nor for a deleted allocation.
+    assert_success(&alice.refresh(&mut h, Some(0)));
+    assert!(h.server.handle_icmp(h.now, v4, &icmp(PEER, false, 3, 3, 0), &mut Vec::new()).is_none());
+}
+
+// ---------------------------------------------------------------------------
 // CreatePermission (RFC 8656 §9, §10)
 // ---------------------------------------------------------------------------
 
