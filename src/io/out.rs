@@ -173,10 +173,15 @@ impl OutQueue {
 fn send_all(fd: RawFd, transmits: &[Transmit<'_>], scratch: &mut SendScratch, gso: &mut bool) -> u64 {
     let mut sent = 0;
     let mut failures = 0;
+    let mut retried = None;
     while sent < transmits.len() {
         match sys::send_batch(fd, &transmits[sent..], scratch) {
             Ok(n) => sent += n.max(1),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A relay socket reports an ICMP error about an earlier datagram
+            // on its next send (IP_RECVERR), and that send did not happen:
+            // try it once more.
+            Err(_) if retried != Some(sent) => retried = Some(sent),
             Err(e) => {
                 let failed = transmits[sent];
                 match failed.segment_size {

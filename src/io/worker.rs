@@ -135,6 +135,8 @@ pub struct Worker {
     /// TCP connections with relayed data to write at the end of the turn.
     dirty_connections: Vec<usize>,
     pending: Vec<Token>,
+    /// Relay sockets with ICMP errors queued, to read this turn.
+    icmp_pending: Vec<RelayId>,
     shutdown: Shutdown,
     stats: IoStats,
     next_tick: Instant,
@@ -173,6 +175,7 @@ impl Worker {
             out: OutQueue::new(gso),
             dirty_connections: Vec::new(),
             pending: Vec::new(),
+            icmp_pending: Vec::new(),
             shutdown,
             stats: IoStats::default(),
             next_tick: clock::now() + TICK,
@@ -186,7 +189,7 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let mut ready = Vec::with_capacity(1024);
         while !self.shutdown.is_requested() {
-            let timeout = if self.pending.is_empty() {
+            let timeout = if self.pending.is_empty() && self.icmp_pending.is_empty() {
                 self.next_tick.saturating_duration_since(clock::now())
             } else {
                 Duration::ZERO
@@ -199,9 +202,21 @@ impl Worker {
             ready.clear();
             ready.append(&mut self.pending);
             ready.extend(events.iter().map(|event| event.token()));
+            // A relay socket with a queued ICMP error is reported as in
+            // error (EPOLLERR); its error queue must be read, or it fills
+            // the socket's receive budget.
+            self.icmp_pending.extend(
+                events
+                    .iter()
+                    .filter(|event| event.is_error() && event.token().0 >= RELAY_BASE)
+                    .map(|event| RelayId(event.token().0 - RELAY_BASE)),
+            );
             let now = clock::reading();
             for &token in &ready {
                 self.dispatch(token, now);
+            }
+            for relay in std::mem::take(&mut self.icmp_pending) {
+                self.drain_icmp(relay, now);
             }
             self.flush(now);
             if now.instant >= self.next_tick {
@@ -293,7 +308,7 @@ impl Worker {
                     // The socket's pending error: an ICMP error about
                     // something it sent, queued in full on its error queue.
                     trace!(error = %e, "relay receive error");
-                    self.drain_icmp(relay, fd, now);
+                    self.icmp_pending.push(relay);
                     continue;
                 }
             };
@@ -330,7 +345,8 @@ impl Worker {
     /// Reads the relay socket's error queue and passes ICMP errors on to the
     /// client (RFC 8656 §11.5). Bounded per turn like a receive; what is
     /// left is read on the next turn.
-    fn drain_icmp(&mut self, relay: RelayId, fd: std::os::fd::RawFd, now: Now) {
+    fn drain_icmp(&mut self, relay: RelayId, now: Now) {
+        let Some(fd) = self.relays.get(relay.0).and_then(Option::as_ref).map(|r| r.socket.as_raw_fd()) else { return };
         for _ in 0..sys::BATCH {
             let error = match sys::recv_icmp_error(fd) {
                 Ok(Some(error)) => error,
@@ -360,7 +376,7 @@ impl Worker {
                 .send(client, &tuple, &indication);
             }
         }
-        self.pending.push(Token(RELAY_BASE + relay.0));
+        self.icmp_pending.push(relay);
     }
 
     /// Sends what the turn produced: queued datagrams, and relayed data for
