@@ -45,7 +45,7 @@ use tern::proto::channel_data::{self, ChannelData};
 use tern::proto::policy::PeerPolicy;
 use tern::proto::rate_limit::RateLimit;
 use tern::proto::server::{
-    ClientOutcome, Driver, PEER_HEADROOM, PEER_TAILROOM, PortRequest, QuotaError, RelayError, RelayOpened,
+    ClientOutcome, Driver, IcmpReport, PEER_HEADROOM, PEER_TAILROOM, PortRequest, QuotaError, RelayError, RelayOpened,
     RelayRequest, Server, ServerConfig, TurnConfig,
 };
 use tern::proto::stun::attr::{self, FAMILY_IPV4, FAMILY_IPV6};
@@ -157,6 +157,15 @@ enum Op {
         allocation: u8,
         peer: Peer,
         len: u16,
+    },
+    /// An ICMP error the relay socket got for a datagram to `peer`.
+    Icmp {
+        allocation: u8,
+        peer: Peer,
+        ipv6: bool,
+        icmp_type: u8,
+        icmp_code: u8,
+        mtu: u32,
     },
     Advance(Step),
     Timeout,
@@ -554,6 +563,16 @@ impl Harness {
             Op::LargePeer { allocation, peer, len } => {
                 self.peer(*allocation, *peer, &vec![0x5A; usize::from(*len)]);
             }
+            Op::Icmp { allocation, peer, ipv6, icmp_type, icmp_code, mtu } => {
+                let report = IcmpReport {
+                    peer: peer_addr(*peer),
+                    ipv6: *ipv6,
+                    icmp_type: *icmp_type,
+                    icmp_code: *icmp_code,
+                    mtu: *mtu,
+                };
+                self.icmp(*allocation, &report);
+            }
             Op::Advance(step) => {
                 let by = match step {
                     Step::Millis(ms) => Duration::from_millis(u64::from(*ms)),
@@ -774,15 +793,51 @@ impl Harness {
         }
     }
 
-    /// A peer datagram as the driver receives it: at `PEER_HEADROOM` in a
-    /// slot with `PEER_TAILROOM` after it, the rest junk.
-    fn peer(&mut self, allocation: u8, peer: Peer, payload: &[u8]) {
+    /// An ICMP report: relayed only as a well-formed Data indication with
+    /// XOR-PEER-ADDRESS and ICMP, to the allocation's client, for a peer
+    /// with a permission.
+    fn icmp(&mut self, allocation: u8, report: &IcmpReport) {
+        let id = self.pick_allocation(allocation);
+        let relay = RelayId::new(id, report.peer.is_ipv6());
+        let mut out = Vec::new();
+        let Some((client, tuple)) = self.server.handle_icmp(self.now, relay, report, &mut out) else {
+            assert!(out.is_empty(), "an ICMP report not relayed, yet written");
+            return;
+        };
+        let a = self.server.table().get(id).expect("relayed for an allocation that exists");
+        assert_eq!((client, tuple), (a.client, a.tuple));
+        assert!(
+            a.has_permission(report.peer.ip(), self.now.instant),
+            "ICMP about {} without a permission",
+            report.peer
+        );
+        let message = Message::parse(&out).expect("the ICMP Data indication parses");
+        assert_eq!(message.message_type(), MessageType::new(Method::DATA, Class::Indication));
+        assert_eq!(message.attribute(AttrType::ICMP).map(<[u8]>::len), Some(8));
+        assert!(message.attribute(AttrType::DATA).is_none());
+        let peer = attr::read_xor_address(
+            message.attribute(AttrType::XOR_PEER_ADDRESS).expect("XOR-PEER-ADDRESS"),
+            &message.transaction_id(),
+        )
+        .expect("well-formed XOR-PEER-ADDRESS");
+        assert_eq!(peer, report.peer);
+    }
+
+    /// A live allocation chosen by the input, or (for bytes from 0xF0) any
+    /// id, live or not.
+    fn pick_allocation(&self, allocation: u8) -> AllocationId {
         let ids: Vec<AllocationId> = self.server.table().iter().map(|(id, _)| id).collect();
-        let id = if ids.is_empty() || allocation >= 0xF0 {
+        if ids.is_empty() || allocation >= 0xF0 {
             AllocationId(usize::from(allocation & 0x0F))
         } else {
             ids[usize::from(allocation) % ids.len()]
-        };
+        }
+    }
+
+    /// A peer datagram as the driver receives it: at `PEER_HEADROOM` in a
+    /// slot with `PEER_TAILROOM` after it, the rest junk.
+    fn peer(&mut self, allocation: u8, peer: Peer, payload: &[u8]) {
+        let id = self.pick_allocation(allocation);
         let peer = peer_addr(peer);
         let mut slot = vec![0xAA; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
         slot[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(payload);
