@@ -18,11 +18,10 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::io::{QuotaLimits, RuntimeConfig};
-use crate::proto::auth::{Authenticator, LongTermKey, StaticCredentials};
+use crate::proto::auth::{Authenticator, StaticCredentials, UserKeys};
 use crate::proto::policy::PeerPolicy;
 use crate::proto::rate_limit::RateLimit;
 use crate::proto::server::{ExternalIp, ServerConfig, TurnConfig};
-use crate::proto::stun::integrity::long_term_key_md5;
 
 /// The listen address when neither the file nor a flag gives one.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:3478";
@@ -538,17 +537,17 @@ impl Config {
                     .users
                     .iter()
                     .map(|(name, secret)| {
-                        let key = match secret {
-                            UserSecret::Password(password) => long_term_key_md5(name, &self.realm, password),
-                            UserSecret::Key(key) => *key,
+                        let keys = match secret {
+                            UserSecret::Password(password) => UserKeys::from_password(name, &self.realm, password),
+                            UserSecret::Key(key) => UserKeys::from_md5_key(*key),
                         };
-                        (name.clone(), LongTermKey(key))
+                        (name.clone(), keys)
                     })
                     .collect();
                 let secrets = self.auth.secrets.iter().map(|s| s.as_bytes().to_vec()).collect();
                 Authenticator::new(
                     self.realm.clone(),
-                    StaticCredentials::new(users, secrets),
+                    StaticCredentials::new(&self.realm, users, secrets),
                     nonce_key,
                     u64::from(self.auth.nonce_lifetime),
                 )
@@ -797,6 +796,7 @@ pub fn parse_relay_ip_flag(text: &str) -> Result<IpAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::stun::integrity::long_term_key_md5;
 
     fn error(text: &str) -> String {
         Config::parse(text, "test.toml").expect_err("must be refused").to_string()

@@ -12,6 +12,7 @@
 //! Malformed packets, responses, and indications that cannot be relayed are
 //! dropped and counted, never answered: junk is not reflected.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use tracing::{debug, info, info_span, trace};
 
 use crate::proto::allocation::{Allocation, AllocationId, ByteBucket, ChannelBindError, ClientHandle};
-use crate::proto::auth::{AuthError, Authenticator, LongTermKey};
+use crate::proto::auth::{AuthError, Authenticator, SigningKey};
 use crate::proto::channel_data::{self, ChannelData, ChannelNumber};
 use crate::proto::demux::{self, PacketKind};
 use crate::proto::error::{ParseError, RequestError};
@@ -250,9 +251,10 @@ enum Path {
 
 /// Who sent an authenticated request.
 struct Identity<'m> {
-    username: &'m str,
+    /// Borrowed from USERNAME, or owned when a USERHASH named the user.
+    username: Cow<'m, str>,
     /// Signs every response; `None` only in anonymous mode.
-    key: Option<LongTermKey>,
+    key: Option<SigningKey>,
 }
 
 /// One worker's STUN/TURN server state.
@@ -480,7 +482,7 @@ impl Server {
                 self.auth_error(now, tuple, request, error, reply);
                 return ClientOutcome::Replied;
             }
-            None => Identity { username: "", key: None },
+            None => Identity { username: Cow::Borrowed(""), key: None },
         };
         if identity.key.is_none() && self.over_rate_limit(now, tuple) {
             return ClientOutcome::Dropped;
@@ -515,7 +517,7 @@ impl Server {
         &mut self,
         tuple: &FiveTuple,
         request: &Message<'_>,
-        key: Option<&LongTermKey>,
+        key: Option<&SigningKey>,
         reply: &mut Vec<u8>,
     ) -> bool {
         let mut unknown = [AttrType(0); MAX_UNKNOWN_LISTED];
@@ -534,9 +536,10 @@ impl Server {
         true
     }
 
-    /// 401 or 438 with REALM and a fresh NONCE, or 400 for a request that
-    /// carried MESSAGE-INTEGRITY without the attributes it needs. Never
-    /// signed: the key is unknown or wrong.
+    /// 401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS (RFC 8489
+    /// §9.2.4), or 400 for a request that carried integrity without the
+    /// attributes it needs or with password algorithms other than offered.
+    /// Never signed: the key is unknown or wrong.
     fn auth_error(
         &mut self,
         now: Now,
@@ -552,10 +555,12 @@ impl Server {
         }
         let nonce = auth.nonce(tuple.client.ip(), now.unix);
         let realm = auth.realm().to_owned();
+        let algorithms = auth.password_algorithms();
         self.error_response(request, error.code(), None, reply, |w| {
             if error.sends_challenge() {
                 w.attr(AttrType::REALM, realm.as_bytes());
                 w.attr(AttrType::NONCE, &nonce);
+                w.attr(AttrType::PASSWORD_ALGORITHMS, algorithms);
             }
         });
     }
@@ -664,7 +669,7 @@ impl Server {
             client,
             opened.addr,
             advertised,
-            identity.username,
+            &identity.username,
             &quota_key,
             now.instant + lifetime,
             request.transaction_id(),
@@ -676,7 +681,7 @@ impl Server {
             allocation.bandwidth =
                 Some(Box::new([ByteBucket::new(max_bps, now.instant), ByteBucket::new(max_bps, now.instant)]));
         }
-        info!(parent: &allocation.span, user = identity.username, lifetime = lifetime.as_secs(), "allocation created");
+        info!(parent: &allocation.span, user = &*identity.username, lifetime = lifetime.as_secs(), "allocation created");
         let inserted = self.table.insert(allocation);
         debug_assert_eq!(inserted, id);
         self.stats.allocations_created += 1;
@@ -1007,7 +1012,7 @@ impl Server {
     fn success_response(
         &self,
         request: &Message<'_>,
-        key: Option<&LongTermKey>,
+        key: Option<&SigningKey>,
         reply: &mut Vec<u8>,
         attributes: impl FnOnce(&mut MessageWriter<'_>),
     ) {
@@ -1021,7 +1026,7 @@ impl Server {
         &mut self,
         request: &Message<'_>,
         code: ErrorCode,
-        key: Option<&LongTermKey>,
+        key: Option<&SigningKey>,
         reply: &mut Vec<u8>,
         extra: impl FnOnce(&mut MessageWriter<'_>),
     ) {
@@ -1033,15 +1038,16 @@ impl Server {
         self.stats.error_responses += 1;
     }
 
-    /// SOFTWARE when configured; MESSAGE-INTEGRITY with the request's key when
-    /// it was authenticated (RFC 8489 §9.2.4: every such response is signed);
+    /// SOFTWARE when configured; the request's kind of integrity
+    /// (MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256) with its key when it
+    /// was authenticated (RFC 8489 §9.2.4: every such response is signed);
     /// FINGERPRINT when the request had one (§7.3.1.1).
-    fn finish_response(&self, w: &mut MessageWriter<'_>, request: &Message<'_>, key: Option<&LongTermKey>) {
+    fn finish_response(&self, w: &mut MessageWriter<'_>, request: &Message<'_>, key: Option<&SigningKey>) {
         if let Some(software) = &self.config.software {
             w.attr(AttrType::SOFTWARE, software.as_bytes());
         }
         if let Some(key) = key {
-            w.message_integrity(&key.0);
+            key.sign(w);
         }
         if request.has_fingerprint() {
             w.fingerprint();
@@ -1079,7 +1085,7 @@ fn quota_key(identity: &Identity<'_>, tuple: &FiveTuple) -> String {
     match identity.key {
         Some(_) => match identity.username.split_once(':') {
             Some((expiry, user)) if !expiry.is_empty() && expiry.bytes().all(|b| b.is_ascii_digit()) => user.to_owned(),
-            _ => identity.username.to_owned(),
+            _ => identity.username.clone().into_owned(),
         },
         None => tuple.client.ip().to_string(),
     }
