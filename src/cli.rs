@@ -90,6 +90,10 @@ pub struct ServerArgs {
     /// Allocations in all, 0 for no limit (replaces `total_quota`).
     #[arg(long, value_name = "N")]
     pub total_quota: Option<u32>,
+    /// Server to send new allocations to once the total quota is reached,
+    /// with 300 Try Alternate (repeatable; replaces `alternate_servers`).
+    #[arg(long = "alternate-server", value_name = "ADDR", value_parser = config::parse_alternate_server)]
+    pub alternate_servers: Vec<SocketAddr>,
     /// TCP connections from one IP, 0 for no limit (replaces `max_tcp_per_ip`).
     #[arg(long, value_name = "N")]
     pub max_tcp_per_ip: Option<u32>,
@@ -132,6 +136,7 @@ impl ServerArgs {
             deny_peers: self.deny_peers.clone(),
             user_quota: self.user_quota,
             total_quota: self.total_quota,
+            alternate_servers: self.alternate_servers.clone(),
             max_tcp_per_ip: self.max_tcp_per_ip,
             max_bps: self.max_bps,
             rfc5766_channels: self.rfc5766_channels,

@@ -81,6 +81,10 @@ pub struct TurnConfig {
     pub rfc5766_channels: bool,
     /// Bytes per second an allocation may relay each way; 0 for no limit.
     pub max_bps: u32,
+    /// Servers to send new allocations to once `total_quota` is reached:
+    /// 300 Try Alternate with one of the client's address family instead of
+    /// 508 (RFC 8489 §10, RFC 8656 §7.2). Empty: 508.
+    pub alternate_servers: Vec<SocketAddr>,
 }
 
 impl Default for TurnConfig {
@@ -96,6 +100,7 @@ impl Default for TurnConfig {
             max_channels: 64,
             rfc5766_channels: false,
             max_bps: 0,
+            alternate_servers: Vec::new(),
         }
     }
 }
@@ -264,6 +269,8 @@ pub struct Server {
     stats: Stats,
     /// Round-robin position among `relay_ips` of a family.
     relay_cursor: usize,
+    /// Round-robin position among `alternate_servers` of a family.
+    alternate_cursor: usize,
     /// Transaction IDs of Data indications: a counter after a random prefix.
     indication_counter: u64,
     indication_prefix: [u8; 4],
@@ -278,6 +285,7 @@ impl Server {
             table: AllocationTable::default(),
             stats: Stats::default(),
             relay_cursor: 0,
+            alternate_cursor: 0,
             indication_counter: 0,
             indication_prefix: rand::random(),
         }
@@ -499,10 +507,15 @@ impl Server {
         if let Err(error) = result {
             let code = error.code();
             debug!(client = %tuple.client, method = request.method().name(), code = code.0, %error, "request refused");
-            self.error_response(request, code, identity.key.as_ref(), reply, |w| {
-                if let RequestError::UnsupportedAttribute(typ) = error {
+            self.error_response(request, code, identity.key.as_ref(), reply, |w| match error {
+                RequestError::UnsupportedAttribute(typ) => {
                     w.unknown_attributes(&[AttrType(typ)]);
                 }
+                // RFC 8489 §14.15: a plain (not XORed) address.
+                RequestError::TryAlternate(alternate) => {
+                    w.address(AttrType::ALTERNATE_SERVER, &alternate);
+                }
+                _ => {}
             });
         }
         ClientOutcome::Replied
@@ -641,10 +654,16 @@ impl Server {
         };
 
         let quota_key = quota_key(identity, tuple);
-        driver.acquire_quota(&quota_key).map_err(|e| match e {
-            QuotaError::User => RequestError::QuotaReached,
-            QuotaError::Total => RequestError::InsufficientCapacity("total allocation quota reached"),
-        })?;
+        match driver.acquire_quota(&quota_key) {
+            Ok(()) => {}
+            Err(QuotaError::User) => return Err(RequestError::QuotaReached),
+            Err(QuotaError::Total) => {
+                return Err(match self.alternate_server(tuple) {
+                    Some(alternate) => RequestError::TryAlternate(alternate),
+                    None => RequestError::InsufficientCapacity("total allocation quota reached"),
+                });
+            }
+        }
         let id = self.table.next_id();
         let opened = match driver.open_relay(id, &RelayRequest { ip, port, dont_fragment }) {
             Ok(opened) => opened,
@@ -960,6 +979,24 @@ impl Server {
             return Ok(tuple.server.ip());
         }
         Err(RequestError::AddressFamilyNotSupported)
+    }
+
+    /// The next configured alternate server (round robin) of the address
+    /// family of the listener the client reached, so the client can reach
+    /// it the same way. An IPv4 client on a dual-stack socket counts as IPv4.
+    fn alternate_server(&mut self, tuple: &FiveTuple) -> Option<SocketAddr> {
+        let ipv4 = match tuple.server.ip() {
+            IpAddr::V4(_) => true,
+            IpAddr::V6(ip) => ip.to_ipv4_mapped().is_some(),
+        };
+        let alternates = &self.config.turn.as_ref()?.alternate_servers;
+        let count = alternates.iter().filter(|a| a.is_ipv4() == ipv4).count();
+        if count == 0 {
+            return None;
+        }
+        let chosen = alternates.iter().filter(|a| a.is_ipv4() == ipv4).nth(self.alternate_cursor % count).copied();
+        self.alternate_cursor = self.alternate_cursor.wrapping_add(1);
+        chosen
     }
 
     fn delete(&mut self, id: AllocationId, driver: &mut dyn Driver, reason: &'static str) {

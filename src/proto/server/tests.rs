@@ -957,6 +957,46 @@ fn total_quota_is_508() {
     assert_eq!((h.driver.quota("bob"), h.driver.total, h.driver.open.len()), (0, 1, 1));
 }
 
+#[test]
+fn total_quota_with_alternates_is_a_signed_300_naming_one_of_the_family_in_turn() {
+    let alternates = [addr("203.0.113.5:3478"), addr("[2001:db8::5]:3478"), addr("203.0.113.6:3478")];
+    let mut h = Harness::new(TurnConfig { alternate_servers: alternates.to_vec(), ..turn_config() });
+    h.driver.total_quota = 1;
+    Client::alice("198.51.100.1:40000").allocated(&mut h);
+    let mut redirected = Vec::new();
+    for port in 40001..40004 {
+        // `exchange` checks the 300 is signed with the client's key.
+        let response = Client::bob(&format!("198.51.100.2:{port}")).rfc8489().allocate(&mut h);
+        assert_error(&response, 300);
+        let value = response.attr(AttrType::ALTERNATE_SERVER).expect("ALTERNATE-SERVER");
+        redirected.push(attr::read_address(value).expect("a plain address"));
+    }
+    assert_eq!(redirected, [alternates[0], alternates[2], alternates[0]], "IPv4 alternates in turn");
+    // An IPv6 listener gets the IPv6 one.
+    let mut v6 = Client::new("[2001:db8::99]:40000", SERVER_V6, Transport::Udp, Some(("bob", USERS[1].1)));
+    let response = v6.request(&mut h, Method::ALLOCATE, &|w| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family(FAMILY_IPV6));
+    });
+    assert_error(&response, 300);
+    let value = response.attr(AttrType::ALTERNATE_SERVER).expect("ALTERNATE-SERVER");
+    assert_eq!(attr::read_address(value), Ok(alternates[1]));
+    assert_eq!((h.driver.quota("bob"), h.driver.total, h.driver.open.len()), (0, 1, 1), "nothing held");
+    // The user quota is still 486, not a redirect.
+    h.driver.total_quota = 0;
+    h.driver.user_quota = 1;
+    assert_error(&Client::alice("198.51.100.1:40009").allocate(&mut h), 486);
+}
+
+#[test]
+fn total_quota_without_an_alternate_of_the_family_is_508() {
+    let mut h = Harness::new(TurnConfig { alternate_servers: vec![addr("[2001:db8::5]:3478")], ..turn_config() });
+    h.driver.total_quota = 1;
+    Client::alice("198.51.100.1:40000").allocated(&mut h);
+    let response = Client::bob("198.51.100.2:40000").allocate(&mut h);
+    assert_error(&response, 508);
+    assert!(response.attr(AttrType::ALTERNATE_SERVER).is_none());
+}
+
 // ---------------------------------------------------------------------------
 // Authentication (RFC 8489 §9.2, RFC 8656 §5)
 // ---------------------------------------------------------------------------
