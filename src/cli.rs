@@ -200,6 +200,21 @@ pub struct TurnArgs {
     /// How long to wait for each step.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Password algorithm: `sha256` requires RFC 8489 SHA-256, `md5` behaves
+    /// like an RFC 5389 client (browsers). Default: SHA-256 when the server
+    /// offers it, else MD5.
+    #[arg(long, value_enum, value_name = "ALGORITHM")]
+    pub password_algorithm: Option<PasswordAlgorithmArg>,
+    /// Send USERHASH instead of USERNAME (RFC 8489; not with `--password-algorithm md5`).
+    #[arg(long)]
+    pub userhash: bool,
+}
+
+/// `--password-algorithm` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PasswordAlgorithmArg {
+    Md5,
+    Sha256,
 }
 
 #[derive(Debug, Args)]
