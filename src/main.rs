@@ -98,6 +98,7 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
         tcp_connections = report.io.tcp_accepted,
         tcp_refused = report.io.tcp_refused,
         over_bandwidth = report.server.over_bandwidth,
+        icmp_relayed = report.server.icmp_relayed,
         "tern stopped"
     );
     Ok(ExitCode::SUCCESS)

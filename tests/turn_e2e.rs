@@ -263,3 +263,134 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS line")
 }
+
+/// RFC 8656 §7.2: one Allocate with ADDITIONAL-ADDRESS-FAMILY gets an IPv4
+/// and an IPv6 relayed address, and each relays to peers of its family, both
+/// ways, with Send/Data indications and with ChannelData.
+#[test]
+fn dual_allocation_relays_ipv4_and_ipv6_peers() {
+    let server = TernServer::start(&[
+        "--user",
+        "alice:wonderland",
+        "--relay-ip",
+        "127.0.0.1",
+        "--relay-ip",
+        "::1",
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--allow-peer",
+        "::1/128",
+    ]);
+    let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
+    let socket = ClientSocket::open(server.udp_addr(), Transport::Udp, Duration::from_secs(5)).expect("socket");
+    let mut session = TurnSession::new(socket, credentials, Duration::from_secs(5));
+    let allocated = session.allocate_dual().expect("dual allocate");
+    let v6 = allocated.also_relayed.expect("a second relayed address");
+    assert!(allocated.relayed.ip().is_loopback() && allocated.relayed.is_ipv4(), "{allocated:?}");
+    assert_eq!(v6.ip(), "::1".parse::<std::net::IpAddr>().expect("literal"), "{allocated:?}");
+    assert_eq!(allocated.address_error, None);
+
+    let timeout = Duration::from_secs(5);
+    let peers: Vec<std::net::UdpSocket> = ["127.0.0.1:0", "[::1]:0"]
+        .iter()
+        .map(|a| {
+            let peer = std::net::UdpSocket::bind(a).expect("peer socket");
+            peer.set_read_timeout(Some(timeout)).expect("timeout");
+            peer
+        })
+        .collect();
+    let addrs: Vec<std::net::SocketAddr> = peers.iter().map(|p| p.local_addr().expect("bound")).collect();
+    session.create_permission(&addrs).expect("permission for both families");
+    session.channel_bind(0x4001, addrs[1]).expect("channel to the IPv6 peer");
+
+    for (peer, (addr, relayed)) in peers.iter().zip(addrs.iter().zip([allocated.relayed, v6])) {
+        // Client to peer: the datagram leaves the relay of the peer's family.
+        session.send_indication(*addr, b"to the peer").expect("send");
+        let mut buf = [0u8; 64];
+        let (n, from) = peer.recv_from(&mut buf).expect("the peer receives");
+        assert_eq!((&buf[..n], from), (&b"to the peer"[..], relayed));
+        // Peer to client, through that same relayed address.
+        peer.send_to(b"to the client", relayed).expect("peer sends");
+        let deadline = tern::io::clock::now() + timeout;
+        let received = session.recv_data(deadline).expect("receive").expect("data from the peer");
+        assert_eq!(received.data, b"to the client");
+        if addr.is_ipv6() {
+            assert_eq!(received.channel, Some(0x4001), "a bound peer's data comes as ChannelData");
+        } else {
+            assert_eq!(received.peer, Some(*addr), "a Data indication names the IPv4 peer");
+        }
+    }
+    session.send_channel_data(0x4001, b"over the channel").expect("channel data");
+    let mut buf = [0u8; 64];
+    let (n, from) = peers[1].recv_from(&mut buf).expect("the IPv6 peer receives");
+    assert_eq!((&buf[..n], from), (&b"over the channel"[..], v6));
+
+    assert_eq!(session.refresh(0).expect("delete"), 0);
+    let (status, log) = server.stop_with_log();
+    assert!(status.success());
+    let created = common::find_log(&log, "allocation created").expect("logged");
+    assert_eq!(created["also"].as_str(), Some(v6.to_string().as_str()), "{created}");
+}
+
+/// RFC 8656 §11.5: a datagram relayed to a closed port draws an ICMP port
+/// unreachable, which reaches the client as a Data indication with the ICMP
+/// attribute and the peer's address, for IPv4 and IPv6 relays alike.
+#[test]
+fn icmp_errors_for_relayed_datagrams_reach_the_client() {
+    let server = TernServer::start(&[
+        "--user",
+        "alice:wonderland",
+        "--relay-ip",
+        "127.0.0.1",
+        "--relay-ip",
+        "::1",
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--allow-peer",
+        "::1/128",
+    ]);
+    let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
+    let socket = ClientSocket::open(server.udp_addr(), Transport::Udp, Duration::from_secs(5)).expect("socket");
+    let mut session = TurnSession::new(socket, credentials, Duration::from_secs(5));
+    session.allocate_dual().expect("dual allocate");
+    // Ports that were free a moment ago: nothing listens there.
+    let closed: Vec<std::net::SocketAddr> = ["127.0.0.1:0", "[::1]:0"]
+        .iter()
+        .map(|a| std::net::UdpSocket::bind(a).expect("bind").local_addr().expect("bound"))
+        .collect();
+    session.create_permission(&closed).expect("permission");
+    // (ICMP type, code) of "port unreachable" in ICMPv4 and ICMPv6.
+    for (peer, expected) in closed.iter().zip([(3, 3), (1, 4)]) {
+        session.send_indication(*peer, b"anyone there?").expect("send");
+        let deadline = tern::io::clock::now() + Duration::from_secs(5);
+        let received = session.recv_data(deadline).expect("receive").expect("an ICMP report");
+        let icmp = received.icmp.unwrap_or_else(|| panic!("a Data indication with ICMP, got {received:?}"));
+        assert_eq!((icmp.icmp_type, icmp.code), expected, "{peer}");
+        assert_eq!(icmp.error_data, 0);
+        assert_eq!(received.peer, Some(*peer));
+        assert!(received.data.is_empty());
+    }
+
+    // The kernel reports an ICMP error on the relay socket's next send too;
+    // a datagram to a live peer right after one to a dead peer still goes.
+    let live = std::net::UdpSocket::bind("127.0.0.1:0").expect("peer");
+    live.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let live_addr = live.local_addr().expect("bound");
+    session.create_permission(&[live_addr]).expect("permission");
+    const ROUNDS: usize = 20;
+    for _ in 0..ROUNDS {
+        session.send_indication(closed[0], b"dead").expect("send");
+        session.send_indication(live_addr, b"alive").expect("send");
+    }
+    let mut buf = [0u8; 16];
+    for round in 0..ROUNDS {
+        let n = live.recv(&mut buf).unwrap_or_else(|e| panic!("datagram {round} to the live peer lost: {e}"));
+        assert_eq!(&buf[..n], b"alive");
+    }
+
+    session.refresh(0).expect("delete");
+    let (status, log) = server.stop_with_log();
+    assert!(status.success());
+    let stopped = common::find_log(&log, "tern stopped").expect("final report");
+    assert!(stopped["icmp_relayed"].as_u64().is_some_and(|n| n >= 2), "{stopped}");
+}

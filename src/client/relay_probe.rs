@@ -167,7 +167,7 @@ impl RelayProbe {
         }
         loop {
             match session.recv_data(deadline).map_err(|e| e.to_string())? {
-                Some(Received { data, channel: got_channel, peer: got_peer }) if data == payload => {
+                Some(Received { data, channel: got_channel, peer: got_peer, icmp: None }) if data == payload => {
                     let expected = match channel {
                         Some(_) => got_channel == channel,
                         None => got_peer == Some(peer.addr()),

@@ -22,7 +22,8 @@ use super::{ClientSocket, TransactError};
 use crate::proto::auth::{LongTermKey, NONCE_COOKIE, PasswordAlgorithm, userhash};
 use crate::proto::channel_data::{self, ChannelData};
 use crate::proto::demux::{self, PacketKind};
-use crate::proto::stun::attr::{self, AttrType};
+use crate::proto::error::ParseError;
+use crate::proto::stun::attr::{self, AttrType, FAMILY_IPV6};
 use crate::proto::stun::{Class, ErrorCode, Message, MessageType, MessageWriter, Method, TransactionId};
 
 /// Retries of one request after 401 or 438: enough for "challenge, then
@@ -85,8 +86,12 @@ impl From<TransactError> for TurnError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Allocated {
     pub relayed: SocketAddr,
+    /// The second relayed address of a dual allocation.
+    pub also_relayed: Option<SocketAddr>,
     pub mapped: SocketAddr,
     pub lifetime: u32,
+    /// ADDRESS-ERROR-CODE: the family a dual allocation did not get, and why.
+    pub address_error: Option<(u8, u16)>,
 }
 
 /// Data that arrived from a peer through the relay.
@@ -97,6 +102,18 @@ pub struct Received {
     /// The channel, for ChannelData.
     pub channel: Option<u16>,
     pub data: Vec<u8>,
+    /// An ICMP error the relay got for what was sent to `peer` (then `data`
+    /// is empty).
+    pub icmp: Option<Icmp>,
+}
+
+/// The ICMP attribute of a Data indication (RFC 8656 §18.13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Icmp {
+    pub icmp_type: u8,
+    pub code: u8,
+    /// The next-hop MTU for "fragmentation needed" and "packet too big".
+    pub error_data: u32,
 }
 
 /// Which long-term credential mechanism the client speaks.
@@ -342,29 +359,54 @@ impl TurnSession {
 
     /// Allocate (RFC 8656 §7.1) for a UDP relay.
     pub fn allocate(&mut self, lifetime: Option<u32>) -> Result<Allocated, TurnError> {
-        let response = self.request(Method::ALLOCATE, |w| {
-            w.attr(AttrType::REQUESTED_TRANSPORT, &[PROTOCOL_UDP, 0, 0, 0]);
+        self.allocate_with(|w| {
             if let Some(lifetime) = lifetime {
                 w.attr_u32(AttrType::LIFETIME, lifetime);
             }
+        })
+    }
+
+    /// Allocate an IPv4 and an IPv6 relayed address at once (RFC 8656 §7.2,
+    /// ADDITIONAL-ADDRESS-FAMILY). A server that grants only one says why
+    /// not the other in [`Allocated::address_error`].
+    pub fn allocate_dual(&mut self) -> Result<Allocated, TurnError> {
+        self.allocate_with(|w| {
+            w.attr(AttrType::ADDITIONAL_ADDRESS_FAMILY, &[FAMILY_IPV6, 0, 0, 0]);
+        })
+    }
+
+    fn allocate_with(&mut self, attributes: impl Fn(&mut MessageWriter<'_>)) -> Result<Allocated, TurnError> {
+        let response = self.request(Method::ALLOCATE, |w| {
+            w.attr(AttrType::REQUESTED_TRANSPORT, &[PROTOCOL_UDP, 0, 0, 0]);
+            attributes(w);
         })?;
         let message = Message::parse(&response).map_err(|e| TurnError::Invalid(e.to_string()))?;
         let tid = message.transaction_id();
-        let address = |typ: AttrType, name: &str| {
-            message
-                .attribute(typ)
-                .ok_or_else(|| TurnError::Invalid(format!("no {name}")))
-                .and_then(|v| attr::read_xor_address(v, &tid).map_err(|e| TurnError::Invalid(e.to_string())))
-        };
-        let relayed = address(AttrType::XOR_RELAYED_ADDRESS, "XOR-RELAYED-ADDRESS")?;
-        let mapped = address(AttrType::XOR_MAPPED_ADDRESS, "XOR-MAPPED-ADDRESS")?;
+        let invalid = |e: ParseError| TurnError::Invalid(e.to_string());
+        let mut relayed = message
+            .attributes()
+            .filter(|a| a.typ == AttrType::XOR_RELAYED_ADDRESS)
+            .map(|a| attr::read_xor_address(a.value, &tid).map_err(invalid));
+        let (first, also_relayed) = (relayed.next(), relayed.next());
+        let relayed = first.ok_or_else(|| TurnError::Invalid("no XOR-RELAYED-ADDRESS".into()))??;
+        let also_relayed = also_relayed.transpose()?;
+        let mapped = message
+            .attribute(AttrType::XOR_MAPPED_ADDRESS)
+            .ok_or_else(|| TurnError::Invalid("no XOR-MAPPED-ADDRESS".into()))
+            .and_then(|v| attr::read_xor_address(v, &tid).map_err(invalid))?;
         let lifetime = message
             .attribute(AttrType::LIFETIME)
             .map(attr::read_u32)
             .transpose()
-            .map_err(|e| TurnError::Invalid(e.to_string()))?
+            .map_err(invalid)?
             .ok_or_else(|| TurnError::Invalid("no LIFETIME".into()))?;
-        Ok(Allocated { relayed, mapped, lifetime })
+        let address_error = message
+            .attribute(AttrType::ADDRESS_ERROR_CODE)
+            .map(attr::read_address_error_code)
+            .transpose()
+            .map_err(invalid)?
+            .map(|(family, code)| (family, code.code));
+        Ok(Allocated { relayed, also_relayed, mapped, lifetime, address_error })
     }
 
     /// Refresh (RFC 8656 §7.3); 0 deletes the allocation. Returns the granted lifetime.
@@ -517,7 +559,7 @@ fn parse_data(frame: &[u8]) -> Option<Received> {
     match demux::classify(frame) {
         PacketKind::ChannelData => {
             let data = ChannelData::parse(frame).ok()?;
-            Some(Received { peer: None, channel: Some(data.channel.get()), data: data.payload.to_vec() })
+            Some(Received { peer: None, channel: Some(data.channel.get()), data: data.payload.to_vec(), icmp: None })
         }
         PacketKind::Stun => {
             let message = Message::parse(frame).ok()?;
@@ -527,7 +569,21 @@ fn parse_data(frame: &[u8]) -> Option<Received> {
             let peer =
                 attr::read_xor_address(message.attribute(AttrType::XOR_PEER_ADDRESS)?, &message.transaction_id())
                     .ok()?;
-            Some(Received { peer: Some(peer), channel: None, data: message.attribute(AttrType::DATA)?.to_vec() })
+            // RFC 8656 §11.5: an ICMP error about what we sent to the peer
+            // comes as a Data indication with ICMP instead of DATA.
+            let icmp = match message.attribute(AttrType::ICMP) {
+                Some([_, _, icmp_type, code, data @ ..]) => {
+                    let error_data = u32::from_be_bytes(data.try_into().ok()?);
+                    Some(Icmp { icmp_type: *icmp_type, code: *code, error_data })
+                }
+                Some(_) => return None,
+                None => None,
+            };
+            let data = match icmp {
+                Some(_) => Vec::new(),
+                None => message.attribute(AttrType::DATA)?.to_vec(),
+            };
+            Some(Received { peer: Some(peer), channel: None, data, icmp })
         }
         PacketKind::Other => None,
     }

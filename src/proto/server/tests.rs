@@ -121,11 +121,11 @@ struct FakeDriver {
     ports: (u16, u16),
     pools: HashMap<IpAddr, PortPool>,
     /// Relays open now, by allocation.
-    open: HashMap<AllocationId, SocketAddr>,
+    open: HashMap<RelayId, SocketAddr>,
     /// Every `open_relay` call, successful or not.
-    open_calls: Vec<(AllocationId, RelayRequest)>,
+    open_calls: Vec<(RelayId, RelayRequest)>,
     /// Every `close_relay` call.
-    close_calls: Vec<AllocationId>,
+    close_calls: Vec<RelayId>,
     /// Allocations per user; 0 for no limit (as `io::relay::QuotaLimits`).
     user_quota: u32,
     /// Allocations in all; 0 for no limit.
@@ -170,8 +170,9 @@ impl FakeDriver {
 }
 
 impl Driver for FakeDriver {
-    fn open_relay(&mut self, id: AllocationId, request: &RelayRequest) -> Result<RelayOpened, RelayError> {
+    fn open_relay(&mut self, id: RelayId, request: &RelayRequest) -> Result<RelayOpened, RelayError> {
         assert!(!self.open.contains_key(&id), "relay of {id:?} opened while open");
+        assert_eq!(id.is_ipv6(), request.ip.is_ipv6(), "relay id and address of different families");
         self.open_calls.push((id, *request));
         if request.dont_fragment && self.dont_fragment_unsupported {
             return Err(RelayError::DontFragmentUnsupported);
@@ -181,6 +182,7 @@ impl Driver for FakeDriver {
             PortRequest::Reserved(token) => self
                 .pools
                 .iter_mut()
+                .filter(|(ip, _)| ip.is_ipv6() == request.ip.is_ipv6())
                 .find_map(|(ip, pool)| pool.claim(&token, now).map(|port| (*ip, port, None)))
                 .ok_or(RelayError::BadToken)?,
             PortRequest::Even { reserve_next } => {
@@ -195,7 +197,7 @@ impl Driver for FakeDriver {
         Ok(RelayOpened { addr, reservation })
     }
 
-    fn close_relay(&mut self, id: AllocationId) {
+    fn close_relay(&mut self, id: RelayId) {
         let addr = self.open.remove(&id).unwrap_or_else(|| panic!("close_relay({id:?}) of a relay that is not open"));
         self.close_calls.push(id);
         self.pool(addr.ip()).release(addr.port());
@@ -285,7 +287,8 @@ impl Harness {
     fn peer_packet(&mut self, id: AllocationId, peer: SocketAddr, payload: &[u8]) -> (Option<PeerOutcome>, Vec<u8>) {
         let mut slot = vec![0xAA; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
         slot[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(payload);
-        let outcome = self.server.handle_peer(self.now, id, peer, &mut slot, PEER_HEADROOM, payload.len());
+        let relay = RelayId::new(id, peer.is_ipv6());
+        let outcome = self.server.handle_peer(self.now, relay, peer, &mut slot, PEER_HEADROOM, payload.len());
         self.check_invariants();
         (outcome, slot)
     }
@@ -328,7 +331,10 @@ impl Harness {
     fn check_invariants(&self) {
         let table = self.server.table();
         assert!(table.is_consistent(), "allocation table and its index disagree");
-        let relays: HashMap<AllocationId, SocketAddr> = table.iter().map(|(id, a)| (id, a.relayed)).collect();
+        let relays: HashMap<RelayId, SocketAddr> = table
+            .iter()
+            .flat_map(|(id, a)| a.relayed_addresses().map(move |r| (RelayId::new(id, r.addr.is_ipv6()), r.addr)))
+            .collect();
         assert_eq!(relays, self.driver.open, "open relays differ from the table's allocations");
         let mut per_user = BTreeMap::new();
         for (_, allocation) in table.iter() {
@@ -402,8 +408,9 @@ fn assert_error(response: &Response, code: u16) {
 #[track_caller]
 fn assert_forwarded(outcome: &ClientOutcome, packet: &[u8], id: AllocationId, peer: SocketAddr, data: &[u8]) {
     match outcome {
-        ClientOutcome::Forward { allocation, peer: to, payload } => {
-            assert_eq!((*allocation, *to), (id, peer));
+        ClientOutcome::Forward { relay, peer: to, payload } => {
+            assert_eq!((relay.allocation(), *to), (id, peer));
+            assert_eq!(relay.is_ipv6(), peer.is_ipv6(), "sent from the relay of the peer's family");
             assert_eq!(&packet[payload.clone()], data, "the forwarded range is exactly the data");
         }
         other => panic!("expected Forward to {peer}, got {other:?}"),
@@ -697,7 +704,7 @@ fn allocate_is_challenged_then_succeeds_with_relayed_mapped_address_and_default_
     let id = alice.id(&h);
     assert_eq!(relayed.ip(), addr(SERVER).ip(), "relay IP is the address the request arrived on");
     assert!((PORTS.0..=PORTS.1).contains(&relayed.port()));
-    assert_eq!(h.driver.open.get(&id), Some(&relayed), "relayed address is the driver's");
+    assert_eq!(h.driver.open.get(&RelayId::new(id, false)), Some(&relayed), "relayed address is the driver's");
     assert_eq!(response.xor_address(AttrType::XOR_MAPPED_ADDRESS), Some(alice.tuple.client));
     assert_eq!(response.lifetime(), Some(600));
     assert_eq!(
@@ -736,7 +743,7 @@ fn configured_relay_ips_take_turns_and_external_ips_are_advertised() {
     for port in 40000..40004 {
         let mut client = Client::alice(&format!("198.51.100.1:{port}"));
         let advertised = client.allocated(&mut h);
-        let relayed = h.driver.open[&client.id(&h)];
+        let relayed = h.driver.open[&RelayId::new(client.id(&h), false)];
         // The client is told the public address of a mapped relay IP, with
         // the relay's port; an unmapped relay IP is advertised as it is.
         let expected = if relayed.ip() == ip("198.51.100.20") { ip("203.0.113.5") } else { relayed.ip() };
@@ -1367,7 +1374,7 @@ fn another_user_on_an_existing_allocation_is_441() {
     assert_error(&bob.allocate(&mut h), 437);
 
     let allocation = h.allocation(&alice.tuple).expect("untouched");
-    assert_eq!((&*allocation.username, allocation.relayed), ("alice", relayed));
+    assert_eq!((&*allocation.username, allocation.relayed(false).map(|r| r.addr)), ("alice", Some(relayed)));
     assert_eq!((allocation.permission_count(), allocation.channel_count()), (0, 0));
     assert_eq!(h.driver.quota("bob"), 0);
     assert_success(&alice.refresh(&mut h, None));
@@ -1448,7 +1455,7 @@ fn refresh_with_lifetime_zero_deletes_at_once() {
     let response = alice.refresh(&mut h, Some(0));
     assert_success(&response);
     assert_eq!(response.lifetime(), Some(0));
-    assert_eq!(h.driver.close_calls, [id]);
+    assert_eq!(h.driver.close_calls, [RelayId::new(id, false)]);
     assert_eq!((h.driver.quota("alice"), h.driver.total), (0, 0));
     assert!(h.server.table().is_empty());
     assert_eq!(h.stats().allocations_deleted, 1);
@@ -1477,6 +1484,250 @@ fn refresh_with_the_other_address_family_is_443() {
         w.attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family(0x01));
     });
     assert_success(&response);
+}
+
+// ---------------------------------------------------------------------------
+// Dual allocation (RFC 8656 §7.2, ADDITIONAL-ADDRESS-FAMILY)
+// ---------------------------------------------------------------------------
+
+fn dual_stack() -> TurnConfig {
+    TurnConfig { relay_ips: vec![addr("198.51.100.20:0").ip(), addr("[2001:db8::20]:0").ip()], ..turn_config() }
+}
+
+fn dual_allocate(w: &mut MessageWriter<'_>) {
+    w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType::ADDITIONAL_ADDRESS_FAMILY, &family(0x02));
+}
+
+/// Every XOR-RELAYED-ADDRESS of a response, in order.
+fn relayed_addresses(response: &Response) -> Vec<SocketAddr> {
+    let message = response.message();
+    message
+        .attributes()
+        .filter(|a| a.typ == AttrType::XOR_RELAYED_ADDRESS)
+        .map(|a| attr::read_xor_address(a.value, &message.transaction_id()).expect("well-formed"))
+        .collect()
+}
+
+#[test]
+fn dual_allocation_relays_both_families_from_one_allocation() {
+    let mut h = Harness::new(dual_stack());
+    let mut alice = Client::alice("198.51.100.1:40000");
+    assert_error(&alice.exchange(&mut h, &alice.build(Method::ALLOCATE, TransactionId::random(), &dual_allocate)), 401);
+    let first = alice.build(Method::ALLOCATE, TransactionId::random(), &dual_allocate);
+    let response = alice.exchange(&mut h, &first);
+    assert_success(&response);
+    let relayed = relayed_addresses(&response);
+    assert_eq!(relayed.len(), 2, "two XOR-RELAYED-ADDRESS: {relayed:?}");
+    assert!(relayed[0].is_ipv4() && relayed[1].is_ipv6(), "IPv4 first: {relayed:?}");
+    assert!(response.attr(AttrType::ADDRESS_ERROR_CODE).is_none());
+    assert_eq!((h.driver.total, h.driver.open.len()), (1, 2), "one quota unit, two sockets");
+    let id = alice.id(&h);
+
+    // Each family's peers go out of that family's relay, and come back.
+    assert_success(&alice.permit(&mut h, &[addr(PEER), addr(PEER_V6)]));
+    for peer in [addr(PEER), addr(PEER_V6)] {
+        let (outcome, packet) = alice.send(&mut h, peer, b"hi");
+        assert_forwarded(&outcome, &packet, id, peer, b"hi");
+        assert!(h.peer_packet(id, peer, b"back").0.is_some(), "{peer} reaches the client");
+    }
+    assert_success(&alice.bind(&mut h, 0x4001, addr(PEER_V6)));
+
+    // A retransmission gets the same two addresses.
+    h.advance(secs(1));
+    let again = alice.exchange(&mut h, &first);
+    assert_eq!(relayed_addresses(&again), relayed);
+
+    // Deleting the allocation closes both sockets.
+    assert_success(&alice.refresh(&mut h, Some(0)));
+    assert_eq!(h.driver.close_calls.len(), 2);
+    assert!(h.driver.open.is_empty() && h.driver.total == 0);
+}
+
+#[test]
+fn dual_allocation_without_an_ipv6_relay_reports_address_error_code() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    let response = alice.request(&mut h, Method::ALLOCATE, &dual_allocate);
+    assert_success(&response);
+    let relayed = relayed_addresses(&response);
+    assert_eq!(relayed.len(), 1);
+    assert!(relayed[0].is_ipv4());
+    let value = response.attr(AttrType::ADDRESS_ERROR_CODE).expect("ADDRESS-ERROR-CODE");
+    let (family, code) = attr::read_address_error_code(value).expect("well-formed");
+    assert_eq!((family, code.code), (0x02, 440), "IPv6 not supported");
+    let id = alice.id(&h);
+    assert_error(&alice.permit(&mut h, &[addr(PEER_V6)]), 443);
+    assert_success(&alice.permit(&mut h, &[addr(PEER)]));
+    assert_eq!(h.server.table().get(id).expect("alive").permission_count(), 1);
+}
+
+#[test]
+fn dual_allocation_with_an_exhausted_ipv6_range_reports_508_for_it() {
+    let mut h = Harness::new(dual_stack());
+    let v6 = addr("[2001:db8::20]:0").ip();
+    while h.driver.pool(v6).allocate().is_some() {}
+    let mut alice = Client::alice("198.51.100.1:40000");
+    let response = alice.request(&mut h, Method::ALLOCATE, &dual_allocate);
+    assert_success(&response);
+    let value = response.attr(AttrType::ADDRESS_ERROR_CODE).expect("ADDRESS-ERROR-CODE");
+    let (family, code) = attr::read_address_error_code(value).expect("well-formed");
+    assert_eq!((family, code.code), (0x02, 508));
+    assert_eq!(relayed_addresses(&response).len(), 1);
+}
+
+#[test]
+fn dual_allocation_attribute_conflicts_are_400() {
+    let mut h = Harness::new(dual_stack());
+    let mut alice = Client::alice("198.51.100.1:40000");
+    let conflicts: [&dyn Fn(&mut MessageWriter<'_>); 4] = [
+        // Both family attributes.
+        &|w| {
+            dual_allocate(w);
+            w.attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family(0x01));
+        },
+        // IPv4 as the additional family.
+        &|w| {
+            w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType::ADDITIONAL_ADDRESS_FAMILY, &family(0x01));
+        },
+        // EVEN-PORT asking for a reservation.
+        &|w| {
+            dual_allocate(w);
+            w.attr(AttrType::EVEN_PORT, &[0x80]);
+        },
+        // A reservation token.
+        &|w| {
+            dual_allocate(w);
+            w.attr(AttrType::RESERVATION_TOKEN, &[1; 8]);
+        },
+    ];
+    for attributes in conflicts {
+        assert_error(&alice.request(&mut h, Method::ALLOCATE, attributes), 400);
+    }
+    assert!(h.driver.open_calls.is_empty() && h.driver.total == 0);
+    // EVEN-PORT without the R bit is fine: both ports are even.
+    let response = alice.request(&mut h, Method::ALLOCATE, &|w| {
+        dual_allocate(w);
+        w.attr(AttrType::EVEN_PORT, &[0x00]);
+    });
+    assert_success(&response);
+    assert!(relayed_addresses(&response).iter().all(|a| a.port() % 2 == 0));
+}
+
+#[test]
+fn refresh_with_a_family_and_lifetime_zero_deletes_only_that_relayed_address() {
+    let mut h = Harness::new(dual_stack());
+    let mut alice = Client::alice("198.51.100.1:40000");
+    assert_success(&alice.request(&mut h, Method::ALLOCATE, &dual_allocate));
+    let id = alice.id(&h);
+    let response = alice.request(&mut h, Method::REFRESH, &|w| {
+        w.attr_u32(AttrType::LIFETIME, 0).attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family(0x01));
+    });
+    assert_success(&response);
+    assert_eq!(response.lifetime(), Some(600), "the rest of the allocation lives on");
+    assert_eq!(h.driver.close_calls, [RelayId::new(id, false)]);
+    let allocation = h.server.table().get(id).expect("still allocated");
+    assert!(allocation.relayed(false).is_none() && allocation.relayed(true).is_some());
+    assert_error(&alice.permit(&mut h, &[addr(PEER)]), 443);
+    assert_success(&alice.permit(&mut h, &[addr(PEER_V6)]));
+    // The IPv4 address is gone: asking for it is 443; the last one goes
+    // with the allocation.
+    let response = alice.request(&mut h, Method::REFRESH, &|w| {
+        w.attr_u32(AttrType::LIFETIME, 0).attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family(0x01));
+    });
+    assert_error(&response, 443);
+    let response = alice.request(&mut h, Method::REFRESH, &|w| {
+        w.attr_u32(AttrType::LIFETIME, 0).attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family(0x02));
+    });
+    assert_success(&response);
+    assert_eq!(response.lifetime(), Some(0));
+    assert!(h.server.table().is_empty() && h.driver.open.is_empty() && h.driver.total == 0);
+}
+
+#[test]
+fn reservation_token_of_an_ipv6_relay_is_claimed_in_its_family() {
+    let mut h = Harness::new(dual_stack());
+    let mut first = Client::alice("198.51.100.1:40000");
+    let response = first.request(&mut h, Method::ALLOCATE, &|w| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &UDP)
+            .attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family(0x02))
+            .attr(AttrType::EVEN_PORT, &[0x80]);
+    });
+    assert_success(&response);
+    let even = response.relayed();
+    let token: [u8; 8] = response.attr(AttrType::RESERVATION_TOKEN).expect("token").try_into().expect("8 bytes");
+    let mut second = Client::alice("198.51.100.1:40001");
+    let response = second.request(&mut h, Method::ALLOCATE, &|w| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType::RESERVATION_TOKEN, &token);
+    });
+    assert_success(&response);
+    assert_eq!(response.relayed(), SocketAddr::new(even.ip(), even.port() + 1));
+    let id = second.id(&h);
+    assert!(h.driver.open.contains_key(&RelayId::new(id, true)));
+}
+
+// ---------------------------------------------------------------------------
+// ICMP (RFC 8656 §11.5)
+// ---------------------------------------------------------------------------
+
+fn icmp(peer: &str, ipv6: bool, icmp_type: u8, icmp_code: u8, mtu: u32) -> IcmpReport {
+    IcmpReport { peer: addr(peer), ipv6, icmp_type, icmp_code, mtu }
+}
+
+#[test]
+fn icmp_errors_reach_the_client_only_for_permitted_peers_and_relayed_kinds() {
+    let mut h = Harness::new(dual_stack());
+    let mut alice = Client::alice("198.51.100.1:40000");
+    assert_success(&alice.request(&mut h, Method::ALLOCATE, &dual_allocate));
+    let id = alice.id(&h);
+    let (v4, v6) = (RelayId::new(id, false), RelayId::new(id, true));
+    let mut out = Vec::new();
+    // No permission yet: nothing is relayed.
+    assert!(h.server.handle_icmp(h.now, v4, &icmp(PEER, false, 3, 3, 0), &mut out).is_none());
+    assert_success(&alice.permit(&mut h, &[addr(PEER), addr(PEER_V6)]));
+
+    // (report, what the ICMP attribute must carry as type, code, error data)
+    let relayed = [
+        (v4, icmp(PEER, false, 3, 3, 1500), (3, 3, 0)),
+        (v4, icmp(PEER, false, 3, 4, 1400), (3, 4, 1400)),
+        (v4, icmp(PEER, false, 11, 0, 0), (11, 0, 0)),
+        (v6, icmp(PEER_V6, true, 1, 4, 0), (1, 4, 0)),
+        (v6, icmp(PEER_V6, true, 2, 0, 1280), (2, 0, 1280)),
+        (v6, icmp(PEER_V6, true, 3, 0, 9), (3, 0, 0)),
+    ];
+    for (relay, report, (icmp_type, code, data)) in relayed {
+        out.clear();
+        let (client, tuple) = h.server.handle_icmp(h.now, relay, &report, &mut out).expect("relayed");
+        assert_eq!((client, tuple), (alice.handle, alice.tuple));
+        let message = Message::parse(&out).expect("a STUN message");
+        assert_eq!(message.message_type(), MessageType::new(Method::DATA, Class::Indication));
+        let peer = attr::read_xor_address(
+            message.attribute(AttrType::XOR_PEER_ADDRESS).expect("XOR-PEER-ADDRESS"),
+            &message.transaction_id(),
+        )
+        .expect("well-formed");
+        assert_eq!(peer, report.peer);
+        let value = message.attribute(AttrType::ICMP).expect("ICMP");
+        assert_eq!(value.len(), 8);
+        assert_eq!(
+            (value[2], value[3], u32::from_be_bytes(value[4..].try_into().expect("4 bytes"))),
+            (icmp_type, code, data)
+        );
+        assert!(message.attribute(AttrType::DATA).is_none(), "ICMP instead of DATA");
+    }
+    // Kinds RFC 8656 does not relay: echo reply, redirect, ICMPv6 parameter
+    // problem; and a peer without a permission.
+    for (relay, report) in [
+        (v4, icmp(PEER, false, 0, 0, 0)),
+        (v4, icmp(PEER, false, 5, 1, 0)),
+        (v6, icmp(PEER_V6, true, 4, 0, 0)),
+        (v4, icmp(PEER_B, false, 3, 3, 0)),
+    ] {
+        assert!(h.server.handle_icmp(h.now, relay, &report, &mut Vec::new()).is_none(), "{report:?}");
+    }
+    assert_eq!(h.stats().icmp_relayed, 6);
+    // Nor for a deleted allocation.
+    assert_success(&alice.refresh(&mut h, Some(0)));
+    assert!(h.server.handle_icmp(h.now, v4, &icmp(PEER, false, 3, 3, 0), &mut Vec::new()).is_none());
 }
 
 // ---------------------------------------------------------------------------
@@ -2126,7 +2377,7 @@ fn the_sweep_deletes_an_allocation_at_its_expiry() {
     h.advance(SECOND);
     h.timeout();
     assert!(h.server.table().is_empty());
-    assert_eq!(h.driver.close_calls, [id]);
+    assert_eq!(h.driver.close_calls, [RelayId::new(id, false)]);
     assert_eq!((h.driver.quota("alice"), h.driver.total), (0, 0));
     assert_eq!(h.driver.free_ports(addr(SERVER).ip()), free + 1, "the port went back to the pool");
     assert_eq!(h.stats().allocations_deleted, 1);
@@ -2178,7 +2429,7 @@ fn an_expired_allocation_relays_nothing_even_before_the_sweep() {
     // A Refresh finds it dead and deletes it.
     assert_error(&alice.refresh(&mut h, None), 437);
     assert!(h.server.table().is_empty());
-    assert_eq!(h.driver.close_calls, [id]);
+    assert_eq!(h.driver.close_calls, [RelayId::new(id, false)]);
 }
 
 #[test]
@@ -2187,7 +2438,7 @@ fn allocate_over_an_expired_allocation_replaces_it() {
     let (mut alice, old) = allocated_alice(&mut h);
     h.advance(secs(600));
     alice.allocated(&mut h);
-    assert_eq!(h.driver.close_calls, [old]);
+    assert_eq!(h.driver.close_calls, [RelayId::new(old, false)]);
     assert_eq!(h.driver.open_calls.len(), 2);
     assert_eq!((h.server.table().len(), h.driver.quota("alice")), (1, 1));
 }
@@ -2200,7 +2451,7 @@ fn a_closed_tcp_connection_takes_its_allocation_with_it() {
     let id = tcp.id(&h);
     let (udp, _) = allocated_alice(&mut h);
     h.connection_closed(&tcp.tuple);
-    assert_eq!(h.driver.close_calls, [id]);
+    assert_eq!(h.driver.close_calls, [RelayId::new(id, false)]);
     assert!(h.server.table().find(&tcp.tuple).is_none());
     assert!(h.server.table().find(&udp.tuple).is_some());
     assert_eq!(h.driver.quota("alice"), 1);
