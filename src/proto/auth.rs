@@ -426,6 +426,8 @@ impl<S: CredentialStore> Authenticator<S> {
             (false, true) => Integrity::Sha1,
             (false, false) => return Err(AuthError::Challenge),
         };
+        // A request should carry one of the two; with both, USERNAME is the
+        // one that works for every kind of user (REST users have no hash).
         let user = match (request.attribute(AttrType::USERNAME), request.attribute(AttrType::USERHASH)) {
             (Some(name), _) => Claimed::Name(name),
             (None, Some(hash)) => Claimed::Hash(hash),
