@@ -6,11 +6,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::{info, warn};
 
-use tern::cli::{Cli, ClientTransport, Command, CredentialsArgs, LoadArgs, LoadMode, ServerArgs, StunArgs, TurnArgs};
+use tern::cli::{
+    Cli, ClientTransport, Command, CredentialsArgs, LoadArgs, LoadMode, PasswordAlgorithmArg, ServerArgs, StunArgs,
+    TurnArgs,
+};
 use tern::client::credentials::RestCredential;
 use tern::client::load::{self, LoadConfig, Mode, Pacing};
 use tern::client::relay_probe::RelayProbe;
-use tern::client::turn::Credentials;
+use tern::client::turn::{AuthMode, AuthOptions, Credentials};
 use tern::client::{self, stun::StunProbe};
 use tern::config::Config;
 use tern::io::{self, shutdown::Shutdown};
@@ -145,10 +148,21 @@ fn transport(transport: ClientTransport) -> Transport {
 fn turn(args: &TurnArgs) -> Result<ExitCode, String> {
     let server = client::resolve_server(&args.server).map_err(|e| format!("{}: {e}", args.server))?;
     let credentials = client_credentials(&args.user, args.pass.as_ref(), args.secret.as_ref())?;
+    let mode = match args.password_algorithm {
+        None => AuthMode::Auto,
+        Some(PasswordAlgorithmArg::Md5) => AuthMode::Legacy,
+        Some(PasswordAlgorithmArg::Sha256) => AuthMode::Sha256,
+    };
+    if mode == AuthMode::Legacy && args.userhash {
+        return Err("--userhash needs RFC 8489; --password-algorithm md5 is the RFC 5389 behaviour, which has only \
+                    USERNAME"
+            .into());
+    }
     let probe = RelayProbe {
         server,
         transport: transport(args.transport),
         credentials,
+        auth: AuthOptions { mode, userhash: args.userhash },
         peer: args.peer,
         timeout: args.timeout,
     };

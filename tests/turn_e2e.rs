@@ -58,6 +58,49 @@ fn tern_turn_relays_both_ways_over_udp_and_tcp() {
     assert_eq!((created, deleted), (2, 2), "each probe allocates once and deletes what it allocated");
 }
 
+/// RFC 8489 from the command line: SHA-256 with USERHASH (what the default
+/// picks too against a server without REST secrets, whose nonce asks for
+/// USERHASH), and the RFC 5389 behaviour of browsers on the same server.
+#[test]
+fn tern_turn_relays_with_sha256_and_userhash_and_with_legacy_md5() {
+    let server = relay_server(&[]);
+    let cases: [(&[&str], &str); 3] = [
+        (&["--password-algorithm", "sha256", "--userhash"], "auth RFC 8489 SHA-256 USERHASH"),
+        (&[], "auth RFC 8489 SHA-256 USERHASH"),
+        (&["--password-algorithm", "md5"], "auth RFC 5389 MD5"),
+    ];
+    for (flags, auth) in cases {
+        let mut credentials = vec!["-u", "alice", "-p", "wonderland"];
+        credentials.extend_from_slice(flags);
+        let (ok, stdout) = turn_probe(&server, "udp", &credentials);
+        assert!(ok, "tern turn {flags:?} failed:\n{stdout}");
+        assert_all_steps_ok(&stdout);
+        let allocate = stdout.lines().find(|l| l.starts_with("allocate")).expect("allocate line");
+        assert!(allocate.ends_with(auth), "{flags:?}: {allocate}");
+    }
+    let (ok, stdout) = turn_probe(&server, "udp", &["-u", "alice", "-p", "looking-glass", "--userhash"]);
+    assert!(!ok && stdout.contains("FAILED: allocate: 401"), "{stdout}");
+    let refused = run_tern(&["turn", "127.0.0.1:1", "-u", "a", "-p", "b", "--password-algorithm", "md5", "--userhash"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--userhash needs RFC 8489"));
+}
+
+/// A server at its total quota sends new allocations to its alternate
+/// (300 Try Alternate), and `tern turn` says where, exiting non-zero.
+#[test]
+fn a_full_server_redirects_tern_turn_to_the_alternate_server() {
+    let server = relay_server(&["--total-quota", "1", "--alternate-server", "203.0.113.5:3478"]);
+    let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
+    let socket = ClientSocket::open(server.udp_addr(), Transport::Udp, Duration::from_secs(5)).expect("socket");
+    let mut holder = TurnSession::new(socket, credentials, Duration::from_secs(5));
+    holder.allocate(None).expect("the one allocation the quota allows");
+
+    let (ok, stdout) = turn_probe(&server, "udp", &["-u", "alice", "-p", "wonderland"]);
+    assert!(!ok, "{stdout}");
+    assert!(stdout.contains("FAILED: allocate: try alternate server 203.0.113.5:3478"), "{stdout}");
+    holder.refresh(0).expect("delete");
+}
+
 #[test]
 fn wrong_password_is_refused_with_401() {
     let server = relay_server(&[]);
@@ -116,6 +159,13 @@ fn rest_credentials_from_tern_credentials_work_until_they_expire() {
     // `tern turn --secret` makes its own credential from the current secret.
     let (ok, out) = turn_probe(&server, "tcp", &["-u", "dave", "--secret", "s3cr3t"]);
     assert!(ok, "{out}");
+    // RFC 8489 SHA-256 works for REST credentials; USERHASH cannot (the
+    // server needs the username to compute the password), and with secrets
+    // configured the server's nonce does not ask for it.
+    let (ok, out) = turn_probe(&server, "udp", &["-u", "dave", "--secret", "s3cr3t", "--password-algorithm", "sha256"]);
+    assert!(ok && out.contains("auth RFC 8489 SHA-256\n"), "{out}");
+    let (ok, out) = turn_probe(&server, "udp", &["-u", "dave", "--secret", "s3cr3t", "--userhash"]);
+    assert!(!ok && out.contains("401"), "{out}");
 
     let expired = run_tern(&["credentials", "--secret", "s3cr3t", "--user", "carol", "--ttl", "0s"]);
     let stdout = String::from_utf8_lossy(&expired.stdout).into_owned();

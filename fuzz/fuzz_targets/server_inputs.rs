@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use tern::proto::allocation::{AllocationId, ClientHandle, RelayId};
-use tern::proto::auth::{Authenticator, LongTermKey, StaticCredentials, rest_password};
+use tern::proto::auth::{Authenticator, LongTermKey, StaticCredentials, UserKeys, rest_password};
 use tern::proto::channel_data::{self, ChannelData};
 use tern::proto::policy::PeerPolicy;
 use tern::proto::rate_limit::RateLimit;
@@ -55,7 +55,8 @@ use tern::proto::{FiveTuple, Now, Transport};
 
 /// Most bytes an unauthenticated request's reply may add to the request
 /// (issue 6 item 3). The largest today is a 401 with a reason phrase:
-/// ERROR-CODE (24), REALM (16), NONCE (32) after a 20-byte request.
+/// ERROR-CODE (24), REALM (16), NONCE (44, with RFC 8489's nonce cookie) and
+/// PASSWORD-ALGORITHMS (12) after a 20-byte request.
 const AMPLIFICATION_BOUND: usize = 128;
 /// Operations per input, attributes per request and bytes per value: enough
 /// to reach every path, small enough to keep runs fast and messages < 64 KiB.
@@ -480,9 +481,9 @@ impl Harness {
         let auth = setup.authenticated.then(|| {
             let users = USERS
                 .iter()
-                .map(|(user, password)| ((*user).to_owned(), LongTermKey(long_term_key_md5(user, REALM, password))))
+                .map(|(user, password)| ((*user).to_owned(), UserKeys::from_password(user, REALM, password)))
                 .collect();
-            let store = StaticCredentials::new(users, vec![REST_SECRET.to_vec()]);
+            let store = StaticCredentials::new(REALM, users, vec![REST_SECRET.to_vec()]);
             Authenticator::new(REALM.to_owned(), store, [7; 32], NONCE_LIFETIME)
         });
         let relay_ips = match setup.relay_ips {
@@ -712,12 +713,12 @@ impl Harness {
             }
         };
         let password = if wrong_key { format!("{password}-wrong") } else { password };
-        let key = LongTermKey(long_term_key_md5(&username, REALM, &password));
+        let key = LongTermKey::Md5(long_term_key_md5(&username, REALM, &password));
         let learnt = self.nonces.get(&tuple.client.ip()).map_or(&b"no-nonce-yet"[..], Vec::as_slice);
         w.attr(AttrType::USERNAME, username.as_bytes());
         w.attr(AttrType::REALM, REALM.as_bytes());
         w.attr(AttrType::NONCE, nonce.unwrap_or(learnt));
-        w.message_integrity(&key.0);
+        w.message_integrity(key.as_bytes());
         (!wrong_key).then_some(key)
     }
 
@@ -769,7 +770,7 @@ impl Harness {
             SIGNED_REPLIES.fetch_add(1, Ordering::Relaxed);
             assert!(self.authenticated && turn_method && request.has_integrity(), "reply signed unasked");
             if let Some(key) = key {
-                assert!(response.verify_integrity(&key.0), "reply signed with another key");
+                assert!(response.verify_integrity(key.as_bytes()), "reply signed with another key");
             }
         } else {
             // Not signed, so the request was not authenticated: amplification bound.

@@ -12,6 +12,7 @@
 //! Malformed packets, responses, and indications that cannot be relayed are
 //! dropped and counted, never answered: junk is not reflected.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use tracing::{debug, info, info_span, trace};
 use crate::proto::allocation::{
     Allocation, AllocationId, ByteBucket, ChannelBindError, ClientHandle, RelayId, Relayed,
 };
-use crate::proto::auth::{AuthError, Authenticator, LongTermKey};
+use crate::proto::auth::{AuthError, Authenticator, SigningKey};
 use crate::proto::channel_data::{self, ChannelData, ChannelNumber};
 use crate::proto::demux::{self, PacketKind};
 use crate::proto::error::{ParseError, RequestError};
@@ -83,6 +84,10 @@ pub struct TurnConfig {
     pub rfc5766_channels: bool,
     /// Bytes per second an allocation may relay each way; 0 for no limit.
     pub max_bps: u32,
+    /// Servers to send new allocations to once `total_quota` is reached:
+    /// 300 Try Alternate with one of the client's address family instead of
+    /// 508 (RFC 8489 §10, RFC 8656 §7.2). Empty: 508.
+    pub alternate_servers: Vec<SocketAddr>,
 }
 
 impl Default for TurnConfig {
@@ -98,6 +103,7 @@ impl Default for TurnConfig {
             max_channels: 64,
             rfc5766_channels: false,
             max_bps: 0,
+            alternate_servers: Vec::new(),
         }
     }
 }
@@ -270,9 +276,10 @@ enum Path {
 
 /// Who sent an authenticated request.
 struct Identity<'m> {
-    username: &'m str,
+    /// Borrowed from USERNAME, or owned when a USERHASH named the user.
+    username: Cow<'m, str>,
     /// Signs every response; `None` only in anonymous mode.
-    key: Option<LongTermKey>,
+    key: Option<SigningKey>,
 }
 
 /// One worker's STUN/TURN server state.
@@ -282,6 +289,8 @@ pub struct Server {
     stats: Stats,
     /// Round-robin position among `relay_ips` of a family.
     relay_cursor: usize,
+    /// Round-robin position among `alternate_servers` of a family.
+    alternate_cursor: usize,
     /// Transaction IDs of Data indications: a counter after a random prefix.
     indication_counter: u64,
     indication_prefix: [u8; 4],
@@ -296,6 +305,7 @@ impl Server {
             table: AllocationTable::default(),
             stats: Stats::default(),
             relay_cursor: 0,
+            alternate_cursor: 0,
             indication_counter: 0,
             indication_prefix: rand::random(),
         }
@@ -534,7 +544,7 @@ impl Server {
                 self.auth_error(now, tuple, request, error, reply);
                 return ClientOutcome::Replied;
             }
-            None => Identity { username: "", key: None },
+            None => Identity { username: Cow::Borrowed(""), key: None },
         };
         if identity.key.is_none() && self.over_rate_limit(now, tuple) {
             return ClientOutcome::Dropped;
@@ -551,10 +561,15 @@ impl Server {
         if let Err(error) = result {
             let code = error.code();
             debug!(client = %tuple.client, method = request.method().name(), code = code.0, %error, "request refused");
-            self.error_response(request, code, identity.key.as_ref(), reply, |w| {
-                if let RequestError::UnsupportedAttribute(typ) = error {
+            self.error_response(request, code, identity.key.as_ref(), reply, |w| match error {
+                RequestError::UnsupportedAttribute(typ) => {
                     w.unknown_attributes(&[AttrType(typ)]);
                 }
+                // RFC 8489 §14.15: a plain (not XORed) address.
+                RequestError::TryAlternate(alternate) => {
+                    w.address(AttrType::ALTERNATE_SERVER, &alternate);
+                }
+                _ => {}
             });
         }
         ClientOutcome::Replied
@@ -569,7 +584,7 @@ impl Server {
         &mut self,
         tuple: &FiveTuple,
         request: &Message<'_>,
-        key: Option<&LongTermKey>,
+        key: Option<&SigningKey>,
         reply: &mut Vec<u8>,
     ) -> bool {
         let mut unknown = [AttrType(0); MAX_UNKNOWN_LISTED];
@@ -588,9 +603,10 @@ impl Server {
         true
     }
 
-    /// 401 or 438 with REALM and a fresh NONCE, or 400 for a request that
-    /// carried MESSAGE-INTEGRITY without the attributes it needs. Never
-    /// signed: the key is unknown or wrong.
+    /// 401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS (RFC 8489
+    /// §9.2.4), or 400 for a request that carried integrity without the
+    /// attributes it needs or with password algorithms other than offered.
+    /// Never signed: the key is unknown or wrong.
     fn auth_error(
         &mut self,
         now: Now,
@@ -606,10 +622,12 @@ impl Server {
         }
         let nonce = auth.nonce(tuple.client.ip(), now.unix);
         let realm = auth.realm().to_owned();
+        let algorithms = auth.password_algorithms();
         self.error_response(request, error.code(), None, reply, |w| {
             if error.sends_challenge() {
                 w.attr(AttrType::REALM, realm.as_bytes());
                 w.attr(AttrType::NONCE, &nonce);
+                w.attr(AttrType::PASSWORD_ALGORITHMS, algorithms);
             }
         });
     }
@@ -709,10 +727,16 @@ impl Server {
             (None, None) => PortRequest::Any,
         };
         let quota_key = quota_key(identity, tuple);
-        driver.acquire_quota(&quota_key).map_err(|e| match e {
-            QuotaError::User => RequestError::QuotaReached,
-            QuotaError::Total => RequestError::InsufficientCapacity("total allocation quota reached"),
-        })?;
+        match driver.acquire_quota(&quota_key) {
+            Ok(()) => {}
+            Err(QuotaError::User) => return Err(RequestError::QuotaReached),
+            Err(QuotaError::Total) => {
+                return Err(match self.alternate_server(tuple) {
+                    Some(alternate) => RequestError::TryAlternate(alternate),
+                    None => RequestError::InsufficientCapacity("total allocation quota reached"),
+                });
+            }
+        }
         let id = self.table.next_id();
         let mut relayed = Vec::with_capacity(families.len());
         let mut reservation = None;
@@ -755,7 +779,7 @@ impl Server {
             *tuple,
             client,
             &relayed,
-            identity.username,
+            &identity.username,
             &quota_key,
             now.instant + lifetime,
             request.transaction_id(),
@@ -773,9 +797,9 @@ impl Server {
                 Some(Box::new([ByteBucket::new(max_bps, now.instant), ByteBucket::new(max_bps, now.instant)]));
         }
         if let Some(second) = relayed.get(1) {
-            info!(parent: &allocation.span, user = identity.username, lifetime = lifetime.as_secs(), also = %second.advertised, "allocation created");
+            info!(parent: &allocation.span, user = &*identity.username, lifetime = lifetime.as_secs(), also = %second.advertised, "allocation created");
         } else {
-            info!(parent: &allocation.span, user = identity.username, lifetime = lifetime.as_secs(), "allocation created");
+            info!(parent: &allocation.span, user = &*identity.username, lifetime = lifetime.as_secs(), "allocation created");
         }
         let inserted = self.table.insert(allocation);
         debug_assert_eq!(inserted, id);
@@ -1090,6 +1114,24 @@ impl Server {
         Err(RequestError::AddressFamilyNotSupported)
     }
 
+    /// The next configured alternate server (round robin) of the address
+    /// family of the listener the client reached, so the client can reach
+    /// it the same way. An IPv4 client on a dual-stack socket counts as IPv4.
+    fn alternate_server(&mut self, tuple: &FiveTuple) -> Option<SocketAddr> {
+        let ipv4 = match tuple.server.ip() {
+            IpAddr::V4(_) => true,
+            IpAddr::V6(ip) => ip.to_ipv4_mapped().is_some(),
+        };
+        let alternates = &self.config.turn.as_ref()?.alternate_servers;
+        let count = alternates.iter().filter(|a| a.is_ipv4() == ipv4).count();
+        if count == 0 {
+            return None;
+        }
+        let chosen = alternates.iter().filter(|a| a.is_ipv4() == ipv4).nth(self.alternate_cursor % count).copied();
+        self.alternate_cursor = self.alternate_cursor.wrapping_add(1);
+        chosen
+    }
+
     fn delete(&mut self, id: AllocationId, driver: &mut dyn Driver, reason: &'static str) {
         let Some(allocation) = self.table.remove(id) else { return };
         for relayed in allocation.relayed_addresses() {
@@ -1142,7 +1184,7 @@ impl Server {
     fn success_response(
         &self,
         request: &Message<'_>,
-        key: Option<&LongTermKey>,
+        key: Option<&SigningKey>,
         reply: &mut Vec<u8>,
         attributes: impl FnOnce(&mut MessageWriter<'_>),
     ) {
@@ -1156,7 +1198,7 @@ impl Server {
         &mut self,
         request: &Message<'_>,
         code: ErrorCode,
-        key: Option<&LongTermKey>,
+        key: Option<&SigningKey>,
         reply: &mut Vec<u8>,
         extra: impl FnOnce(&mut MessageWriter<'_>),
     ) {
@@ -1168,15 +1210,16 @@ impl Server {
         self.stats.error_responses += 1;
     }
 
-    /// SOFTWARE when configured; MESSAGE-INTEGRITY with the request's key when
-    /// it was authenticated (RFC 8489 §9.2.4: every such response is signed);
+    /// SOFTWARE when configured; the request's kind of integrity
+    /// (MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256) with its key when it
+    /// was authenticated (RFC 8489 §9.2.4: every such response is signed);
     /// FINGERPRINT when the request had one (§7.3.1.1).
-    fn finish_response(&self, w: &mut MessageWriter<'_>, request: &Message<'_>, key: Option<&LongTermKey>) {
+    fn finish_response(&self, w: &mut MessageWriter<'_>, request: &Message<'_>, key: Option<&SigningKey>) {
         if let Some(software) = &self.config.software {
             w.attr(AttrType::SOFTWARE, software.as_bytes());
         }
         if let Some(key) = key {
-            w.message_integrity(&key.0);
+            key.sign(w);
         }
         if request.has_fingerprint() {
             w.fingerprint();
@@ -1214,7 +1257,7 @@ fn quota_key(identity: &Identity<'_>, tuple: &FiveTuple) -> String {
     match identity.key {
         Some(_) => match identity.username.split_once(':') {
             Some((expiry, user)) if !expiry.is_empty() && expiry.bytes().all(|b| b.is_ascii_digit()) => user.to_owned(),
-            _ => identity.username.to_owned(),
+            _ => identity.username.clone().into_owned(),
         },
         None => tuple.client.ip().to_string(),
     }
