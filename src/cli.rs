@@ -57,6 +57,9 @@ pub struct ServerArgs {
     /// Log format (replaces `log.format`).
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Log every allocation created and deleted, with its traffic (sets `log.allocations`).
+    #[arg(long)]
+    pub log_allocations: bool,
     /// Serve STUN only, even with credentials configured (sets `turn = false`).
     #[arg(long)]
     pub stun_only: bool,
@@ -109,6 +112,9 @@ pub struct ServerArgs {
     /// Unauthenticated answers per second per source IP, 0 for no limit (replaces `rate_limit`).
     #[arg(long, value_name = "N")]
     pub rate_limit: Option<u32>,
+    /// Apply the per-source limit to loopback sources too (sets `rate_limit_loopback`).
+    #[arg(long)]
+    pub rate_limit_loopback: bool,
     /// When started as root, the user to run as once listening (replaces `user`).
     #[arg(long, value_name = "NAME")]
     pub run_as_user: Option<String>,
@@ -125,6 +131,7 @@ impl ServerArgs {
             workers: self.workers,
             log_level: self.log_level,
             log_format: self.log_format,
+            log_allocations: self.log_allocations,
             stun_only: self.stun_only,
             users: self.users.clone(),
             secrets: self.secrets.clone(),
@@ -142,6 +149,7 @@ impl ServerArgs {
             rfc5766_channels: self.rfc5766_channels,
             udp_buffer: self.udp_buffer,
             rate_limit: self.rate_limit,
+            rate_limit_loopback: self.rate_limit_loopback,
             user: self.run_as_user.clone(),
             group: self.run_as_group.clone(),
         }

@@ -84,6 +84,8 @@ pub struct Config {
     pub rate_limit: u32,
     /// Answers a quiet source may get at once; unset: twice `rate_limit`.
     pub rate_limit_burst: Option<u32>,
+    /// Limit loopback sources too (they are exempt by default).
+    pub rate_limit_loopback: bool,
     /// The user and group to run as after binding (started as root).
     pub user: Option<String>,
     pub group: Option<String>,
@@ -128,6 +130,10 @@ impl AuthConfig {
 pub struct LogConfig {
     pub level: LogLevel,
     pub format: LogFormat,
+    /// One line per allocation created and deleted (with its traffic), at
+    /// any level: an audit trail that costs a few microseconds per
+    /// allocation, so it is off by default.
+    pub allocations: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -174,6 +180,7 @@ pub struct Overrides {
     pub workers: Option<usize>,
     pub log_level: Option<LogLevel>,
     pub log_format: Option<LogFormat>,
+    pub log_allocations: bool,
     pub stun_only: bool,
     pub users: Vec<(String, String)>,
     pub secrets: Vec<String>,
@@ -191,6 +198,7 @@ pub struct Overrides {
     pub rfc5766_channels: bool,
     pub udp_buffer: Option<u32>,
     pub rate_limit: Option<u32>,
+    pub rate_limit_loopback: bool,
     pub user: Option<String>,
     pub group: Option<String>,
 }
@@ -268,6 +276,8 @@ struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit_burst: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit_loopback: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     group: Option<String>,
@@ -297,6 +307,8 @@ struct FileLog {
     level: Option<LogLevel>,
     #[serde(skip_serializing_if = "Option::is_none")]
     format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allocations: Option<bool>,
 }
 
 impl Config {
@@ -402,6 +414,7 @@ impl Config {
             rfc5766_channels: raw.rfc5766_channels.unwrap_or(false),
             udp_buffer: raw.udp_buffer.unwrap_or(DEFAULT_UDP_BUFFER),
             rate_limit: raw.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT),
+            rate_limit_loopback: raw.rate_limit_loopback.unwrap_or(false),
             user: raw.user.filter(|u| !u.is_empty()),
             group: raw.group.filter(|g| !g.is_empty()),
             rate_limit_burst: raw
@@ -419,6 +432,7 @@ impl Config {
             log: LogConfig {
                 level: log.level.unwrap_or(LogLevel::Info),
                 format: log.format.unwrap_or(LogFormat::Text),
+                allocations: log.allocations.unwrap_or(false),
             },
         })
     }
@@ -444,6 +458,7 @@ impl Config {
         if let Some(format) = overrides.log_format {
             self.log.format = format;
         }
+        self.log.allocations |= overrides.log_allocations;
         if overrides.stun_only {
             self.turn = Some(false);
         }
@@ -488,6 +503,7 @@ impl Config {
         if let Some(rate) = overrides.rate_limit {
             self.rate_limit = rate;
         }
+        self.rate_limit_loopback |= overrides.rate_limit_loopback;
         if let Some(user) = &overrides.user {
             self.user = Some(user.clone());
         }
@@ -604,6 +620,7 @@ impl Config {
                 rate_limit: RateLimit {
                     per_second: f64::from(self.rate_limit),
                     burst: f64::from(self.rate_limit_burst.unwrap_or(self.rate_limit.saturating_mul(2))),
+                    limit_loopback: self.rate_limit_loopback,
                     ..RateLimit::default()
                 },
             },
@@ -649,6 +666,7 @@ impl Config {
             udp_buffer: Some(self.udp_buffer),
             rate_limit: Some(self.rate_limit),
             rate_limit_burst: self.rate_limit_burst,
+            rate_limit_loopback: Some(self.rate_limit_loopback),
             user: self.user.clone(),
             group: self.group.clone(),
             auth: Some(FileAuth {
@@ -659,7 +677,11 @@ impl Config {
                 allow_anonymous: Some(self.auth.allow_anonymous),
                 nonce_lifetime: Some(self.auth.nonce_lifetime),
             }),
-            log: Some(FileLog { level: Some(self.log.level), format: Some(self.log.format) }),
+            log: Some(FileLog {
+                level: Some(self.log.level),
+                format: Some(self.log.format),
+                allocations: Some(self.log.allocations),
+            }),
         };
         let mut text = toml::to_string(&file).expect("the configuration serialises");
         text.push_str(&format!(
@@ -894,12 +916,13 @@ mod tests {
                 workers: Some(3),
                 log_level: Some(LogLevel::Debug),
                 log_format: Some(LogFormat::Json),
+                log_allocations: true,
                 ..Overrides::default()
             })
             .expect("valid overrides");
         assert_eq!(config.listen, vec!["127.0.0.1:9999".parse::<SocketAddr>().expect("literal")]);
         assert_eq!((config.realm.as_str(), config.workers), ("b", 3));
-        assert_eq!(config.log, LogConfig { level: LogLevel::Debug, format: LogFormat::Json });
+        assert_eq!(config.log, LogConfig { level: LogLevel::Debug, format: LogFormat::Json, allocations: true });
     }
 
     #[test]

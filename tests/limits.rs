@@ -31,7 +31,7 @@ fn answers_to_burst(socket: &UdpSocket, server: std::net::SocketAddr, count: usi
 /// drops are counted in the final report.
 #[test]
 fn unauthenticated_answers_are_limited_per_source() {
-    let server = TernServer::start(&["--rate-limit", "10", "--workers", "1"]);
+    let server = TernServer::start(&["--rate-limit", "10", "--rate-limit-loopback", "--workers", "1"]);
     let flooder = UdpSocket::bind("127.0.0.1:0").expect("bind");
     // Burst defaults to twice the rate: 20 answers, then only the refill.
     let answered = answers_to_burst(&flooder, server.udp_addr(), 500, Duration::from_millis(500));

@@ -14,6 +14,10 @@ use crate::proto::FiveTuple;
 use crate::proto::channel_data::ChannelNumber;
 use crate::proto::stun::{ErrorCode, TransactionId};
 
+/// The `tracing` target of allocation lifecycle lines and of the span each
+/// allocation logs under; `[log] allocations` switches it (src/telemetry.rs).
+pub const LOG_TARGET: &str = "tern::allocation";
+
 /// A permission lasts 300 seconds unless refreshed (RFC 8656 §9).
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 /// A channel binding lasts 600 seconds unless refreshed (RFC 8656 §12).

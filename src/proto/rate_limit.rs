@@ -7,6 +7,11 @@
 //! since forgetting them changes nothing; if none has, the oldest entries go.
 //! Each worker has its own table, so a source spread over workers by
 //! SO_REUSEPORT gets at most one budget per worker.
+//!
+//! Loopback sources are not limited unless asked: no packet from outside
+//! the host can carry a loopback source address, so they cannot be a
+//! reflection victim, and they are the operator's own tools (load tests,
+//! probes, a local proxy).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -21,11 +26,13 @@ pub struct RateLimit {
     pub burst: f64,
     /// Source IPs remembered at most.
     pub max_sources: usize,
+    /// Limit loopback sources too.
+    pub limit_loopback: bool,
 }
 
 impl Default for RateLimit {
     fn default() -> Self {
-        Self { per_second: 500.0, burst: 1000.0, max_sources: 65_536 }
+        Self { per_second: 500.0, burst: 1000.0, max_sources: 65_536, limit_loopback: false }
     }
 }
 
@@ -48,7 +55,7 @@ impl SourceLimiter {
 
     /// Whether `source` may get one more answer now; takes a token if so.
     pub fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
-        if self.limit.per_second <= 0.0 {
+        if self.limit.per_second <= 0.0 || (!self.limit.limit_loopback && source.to_canonical().is_loopback()) {
             return true;
         }
         if !self.buckets.contains_key(&source) && self.buckets.len() >= self.limit.max_sources {
@@ -110,7 +117,8 @@ mod tests {
     #[test]
     fn a_source_gets_its_burst_then_its_rate() {
         let now = crate::io::clock::now();
-        let mut limiter = SourceLimiter::new(RateLimit { per_second: 10.0, burst: 5.0, max_sources: 100 });
+        let mut limiter =
+            SourceLimiter::new(RateLimit { per_second: 10.0, burst: 5.0, max_sources: 100, limit_loopback: false });
         let allowed = (0..20).filter(|_| limiter.allow(ip(1), now)).count();
         assert_eq!(allowed, 5);
         // A tenth of a second later, one more token.
@@ -121,9 +129,25 @@ mod tests {
     }
 
     #[test]
+    fn loopback_sources_are_limited_only_when_asked() {
+        let now = crate::io::clock::now();
+        let limit = RateLimit { per_second: 1.0, burst: 1.0, max_sources: 100, limit_loopback: false };
+        let mut limiter = SourceLimiter::new(limit);
+        for source in ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1"] {
+            let source: IpAddr = source.parse().expect("literal");
+            assert!((0..100).all(|_| limiter.allow(source, now)), "{source} is exempt");
+        }
+        assert!(limiter.is_empty());
+        let mut limiter = SourceLimiter::new(RateLimit { limit_loopback: true, ..limit });
+        let allowed = (0..100).filter(|_| limiter.allow("127.0.0.1".parse().expect("literal"), now)).count();
+        assert_eq!(allowed, 1);
+    }
+
+    #[test]
     fn zero_rate_means_no_limit() {
         let now = crate::io::clock::now();
-        let mut limiter = SourceLimiter::new(RateLimit { per_second: 0.0, burst: 0.0, max_sources: 1 });
+        let mut limiter =
+            SourceLimiter::new(RateLimit { per_second: 0.0, burst: 0.0, max_sources: 1, limit_loopback: false });
         assert!((0..1000).all(|_| limiter.allow(ip(1), now)));
         assert!(limiter.is_empty());
     }
@@ -131,7 +155,8 @@ mod tests {
     #[test]
     fn the_table_stays_bounded_under_a_flood_of_sources() {
         let now = crate::io::clock::now();
-        let mut limiter = SourceLimiter::new(RateLimit { per_second: 1.0, burst: 2.0, max_sources: 1000 });
+        let mut limiter =
+            SourceLimiter::new(RateLimit { per_second: 1.0, burst: 2.0, max_sources: 1000, limit_loopback: false });
         for n in 0..100_000u32 {
             limiter.allow(ip(n), now + Duration::from_micros(u64::from(n)));
             assert!(limiter.len() <= 1000);

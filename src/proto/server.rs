@@ -20,7 +20,7 @@ use std::time::Duration;
 use tracing::{debug, info, info_span, trace};
 
 use crate::proto::allocation::{
-    Allocation, AllocationId, ByteBucket, ChannelBindError, ClientHandle, RelayId, Relayed,
+    Allocation, AllocationId, ByteBucket, ChannelBindError, ClientHandle, LOG_TARGET, RelayId, Relayed,
 };
 use crate::proto::auth::{AuthError, Authenticator, SigningKey};
 use crate::proto::channel_data::{self, ChannelData, ChannelNumber};
@@ -769,6 +769,7 @@ impl Server {
             return Err(error);
         }
         let span = info_span!(
+            target: LOG_TARGET,
             "alloc",
             id = id.0,
             client = %tuple.client,
@@ -797,9 +798,9 @@ impl Server {
                 Some(Box::new([ByteBucket::new(max_bps, now.instant), ByteBucket::new(max_bps, now.instant)]));
         }
         if let Some(second) = relayed.get(1) {
-            info!(parent: &allocation.span, user = &*identity.username, lifetime = lifetime.as_secs(), also = %second.advertised, "allocation created");
+            info!(target: LOG_TARGET, parent: &allocation.span, user = &*identity.username, lifetime = lifetime.as_secs(), also = %second.advertised, "allocation created");
         } else {
-            info!(parent: &allocation.span, user = &*identity.username, lifetime = lifetime.as_secs(), "allocation created");
+            info!(target: LOG_TARGET, parent: &allocation.span, user = &*identity.username, lifetime = lifetime.as_secs(), "allocation created");
         }
         let inserted = self.table.insert(allocation);
         debug_assert_eq!(inserted, id);
@@ -887,7 +888,7 @@ impl Server {
         if lifetime.is_zero() {
             match only_family.and_then(|ipv6| allocation.drop_relayed(ipv6)) {
                 Some(dropped) => {
-                    info!(parent: &allocation.span, relay = %dropped.advertised, "relayed address deleted");
+                    info!(target: LOG_TARGET, parent: &allocation.span, relay = %dropped.advertised, "relayed address deleted");
                     driver.close_relay(RelayId::new(id, dropped.addr.is_ipv6()));
                     // The rest of the allocation lives on as it was.
                     reported = allocation.expires.saturating_duration_since(now.instant);
@@ -1090,8 +1091,12 @@ impl Server {
             Err(rule) => {
                 self.stats.peers_forbidden += 1;
                 match path {
-                    Path::Request => info!(parent: &allocation.span, peer = %ip, %rule, "peer refused"),
-                    Path::Send => debug!(parent: &allocation.span, peer = %ip, %rule, "Send to refused peer"),
+                    Path::Request => {
+                        info!(parent: &allocation.span, client = %allocation.tuple.client, peer = %ip, %rule, "peer refused")
+                    }
+                    Path::Send => {
+                        debug!(parent: &allocation.span, client = %allocation.tuple.client, peer = %ip, %rule, "Send to refused peer")
+                    }
                 }
                 Err(RequestError::PeerForbidden(rule))
             }
@@ -1141,6 +1146,7 @@ impl Server {
         self.stats.allocations_deleted += 1;
         let t = allocation.traffic;
         info!(
+            target: LOG_TARGET,
             parent: &allocation.span,
             reason,
             packets_to_peer = t.packets_to_peer,

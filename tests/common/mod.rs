@@ -290,7 +290,7 @@ pub struct TernServer {
 }
 
 impl TernServer {
-    /// Starts `tern serve --log-format json --listen 127.0.0.1:0 ARGS` and
+    /// Starts `tern serve --log-format json --log-allocations --listen 127.0.0.1:0 ARGS` and
     /// waits until it logs its listening addresses. When `args` contains
     /// `--listen`, those addresses replace the default one. Panics, with the
     /// server's stderr, if it does not come up.
@@ -310,7 +310,8 @@ impl TernServer {
     }
 
     fn spawn(args: &[&str], default_listen: bool) -> Result<Self, StartFailure> {
-        let mut full = vec!["serve", "--log-format", "json"];
+        // Tests read allocation lifecycle lines from the log.
+        let mut full = vec!["serve", "--log-format", "json", "--log-allocations"];
         if default_listen {
             full.extend(["--listen", LOOPBACK_V4]);
         }
