@@ -83,8 +83,12 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
         warn!("running as root: set `user` (or --run-as-user) to drop privileges once listening");
     }
     let local_addresses = tern::io::sys::local_addresses().map_err(|e| format!("cannot list local addresses: {e}"))?;
+    // Caught before anything listens: once "listening" is logged, SIGHUP
+    // must not hit its default action, which would end tern.
+    let hangups = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
     let running = io::start(&config.runtime(rand::random(), &local_addresses), &shutdown).map_err(|e| e.to_string())?;
-    let reload = on_reload(running.tls()).map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
+    let reload = on_reload(hangups, running.tls()).map_err(|e| format!("cannot start the SIGHUP handler: {e}"))?;
     let report = running.join().map_err(|e| format!("server failed: {e}"))?;
     signals.close();
     reload.close();
@@ -114,8 +118,11 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
 /// handshakes use the new pair, established connections keep theirs, and a
 /// pair that does not load leaves the old one in place. Without TLS there is
 /// nothing to reload, but SIGHUP is still caught: its default would end tern.
-fn on_reload(store: Option<std::sync::Arc<io::tls::TlsStore>>) -> std::io::Result<signal_hook::iterator::Handle> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+/// A SIGHUP that arrives before this runs is queued in `signals`, not lost.
+fn on_reload(
+    mut signals: signal_hook::iterator::Signals,
+    store: Option<std::sync::Arc<io::tls::TlsStore>>,
+) -> std::io::Result<signal_hook::iterator::Handle> {
     let handle = signals.handle();
     std::thread::Builder::new().name("tern-reload".into()).spawn(move || {
         for _ in signals.forever() {

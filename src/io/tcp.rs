@@ -181,9 +181,18 @@ impl TcpConnection {
     /// Writes as much of the queue as the socket takes.
     pub fn flush(&mut self) -> Result<(), Closed> {
         while self.out_pos < self.outbuf.len() {
+            let pending = &self.outbuf[self.out_pos..];
             let written = match &mut self.tls {
-                Some(tls) => tls::write(tls, &mut self.stream, &self.outbuf[self.out_pos..]),
-                None => self.stream.write(&self.outbuf[self.out_pos..]),
+                Some(tls) => {
+                    // The queue holds whole frames, so this cuts at the next
+                    // boundary; TLS writes a message per record (see tls.rs).
+                    let frame = match demux::stream_frame_len(pending) {
+                        Ok(Some(len)) if len <= pending.len() => len,
+                        _ => pending.len(),
+                    };
+                    tls::write(tls, &mut self.stream, &pending[..frame])
+                }
+                None => self.stream.write(pending),
             };
             match written {
                 Ok(0) => return Err(Closed::Eof),

@@ -169,7 +169,12 @@ impl TlsAcceptor {
         if self.store.generation() != self.generation {
             (self.generation, self.config) = self.store.current();
         }
-        ServerConnection::new(Arc::clone(&self.config))
+        let mut connection = ServerConnection::new(Arc::clone(&self.config))?;
+        // `write` hands rustls one message at a time and only once the last
+        // one is on the socket, which bounds its buffer; rustls' own limit
+        // (64 KiB) could otherwise split a maximal STUN message.
+        connection.set_buffer_limit(None);
+        Ok(connection)
     }
 }
 
@@ -202,13 +207,26 @@ pub fn read(tls: &mut ServerConnection, socket: &mut mio::net::TcpStream, buf: &
     Err(io::Error::new(io::ErrorKind::InvalidData, "too many TLS records without application data"))
 }
 
-/// Encrypts as much of `buf` as rustls buffers and writes records to the
-/// socket until it would block. `WouldBlock` when nothing could be taken.
-pub fn write(tls: &mut ServerConnection, socket: &mut mio::net::TcpStream, buf: &[u8]) -> io::Result<usize> {
+/// Encrypts `message` (one STUN message or ChannelData frame) into records
+/// of its own and writes them to the socket until it would block.
+///
+/// One message per record, never several: coturn's clients (and, by the
+/// look of it, others written against coturn) read one message per TLS
+/// record and drop what follows it in the same record. The byte stream is
+/// the same either way.
+///
+/// A new message is taken only once the records of the previous one have
+/// reached the socket, so rustls holds at most one message and the write
+/// queue in `tcp.rs` stays the one measure of backlog. `WouldBlock` when
+/// the socket has not taken the previous message yet.
+pub fn write(tls: &mut ServerConnection, socket: &mut mio::net::TcpStream, message: &[u8]) -> io::Result<usize> {
     write_pending(tls, socket)?;
-    let taken = tls.writer().write(buf)?;
+    if tls.wants_write() {
+        return Err(io::Error::from(io::ErrorKind::WouldBlock));
+    }
+    let taken = tls.writer().write(message)?;
     write_pending(tls, socket)?;
-    if taken == 0 && !buf.is_empty() {
+    if taken == 0 && !message.is_empty() {
         return Err(io::Error::from(io::ErrorKind::WouldBlock));
     }
     Ok(taken)
