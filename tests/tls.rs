@@ -412,3 +412,20 @@ fn tern_check_shows_the_tls_settings() {
     assert_eq!(tls["max_handshakes"].as_integer(), Some(256));
     assert_eq!(tls["handshake_timeout"].as_integer(), Some(10));
 }
+
+#[test]
+fn tcp_connection_caps_count_tls_connections_too() {
+    let cert = TestCert::new("caps");
+    let server = start(&cert, &["--max-tcp-per-ip", "1"]);
+    let mut first = ClientSocket::open_tls(server.tls_addr(), &client(&cert, &[]), TIMEOUT).expect("first");
+    // The cap is shared with plain TCP: a second connection, TLS or not, is closed.
+    let mut tcp = TcpStream::connect_timeout(&server.tcp_addr(), ANSWER_TIMEOUT).expect("connect");
+    assert!(time_until_closed(&mut tcp, Duration::from_secs(5)).is_some(), "a TCP connection over the cap is closed");
+    let second = ClientSocket::open_tls(server.tls_addr(), &client(&cert, &[]), TIMEOUT);
+    assert!(second.is_err(), "a TLS connection over the cap is closed");
+    assert_binding_maps_to_local(&mut first);
+
+    let (stopped, _) = stop(server);
+    assert_eq!(count(&stopped, "tcp_refused"), 2, "{stopped}");
+    assert_eq!(count(&stopped, "tls_handshakes"), 1, "{stopped}");
+}
