@@ -121,6 +121,15 @@ pub struct ServerArgs {
     /// The group to run as (replaces `group`; default: the user's group).
     #[arg(long, value_name = "NAME")]
     pub run_as_group: Option<String>,
+    /// Address to serve TLS on (repeatable; replaces `tls.listen`; default 0.0.0.0:5349 with a certificate).
+    #[arg(long = "tls-listen", value_name = "ADDR", value_parser = config::parse_listen_flag)]
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for TLS, leaf first (replaces `tls.cert`).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate (replaces `tls.key`).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -152,17 +161,39 @@ impl ServerArgs {
             rate_limit_loopback: self.rate_limit_loopback,
             user: self.run_as_user.clone(),
             group: self.run_as_group.clone(),
+            tls_listen: self.tls_listen.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
         }
     }
 }
 
+/// How the client tools talk TLS.
+#[derive(Debug, Args)]
+pub struct TlsClientArgs {
+    /// Use TLS (the default port becomes 5349); implied by a stuns: or turns: URI.
+    #[arg(long)]
+    pub tls: bool,
+    /// Trust the certificates in this PEM file instead of the system's roots (TLS).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Accept any server certificate (TLS; for testing only).
+    #[arg(long, conflicts_with = "tls_ca")]
+    pub insecure: bool,
+    /// Name to send as SNI and check the certificate against (TLS; default: the server's host).
+    #[arg(long, value_name = "NAME")]
+    pub sni: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct StunArgs {
-    /// Server as HOST[:PORT] or a stun: URI; the port defaults to 3478.
+    /// Server as HOST[:PORT] or a stun: or stuns: URI; the port defaults to 3478 (5349 over TLS).
     pub server: String,
     /// Use TCP instead of UDP.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tls")]
     pub tcp: bool,
+    #[command(flatten)]
+    pub tls: TlsClientArgs,
     /// Number of Binding requests to send.
     #[arg(long, short = 'n', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub count: u32,
@@ -188,7 +219,7 @@ pub enum ClientTransport {
 
 #[derive(Debug, Args)]
 pub struct TurnArgs {
-    /// Server as HOST[:PORT] or a turn: URI; the port defaults to 3478.
+    /// Server as HOST[:PORT] or a turn: or turns: URI; the port defaults to 3478 (5349 over TLS).
     pub server: String,
     /// Username (with --pass), or the user part of REST credentials (with --secret).
     #[arg(long, short)]
@@ -199,9 +230,11 @@ pub struct TurnArgs {
     /// TURN REST API secret: the probe makes its own time-limited credential.
     #[arg(long)]
     pub secret: Option<String>,
-    /// Transport to the server.
+    /// Transport to the server (`--tls` replaces it).
     #[arg(long, value_enum, default_value = "udp")]
     pub transport: ClientTransport,
+    #[command(flatten)]
+    pub tls: TlsClientArgs,
     /// A UDP echo server to use as the peer, instead of a socket of this client.
     #[arg(long, value_name = "ADDR")]
     pub peer: Option<SocketAddr>,

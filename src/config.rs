@@ -10,14 +10,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::io::{QuotaLimits, RuntimeConfig};
+use crate::io::{QuotaLimits, RuntimeConfig, TlsSettings};
 use crate::proto::auth::{Authenticator, StaticCredentials, UserKeys};
 use crate::proto::policy::PeerPolicy;
 use crate::proto::rate_limit::RateLimit;
@@ -41,6 +41,17 @@ pub const DEFAULT_TCP_PER_IP: u32 = 500;
 /// one address, so this is generous; a spoofed flood still gets at most
 /// about 40 KB/s of small answers per worker reflected at its victim.
 pub const DEFAULT_RATE_LIMIT: u32 = 500;
+/// The TLS listen address when a certificate is configured and no TLS
+/// address is: the `turns:`/`stuns:` port (RFC 8656 §18, RFC 8489 §18.4).
+pub const DEFAULT_TLS_LISTEN: &str = "0.0.0.0:5349";
+/// TLS handshakes in progress per worker. A handshake costs one key
+/// exchange and a signature (well under a millisecond each), so 256 at once
+/// is more than a busy server starts in a second, yet bounds what a flood of
+/// half-open handshakes can hold.
+pub const DEFAULT_TLS_MAX_HANDSHAKES: u32 = 256;
+/// Seconds a TLS handshake may take: generous for a slow mobile link,
+/// short enough that idle connections do not pile up.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: u32 = 10;
 /// REALM is at most 763 bytes (RFC 8489 §14.9).
 const MAX_REALM_LEN: usize = 763;
 /// What `tern check` prints instead of a password, key or secret.
@@ -91,6 +102,34 @@ pub struct Config {
     pub group: Option<String>,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: TURN and STUN over TLS (`turns:`, `stuns:`). On exactly when a
+/// certificate is configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// TLS listen addresses; defaults to [`DEFAULT_TLS_LISTEN`] once a
+    /// certificate is set.
+    pub listen: Vec<SocketAddr>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub max_handshakes: u32,
+    /// Seconds.
+    pub handshake_timeout: u32,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+
+    /// A certificate without TLS addresses serves on the default one.
+    fn resolve_listen(&mut self) {
+        if self.cert.is_some() && self.listen.is_empty() {
+            self.listen = vec![DEFAULT_TLS_LISTEN.parse().expect("the default TLS listen address parses")];
+        }
+    }
 }
 
 /// `[auth]`: who may relay.
@@ -201,6 +240,9 @@ pub struct Overrides {
     pub rate_limit_loopback: bool,
     pub user: Option<String>,
     pub group: Option<String>,
+    pub tls_listen: Vec<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A configuration that cannot be used. The message names the file (or the
@@ -285,6 +327,23 @@ struct FileConfig {
     auth: Option<FileAuth>,
     #[serde(skip_serializing_if = "Option::is_none")]
     log: Option<FileLog>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<FileTls>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_handshakes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handshake_timeout: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -386,6 +445,21 @@ impl Config {
             return Err(invalid(format!("auth.secrets[{index}]"), "must not be empty".into()));
         }
         let log = raw.log.unwrap_or_default();
+        let tls = raw.tls.unwrap_or_default();
+        let mut tls = TlsConfig {
+            listen: parse_list(&tls.listen.unwrap_or_default(), "tls.listen", parse_socket_addr)
+                .map_err(|(k, m)| invalid(k, m))?,
+            cert: tls.cert.filter(|c| !c.is_empty()).map(PathBuf::from),
+            key: tls.key.filter(|k| !k.is_empty()).map(PathBuf::from),
+            max_handshakes: positive(tls.max_handshakes.unwrap_or(DEFAULT_TLS_MAX_HANDSHAKES), "tls.max_handshakes")
+                .map_err(|(k, m)| invalid(k, m))?,
+            handshake_timeout: positive(
+                tls.handshake_timeout.unwrap_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT),
+                "tls.handshake_timeout",
+            )
+            .map_err(|(k, m)| invalid(k, m))?,
+        };
+        tls.resolve_listen();
         Ok(Self {
             listen,
             realm,
@@ -434,6 +508,7 @@ impl Config {
                 format: log.format.unwrap_or(LogFormat::Text),
                 allocations: log.allocations.unwrap_or(false),
             },
+            tls,
         })
     }
 
@@ -511,6 +586,16 @@ impl Config {
             self.group = Some(group.clone());
         }
         self.rfc5766_channels |= overrides.rfc5766_channels;
+        if !overrides.tls_listen.is_empty() {
+            self.tls.listen = overrides.tls_listen.clone();
+        }
+        if let Some(cert) = &overrides.tls_cert {
+            self.tls.cert = Some(cert.clone());
+        }
+        if let Some(key) = &overrides.tls_key {
+            self.tls.key = Some(key.clone());
+        }
+        self.tls.resolve_listen();
         self.check_combination("configuration")
     }
 
@@ -543,7 +628,45 @@ impl Config {
         if let Some(user) = &self.user {
             crate::io::sys::lookup_identity(user, self.group.as_deref()).map_err(|m| invalid("user", &m))?;
         }
-        Ok(())
+        self.check_tls(file)
+    }
+
+    /// TLS needs both files, and they must load and belong together; read
+    /// here so `tern check` and a start refuse the same mistakes.
+    fn check_tls(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid =
+            |key: &str, message: String| ConfigError::Invalid { file: file.to_owned(), key: key.to_owned(), message };
+        let tls = &self.tls;
+        let (cert, key) = match (&tls.cert, &tls.key) {
+            (None, None) if tls.listen.is_empty() => return Ok(()),
+            (None, None) => {
+                return Err(invalid(
+                    "tls.listen",
+                    "TLS addresses are set but no certificate: add tls.cert and tls.key (--tls-cert, --tls-key)".into(),
+                ));
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "tls.key",
+                    "is missing: tls.cert is set, and TLS needs the certificate's private key too (--tls-key)".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls.cert",
+                    "is missing: tls.key is set, and TLS needs the certificate chain too (--tls-cert)".into(),
+                ));
+            }
+            (Some(cert), Some(key)) => (cert, key),
+        };
+        // Port 0 is resolved to distinct ports at bind time, so it never clashes.
+        if let Some(shared) = tls.listen.iter().find(|addr| addr.port() != 0 && self.listen.contains(addr)) {
+            return Err(invalid(
+                "tls.listen",
+                format!("{shared} is also in `listen`; TLS needs a port of its own (usually 5349)"),
+            ));
+        }
+        crate::io::tls::server_config(cert, key).map(drop).map_err(|e| invalid(e.key(), e.to_string()))
     }
 
     /// Whether tern relays: as configured, or when unset, exactly when
@@ -580,8 +703,9 @@ impl Config {
                     u64::from(self.auth.nonce_lifetime),
                 )
             });
-            let mut own: Vec<IpAddr> = self.listen.iter().map(SocketAddr::ip).collect();
-            if self.listen.iter().any(|a| a.ip().is_unspecified()) {
+            let listen = self.listen.iter().chain(&self.tls.listen);
+            let mut own: Vec<IpAddr> = listen.clone().map(SocketAddr::ip).collect();
+            if listen.clone().any(|a| a.ip().is_unspecified()) {
                 own.extend_from_slice(local_addresses);
             }
             own.extend(&self.relay_ips);
@@ -600,6 +724,16 @@ impl Config {
                 alternate_servers: self.alternate_servers.clone(),
             }
         });
+        let tls = match (&self.tls.cert, &self.tls.key) {
+            (Some(cert), Some(key)) => Some(TlsSettings {
+                listen: self.tls.listen.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+                max_handshakes: self.tls.max_handshakes as usize,
+                handshake_timeout: Duration::from_secs(u64::from(self.tls.handshake_timeout)),
+            }),
+            _ => None,
+        };
         RuntimeConfig {
             listen: self.listen.clone(),
             workers: self.workers,
@@ -624,6 +758,7 @@ impl Config {
                     ..RateLimit::default()
                 },
             },
+            tls,
         }
     }
 
@@ -681,6 +816,13 @@ impl Config {
                 level: Some(self.log.level),
                 format: Some(self.log.format),
                 allocations: Some(self.log.allocations),
+            }),
+            tls: self.tls.enabled().then(|| FileTls {
+                listen: Some(self.tls.listen.iter().map(ToString::to_string).collect()),
+                cert: self.tls.cert.as_ref().map(|p| p.display().to_string()),
+                key: self.tls.key.as_ref().map(|p| p.display().to_string()),
+                max_handshakes: Some(self.tls.max_handshakes),
+                handshake_timeout: Some(self.tls.handshake_timeout),
             }),
         };
         let mut text = toml::to_string(&file).expect("the configuration serialises");

@@ -4,15 +4,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use tern::cli::{
     Cli, ClientTransport, Command, CredentialsArgs, LoadArgs, LoadMode, PasswordAlgorithmArg, ServerArgs, StunArgs,
-    TurnArgs,
+    TlsClientArgs, TurnArgs,
 };
 use tern::client::credentials::RestCredential;
 use tern::client::load::{self, LoadConfig, Mode, Pacing};
 use tern::client::relay_probe::RelayProbe;
+use tern::client::tls::{self as client_tls, TlsClient, TlsOptions};
 use tern::client::turn::{AuthMode, AuthOptions, Credentials};
 use tern::client::{self, stun::StunProbe};
 use tern::config::Config;
@@ -83,9 +84,15 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
         warn!("running as root: set `user` (or --run-as-user) to drop privileges once listening");
     }
     let local_addresses = tern::io::sys::local_addresses().map_err(|e| format!("cannot list local addresses: {e}"))?;
+    // Caught before anything listens: once "listening" is logged, SIGHUP
+    // must not hit its default action, which would end tern.
+    let hangups = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
     let running = io::start(&config.runtime(rand::random(), &local_addresses), &shutdown).map_err(|e| e.to_string())?;
+    let reload = on_reload(hangups, running.tls()).map_err(|e| format!("cannot start the SIGHUP handler: {e}"))?;
     let report = running.join().map_err(|e| format!("server failed: {e}"))?;
     signals.close();
+    reload.close();
     info!(
         requests = report.server.requests,
         binding_responses = report.server.binding_responses,
@@ -97,11 +104,42 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
         rate_limited = report.server.rate_limited,
         tcp_connections = report.io.tcp_accepted,
         tcp_refused = report.io.tcp_refused,
+        tls_connections = report.io.tls_accepted,
+        tls_handshakes = report.io.tls_handshakes,
+        tls_handshake_failures = report.io.tls_handshake_failures,
+        tls_handshake_timeouts = report.io.tls_handshake_timeouts,
+        tls_refused = report.io.tls_refused,
         over_bandwidth = report.server.over_bandwidth,
         icmp_relayed = report.server.icmp_relayed,
         "tern stopped"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP (`systemctl reload`) reads the TLS certificate and key again. New
+/// handshakes use the new pair, established connections keep theirs, and a
+/// pair that does not load leaves the old one in place. Without TLS there is
+/// nothing to reload, but SIGHUP is still caught: its default would end tern.
+/// A SIGHUP that arrives before this runs is queued in `signals`, not lost.
+fn on_reload(
+    mut signals: signal_hook::iterator::Signals,
+    store: Option<std::sync::Arc<io::tls::TlsStore>>,
+) -> std::io::Result<signal_hook::iterator::Handle> {
+    let handle = signals.handle();
+    std::thread::Builder::new().name("tern-reload".into()).spawn(move || {
+        for _ in signals.forever() {
+            let Some(store) = &store else {
+                info!("SIGHUP: no TLS certificate configured; nothing to reload");
+                continue;
+            };
+            let (cert, key) = store.files();
+            match store.reload() {
+                Ok(()) => info!(cert = %cert.display(), key = %key.display(), "tls certificate reloaded"),
+                Err(e) => error!(error = %e, "tls certificate reload failed; keeping the previous certificate"),
+            }
+        }
+    })?;
+    Ok(handle)
 }
 
 fn check(args: &ServerArgs) -> Result<ExitCode, String> {
@@ -112,11 +150,37 @@ fn check(args: &ServerArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The TLS client for `server`, when `--tls` or a secure URI asks for one.
+fn tls_client(server: &str, args: &TlsClientArgs, alpn: &[u8]) -> Result<Option<TlsClient>, String> {
+    if !args.tls && !client::is_secure_uri(server) {
+        return Ok(None);
+    }
+    let options = TlsOptions {
+        server_name: args.sni.clone().unwrap_or_else(|| client_tls::server_name(server)),
+        ca: args.tls_ca.clone(),
+        insecure: args.insecure,
+        alpn: vec![alpn.to_vec()],
+    };
+    TlsClient::new(&options).map(Some).map_err(|e| e.to_string())
+}
+
+/// Resolves the server, on 5349 by default over TLS.
+fn resolve(server: &str, tls: bool) -> Result<std::net::SocketAddr, String> {
+    let port = if tls { client_tls::DEFAULT_TLS_PORT } else { client::DEFAULT_PORT };
+    client::resolve_server_with_port(server, port).map_err(|e| format!("{server}: {e}"))
+}
+
 fn stun(args: &StunArgs) -> Result<ExitCode, String> {
-    let server = client::resolve_server(&args.server).map_err(|e| format!("{}: {e}", args.server))?;
+    let tls = tls_client(&args.server, &args.tls, client_tls::ALPN_STUN)?;
+    let server = resolve(&args.server, tls.is_some())?;
     let probe = StunProbe {
         server,
-        transport: if args.tcp { Transport::Tcp } else { Transport::Udp },
+        transport: match (&tls, args.tcp) {
+            (Some(_), _) => Transport::Tls,
+            (None, true) => Transport::Tcp,
+            (None, false) => Transport::Udp,
+        },
+        tls,
         count: args.count,
         timeout: args.timeout,
         interval: args.interval,
@@ -146,7 +210,8 @@ fn transport(transport: ClientTransport) -> Transport {
 }
 
 fn turn(args: &TurnArgs) -> Result<ExitCode, String> {
-    let server = client::resolve_server(&args.server).map_err(|e| format!("{}: {e}", args.server))?;
+    let tls = tls_client(&args.server, &args.tls, client_tls::ALPN_TURN)?;
+    let server = resolve(&args.server, tls.is_some())?;
     let credentials = client_credentials(&args.user, args.pass.as_ref(), args.secret.as_ref())?;
     let mode = match args.password_algorithm {
         None => AuthMode::Auto,
@@ -160,7 +225,8 @@ fn turn(args: &TurnArgs) -> Result<ExitCode, String> {
     }
     let probe = RelayProbe {
         server,
-        transport: transport(args.transport),
+        transport: if tls.is_some() { Transport::Tls } else { transport(args.transport) },
+        tls,
         credentials,
         auth: AuthOptions { mode, userhash: args.userhash },
         peer: args.peer,

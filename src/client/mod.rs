@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod load;
 pub mod relay_probe;
 pub mod stun;
+pub mod tls;
 pub mod transaction;
 pub mod turn;
 
@@ -20,23 +21,47 @@ use crate::io::clock;
 use crate::proto::Transport;
 use crate::proto::demux;
 use crate::proto::stun::{HEADER_LEN, Message, TransactionId};
+use rustls::{ClientConnection, StreamOwned};
+use tls::TlsClient;
 use transaction::{TimerAction, Transaction};
 
 /// The STUN/TURN port when none is given (RFC 8489 §18.4, RFC 8656 §18).
 pub const DEFAULT_PORT: u16 = 3478;
 
+/// Splits a `stun:`, `stuns:`, `turn:` or `turns:` scheme off; true for the
+/// TLS ones (RFC 7064, RFC 7065).
+pub fn strip_scheme(text: &str) -> (&str, bool) {
+    for (scheme, secure) in [("stuns:", true), ("turns:", true), ("stun:", false), ("turn:", false)] {
+        if let Some(rest) = text.strip_prefix(scheme) {
+            return (rest, secure);
+        }
+    }
+    (text, false)
+}
+
+/// Whether `text` is a `stuns:` or `turns:` URI.
+pub fn is_secure_uri(text: &str) -> bool {
+    strip_scheme(text).1
+}
+
 /// Resolves `SERVER[:PORT]`, also accepting `stun:` and `turn:` URIs as they
 /// appear in `iceServers` (a `?transport=` suffix is ignored here).
 pub fn resolve_server(text: &str) -> io::Result<SocketAddr> {
-    let text = text.strip_prefix("stun:").or_else(|| text.strip_prefix("turn:")).unwrap_or(text);
+    resolve_server_with_port(text, DEFAULT_PORT)
+}
+
+/// Like [`resolve_server`], with `default_port` when none is given (5349
+/// for TLS).
+pub fn resolve_server_with_port(text: &str, default_port: u16) -> io::Result<SocketAddr> {
+    let text = strip_scheme(text).0;
     let text = text.split('?').next().unwrap_or(text);
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
     }
     if let Ok(ip) = text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+        return Ok(SocketAddr::new(ip, default_port));
     }
-    let with_port = if text.contains(':') { text.to_owned() } else { format!("{text}:{DEFAULT_PORT}") };
+    let with_port = if text.contains(':') { text.to_owned() } else { format!("{text}:{default_port}") };
     with_port
         .to_socket_addrs()?
         .next()
@@ -52,7 +77,7 @@ pub enum TransactError {
     Io(#[from] io::Error),
 }
 
-/// A client's connection to one server over UDP or TCP.
+/// A client's connection to one server over UDP, TCP or TLS.
 pub struct ClientSocket {
     server: SocketAddr,
     kind: Kind,
@@ -61,10 +86,12 @@ pub struct ClientSocket {
 enum Kind {
     Udp(UdpSocket),
     Tcp { stream: TcpStream, inbuf: Vec<u8> },
+    Tls { stream: Box<StreamOwned<ClientConnection, TcpStream>>, inbuf: Vec<u8> },
 }
 
 impl ClientSocket {
     /// Opens a socket to `server`; over TCP this connects within `timeout`.
+    /// TLS needs its settings: use [`Self::open_tls`] or [`Self::connect`].
     pub fn open(server: SocketAddr, transport: Transport, timeout: Duration) -> io::Result<Self> {
         Self::open_from(None, server, transport, timeout)
     }
@@ -80,25 +107,61 @@ impl ClientSocket {
         let local = SocketAddr::new(local.unwrap_or(unspecified), 0);
         let kind = match transport {
             Transport::Udp => Kind::Udp(UdpSocket::bind(local)?),
-            Transport::Tcp => {
-                let socket = socket2::Socket::new(
-                    socket2::Domain::for_address(server),
-                    socket2::Type::STREAM,
-                    Some(socket2::Protocol::TCP),
-                )?;
-                if !local.ip().is_unspecified() {
-                    socket.bind(&local.into())?;
-                }
-                socket.connect_timeout(&server.into(), timeout)?;
-                let stream: TcpStream = socket.into();
-                stream.set_nodelay(true)?;
-                Kind::Tcp { stream, inbuf: Vec::new() }
-            }
+            Transport::Tcp => Kind::Tcp { stream: tcp_connect(local, server, timeout)?, inbuf: Vec::new() },
             Transport::Tls => {
-                return Err(io::Error::new(io::ErrorKind::Unsupported, "TLS is not supported by this client yet"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "TLS needs a certificate policy: use ClientSocket::open_tls",
+                ));
             }
         };
         Ok(Self { server, kind })
+    }
+
+    /// Connects to `server` over TCP and runs the TLS handshake, each step
+    /// within `timeout`.
+    pub fn open_tls(server: SocketAddr, tls: &TlsClient, timeout: Duration) -> io::Result<Self> {
+        let unspecified = if server.is_ipv4() { IpAddr::from([0, 0, 0, 0]) } else { IpAddr::from([0u16; 8]) };
+        let stream = tcp_connect(SocketAddr::new(unspecified, 0), server, timeout)?;
+        let stream = tls.connect(stream, timeout)?;
+        Ok(Self { server, kind: Kind::Tls { stream: Box::new(stream), inbuf: Vec::new() } })
+    }
+
+    /// Opens a socket over `transport`; `tls` is required for TLS.
+    pub fn connect(
+        server: SocketAddr,
+        transport: Transport,
+        tls: Option<&TlsClient>,
+        timeout: Duration,
+    ) -> io::Result<Self> {
+        match (transport, tls) {
+            (Transport::Tls, Some(tls)) => Self::open_tls(server, tls, timeout),
+            _ => Self::open(server, transport, timeout),
+        }
+    }
+
+    /// The ALPN ID the server chose, over TLS.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        match &self.kind {
+            Kind::Tls { stream, .. } => stream.conn.alpn_protocol(),
+            _ => None,
+        }
+    }
+
+    /// The certificate the server presented (DER, leaf first), over TLS.
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        match &self.kind {
+            Kind::Tls { stream, .. } => stream.conn.peer_certificates(),
+            _ => None,
+        }
+    }
+
+    /// The TLS version negotiated, over TLS.
+    pub fn tls_version(&self) -> Option<rustls::ProtocolVersion> {
+        match &self.kind {
+            Kind::Tls { stream, .. } => stream.conn.protocol_version(),
+            _ => None,
+        }
     }
 
     /// Wraps a UDP socket the caller already has.
@@ -110,7 +173,7 @@ impl ClientSocket {
     pub fn into_udp(self) -> Option<UdpSocket> {
         match self.kind {
             Kind::Udp(socket) => Some(socket),
-            Kind::Tcp { .. } => None,
+            Kind::Tcp { .. } | Kind::Tls { .. } => None,
         }
     }
 
@@ -118,7 +181,7 @@ impl ClientSocket {
     pub fn into_tcp(self) -> Option<(TcpStream, Vec<u8>)> {
         match self.kind {
             Kind::Tcp { stream, inbuf } => Some((stream, inbuf)),
-            Kind::Udp(_) => None,
+            Kind::Udp(_) | Kind::Tls { .. } => None,
         }
     }
 
@@ -130,6 +193,7 @@ impl ClientSocket {
         match self.kind {
             Kind::Udp(_) => Transport::Udp,
             Kind::Tcp { .. } => Transport::Tcp,
+            Kind::Tls { .. } => Transport::Tls,
         }
     }
 
@@ -137,6 +201,7 @@ impl ClientSocket {
         match &self.kind {
             Kind::Udp(socket) => socket.local_addr(),
             Kind::Tcp { stream, .. } => stream.local_addr(),
+            Kind::Tls { stream, .. } => stream.sock.local_addr(),
         }
     }
 
@@ -145,6 +210,10 @@ impl ClientSocket {
         match &mut self.kind {
             Kind::Udp(socket) => socket.send_to(frame, self.server).map(drop),
             Kind::Tcp { stream, .. } => stream.write_all(frame),
+            Kind::Tls { stream, .. } => {
+                stream.write_all(frame)?;
+                stream.flush()
+            }
         }
     }
 
@@ -172,23 +241,15 @@ impl ClientSocket {
                     }
                 }
                 Kind::Tcp { stream, inbuf } => {
-                    if let Some(len) = demux::stream_frame_len(inbuf).map_err(io::Error::other)?
-                        && len <= inbuf.len()
-                    {
-                        out.clear();
-                        out.extend_from_slice(&inbuf[..len]);
-                        inbuf.drain(..len);
+                    stream.set_read_timeout(Some(wait))?;
+                    if read_frame(stream, inbuf, out)? {
                         return Ok(true);
                     }
-                    stream.set_read_timeout(Some(wait))?;
-                    let mut chunk = [0u8; 16384];
-                    match stream.read(&mut chunk) {
-                        Ok(0) => {
-                            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
-                        }
-                        Ok(n) => inbuf.extend_from_slice(&chunk[..n]),
-                        Err(e) if is_timeout(&e) => continue,
-                        Err(e) => return Err(e),
+                }
+                Kind::Tls { stream, inbuf } => {
+                    stream.sock.set_read_timeout(Some(wait))?;
+                    if read_frame(stream.as_mut(), inbuf, out)? {
+                        return Ok(true);
                     }
                 }
             }
@@ -229,6 +290,45 @@ impl ClientSocket {
     }
 }
 
+/// One step of reading a stream: a whole frame buffered in `inbuf` goes to
+/// `out` (true); otherwise one read into `inbuf` (false), where a timeout is
+/// no error.
+fn read_frame(stream: &mut impl Read, inbuf: &mut Vec<u8>, out: &mut Vec<u8>) -> io::Result<bool> {
+    if let Some(len) = demux::stream_frame_len(inbuf).map_err(io::Error::other)?
+        && len <= inbuf.len()
+    {
+        out.clear();
+        out.extend_from_slice(&inbuf[..len]);
+        inbuf.drain(..len);
+        return Ok(true);
+    }
+    let mut chunk = [0u8; 16384];
+    match stream.read(&mut chunk) {
+        Ok(0) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection")),
+        Ok(n) => {
+            inbuf.extend_from_slice(&chunk[..n]);
+            Ok(false)
+        }
+        Err(e) if is_timeout(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn tcp_connect(local: SocketAddr, server: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(server),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if !local.ip().is_unspecified() {
+        socket.bind(&local.into())?;
+    }
+    socket.connect_timeout(&server.into(), timeout)?;
+    let stream: TcpStream = socket.into();
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 fn is_timeout(error: &io::Error) -> bool {
     matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
 }
@@ -247,5 +347,8 @@ mod tests {
         assert_eq!(resolve_server("::1").expect("v6").to_string(), "[::1]:3478");
         assert_eq!(resolve_server("[::1]:5000").expect("v6").to_string(), "[::1]:5000");
         assert_eq!(resolve_server("localhost:4000").expect("host").port(), 4000);
+        assert_eq!(resolve_server_with_port("turns:127.0.0.1?transport=tcp", 5349).expect("uri").port(), 5349);
+        assert!(is_secure_uri("turns:example.com") && is_secure_uri("stuns:example.com"));
+        assert!(!is_secure_uri("turn:example.com") && !is_secure_uri("example.com"));
     }
 }

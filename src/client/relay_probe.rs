@@ -6,7 +6,10 @@
 //! server. Its address is learned with a Binding request to the TURN server,
 //! so it is the address the relay will see and the probe works across NATs;
 //! the peer first sends towards the relayed address so a NAT in front of it
-//! lets the relay's packets in.
+//! lets the relay's packets in. Over TLS the server's port may serve no UDP,
+//! so the peer's address is the client's mapped IP (from the Allocate
+//! response) with the peer socket's port: right unless a NAT rewrites ports,
+//! where `--peer` is the way.
 
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::ClientSocket;
 use super::stun::{self, BindingResult};
+use super::tls::TlsClient;
 use super::turn::{AuthOptions, Credentials, Received, TurnError, TurnSession};
 use crate::io::clock;
 use crate::proto::Transport;
@@ -25,6 +29,8 @@ const PROBE_CHANNEL: u16 = 0x4000;
 pub struct RelayProbe {
     pub server: SocketAddr,
     pub transport: Transport,
+    /// Required over TLS.
+    pub tls: Option<TlsClient>,
     pub credentials: Credentials,
     pub auth: AuthOptions,
     /// An echo server to use as the peer instead of a socket of our own.
@@ -38,6 +44,8 @@ enum Peer {
     Own { socket: UdpSocket, addr: SocketAddr },
     /// A remote echo server.
     Echo(SocketAddr),
+    /// A socket of ours whose address is learned from the Allocate response.
+    Unmapped(UdpSocket),
 }
 
 impl Peer {
@@ -45,6 +53,7 @@ impl Peer {
         match self {
             Self::Own { addr, .. } => *addr,
             Self::Echo(addr) => *addr,
+            Self::Unmapped(socket) => socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
         }
     }
 }
@@ -63,13 +72,17 @@ impl RelayProbe {
     }
 
     fn steps(&self, out: &mut impl Write) -> Result<(), String> {
-        let peer = self.peer()?;
-        let socket = ClientSocket::open(self.server, self.transport, self.timeout)
+        let mut peer = self.peer()?;
+        let socket = ClientSocket::connect(self.server, self.transport, self.tls.as_ref(), self.timeout)
             .map_err(|e| format!("cannot reach {} over {}: {e}", self.server, self.transport))?;
         let mut session = TurnSession::new(socket, self.credentials.clone(), self.timeout).with_auth(self.auth);
 
         let started = clock::now();
         let allocated = session.allocate(None).map_err(|e| explain("allocate", &e, self, &peer))?;
+        if let Peer::Unmapped(socket) = peer {
+            let port = socket.local_addr().map_err(|e| e.to_string())?.port();
+            peer = Peer::Own { socket, addr: SocketAddr::new(allocated.mapped.ip(), port) };
+        }
         line(
             out,
             "allocate",
@@ -131,6 +144,9 @@ impl RelayProbe {
         }
         let any = if self.server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
         let socket = UdpSocket::bind(any).map_err(|e| format!("cannot open the peer socket: {e}"))?;
+        if self.transport == Transport::Tls {
+            return Ok(Peer::Unmapped(socket));
+        }
         // Ask the server what address the peer socket has from its side.
         let mut probe = ClientSocket::from_udp(socket.try_clone().map_err(|e| e.to_string())?, self.server);
         let addr = match stun::binding(&mut probe, self.timeout).map_err(|e| e.to_string())? {

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::tls::TlsClient;
 use super::{ClientSocket, TransactError};
 use crate::io::clock;
 use crate::proto::Transport;
@@ -16,6 +17,8 @@ use crate::proto::stun::{Class, Message, MessageType, MessageWriter, Method, Tra
 pub struct StunProbe {
     pub server: SocketAddr,
     pub transport: Transport,
+    /// Required over TLS.
+    pub tls: Option<TlsClient>,
     pub count: u32,
     pub timeout: Duration,
     pub interval: Duration,
@@ -34,8 +37,14 @@ impl StunProbe {
     /// Runs the probe, printing a line per request and a summary to `out`.
     /// Returns true when every request got a mapped address.
     pub fn run(&self, out: &mut impl Write) -> std::io::Result<bool> {
-        let mut socket = match ClientSocket::open(self.server, self.transport, self.timeout) {
-            Ok(socket) => socket,
+        let mut socket = match ClientSocket::connect(self.server, self.transport, self.tls.as_ref(), self.timeout) {
+            Ok(socket) => {
+                if let Some(version) = socket.tls_version() {
+                    let alpn = socket.alpn_protocol().map(String::from_utf8_lossy);
+                    writeln!(out, "{}: {version:?}, ALPN {}", self.server, alpn.as_deref().unwrap_or("none"))?;
+                }
+                socket
+            }
             Err(e) => {
                 writeln!(out, "cannot reach {} over {}: {e}", self.server, self.transport)?;
                 return Ok(false);

@@ -1,6 +1,7 @@
 //! Binding the listen sockets: for every listen address, one UDP socket and one
-//! TCP listener per worker, all with SO_REUSEPORT so the kernel spreads clients
-//! across workers by their 5-tuple and keeps each client on one worker.
+//! TCP listener per worker, and for every TLS listen address one TCP listener
+//! per worker, all with SO_REUSEPORT so the kernel spreads clients across
+//! workers by their 5-tuple and keeps each client on one worker.
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ const EPHEMERAL_ATTEMPTS: usize = 32;
 pub struct WorkerListeners {
     pub udp: Vec<(mio::net::UdpSocket, SocketAddr)>,
     pub tcp: Vec<(mio::net::TcpListener, SocketAddr)>,
+    pub tls: Vec<(mio::net::TcpListener, SocketAddr)>,
 }
 
 /// A listen socket failed to bind; names what and where.
@@ -33,12 +35,18 @@ pub struct BindError {
     pub source: io::Error,
 }
 
-/// Binds `workers` UDP sockets and TCP listeners on each address. A port of 0
+/// Binds `workers` UDP sockets and TCP listeners on each address of `addrs`,
+/// and `workers` TCP listeners on each address of `tls_addrs`. A port of 0
 /// is resolved once, to one port shared by UDP and TCP and all workers.
 /// `buffer` is the SO_RCVBUF and SO_SNDBUF asked for each UDP socket.
-pub fn bind_all(addrs: &[SocketAddr], workers: usize, buffer: usize) -> Result<Vec<WorkerListeners>, BindError> {
+pub fn bind_all(
+    addrs: &[SocketAddr],
+    tls_addrs: &[SocketAddr],
+    workers: usize,
+    buffer: usize,
+) -> Result<Vec<WorkerListeners>, BindError> {
     let mut per_worker: Vec<WorkerListeners> =
-        (0..workers).map(|_| WorkerListeners { udp: Vec::new(), tcp: Vec::new() }).collect();
+        (0..workers).map(|_| WorkerListeners { udp: Vec::new(), tcp: Vec::new(), tls: Vec::new() }).collect();
     for &addr in addrs {
         let (udp, tcp) = bind_address(addr, workers, buffer)?;
         for (worker, (udp, tcp)) in per_worker.iter_mut().zip(udp.into_iter().zip(tcp)) {
@@ -46,7 +54,44 @@ pub fn bind_all(addrs: &[SocketAddr], workers: usize, buffer: usize) -> Result<V
             worker.tcp.push(tcp);
         }
     }
+    for &addr in tls_addrs {
+        let bind_error = |source| BindError { transport: Transport::Tls, addr, source };
+        let resolved = claim_tcp(addr).map_err(|e| bind_error(in_use(e)))?;
+        for worker in &mut per_worker {
+            let listener = tcp_listener(resolved).map_err(|source| BindError {
+                transport: Transport::Tls,
+                addr: resolved,
+                source,
+            })?;
+            worker.tls.push((mio::net::TcpListener::from_std(listener), resolved));
+        }
+    }
     Ok(per_worker)
+}
+
+/// Like [`claim`], for a TCP-only (TLS) address: binds without SO_REUSEPORT,
+/// so an address anybody listens on (a plain TCP listener of ours included)
+/// is refused, and resolves port 0.
+fn claim_tcp(addr: SocketAddr) -> io::Result<SocketAddr> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    // Listening makes the kernel count the port as taken for a bind of port 0
+    // by the next listener too; it is closed right after.
+    socket.listen(1)?;
+    socket.local_addr()?.as_socket().ok_or_else(|| io::Error::other("bound socket has no IP address"))
+}
+
+/// Adds a hint to "address in use".
+fn in_use(source: io::Error) -> io::Error {
+    if source.kind() == io::ErrorKind::AddrInUse {
+        io::Error::new(io::ErrorKind::AddrInUse, format!("{source} (is another tern or another server running there?)"))
+    } else {
+        source
+    }
 }
 
 type Bound = (Vec<(mio::net::UdpSocket, SocketAddr)>, Vec<(mio::net::TcpListener, SocketAddr)>);
@@ -89,17 +134,7 @@ fn bind_set(addr: SocketAddr, workers: usize, buffer: usize) -> Result<Bound, Bi
 /// clients. Sockets without SO_REUSEPORT cannot share, so binding them
 /// fails if anything listens there; they are closed again at once.
 fn claim(addr: SocketAddr) -> Result<SocketAddr, BindError> {
-    let in_use = |transport, addr, source: io::Error| {
-        let source = if source.kind() == io::ErrorKind::AddrInUse {
-            io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("{source} (is another tern or another server running there?)"),
-            )
-        } else {
-            source
-        };
-        BindError { transport, addr, source }
-    };
+    let in_use = |transport, addr, source: io::Error| BindError { transport, addr, source: in_use(source) };
     let udp = std::net::UdpSocket::bind(addr).map_err(|e| in_use(Transport::Udp, addr, e))?;
     let resolved = udp.local_addr().map_err(|e| in_use(Transport::Udp, addr, e))?;
     let tcp = Socket::new(Domain::for_address(resolved), Type::STREAM, Some(Protocol::TCP))
@@ -164,12 +199,15 @@ mod tests {
     #[test]
     fn port_zero_resolves_to_one_port_for_all_workers_and_both_transports() {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("literal");
-        let workers = bind_all(&[addr], 3, 0).expect("bind");
+        let workers = bind_all(&[addr], &[addr], 3, 0).expect("bind");
         let port = workers[0].udp[0].1.port();
         assert_ne!(port, 0);
         for worker in &workers {
             assert_eq!(worker.udp[0].1.port(), port);
             assert_eq!(worker.tcp[0].1.port(), port);
+            assert_ne!(worker.tls[0].1.port(), 0);
+            assert_ne!(worker.tls[0].1.port(), port);
+            assert_eq!(worker.tls[0].1.port(), workers[0].tls[0].1.port());
         }
     }
 }

@@ -13,11 +13,13 @@ pub mod relay;
 pub mod shutdown;
 pub mod sys;
 mod tcp;
+pub mod tls;
 mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tracing::{error, info, warn};
 
@@ -41,6 +43,22 @@ pub struct RuntimeConfig {
     pub relay_ports: (u16, u16),
     pub quotas: QuotaLimits,
     pub server: ServerConfig,
+    /// TLS listeners, when a certificate is configured.
+    pub tls: Option<TlsSettings>,
+}
+
+/// Where to serve TLS, with which certificate, and its limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub listen: Vec<SocketAddr>,
+    /// PEM certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// PEM private key.
+    pub key: std::path::PathBuf,
+    /// Handshakes in progress per worker; a connection beyond it is closed at once.
+    pub max_handshakes: usize,
+    /// A connection whose handshake takes longer is closed.
+    pub handshake_timeout: Duration,
 }
 
 /// Why the server could not start.
@@ -52,6 +70,8 @@ pub enum StartError {
     Worker(#[source] std::io::Error),
     #[error("cannot switch to the configured user and group: {0}")]
     Privileges(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A running server.
@@ -60,11 +80,19 @@ pub struct Running {
     workers: Vec<JoinHandle<std::io::Result<WorkerReport>>>,
     shutdown: Shutdown,
     shared: Arc<relay::Shared>,
+    tls: Option<Arc<tls::TlsStore>>,
 }
 
 /// Binds the listen sockets and starts the workers.
 pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, StartError> {
-    let per_worker = listener::bind_all(&config.listen, config.workers, config.udp_buffer)?;
+    // The certificate is read before anything binds, and before privileges
+    // are dropped: the key file is often readable by root only.
+    let tls = match &config.tls {
+        Some(settings) => Some((settings, Arc::new(tls::TlsStore::load(&settings.cert, &settings.key)?))),
+        None => None,
+    };
+    let tls_listen = config.tls.as_ref().map_or(&[][..], |t| &t.listen[..]);
+    let per_worker = listener::bind_all(&config.listen, tls_listen, config.workers, config.udp_buffer)?;
     if let Some((socket, _)) = per_worker.first().and_then(|w| w.udp.first()) {
         let granted = socket2::SockRef::from(socket).recv_buffer_size().map(|b| b / 2).unwrap_or(0);
         if config.udp_buffer > 0 && granted < config.udp_buffer {
@@ -80,6 +108,7 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
     if let Some(first) = per_worker.first() {
         listening.extend(first.udp.iter().map(|(_, addr)| (Transport::Udp, *addr)));
         listening.extend(first.tcp.iter().map(|(_, addr)| (Transport::Tcp, *addr)));
+        listening.extend(first.tls.iter().map(|(_, addr)| (Transport::Tls, *addr)));
     }
     if let Some(identity) = config.run_as {
         sys::drop_privileges(identity).map_err(StartError::Privileges)?;
@@ -88,8 +117,14 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
     let shared = Arc::new(relay::Shared::new(config.relay_ports, config.quotas));
     let mut workers = Vec::with_capacity(config.workers);
     for (id, listeners) in per_worker.into_iter().enumerate() {
-        let worker = worker::Worker::new(id, listeners, config.server.clone(), shared.clone(), shutdown.clone())
-            .map_err(StartError::Worker)?;
+        let worker_tls = tls.as_ref().map(|(settings, store)| worker::WorkerTls {
+            acceptor: tls::TlsAcceptor::new(Arc::clone(store)),
+            max_handshakes: settings.max_handshakes,
+            handshake_timeout: settings.handshake_timeout,
+        });
+        let worker =
+            worker::Worker::new(id, listeners, config.server.clone(), shared.clone(), shutdown.clone(), worker_tls)
+                .map_err(StartError::Worker)?;
         let shutdown = shutdown.clone();
         let handle = std::thread::Builder::new()
             .name(format!("tern-worker-{id}"))
@@ -107,7 +142,7 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
     for (transport, addr) in &listening {
         info!(%transport, %addr, workers = config.workers, "listening");
     }
-    Ok(Running { listening, workers, shutdown: shutdown.clone(), shared })
+    Ok(Running { listening, workers, shutdown: shutdown.clone(), shared, tls: tls.map(|(_, store)| store) })
 }
 
 impl Running {
@@ -119,6 +154,11 @@ impl Running {
     /// The state shared by the workers: port pools and quotas.
     pub fn shared(&self) -> &relay::Shared {
         &self.shared
+    }
+
+    /// The certificate store, when TLS is served; `reload` it on SIGHUP.
+    pub fn tls(&self) -> Option<Arc<tls::TlsStore>> {
+        self.tls.clone()
     }
 
     /// The shutdown handle the workers watch.

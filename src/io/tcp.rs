@@ -1,11 +1,15 @@
-//! One client TCP connection: a read buffer cut into frames by the STUN or
-//! ChannelData length (RFC 8656 §12.5), and a write queue.
+//! One client TCP or TLS connection: a read buffer cut into frames by the
+//! STUN or ChannelData length (RFC 8656 §12.5), and a write queue. Over TLS
+//! the same framing runs on the decrypted stream (`tls.rs` does the rest).
 //!
 //! Buffers start empty and grow to the largest frame seen, at most one
 //! 64 KiB STUN message plus a read chunk, so idle connections stay cheap.
 
 use std::io::{self, Read, Write};
 
+use rustls::ServerConnection;
+
+use super::tls;
 use crate::proto::FiveTuple;
 use crate::proto::demux;
 
@@ -29,6 +33,8 @@ pub enum Closed {
     WriteQueueFull,
     #[error("idle")]
     Idle,
+    #[error("TLS handshake not finished in time")]
+    HandshakeTimeout,
     #[error("{0}")]
     Io(io::Error),
 }
@@ -36,6 +42,13 @@ pub enum Closed {
 pub struct TcpConnection {
     pub stream: mio::net::TcpStream,
     pub tuple: FiveTuple,
+    /// The TLS state machine, for a connection accepted on a TLS listener.
+    /// Boxed: it is large, and plain TCP connections do without.
+    pub tls: Option<Box<ServerConnection>>,
+    /// When the connection was accepted, for the TLS handshake timeout.
+    pub accepted: std::time::Instant,
+    /// The worker counted the end of this connection's TLS handshake.
+    pub handshake_done: bool,
     inbuf: Vec<u8>,
     pub outbuf: Vec<u8>,
     out_pos: usize,
@@ -55,10 +68,18 @@ pub enum ReadStatus {
 }
 
 impl TcpConnection {
-    pub fn new(stream: mio::net::TcpStream, tuple: FiveTuple, now: std::time::Instant) -> Self {
+    pub fn new(
+        stream: mio::net::TcpStream,
+        tuple: FiveTuple,
+        tls: Option<Box<ServerConnection>>,
+        now: std::time::Instant,
+    ) -> Self {
         Self {
             stream,
             tuple,
+            tls,
+            accepted: now,
+            handshake_done: false,
             inbuf: Vec::new(),
             outbuf: Vec::new(),
             out_pos: 0,
@@ -88,7 +109,11 @@ impl TcpConnection {
                 Err(_) => return Err(Closed::Framing),
             };
             self.inbuf.resize(filled + need.max(READ_CHUNK).min(budget), 0);
-            match self.stream.read(&mut self.inbuf[filled..]) {
+            let read = match &mut self.tls {
+                Some(tls) => tls::read(tls, &mut self.stream, &mut self.inbuf[filled..]),
+                None => self.stream.read(&mut self.inbuf[filled..]),
+            };
+            match read {
                 Ok(0) => {
                     self.inbuf.truncate(filled);
                     return Err(Closed::Eof);
@@ -134,16 +159,52 @@ impl TcpConnection {
         self.outbuf.len() - self.out_pos
     }
 
+    /// Nothing left to send: no queued bytes and no TLS record pending.
+    pub fn drained(&self) -> bool {
+        self.queued() == 0 && self.tls.as_ref().is_none_or(|tls| !tls.wants_write())
+    }
+
+    /// Whether this is a TLS connection still in its handshake.
+    pub fn handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+    }
+
+    /// Before closing a TLS connection: queue close_notify and send what the
+    /// socket takes, so the client sees a clean end rather than a truncation.
+    pub fn close_notify(&mut self) {
+        if let Some(tls) = &mut self.tls {
+            tls.send_close_notify();
+            let _ = tls::write_pending(tls, &mut self.stream);
+        }
+    }
+
     /// Writes as much of the queue as the socket takes.
     pub fn flush(&mut self) -> Result<(), Closed> {
         while self.out_pos < self.outbuf.len() {
-            match self.stream.write(&self.outbuf[self.out_pos..]) {
+            let pending = &self.outbuf[self.out_pos..];
+            let written = match &mut self.tls {
+                Some(tls) => {
+                    // The queue holds whole frames, so this cuts at the next
+                    // boundary; TLS writes a message per record (see tls.rs).
+                    let frame = match demux::stream_frame_len(pending) {
+                        Ok(Some(len)) if len <= pending.len() => len,
+                        _ => pending.len(),
+                    };
+                    tls::write(tls, &mut self.stream, &pending[..frame])
+                }
+                None => self.stream.write(pending),
+            };
+            match written {
                 Ok(0) => return Err(Closed::Eof),
                 Ok(n) => self.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Closed::Io(e)),
             }
+        }
+        // Records from the handshake, or left over when the socket was full.
+        if let Some(tls) = &mut self.tls {
+            tls::write_pending(tls, &mut self.stream).map_err(Closed::Io)?;
         }
         if self.out_pos == self.outbuf.len() {
             self.outbuf.clear();

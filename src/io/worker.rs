@@ -1,6 +1,12 @@
 //! One worker: a single-threaded event loop that owns its share of the listen
-//! sockets, its TCP connections, the relay sockets of its allocations and its
-//! [`Server`], and drives the core with bytes and time.
+//! sockets, its TCP and TLS connections, the relay sockets of its allocations
+//! and its [`Server`], and drives the core with bytes and time.
+//!
+//! A TLS connection is a TCP connection with a rustls state machine between
+//! the socket and the framing; it shares the connection table, the caps per
+//! source IP and in all, and the idle timeout with plain TCP. On top, a
+//! worker caps the handshakes in progress and closes connections whose
+//! handshake takes too long, so half-open handshakes cannot pile up.
 //!
 //! The loop is a plain `mio` poll rather than an async runtime: a ready socket
 //! is served directly, with no task to wake, and a batch of datagrams read in
@@ -26,6 +32,7 @@ use super::relay::{RelaySocket, Shared, WorkerDriver};
 use super::shutdown::Shutdown;
 use super::sys::{self, RecvBatch};
 use super::tcp::{Closed, ReadStatus, TcpConnection, WRITE_QUEUE_LIMIT};
+use super::tls::TlsAcceptor;
 use crate::proto::allocation::{ClientHandle, RelayId};
 use crate::proto::server::{ClientOutcome, IcmpReport, PEER_HEADROOM, PEER_TAILROOM, Server, ServerConfig, Stats};
 use crate::proto::{FiveTuple, Now, Transport};
@@ -44,7 +51,7 @@ const TICK: Duration = Duration::from_secs(1);
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 const WAKER: Token = Token(usize::MAX);
-/// Tokens below this are listeners (UDP first, then TCP).
+/// Tokens below this are listeners (UDP first, then TCP, then TLS).
 const CONN_BASE: usize = 1 << 32;
 /// Relay socket tokens: this plus the allocation id.
 const RELAY_BASE: usize = 1 << 48;
@@ -64,6 +71,17 @@ pub struct IoStats {
     pub tcp_closed: u64,
     /// TCP connections closed at once: a connection limit was reached.
     pub tcp_refused: u64,
+    /// Connections accepted on TLS listeners (also counted as TCP).
+    pub tls_accepted: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS connections closed before their handshake finished: a protocol
+    /// error (no common ALPN, version or cipher suite, a bad record) or EOF.
+    pub tls_handshake_failures: u64,
+    /// TLS connections closed because the handshake took too long.
+    pub tls_handshake_timeouts: u64,
+    /// TLS connections closed at once: too many handshakes in progress.
+    pub tls_refused: u64,
 }
 
 /// What a worker reports when it stops.
@@ -82,6 +100,11 @@ impl WorkerReport {
         self.io.tcp_accepted += other.io.tcp_accepted;
         self.io.tcp_closed += other.io.tcp_closed;
         self.io.tcp_refused += other.io.tcp_refused;
+        self.io.tls_accepted += other.io.tls_accepted;
+        self.io.tls_handshakes += other.io.tls_handshakes;
+        self.io.tls_handshake_failures += other.io.tls_handshake_failures;
+        self.io.tls_handshake_timeouts += other.io.tls_handshake_timeouts;
+        self.io.tls_refused += other.io.tls_refused;
     }
 }
 
@@ -118,6 +141,13 @@ impl Delivery<'_> {
     }
 }
 
+/// A worker's TLS settings.
+pub struct WorkerTls {
+    pub acceptor: TlsAcceptor,
+    pub max_handshakes: usize,
+    pub handshake_timeout: Duration,
+}
+
 /// A worker ready to run on its own thread.
 pub struct Worker {
     id: usize,
@@ -126,6 +156,10 @@ pub struct Worker {
     shared: Arc<Shared>,
     udp: Vec<(mio::net::UdpSocket, SocketAddr)>,
     tcp_listeners: Vec<(mio::net::TcpListener, SocketAddr)>,
+    tls_listeners: Vec<(mio::net::TcpListener, SocketAddr)>,
+    tls: Option<WorkerTls>,
+    /// TLS connections of this worker still in their handshake.
+    handshaking: usize,
     connections: Slab<TcpConnection>,
     relays: Vec<Option<RelaySocket>>,
     client_batch: RecvBatch,
@@ -149,16 +183,20 @@ impl Worker {
         config: ServerConfig,
         shared: Arc<Shared>,
         shutdown: Shutdown,
+        tls: Option<WorkerTls>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         shutdown.register(waker);
-        let WorkerListeners { mut udp, mut tcp } = listeners;
+        let WorkerListeners { mut udp, mut tcp, tls: mut tls_listeners } = listeners;
         for (index, (socket, _)) in udp.iter_mut().enumerate() {
             poll.registry().register(socket, Token(index), Interest::READABLE)?;
         }
         for (index, (listener, _)) in tcp.iter_mut().enumerate() {
             poll.registry().register(listener, Token(udp.len() + index), Interest::READABLE)?;
+        }
+        for (index, (listener, _)) in tls_listeners.iter_mut().enumerate() {
+            poll.registry().register(listener, Token(udp.len() + tcp.len() + index), Interest::READABLE)?;
         }
         let gso = udp.first().is_some_and(|(socket, _)| sys::gso_supported(socket.as_raw_fd()));
         Ok(Self {
@@ -168,6 +206,9 @@ impl Worker {
             shared,
             udp,
             tcp_listeners: tcp,
+            tls_listeners,
+            tls,
+            handshaking: 0,
             connections: Slab::new(),
             relays: Vec::new(),
             client_batch: RecvBatch::new(UDP_SLOT, 0),
@@ -233,12 +274,14 @@ impl Worker {
 
     fn dispatch(&mut self, token: Token, now: Now) {
         let udp_count = self.udp.len();
+        let tcp_end = udp_count + self.tcp_listeners.len();
         match token.0 {
             _ if token == WAKER => {}
             index if index >= RELAY_BASE => self.drain_relay(RelayId(index - RELAY_BASE), now),
             index if index >= CONN_BASE => self.serve_connection(index - CONN_BASE, now),
             index if index < udp_count => self.drain_udp(index, now),
-            index if index < udp_count + self.tcp_listeners.len() => self.accept(index - udp_count, now),
+            index if index < tcp_end => self.accept(index, now),
+            index if index < tcp_end + self.tls_listeners.len() => self.accept(index, now),
             _ => {}
         }
     }
@@ -395,9 +438,16 @@ impl Worker {
         }
     }
 
-    fn accept(&mut self, index: usize, now: Now) {
+    /// Accepts connections on the listener with token `token`: a TCP
+    /// listener, or a TLS one past them.
+    fn accept(&mut self, token: usize, now: Now) {
+        let tcp_index = token - self.udp.len();
+        let tls_index = tcp_index.checked_sub(self.tcp_listeners.len());
         for _ in 0..ACCEPTS_PER_WAKE {
-            let (listener, bound) = &self.tcp_listeners[index];
+            let (listener, bound) = match tls_index {
+                Some(index) => &self.tls_listeners[index],
+                None => &self.tcp_listeners[tcp_index],
+            };
             let bound = *bound;
             let (mut stream, client) = match listener.accept() {
                 Ok(accepted) => accepted,
@@ -407,31 +457,57 @@ impl Worker {
                     // EMFILE and friends: stop accepting this turn; the
                     // listener is retried on the next.
                     warn!(error = %e, "tcp accept failed");
-                    self.pending.push(Token(self.udp.len() + index));
+                    self.pending.push(Token(token));
                     return;
                 }
+            };
+            let transport = if tls_index.is_some() { Transport::Tls } else { Transport::Tcp };
+            let tls = match (&mut self.tls, tls_index) {
+                (Some(tls), Some(_)) => {
+                    if self.handshaking >= tls.max_handshakes {
+                        // Closing at once keeps a handshake flood from
+                        // holding memory and CPU; clients retry.
+                        self.stats.tls_refused += 1;
+                        debug!(%client, "tls connection refused: too many handshakes in progress");
+                        continue;
+                    }
+                    match tls.acceptor.accept() {
+                        Ok(connection) => Some(Box::new(connection)),
+                        Err(e) => {
+                            warn!(error = %e, "cannot start a tls connection");
+                            continue;
+                        }
+                    }
+                }
+                _ => None,
             };
             if !self.shared.admit_connection(client.ip()) {
                 // Closing at once; the client sees a reset or EOF.
                 self.stats.tcp_refused += 1;
-                debug!(%client, "tcp connection refused: connection limit");
+                debug!(%client, %transport, "connection refused: connection limit");
                 continue;
             }
             let server = stream.local_addr().unwrap_or(bound);
             let _ = stream.set_nodelay(true);
             let entry = self.connections.vacant_entry();
-            let token = Token(CONN_BASE + entry.key());
-            if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {
+            let conn_token = Token(CONN_BASE + entry.key());
+            if let Err(e) =
+                self.poll.registry().register(&mut stream, conn_token, Interest::READABLE | Interest::WRITABLE)
+            {
                 warn!(error = %e, "cannot register tcp connection");
                 self.shared.release_connection(client.ip());
                 continue;
             }
-            trace!(%client, "tcp connection accepted");
-            let tuple = FiveTuple { client, server, transport: Transport::Tcp };
-            entry.insert(TcpConnection::new(stream, tuple, now.instant));
+            trace!(%client, %transport, "connection accepted");
+            if tls.is_some() {
+                self.handshaking += 1;
+                self.stats.tls_accepted += 1;
+            }
+            let tuple = FiveTuple { client, server, transport };
+            entry.insert(TcpConnection::new(stream, tuple, tls, now.instant));
             self.stats.tcp_accepted += 1;
         }
-        self.pending.push(Token(self.udp.len() + index));
+        self.pending.push(Token(token));
     }
 
     fn serve_connection(&mut self, key: usize, now: Now) {
@@ -463,7 +539,21 @@ impl Worker {
             other => other,
         };
         let result = read.and_then(|status| connection.flush().map(|()| status));
-        let finished = connection.peer_closed && connection.queued() == 0;
+        let finished = connection.peer_closed && connection.drained();
+        if connection.tls.is_some() && !connection.handshake_done && !connection.handshaking() && result.is_ok() {
+            connection.handshake_done = true;
+            self.handshaking -= 1;
+            self.stats.tls_handshakes += 1;
+            if let Some(tls) = &connection.tls {
+                debug!(
+                    client = %connection.tuple.client,
+                    alpn = tls.alpn_protocol().map(String::from_utf8_lossy).as_deref(),
+                    sni = tls.server_name(),
+                    version = ?tls.protocol_version(),
+                    "tls handshake complete"
+                );
+            }
+        }
         match result {
             Ok(_) if finished => self.close_connection(key, &Closed::Eof, now),
             Ok(ReadStatus::Drained) => {}
@@ -476,7 +566,7 @@ impl Worker {
         let Some(connection) = self.connections.get_mut(key) else { return };
         match connection.flush() {
             Err(reason) => self.close_connection(key, &reason, now),
-            Ok(()) if connection.peer_closed && connection.queued() == 0 => {
+            Ok(()) if connection.peer_closed && connection.drained() => {
                 self.close_connection(key, &Closed::Eof, now);
             }
             Ok(()) => {}
@@ -485,12 +575,24 @@ impl Worker {
 
     fn close_connection(&mut self, key: usize, reason: &Closed, now: Now) {
         let mut connection = self.connections.remove(key);
+        if connection.tls.is_some() && !connection.handshake_done {
+            self.handshaking -= 1;
+            if matches!(reason, Closed::HandshakeTimeout) {
+                self.stats.tls_handshake_timeouts += 1;
+            } else {
+                self.stats.tls_handshake_failures += 1;
+            }
+            debug!(client = %connection.tuple.client, %reason, "tls handshake failed");
+        }
+        if matches!(reason, Closed::Eof | Closed::Idle | Closed::HandshakeTimeout) {
+            connection.close_notify();
+        }
         let _ = self.poll.registry().deregister(&mut connection.stream);
         let mut driver = driver(&self.poll, &mut self.relays, &self.shared, now.instant);
         self.server.handle_connection_closed(&connection.tuple, &mut driver);
         self.shared.release_connection(connection.tuple.client.ip());
         self.stats.tcp_closed += 1;
-        trace!(client = %connection.tuple.client, %reason, "tcp connection closed");
+        trace!(client = %connection.tuple.client, transport = %connection.tuple.transport, %reason, "connection closed");
     }
 
     fn tick(&mut self, now: Now) {
@@ -510,6 +612,20 @@ impl Worker {
             .collect();
         for key in idle {
             self.close_connection(key, &Closed::Idle, now);
+        }
+        if let Some(tls) = &self.tls {
+            let timeout = tls.handshake_timeout;
+            let slow: Vec<usize> = self
+                .connections
+                .iter()
+                .filter(|(_, c)| {
+                    c.tls.is_some() && !c.handshake_done && now.instant.saturating_duration_since(c.accepted) >= timeout
+                })
+                .map(|(key, _)| key)
+                .collect();
+            for key in slow {
+                self.close_connection(key, &Closed::HandshakeTimeout, now);
+            }
         }
     }
 }

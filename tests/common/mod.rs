@@ -261,6 +261,38 @@ pub fn scratch_file(name: &str, contents: &str) -> PathBuf {
     path
 }
 
+/// A self-signed certificate for `localhost` and 127.0.0.1 and ::1, made
+/// with rcgen, as PEM files in a scratch directory.
+pub struct TestCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The certificate's DER, to compare with what a server presents.
+    pub der: Vec<u8>,
+}
+
+impl TestCert {
+    pub fn new(name: &str) -> Self {
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+        let generated = rcgen::generate_simple_self_signed(names).expect("rcgen makes a certificate");
+        let cert = scratch_file(&format!("{name}-cert.pem"), &generated.cert.pem());
+        let key = scratch_file(&format!("{name}-key.pem"), &generated.signing_key.serialize_pem());
+        Self { cert, key, der: generated.cert.der().to_vec() }
+    }
+
+    pub fn cert_path(&self) -> &str {
+        self.cert.to_str().expect("utf-8 path")
+    }
+
+    pub fn key_path(&self) -> &str {
+        self.key.to_str().expect("utf-8 path")
+    }
+
+    /// `--tls-listen 127.0.0.1:0 --tls-cert CERT --tls-key KEY`.
+    pub fn serve_args(&self) -> Vec<&str> {
+        vec!["--tls-listen", LOOPBACK_V4, "--tls-cert", self.cert_path(), "--tls-key", self.key_path()]
+    }
+}
+
 /// Why `tern serve` did not come up.
 #[derive(Debug)]
 pub struct StartFailure {
@@ -320,6 +352,7 @@ impl TernServer {
             0 => None,
             n => Some(n),
         };
+        let expected_tls = full.iter().filter(|a| is_tls_listen_flag(a)).count();
         let mut child = tern_command(&full)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -341,7 +374,7 @@ impl TernServer {
             })
         };
         let mut server = Self { child: Some(child), pid, lines, reader: Some(reader), listening: Vec::new() };
-        match server.wait_listening(&receiver, expected) {
+        match server.wait_listening(&receiver, expected, expected_tls) {
             Ok(()) => Ok(server),
             Err(reason) => {
                 let status = server.kill_and_reap();
@@ -351,15 +384,22 @@ impl TernServer {
     }
 
     /// Reads log lines until every listen address has been announced for
-    /// UDP and for TCP. tern logs all its UDP addresses, then all its TCP
-    /// ones, so equal non-zero counts mean the list is complete; when the
-    /// number of `--listen` flags is known it must match too.
-    fn wait_listening(&mut self, lines: &mpsc::Receiver<String>, expected: Option<usize>) -> Result<(), String> {
+    /// UDP and for TCP, and as many TLS addresses as `--tls-listen` flags.
+    /// tern logs all its UDP addresses, then all its TCP ones, then TLS, so
+    /// equal non-zero counts mean the list is complete; when the number of
+    /// `--listen` flags is known it must match too.
+    fn wait_listening(
+        &mut self,
+        lines: &mpsc::Receiver<String>,
+        expected: Option<usize>,
+        expected_tls: usize,
+    ) -> Result<(), String> {
         let deadline = clock::now() + START_TIMEOUT;
         for _ in 0..MAX_TURNS {
             let udp = self.listening.iter().filter(|(t, _)| *t == Transport::Udp).count();
             let tcp = self.listening.iter().filter(|(t, _)| *t == Transport::Tcp).count();
-            if udp > 0 && udp == tcp && expected.is_none_or(|n| n == udp) {
+            let tls = self.listening.iter().filter(|(t, _)| *t == Transport::Tls).count();
+            if udp > 0 && udp == tcp && expected.is_none_or(|n| n == udp) && tls >= expected_tls {
                 return Ok(());
             }
             let now = clock::now();
@@ -394,6 +434,46 @@ impl TernServer {
     /// The TCP address of the first listen address.
     pub fn tcp_addr(&self) -> SocketAddr {
         self.addrs(Transport::Tcp)[0]
+    }
+
+    /// The first TLS address.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.addrs(Transport::Tls)[0]
+    }
+
+    /// Sends `signal` (SIGHUP, say) to the running server.
+    pub fn signal(&self, signal: libc::c_int) {
+        assert!(self.child.is_some(), "the server is running");
+        // The child is not reaped yet, so its PID cannot have been reused.
+        let pid = libc::pid_t::try_from(self.pid).expect("PIDs fit in pid_t");
+        // SAFETY: kill(2) with a PID we own and a valid signal number.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}): {}", io::Error::last_os_error());
+    }
+
+    /// Waits until a log line with `message` (and, when given, whose JSON
+    /// holds `field` = `value`) has appeared `count` times; fails the test
+    /// after `timeout`.
+    pub fn wait_for_log(&self, message: &str, count: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let deadline = clock::now() + timeout;
+        for _ in 0..MAX_TURNS {
+            let found: Vec<serde_json::Value> = self
+                .stderr_lines()
+                .iter()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .filter(|value| value["message"] == message)
+                .collect();
+            if found.len() >= count {
+                return found;
+            }
+            assert!(
+                clock::now() < deadline,
+                "{count} {message:?} log lines expected within {timeout:?}:\n{}",
+                self.stderr_lines().join("\n")
+            );
+            std::thread::sleep(POLL_STEP);
+        }
+        panic!("{count} {message:?} log lines expected");
     }
 
     /// Every address listened on, with its transport, in the order logged.
@@ -483,6 +563,10 @@ fn is_listen_flag(arg: &str) -> bool {
     arg == "--listen" || arg.starts_with("--listen=")
 }
 
+fn is_tls_listen_flag(arg: &str) -> bool {
+    arg == "--tls-listen" || arg.starts_with("--tls-listen=")
+}
+
 /// `Some` for a `"message":"listening"` line; an error for one whose fields
 /// are not what the harness relies on.
 fn parse_listening(line: &str) -> Result<Option<(Transport, SocketAddr)>, String> {
@@ -493,6 +577,7 @@ fn parse_listening(line: &str) -> Result<Option<(Transport, SocketAddr)>, String
     let transport = match value["transport"].as_str() {
         Some("udp") => Transport::Udp,
         Some("tcp") => Transport::Tcp,
+        Some("tls") => Transport::Tls,
         other => return Err(format!("\"listening\" line with transport {other:?}: {line}")),
     };
     let addr = value["addr"]
