@@ -60,6 +60,15 @@ pub struct ServerArgs {
     /// Serve STUN only, even with credentials configured (sets `turn = false`).
     #[arg(long)]
     pub stun_only: bool,
+    /// Answer RFC 5780 NAT behaviour discovery from a second address (sets `rfc5780`; needs --alternate-ip).
+    #[arg(long)]
+    pub rfc5780: bool,
+    /// The second IP for RFC 5780 (replaces `alternate_ip`).
+    #[arg(long, value_name = "IP", value_parser = config::parse_alternate_ip_flag)]
+    pub alternate_ip: Option<IpAddr>,
+    /// The second port for RFC 5780, default the listen port + 1 (replaces `alternate_port`).
+    #[arg(long, value_name = "PORT")]
+    pub alternate_port: Option<u16>,
     /// A TURN user (repeatable; added to `auth.users`).
     #[arg(long = "user", value_name = "NAME:PASSWORD", value_parser = config::parse_user_flag)]
     pub users: Vec<(String, String)>,
@@ -122,6 +131,9 @@ impl ServerArgs {
             log_level: self.log_level,
             log_format: self.log_format,
             stun_only: self.stun_only,
+            rfc5780: self.rfc5780,
+            alternate_ip: self.alternate_ip,
+            alternate_port: self.alternate_port,
             users: self.users.clone(),
             secrets: self.secrets.clone(),
             allow_anonymous: self.allow_anonymous,
