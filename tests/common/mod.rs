@@ -304,6 +304,11 @@ impl TernServer {
         Self::spawn(args, false).unwrap_or_else(|failure| panic!("{failure}"))
     }
 
+    /// Like [`TernServer::start_without_default_listen`] but returns the failure.
+    pub fn try_start_without_default_listen(args: &[&str]) -> Result<Self, StartFailure> {
+        Self::spawn(args, false)
+    }
+
     /// Like [`TernServer::start`] but returns the failure.
     pub fn try_start(args: &[&str]) -> Result<Self, StartFailure> {
         Self::spawn(args, !args.iter().any(|a| is_listen_flag(a)))
