@@ -27,6 +27,8 @@ pub enum Command {
     Check(ServerArgs),
     /// Send STUN Binding requests and print the mapped address and round-trip time.
     Stun(StunArgs),
+    /// Discover how the NAT in front of this host maps and filters UDP (RFC 5780; the server must support it).
+    Nat(NatArgs),
     /// Check a TURN server end to end: allocate, permission, relay both ways, channel, delete.
     Turn(TurnArgs),
     /// Print TURN REST API credentials and the iceServers entry that uses them.
@@ -171,6 +173,19 @@ pub struct StunArgs {
     /// Pause between requests.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct NatArgs {
+    /// Server as HOST[:PORT] or a stun: URI; the port defaults to 3478.
+    pub server: String,
+    /// How long each test waits for its answer, retransmissions included; a
+    /// test whose answer the NAT filters always waits this long.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses durations such as `500ms`, `5s`, `24h`.

@@ -181,3 +181,36 @@ fn rfc5780_configuration_errors_refuse_to_start() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("rfc5780 = true") && stdout.contains("alternate_ip = \"127.0.0.2\""), "{stdout}");
 }
+
+#[test]
+fn tern_nat_on_loopback_finds_no_nat() {
+    let (server, port) = start_discovery("");
+    let target = SocketAddr::new(PRIMARY_IP, port).to_string();
+    let output = run_tern(&["nat", &target, "--timeout", "2s", "--json"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "tern nat failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(report["nat"], false, "{report}");
+    assert_eq!(report["mapping"], "endpoint-independent", "{report}");
+    assert_eq!(report["filtering"], "endpoint-independent", "{report}");
+    assert_eq!(report["hairpinning"], serde_json::Value::Null, "{report}");
+    assert_eq!(report["other_address"], SocketAddr::new(ALTERNATE_IP, port + 1).to_string());
+    assert_eq!(report["local_address"], report["mapped_address"]);
+
+    let output = run_tern(&["nat", &target, "--timeout", "2s"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("NAT:         none"), "{stdout}");
+    assert!(stdout.contains("filtering:   endpoint-independent"), "{stdout}");
+    server.stop();
+}
+
+#[test]
+fn tern_nat_says_when_the_server_lacks_rfc5780() {
+    let server = TernServer::start(&[]);
+    let output = run_tern(&["nat", &server.udp_addr().to_string(), "--timeout", "2s"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("does not support RFC 5780"), "{stderr}");
+    server.stop();
+}
