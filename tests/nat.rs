@@ -214,3 +214,40 @@ fn tern_nat_says_when_the_server_lacks_rfc5780() {
     assert!(stderr.contains("does not support RFC 5780"), "{stderr}");
     server.stop();
 }
+
+/// coturn's RFC 5780 client against tern: mapping, filtering, hairpinning,
+/// each also with 1500 bytes of PADDING (which tern pads its answers for
+/// only up to the request's size).
+#[test]
+fn turnutils_natdiscovery_reports_the_behaviours() {
+    if !common::require_tool("turnutils_natdiscovery") {
+        return;
+    }
+    let (server, port) = start_discovery("");
+    let other = SocketAddr::new(ALTERNATE_IP, port + 1);
+    for padding in [false, true] {
+        let mut command = std::process::Command::new("turnutils_natdiscovery");
+        command.args(["-m", "-f", "-H", "-p", &port.to_string()]);
+        if padding {
+            command.arg("-P");
+        }
+        command.arg(PRIMARY_IP.to_string());
+        let output = common::run_bounded(&mut command, common::COMMAND_TIMEOUT);
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "padding {padding}: {}\n{text}", output.status);
+        for expected in [
+            "NAT with Endpoint Independent Mapping!".to_owned(),
+            "NAT with Endpoint Independent Filtering!".to_owned(),
+            "No ALG: Mapped == XOR-Mapped".to_owned(),
+            format!("Other addr: : {other}"),
+            // The answer to CHANGE-REQUEST (change IP and port) says where it came from.
+            format!("Response origin: : {other}"),
+            "Received a request (maybe a successful hairpinning)".to_owned(),
+        ] {
+            assert!(text.contains(&expected), "padding {padding}: {expected:?} missing from\n{text}");
+        }
+        let lower = text.to_lowercase();
+        assert!(!lower.contains("error") && !lower.contains("timeout"), "padding {padding}:\n{text}");
+    }
+    server.stop();
+}
