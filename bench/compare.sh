@@ -201,7 +201,7 @@ for name in ${servers//,/ }; do
         tern)
             start_server tern "$tern" serve --listen "127.0.0.1:$tern_port" --workers 1 --user alice:pw \
                 --realm tern.test --allow-peer 127.0.0.0/8 --user-quota 0 --relay-ports "$tern_relay" \
-                --udp-buffer "$udp_buffer" --log-level warn
+                --udp-buffer "$udp_buffer" --rate-limit 0 --log-level warn
             server_addr[tern]=127.0.0.1:$tern_port
             ;;
         coturn)

@@ -22,7 +22,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 use tern::io::clock;
-use tern::proto::allocation::{AllocationId, ClientHandle};
+use tern::proto::allocation::{ClientHandle, RelayId};
 use tern::proto::channel_data::{self, ChannelNumber};
 use tern::proto::policy::PeerPolicy;
 use tern::proto::server::{
@@ -54,7 +54,7 @@ struct NoSockets {
 }
 
 impl Driver for NoSockets {
-    fn open_relay(&mut self, _id: AllocationId, _request: &RelayRequest) -> Result<RelayOpened, RelayError> {
+    fn open_relay(&mut self, _relay: RelayId, _request: &RelayRequest) -> Result<RelayOpened, RelayError> {
         // 60 000 ports per address, over as many addresses as needed.
         let (block, port) = (self.opened / 60_000, self.opened % 60_000);
         self.opened += 1;
@@ -62,7 +62,7 @@ impl Driver for NoSockets {
         Ok(RelayOpened { addr: SocketAddr::new(IpAddr::V4(ip), 1024 + port as u16), reservation: None })
     }
 
-    fn close_relay(&mut self, _id: AllocationId) {}
+    fn close_relay(&mut self, _relay: RelayId) {}
 
     fn acquire_quota(&mut self, _user: &str) -> Result<(), QuotaError> {
         Ok(())
@@ -77,7 +77,7 @@ struct Fixture {
     driver: NoSockets,
     now: Now,
     tuples: Vec<FiveTuple>,
-    ids: Vec<AllocationId>,
+    ids: Vec<RelayId>,
     /// Indices into `tuples` and `ids`, in the order they are visited.
     order: Vec<u32>,
 }
@@ -105,7 +105,7 @@ impl Fixture {
                 w.attr(AttrType::CHANNEL_NUMBER, &[(CHANNEL >> 8) as u8, CHANNEL as u8, 0, 0]);
                 w.xor_address(AttrType::XOR_PEER_ADDRESS, &peer);
             });
-            fixture.ids.push(fixture.server.table().find(&tuple).expect("allocated"));
+            fixture.ids.push(RelayId::new(fixture.server.table().find(&tuple).expect("allocated"), false));
             fixture.tuples.push(tuple);
         }
         assert_eq!(fixture.server.table().len(), n);

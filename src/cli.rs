@@ -101,6 +101,10 @@ pub struct ServerArgs {
     /// Allocations in all, 0 for no limit (replaces `total_quota`).
     #[arg(long, value_name = "N")]
     pub total_quota: Option<u32>,
+    /// Server to send new allocations to once the total quota is reached,
+    /// with 300 Try Alternate (repeatable; replaces `alternate_servers`).
+    #[arg(long = "alternate-server", value_name = "ADDR", value_parser = config::parse_alternate_server)]
+    pub alternate_servers: Vec<SocketAddr>,
     /// TCP connections from one IP, 0 for no limit (replaces `max_tcp_per_ip`).
     #[arg(long, value_name = "N")]
     pub max_tcp_per_ip: Option<u32>,
@@ -146,6 +150,7 @@ impl ServerArgs {
             deny_peers: self.deny_peers.clone(),
             user_quota: self.user_quota,
             total_quota: self.total_quota,
+            alternate_servers: self.alternate_servers.clone(),
             max_tcp_per_ip: self.max_tcp_per_ip,
             max_bps: self.max_bps,
             rfc5766_channels: self.rfc5766_channels,
@@ -222,6 +227,21 @@ pub struct TurnArgs {
     /// How long to wait for each step.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Password algorithm: `sha256` requires RFC 8489 SHA-256, `md5` behaves
+    /// like an RFC 5389 client (browsers). Default: SHA-256 when the server
+    /// offers it, else MD5.
+    #[arg(long, value_enum, value_name = "ALGORITHM")]
+    pub password_algorithm: Option<PasswordAlgorithmArg>,
+    /// Send USERHASH instead of USERNAME (RFC 8489; not with `--password-algorithm md5`).
+    #[arg(long)]
+    pub userhash: bool,
+}
+
+/// `--password-algorithm` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PasswordAlgorithmArg {
+    Md5,
+    Sha256,
 }
 
 #[derive(Debug, Args)]

@@ -18,12 +18,11 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::io::{QuotaLimits, RuntimeConfig};
-use crate::proto::auth::{Authenticator, LongTermKey, StaticCredentials};
+use crate::proto::auth::{Authenticator, StaticCredentials, UserKeys};
 use crate::proto::nat_discovery::NatDiscovery;
 use crate::proto::policy::PeerPolicy;
 use crate::proto::rate_limit::RateLimit;
 use crate::proto::server::{ExternalIp, ServerConfig, TurnConfig};
-use crate::proto::stun::integrity::long_term_key_md5;
 
 /// The listen address when neither the file nor a flag gives one.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:3478";
@@ -75,6 +74,8 @@ pub struct Config {
     pub deny_peers: Vec<IpNet>,
     pub user_quota: u32,
     pub total_quota: u32,
+    /// Where to send new allocations once `total_quota` is reached (300).
+    pub alternate_servers: Vec<SocketAddr>,
     /// TCP connections from one IP, and in all (0: no limit).
     pub max_tcp_per_ip: u32,
     pub max_tcp_connections: u32,
@@ -194,6 +195,7 @@ pub struct Overrides {
     pub deny_peers: Vec<IpNet>,
     pub user_quota: Option<u32>,
     pub total_quota: Option<u32>,
+    pub alternate_servers: Vec<SocketAddr>,
     pub max_tcp_per_ip: Option<u32>,
     pub max_bps: Option<u32>,
     pub rfc5766_channels: bool,
@@ -257,6 +259,8 @@ struct FileConfig {
     user_quota: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     total_quota: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alternate_servers: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tcp_per_ip: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -378,6 +382,9 @@ impl Config {
             .map_err(|(k, m)| invalid(k, m))?;
         let deny_peers = parse_list(&raw.deny_peers.unwrap_or_default(), "deny_peers", parse_cidr)
             .map_err(|(k, m)| invalid(k, m))?;
+        let alternate_servers =
+            parse_list(&raw.alternate_servers.unwrap_or_default(), "alternate_servers", parse_alternate_server)
+                .map_err(|(k, m)| invalid(k, m))?;
         let auth = raw.auth.unwrap_or_default();
         let mut users = BTreeMap::new();
         for (name, value) in auth.users.unwrap_or_default() {
@@ -407,6 +414,7 @@ impl Config {
             deny_peers,
             user_quota: raw.user_quota.unwrap_or(10),
             total_quota: raw.total_quota.unwrap_or(0),
+            alternate_servers,
             max_tcp_per_ip: raw.max_tcp_per_ip.unwrap_or(DEFAULT_TCP_PER_IP),
             max_tcp_connections: raw.max_tcp_connections.unwrap_or(0),
             max_bps: raw.max_bps.unwrap_or(0),
@@ -496,6 +504,9 @@ impl Config {
         }
         if let Some(quota) = overrides.total_quota {
             self.total_quota = quota;
+        }
+        if !overrides.alternate_servers.is_empty() {
+            self.alternate_servers = overrides.alternate_servers.clone();
         }
         if let Some(limit) = overrides.max_tcp_per_ip {
             self.max_tcp_per_ip = limit;
@@ -635,17 +646,17 @@ impl Config {
                     .users
                     .iter()
                     .map(|(name, secret)| {
-                        let key = match secret {
-                            UserSecret::Password(password) => long_term_key_md5(name, &self.realm, password),
-                            UserSecret::Key(key) => *key,
+                        let keys = match secret {
+                            UserSecret::Password(password) => UserKeys::from_password(name, &self.realm, password),
+                            UserSecret::Key(key) => UserKeys::from_md5_key(*key),
                         };
-                        (name.clone(), LongTermKey(key))
+                        (name.clone(), keys)
                     })
                     .collect();
                 let secrets = self.auth.secrets.iter().map(|s| s.as_bytes().to_vec()).collect();
                 Authenticator::new(
                     self.realm.clone(),
-                    StaticCredentials::new(users, secrets),
+                    StaticCredentials::new(&self.realm, users, secrets),
                     nonce_key,
                     u64::from(self.auth.nonce_lifetime),
                 )
@@ -668,6 +679,7 @@ impl Config {
                 max_channels: self.max_channels as usize,
                 rfc5766_channels: self.rfc5766_channels,
                 max_bps: self.max_bps,
+                alternate_servers: self.alternate_servers.clone(),
             }
         });
         // Checked by `check_combination` too, so an error cannot happen here.
@@ -733,6 +745,7 @@ impl Config {
             deny_peers: Some(self.deny_peers.iter().map(ToString::to_string).collect()),
             user_quota: Some(self.user_quota),
             total_quota: Some(self.total_quota),
+            alternate_servers: Some(self.alternate_servers.iter().map(ToString::to_string).collect()),
             max_tcp_per_ip: Some(self.max_tcp_per_ip),
             max_tcp_connections: Some(self.max_tcp_connections),
             max_bps: Some(self.max_bps),
@@ -788,6 +801,16 @@ fn parse_ip(text: &str) -> Result<IpAddr, String> {
         return Err(format!("{text:?} is a wildcard; relay addresses must be concrete"));
     }
     Ok(ip)
+}
+
+/// An `IP:PORT` another TURN server listens on: a client must be able to
+/// reach it, so no wildcard address and no port 0.
+pub fn parse_alternate_server(text: &str) -> Result<SocketAddr, String> {
+    let addr = parse_socket_addr(text)?;
+    if addr.ip().is_unspecified() || addr.port() == 0 {
+        return Err(format!("{text:?} is not an address a client can reach (no wildcard IP, no port 0)"));
+    }
+    Ok(addr)
 }
 
 /// `MIN-MAX`, both inclusive.
@@ -914,6 +937,7 @@ pub fn parse_relay_ip_flag(text: &str) -> Result<IpAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::stun::integrity::long_term_key_md5;
 
     fn error(text: &str) -> String {
         Config::parse(text, "test.toml").expect_err("must be refused").to_string()
@@ -1030,6 +1054,12 @@ mod tests {
         assert!(error("[auth]\nusers = { bob = { key = \"0x12\" } }\n").contains("not 32 hex digits"));
         assert_eq!(error("max_channels = 0\n"), "test.toml: key `max_channels`: must be at least 1");
         assert_eq!(
+            error("alternate_servers = [\"203.0.113.5:3478\", \"0.0.0.0:3478\"]\n"),
+            "test.toml: key `alternate_servers[1]`: \"0.0.0.0:3478\" is not an address a client can reach (no \
+             wildcard IP, no port 0)"
+        );
+        assert!(error("alternate_servers = [\"203.0.113.5\"]\n").starts_with("test.toml: key `alternate_servers[0]`"));
+        assert_eq!(
             error("default_lifetime = 4000\n"),
             "test.toml: key `default_lifetime`: must not exceed max_lifetime"
         );
@@ -1095,7 +1125,13 @@ mod tests {
 
     #[test]
     fn effective_settings_round_trip_through_toml() {
-        let config = Config::parse("listen = [\"[::1]:3478\", \"127.0.0.1:3478\"]\nworkers = 2\n", "t").expect("valid");
+        let config = Config::parse(
+            "listen = [\"[::1]:3478\", \"127.0.0.1:3478\"]\nworkers = 2\n\
+             alternate_servers = [\"203.0.113.5:3478\", \"[2001:db8::5]:3478\"]\n",
+            "t",
+        )
+        .expect("valid");
+        assert_eq!(config.alternate_servers.len(), 2);
         let again = Config::parse(&config.to_toml(), "printed").expect("printed config is valid");
         assert_eq!(again, config);
     }

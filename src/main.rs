@@ -7,13 +7,14 @@ use clap::Parser;
 use tracing::{info, warn};
 
 use tern::cli::{
-    Cli, ClientTransport, Command, CredentialsArgs, LoadArgs, LoadMode, NatArgs, ServerArgs, StunArgs, TurnArgs,
+    Cli, ClientTransport, Command, CredentialsArgs, LoadArgs, LoadMode, NatArgs, PasswordAlgorithmArg, ServerArgs,
+    StunArgs, TurnArgs,
 };
 use tern::client::credentials::RestCredential;
 use tern::client::load::{self, LoadConfig, Mode, Pacing};
 use tern::client::nat::NatProbe;
 use tern::client::relay_probe::RelayProbe;
-use tern::client::turn::Credentials;
+use tern::client::turn::{AuthMode, AuthOptions, Credentials};
 use tern::client::{self, stun::StunProbe};
 use tern::config::Config;
 use tern::io::{self, shutdown::Shutdown};
@@ -99,6 +100,7 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
         tcp_connections = report.io.tcp_accepted,
         tcp_refused = report.io.tcp_refused,
         over_bandwidth = report.server.over_bandwidth,
+        icmp_relayed = report.server.icmp_relayed,
         "tern stopped"
     );
     Ok(ExitCode::SUCCESS)
@@ -159,10 +161,21 @@ fn transport(transport: ClientTransport) -> Transport {
 fn turn(args: &TurnArgs) -> Result<ExitCode, String> {
     let server = client::resolve_server(&args.server).map_err(|e| format!("{}: {e}", args.server))?;
     let credentials = client_credentials(&args.user, args.pass.as_ref(), args.secret.as_ref())?;
+    let mode = match args.password_algorithm {
+        None => AuthMode::Auto,
+        Some(PasswordAlgorithmArg::Md5) => AuthMode::Legacy,
+        Some(PasswordAlgorithmArg::Sha256) => AuthMode::Sha256,
+    };
+    if mode == AuthMode::Legacy && args.userhash {
+        return Err("--userhash needs RFC 8489; --password-algorithm md5 is the RFC 5389 behaviour, which has only \
+                    USERNAME"
+            .into());
+    }
     let probe = RelayProbe {
         server,
         transport: transport(args.transport),
         credentials,
+        auth: AuthOptions { mode, userhash: args.userhash },
         peer: args.peer,
         timeout: args.timeout,
     };

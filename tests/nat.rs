@@ -220,7 +220,7 @@ fn tern_nat_says_when_the_server_lacks_rfc5780() {
 /// only up to the request's size).
 #[test]
 fn turnutils_natdiscovery_reports_the_behaviours() {
-    if !common::require_tool("turnutils_natdiscovery") {
+    if !common::require_tool("turnutils_natdiscovery", "coturn") {
         return;
     }
     let (server, port) = start_discovery("");

@@ -110,7 +110,7 @@ fn binding_over_tcp_maps_the_exact_source_address() {
 
 #[test]
 fn turnutils_stunclient_gets_a_reflexive_address() {
-    if !require_tool("turnutils_stunclient") {
+    if !require_tool("turnutils_stunclient", "coturn") {
         return;
     }
     let server = TernServer::start(&[]);

@@ -58,6 +58,49 @@ fn tern_turn_relays_both_ways_over_udp_and_tcp() {
     assert_eq!((created, deleted), (2, 2), "each probe allocates once and deletes what it allocated");
 }
 
+/// RFC 8489 from the command line: SHA-256 with USERHASH (what the default
+/// picks too against a server without REST secrets, whose nonce asks for
+/// USERHASH), and the RFC 5389 behaviour of browsers on the same server.
+#[test]
+fn tern_turn_relays_with_sha256_and_userhash_and_with_legacy_md5() {
+    let server = relay_server(&[]);
+    let cases: [(&[&str], &str); 3] = [
+        (&["--password-algorithm", "sha256", "--userhash"], "auth RFC 8489 SHA-256 USERHASH"),
+        (&[], "auth RFC 8489 SHA-256 USERHASH"),
+        (&["--password-algorithm", "md5"], "auth RFC 5389 MD5"),
+    ];
+    for (flags, auth) in cases {
+        let mut credentials = vec!["-u", "alice", "-p", "wonderland"];
+        credentials.extend_from_slice(flags);
+        let (ok, stdout) = turn_probe(&server, "udp", &credentials);
+        assert!(ok, "tern turn {flags:?} failed:\n{stdout}");
+        assert_all_steps_ok(&stdout);
+        let allocate = stdout.lines().find(|l| l.starts_with("allocate")).expect("allocate line");
+        assert!(allocate.ends_with(auth), "{flags:?}: {allocate}");
+    }
+    let (ok, stdout) = turn_probe(&server, "udp", &["-u", "alice", "-p", "looking-glass", "--userhash"]);
+    assert!(!ok && stdout.contains("FAILED: allocate: 401"), "{stdout}");
+    let refused = run_tern(&["turn", "127.0.0.1:1", "-u", "a", "-p", "b", "--password-algorithm", "md5", "--userhash"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--userhash needs RFC 8489"));
+}
+
+/// A server at its total quota sends new allocations to its alternate
+/// (300 Try Alternate), and `tern turn` says where, exiting non-zero.
+#[test]
+fn a_full_server_redirects_tern_turn_to_the_alternate_server() {
+    let server = relay_server(&["--total-quota", "1", "--alternate-server", "203.0.113.5:3478"]);
+    let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
+    let socket = ClientSocket::open(server.udp_addr(), Transport::Udp, Duration::from_secs(5)).expect("socket");
+    let mut holder = TurnSession::new(socket, credentials, Duration::from_secs(5));
+    holder.allocate(None).expect("the one allocation the quota allows");
+
+    let (ok, stdout) = turn_probe(&server, "udp", &["-u", "alice", "-p", "wonderland"]);
+    assert!(!ok, "{stdout}");
+    assert!(stdout.contains("FAILED: allocate: try alternate server 203.0.113.5:3478"), "{stdout}");
+    holder.refresh(0).expect("delete");
+}
+
 #[test]
 fn wrong_password_is_refused_with_401() {
     let server = relay_server(&[]);
@@ -116,6 +159,13 @@ fn rest_credentials_from_tern_credentials_work_until_they_expire() {
     // `tern turn --secret` makes its own credential from the current secret.
     let (ok, out) = turn_probe(&server, "tcp", &["-u", "dave", "--secret", "s3cr3t"]);
     assert!(ok, "{out}");
+    // RFC 8489 SHA-256 works for REST credentials; USERHASH cannot (the
+    // server needs the username to compute the password), and with secrets
+    // configured the server's nonce does not ask for it.
+    let (ok, out) = turn_probe(&server, "udp", &["-u", "dave", "--secret", "s3cr3t", "--password-algorithm", "sha256"]);
+    assert!(ok && out.contains("auth RFC 8489 SHA-256\n"), "{out}");
+    let (ok, out) = turn_probe(&server, "udp", &["-u", "dave", "--secret", "s3cr3t", "--userhash"]);
+    assert!(!ok && out.contains("401"), "{out}");
 
     let expired = run_tern(&["credentials", "--secret", "s3cr3t", "--user", "carol", "--ttl", "0s"]);
     let stdout = String::from_utf8_lossy(&expired.stdout).into_owned();
@@ -212,4 +262,135 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS line")
+}
+
+/// RFC 8656 §7.2: one Allocate with ADDITIONAL-ADDRESS-FAMILY gets an IPv4
+/// and an IPv6 relayed address, and each relays to peers of its family, both
+/// ways, with Send/Data indications and with ChannelData.
+#[test]
+fn dual_allocation_relays_ipv4_and_ipv6_peers() {
+    let server = TernServer::start(&[
+        "--user",
+        "alice:wonderland",
+        "--relay-ip",
+        "127.0.0.1",
+        "--relay-ip",
+        "::1",
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--allow-peer",
+        "::1/128",
+    ]);
+    let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
+    let socket = ClientSocket::open(server.udp_addr(), Transport::Udp, Duration::from_secs(5)).expect("socket");
+    let mut session = TurnSession::new(socket, credentials, Duration::from_secs(5));
+    let allocated = session.allocate_dual().expect("dual allocate");
+    let v6 = allocated.also_relayed.expect("a second relayed address");
+    assert!(allocated.relayed.ip().is_loopback() && allocated.relayed.is_ipv4(), "{allocated:?}");
+    assert_eq!(v6.ip(), "::1".parse::<std::net::IpAddr>().expect("literal"), "{allocated:?}");
+    assert_eq!(allocated.address_error, None);
+
+    let timeout = Duration::from_secs(5);
+    let peers: Vec<std::net::UdpSocket> = ["127.0.0.1:0", "[::1]:0"]
+        .iter()
+        .map(|a| {
+            let peer = std::net::UdpSocket::bind(a).expect("peer socket");
+            peer.set_read_timeout(Some(timeout)).expect("timeout");
+            peer
+        })
+        .collect();
+    let addrs: Vec<std::net::SocketAddr> = peers.iter().map(|p| p.local_addr().expect("bound")).collect();
+    session.create_permission(&addrs).expect("permission for both families");
+    session.channel_bind(0x4001, addrs[1]).expect("channel to the IPv6 peer");
+
+    for (peer, (addr, relayed)) in peers.iter().zip(addrs.iter().zip([allocated.relayed, v6])) {
+        // Client to peer: the datagram leaves the relay of the peer's family.
+        session.send_indication(*addr, b"to the peer").expect("send");
+        let mut buf = [0u8; 64];
+        let (n, from) = peer.recv_from(&mut buf).expect("the peer receives");
+        assert_eq!((&buf[..n], from), (&b"to the peer"[..], relayed));
+        // Peer to client, through that same relayed address.
+        peer.send_to(b"to the client", relayed).expect("peer sends");
+        let deadline = tern::io::clock::now() + timeout;
+        let received = session.recv_data(deadline).expect("receive").expect("data from the peer");
+        assert_eq!(received.data, b"to the client");
+        if addr.is_ipv6() {
+            assert_eq!(received.channel, Some(0x4001), "a bound peer's data comes as ChannelData");
+        } else {
+            assert_eq!(received.peer, Some(*addr), "a Data indication names the IPv4 peer");
+        }
+    }
+    session.send_channel_data(0x4001, b"over the channel").expect("channel data");
+    let mut buf = [0u8; 64];
+    let (n, from) = peers[1].recv_from(&mut buf).expect("the IPv6 peer receives");
+    assert_eq!((&buf[..n], from), (&b"over the channel"[..], v6));
+
+    assert_eq!(session.refresh(0).expect("delete"), 0);
+    let (status, log) = server.stop_with_log();
+    assert!(status.success());
+    let created = common::find_log(&log, "allocation created").expect("logged");
+    assert_eq!(created["also"].as_str(), Some(v6.to_string().as_str()), "{created}");
+}
+
+/// RFC 8656 §11.5: a datagram relayed to a closed port draws an ICMP port
+/// unreachable, which reaches the client as a Data indication with the ICMP
+/// attribute and the peer's address, for IPv4 and IPv6 relays alike.
+#[test]
+fn icmp_errors_for_relayed_datagrams_reach_the_client() {
+    let server = TernServer::start(&[
+        "--user",
+        "alice:wonderland",
+        "--relay-ip",
+        "127.0.0.1",
+        "--relay-ip",
+        "::1",
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--allow-peer",
+        "::1/128",
+    ]);
+    let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
+    let socket = ClientSocket::open(server.udp_addr(), Transport::Udp, Duration::from_secs(5)).expect("socket");
+    let mut session = TurnSession::new(socket, credentials, Duration::from_secs(5));
+    session.allocate_dual().expect("dual allocate");
+    // Ports that were free a moment ago: nothing listens there.
+    let closed: Vec<std::net::SocketAddr> = ["127.0.0.1:0", "[::1]:0"]
+        .iter()
+        .map(|a| std::net::UdpSocket::bind(a).expect("bind").local_addr().expect("bound"))
+        .collect();
+    session.create_permission(&closed).expect("permission");
+    // (ICMP type, code) of "port unreachable" in ICMPv4 and ICMPv6.
+    for (peer, expected) in closed.iter().zip([(3, 3), (1, 4)]) {
+        session.send_indication(*peer, b"anyone there?").expect("send");
+        let deadline = tern::io::clock::now() + Duration::from_secs(5);
+        let received = session.recv_data(deadline).expect("receive").expect("an ICMP report");
+        let icmp = received.icmp.unwrap_or_else(|| panic!("a Data indication with ICMP, got {received:?}"));
+        assert_eq!((icmp.icmp_type, icmp.code), expected, "{peer}");
+        assert_eq!(icmp.error_data, 0);
+        assert_eq!(received.peer, Some(*peer));
+        assert!(received.data.is_empty());
+    }
+
+    // The kernel reports an ICMP error on the relay socket's next send too;
+    // a datagram to a live peer right after one to a dead peer still goes.
+    let live = std::net::UdpSocket::bind("127.0.0.1:0").expect("peer");
+    live.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let live_addr = live.local_addr().expect("bound");
+    session.create_permission(&[live_addr]).expect("permission");
+    const ROUNDS: usize = 20;
+    for _ in 0..ROUNDS {
+        session.send_indication(closed[0], b"dead").expect("send");
+        session.send_indication(live_addr, b"alive").expect("send");
+    }
+    let mut buf = [0u8; 16];
+    for round in 0..ROUNDS {
+        let n = live.recv(&mut buf).unwrap_or_else(|e| panic!("datagram {round} to the live peer lost: {e}"));
+        assert_eq!(&buf[..n], b"alive");
+    }
+
+    session.refresh(0).expect("delete");
+    let (status, log) = server.stop_with_log();
+    assert!(status.success());
+    let stopped = common::find_log(&log, "tern stopped").expect("final report");
+    assert!(stopped["icmp_relayed"].as_u64().is_some_and(|n| n >= 2), "{stopped}");
 }

@@ -74,7 +74,7 @@ fn start_tern(args: &[&str]) -> TernServer {
 
 /// True when both coturn tools are installed; see [`require_tool`].
 fn tools() -> bool {
-    require_tool("turnutils_uclient") && require_tool("turnutils_peer")
+    require_tool("turnutils_uclient", "coturn") && require_tool("turnutils_peer", "coturn")
 }
 
 /// Held for the whole of a test that runs uclient: one run at a time.

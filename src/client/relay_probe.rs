@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::ClientSocket;
 use super::stun::{self, BindingResult};
-use super::turn::{Credentials, Received, TurnError, TurnSession};
+use super::turn::{AuthOptions, Credentials, Received, TurnError, TurnSession};
 use crate::io::clock;
 use crate::proto::Transport;
 
@@ -26,6 +26,7 @@ pub struct RelayProbe {
     pub server: SocketAddr,
     pub transport: Transport,
     pub credentials: Credentials,
+    pub auth: AuthOptions,
     /// An echo server to use as the peer instead of a socket of our own.
     pub peer: Option<SocketAddr>,
     pub timeout: Duration,
@@ -65,7 +66,7 @@ impl RelayProbe {
         let peer = self.peer()?;
         let socket = ClientSocket::open(self.server, self.transport, self.timeout)
             .map_err(|e| format!("cannot reach {} over {}: {e}", self.server, self.transport))?;
-        let mut session = TurnSession::new(socket, self.credentials.clone(), self.timeout);
+        let mut session = TurnSession::new(socket, self.credentials.clone(), self.timeout).with_auth(self.auth);
 
         let started = clock::now();
         let allocated = session.allocate(None).map_err(|e| explain("allocate", &e, self, &peer))?;
@@ -74,11 +75,12 @@ impl RelayProbe {
             "allocate",
             started,
             &format!(
-                "relayed {}  mapped {}  lifetime {} s  realm {:?}",
+                "relayed {}  mapped {}  lifetime {} s  realm {:?}  auth {}",
                 allocated.relayed,
                 allocated.mapped,
                 allocated.lifetime,
-                session.realm().unwrap_or("")
+                session.realm().unwrap_or(""),
+                session.auth().map_or("none", |auth| auth.describe()),
             ),
         )?;
 
@@ -165,7 +167,7 @@ impl RelayProbe {
         }
         loop {
             match session.recv_data(deadline).map_err(|e| e.to_string())? {
-                Some(Received { data, channel: got_channel, peer: got_peer }) if data == payload => {
+                Some(Received { data, channel: got_channel, peer: got_peer, icmp: None }) if data == payload => {
                     let expected = match channel {
                         Some(_) => got_channel == channel,
                         None => got_peer == Some(peer.addr()),
@@ -209,6 +211,9 @@ fn line(out: &mut impl Write, step: &str, started: Instant, detail: &str) -> Res
 /// A failed step, with what the error code usually means for an operator.
 fn explain(step: &str, error: &TurnError, probe: &RelayProbe, peer: &Peer) -> String {
     let hint = match error.code() {
+        Some(300) => {
+            "the server is full and sends new allocations to the alternate server; run the probe against it".into()
+        }
         Some(401) => format!(
             "the server refused user {:?}: wrong password, expired REST credential, or another realm",
             probe.credentials.username

@@ -20,7 +20,7 @@ use std::os::fd::RawFd;
 use tracing::{trace, warn};
 
 use super::sys::{self, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, SendScratch, Transmit};
-use crate::proto::allocation::AllocationId;
+use crate::proto::allocation::RelayId;
 
 /// Flush before the turn ends once this many datagrams are queued, which
 /// bounds the delay added to the first of them.
@@ -32,7 +32,7 @@ const FLUSH_BYTES: usize = 1 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Via {
     Listener(usize),
-    Relay(AllocationId),
+    Relay(RelayId),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -173,10 +173,15 @@ impl OutQueue {
 fn send_all(fd: RawFd, transmits: &[Transmit<'_>], scratch: &mut SendScratch, gso: &mut bool) -> u64 {
     let mut sent = 0;
     let mut failures = 0;
+    let mut retried = None;
     while sent < transmits.len() {
         match sys::send_batch(fd, &transmits[sent..], scratch) {
             Ok(n) => sent += n.max(1),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A relay socket reports an ICMP error about an earlier datagram
+            // on its next send (IP_RECVERR), and that send did not happen:
+            // try it once more.
+            Err(_) if retried != Some(sent) => retried = Some(sent),
             Err(e) => {
                 let failed = transmits[sent];
                 match failed.segment_size {
@@ -247,7 +252,7 @@ mod tests {
     #[test]
     fn datagrams_for_a_closed_socket_are_dropped() {
         let mut queue = OutQueue::new(false);
-        queue.push(Via::Relay(AllocationId(3)), "127.0.0.1:9".parse().expect("literal"), None, b"x");
+        queue.push(Via::Relay(RelayId(3)), "127.0.0.1:9".parse().expect("literal"), None, b"x");
         let flushed = queue.flush(|_| None);
         assert_eq!(flushed.failures, 0);
         assert!(queue.is_empty());

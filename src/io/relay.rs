@@ -17,7 +17,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, warn};
 
 use super::sys;
-use crate::proto::allocation::AllocationId;
+use crate::proto::allocation::RelayId;
 use crate::proto::port_pool::PortPool;
 use crate::proto::server::{Driver, PortRequest, QuotaError, RelayError, RelayOpened, RelayRequest};
 
@@ -107,8 +107,10 @@ impl Shared {
     fn take_port(&self, request: &RelayRequest, now: Instant) -> Result<(IpAddr, u16, Option<[u8; 8]>), RelayError> {
         let mut pools = lock(&self.pools);
         if let PortRequest::Reserved(token) = request.port {
+            // The core asks once per family; a token only counts in its own.
             return pools
                 .iter_mut()
+                .filter(|(ip, _)| ip.is_ipv6() == request.ip.is_ipv6())
                 .find_map(|(ip, pool)| pool.claim(&token, now).map(|port| (*ip, port, None)))
                 .ok_or(RelayError::BadToken);
         }
@@ -151,7 +153,7 @@ pub struct WorkerDriver<'a> {
 }
 
 impl Driver for WorkerDriver<'_> {
-    fn open_relay(&mut self, id: AllocationId, request: &RelayRequest) -> Result<RelayOpened, RelayError> {
+    fn open_relay(&mut self, relay: RelayId, request: &RelayRequest) -> Result<RelayOpened, RelayError> {
         let mut last_error = RelayError::NoPorts;
         for _ in 0..BIND_ATTEMPTS {
             let (ip, port, reservation) = self.shared.take_port(request, self.now)?;
@@ -159,16 +161,16 @@ impl Driver for WorkerDriver<'_> {
             match bind_relay(addr, request.dont_fragment) {
                 Ok(mut socket) => {
                     if let Err(e) =
-                        self.registry.register(&mut socket, Token(self.token_base + id.0), Interest::READABLE)
+                        self.registry.register(&mut socket, Token(self.token_base + relay.0), Interest::READABLE)
                     {
                         warn!(%addr, error = %e, "cannot register relay socket");
                         self.shared.return_port(addr);
                         return Err(RelayError::Unavailable);
                     }
-                    if self.relays.len() <= id.0 {
-                        self.relays.resize_with(id.0 + 1, || None);
+                    if self.relays.len() <= relay.0 {
+                        self.relays.resize_with(relay.0 + 1, || None);
                     }
-                    self.relays[id.0] = Some(RelaySocket { socket, addr });
+                    self.relays[relay.0] = Some(RelaySocket { socket, addr });
                     return Ok(RelayOpened { addr, reservation });
                 }
                 Err(BindFailure::DontFragment) => {
@@ -195,8 +197,8 @@ impl Driver for WorkerDriver<'_> {
         Err(last_error)
     }
 
-    fn close_relay(&mut self, id: AllocationId) {
-        if let Some(mut relay) = self.relays.get_mut(id.0).and_then(Option::take) {
+    fn close_relay(&mut self, relay: RelayId) {
+        if let Some(mut relay) = self.relays.get_mut(relay.0).and_then(Option::take) {
             let _ = self.registry.deregister(&mut relay.socket);
             self.shared.return_port(relay.addr);
         }
@@ -240,6 +242,11 @@ fn bind_relay(addr: SocketAddr, dont_fragment: bool) -> Result<mio::net::UdpSock
         socket.set_only_v6(true).map_err(BindFailure::Io)?;
     }
     socket.set_nonblocking(true).map_err(BindFailure::Io)?;
+    // ICMP errors reach the client where the kernel reports them; relaying
+    // works without them.
+    if let Err(e) = sys::enable_recv_err(socket.as_raw_fd(), addr.is_ipv6()) {
+        debug!(%addr, error = %e, "no ICMP errors for this relay socket");
+    }
     if dont_fragment {
         sys::set_dont_fragment(socket.as_raw_fd(), addr.is_ipv6()).map_err(|_| BindFailure::DontFragment)?;
     }

@@ -26,8 +26,8 @@ use super::relay::{RelaySocket, Shared, WorkerDriver};
 use super::shutdown::Shutdown;
 use super::sys::{self, RecvBatch};
 use super::tcp::{Closed, ReadStatus, TcpConnection, WRITE_QUEUE_LIMIT};
-use crate::proto::allocation::{AllocationId, ClientHandle};
-use crate::proto::server::{ClientOutcome, PEER_HEADROOM, PEER_TAILROOM, Server, ServerConfig, Stats};
+use crate::proto::allocation::{ClientHandle, RelayId};
+use crate::proto::server::{ClientOutcome, IcmpReport, PEER_HEADROOM, PEER_TAILROOM, Server, ServerConfig, Stats};
 use crate::proto::{FiveTuple, Now, Transport};
 
 /// Receive slots are large enough for any UDP datagram.
@@ -85,6 +85,39 @@ impl WorkerReport {
     }
 }
 
+/// Where frames for clients go: a client's TCP connection, or the UDP
+/// listener it talks to. Borrows the worker's fields one by one, so a frame
+/// may still borrow the receive batch it was built in.
+struct Delivery<'a> {
+    udp: &'a [(mio::net::UdpSocket, SocketAddr)],
+    connections: &'a mut Slab<TcpConnection>,
+    dirty: &'a mut Vec<usize>,
+    out: &'a mut OutQueue,
+    stats: &'a mut IoStats,
+}
+
+impl Delivery<'_> {
+    fn send(&mut self, client: ClientHandle, tuple: &FiveTuple, frame: &[u8]) {
+        if client.0 & HANDLE_TCP != 0 {
+            let key = (client.0 & !HANDLE_TCP) as usize;
+            let Some(connection) = self.connections.get_mut(key) else { return };
+            if connection.queued() > WRITE_QUEUE_LIMIT {
+                self.stats.tcp_queue_drops += 1;
+                return;
+            }
+            connection.outbuf.extend_from_slice(frame);
+            if !self.dirty.contains(&key) {
+                self.dirty.push(key);
+            }
+        } else {
+            let listener = client.0 as usize;
+            let source_ip =
+                self.udp.get(listener).and_then(|(_, bound)| bound.ip().is_unspecified().then(|| tuple.server.ip()));
+            self.out.push(Via::Listener(listener), tuple.client, source_ip, frame);
+        }
+    }
+}
+
 /// A worker ready to run on its own thread.
 pub struct Worker {
     id: usize,
@@ -102,6 +135,8 @@ pub struct Worker {
     /// TCP connections with relayed data to write at the end of the turn.
     dirty_connections: Vec<usize>,
     pending: Vec<Token>,
+    /// Relay sockets with ICMP errors queued, to read this turn.
+    icmp_pending: Vec<RelayId>,
     shutdown: Shutdown,
     stats: IoStats,
     next_tick: Instant,
@@ -140,6 +175,7 @@ impl Worker {
             out: OutQueue::new(gso),
             dirty_connections: Vec::new(),
             pending: Vec::new(),
+            icmp_pending: Vec::new(),
             shutdown,
             stats: IoStats::default(),
             next_tick: clock::now() + TICK,
@@ -153,7 +189,7 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let mut ready = Vec::with_capacity(1024);
         while !self.shutdown.is_requested() {
-            let timeout = if self.pending.is_empty() {
+            let timeout = if self.pending.is_empty() && self.icmp_pending.is_empty() {
                 self.next_tick.saturating_duration_since(clock::now())
             } else {
                 Duration::ZERO
@@ -166,9 +202,21 @@ impl Worker {
             ready.clear();
             ready.append(&mut self.pending);
             ready.extend(events.iter().map(|event| event.token()));
+            // A relay socket with a queued ICMP error is reported as in
+            // error (EPOLLERR); its error queue must be read, or it fills
+            // the socket's receive budget.
+            self.icmp_pending.extend(
+                events
+                    .iter()
+                    .filter(|event| event.is_error() && event.token().0 >= RELAY_BASE)
+                    .map(|event| RelayId(event.token().0 - RELAY_BASE)),
+            );
             let now = clock::reading();
             for &token in &ready {
                 self.dispatch(token, now);
+            }
+            for relay in std::mem::take(&mut self.icmp_pending) {
+                self.drain_icmp(relay, now);
             }
             self.flush(now);
             if now.instant >= self.next_tick {
@@ -187,7 +235,7 @@ impl Worker {
         let udp_count = self.udp.len();
         match token.0 {
             _ if token == WAKER => {}
-            index if index >= RELAY_BASE => self.drain_relay(AllocationId(index - RELAY_BASE), now),
+            index if index >= RELAY_BASE => self.drain_relay(RelayId(index - RELAY_BASE), now),
             index if index >= CONN_BASE => self.serve_connection(index - CONN_BASE, now),
             index if index < udp_count => self.drain_udp(index, now),
             index if index < udp_count + self.tcp_listeners.len() => self.accept(index - udp_count, now),
@@ -246,8 +294,8 @@ impl Worker {
                             }
                         }
                     }
-                    ClientOutcome::Forward { allocation, peer, payload } => {
-                        self.out.push(Via::Relay(allocation), peer, None, &packet[payload]);
+                    ClientOutcome::Forward { relay, peer, payload } => {
+                        self.out.push(Via::Relay(relay), peer, None, &packet[payload]);
                     }
                 }
             }
@@ -261,14 +309,17 @@ impl Worker {
         self.pending.push(Token(index));
     }
 
-    fn drain_relay(&mut self, id: AllocationId, now: Now) {
-        let Some(fd) = self.relays.get(id.0).and_then(Option::as_ref).map(|r| r.socket.as_raw_fd()) else { return };
+    fn drain_relay(&mut self, relay: RelayId, now: Now) {
+        let Some(fd) = self.relays.get(relay.0).and_then(Option::as_ref).map(|r| r.socket.as_raw_fd()) else { return };
         for _ in 0..BATCHES_PER_WAKE {
             let received = match self.peer_batch.recv(fd) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
+                    // The socket's pending error: an ICMP error about
+                    // something it sent, queued in full on its error queue.
                     trace!(error = %e, "relay receive error");
+                    self.icmp_pending.push(relay);
                     continue;
                 }
             };
@@ -279,29 +330,18 @@ impl Worker {
                     continue;
                 }
                 let slot = self.peer_batch.slot_mut(i);
-                let Some(out) = self.server.handle_peer(now, id, meta.source, slot, PEER_HEADROOM, meta.len) else {
+                let Some(out) = self.server.handle_peer(now, relay, meta.source, slot, PEER_HEADROOM, meta.len) else {
                     continue;
                 };
                 let frame = &self.peer_batch.slot(i)[out.frame.0..out.frame.1];
-                if out.client.0 & HANDLE_TCP != 0 {
-                    let key = (out.client.0 & !HANDLE_TCP) as usize;
-                    let Some(connection) = self.connections.get_mut(key) else { continue };
-                    if connection.queued() > WRITE_QUEUE_LIMIT {
-                        self.stats.tcp_queue_drops += 1;
-                        continue;
-                    }
-                    connection.outbuf.extend_from_slice(frame);
-                    if !self.dirty_connections.contains(&key) {
-                        self.dirty_connections.push(key);
-                    }
-                } else {
-                    let listener = out.client.0 as usize;
-                    let source_ip = self
-                        .udp
-                        .get(listener)
-                        .and_then(|(_, bound)| bound.ip().is_unspecified().then(|| out.tuple.server.ip()));
-                    self.out.push(Via::Listener(listener), out.tuple.client, source_ip, frame);
+                Delivery {
+                    udp: &self.udp,
+                    connections: &mut self.connections,
+                    dirty: &mut self.dirty_connections,
+                    out: &mut self.out,
+                    stats: &mut self.stats,
                 }
+                .send(out.client, &out.tuple, frame);
             }
             if self.out.is_full() {
                 self.flush(now);
@@ -310,7 +350,44 @@ impl Worker {
                 return;
             }
         }
-        self.pending.push(Token(RELAY_BASE + id.0));
+        self.pending.push(Token(RELAY_BASE + relay.0));
+    }
+
+    /// Reads the relay socket's error queue and passes ICMP errors on to the
+    /// client (RFC 8656 §11.5). Bounded per turn like a receive; what is
+    /// left is read on the next turn.
+    fn drain_icmp(&mut self, relay: RelayId, now: Now) {
+        let Some(fd) = self.relays.get(relay.0).and_then(Option::as_ref).map(|r| r.socket.as_raw_fd()) else { return };
+        for _ in 0..sys::BATCH {
+            let error = match sys::recv_icmp_error(fd) {
+                Ok(Some(error)) => error,
+                Ok(None) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    trace!(error = %e, "relay error queue");
+                    return;
+                }
+            };
+            let report = IcmpReport {
+                peer: error.destination,
+                ipv6: error.ipv6,
+                icmp_type: error.icmp_type,
+                icmp_code: error.icmp_code,
+                mtu: error.info,
+            };
+            let mut indication = Vec::new();
+            if let Some((client, tuple)) = self.server.handle_icmp(now, relay, &report, &mut indication) {
+                Delivery {
+                    udp: &self.udp,
+                    connections: &mut self.connections,
+                    dirty: &mut self.dirty_connections,
+                    out: &mut self.out,
+                    stats: &mut self.stats,
+                }
+                .send(client, &tuple, &indication);
+            }
+        }
+        self.icmp_pending.push(relay);
     }
 
     /// Sends what the turn produced: queued datagrams, and relayed data for
@@ -379,10 +456,10 @@ impl Worker {
             Ok(ReadStatus::Drained)
         } else {
             connection.read_frames(now.instant, |tuple, frame, replies| {
-                if let ClientOutcome::Forward { allocation, peer, payload } =
+                if let ClientOutcome::Forward { relay, peer, payload } =
                     server.handle_client(now, tuple, handle, frame, replies, &mut driver)
                 {
-                    udp_out.push(Via::Relay(allocation), peer, None, &frame[payload]);
+                    udp_out.push(Via::Relay(relay), peer, None, &frame[payload]);
                 }
             })
         };

@@ -12,7 +12,7 @@ use tracing::Span;
 
 use crate::proto::FiveTuple;
 use crate::proto::channel_data::ChannelNumber;
-use crate::proto::stun::TransactionId;
+use crate::proto::stun::{ErrorCode, TransactionId};
 
 /// A permission lasts 300 seconds unless refreshed (RFC 8656 §9).
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -23,9 +23,39 @@ pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// reach the wrong peer.
 pub const CHANNEL_REUSE_GUARD: Duration = Duration::from_secs(300);
 
-/// Index of an allocation in its worker's table; also names its relay socket.
+/// Index of an allocation in its worker's table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AllocationId(pub usize);
+
+/// The driver's name for a relay socket: its allocation and its address
+/// family, since a dual allocation (RFC 8656 §7.2) has a socket per family.
+/// A packet from a peer reaches its allocation by arithmetic, not a hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayId(pub usize);
+
+impl RelayId {
+    pub fn new(allocation: AllocationId, ipv6: bool) -> Self {
+        Self(allocation.0 * 2 + usize::from(ipv6))
+    }
+
+    pub fn allocation(self) -> AllocationId {
+        AllocationId(self.0 / 2)
+    }
+
+    pub fn is_ipv6(self) -> bool {
+        self.0 % 2 == 1
+    }
+}
+
+/// One relayed transport address of an allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Relayed {
+    /// The address the relay socket is bound to.
+    pub addr: SocketAddr,
+    /// The address given to the client: `addr`, or its public mapping when
+    /// an external IP is configured.
+    pub advertised: SocketAddr,
+}
 
 /// The driver's name for how to reach a client (a listener socket or a TCP
 /// connection); the core stores it and hands it back.
@@ -104,11 +134,9 @@ pub struct Traffic {
 pub struct Allocation {
     pub tuple: FiveTuple,
     pub client: ClientHandle,
-    /// The address the relay socket is bound to.
-    pub relayed: SocketAddr,
-    /// The address given to the client (the relayed one, or its public
-    /// mapping when an external IP is configured).
-    pub advertised: SocketAddr,
+    /// Relayed addresses by family (IPv4, IPv6): one, or both for a dual
+    /// allocation. Never both empty while the allocation is in the table.
+    relayed: [Option<Relayed>; 2],
     /// Who created it; later requests must come from the same user (441).
     pub username: Box<str>,
     /// The key quotas are counted under (the username, or the client IP
@@ -118,6 +146,9 @@ pub struct Allocation {
     /// The Allocate that created it, so a retransmission gets the same answer.
     pub allocate_tid: TransactionId,
     pub reservation_token: Option<[u8; 8]>,
+    /// In a dual allocation that got only one family: the other family
+    /// (is IPv6) and why it was refused, for ADDRESS-ERROR-CODE.
+    pub refused_family: Option<(bool, ErrorCode)>,
     pub traffic: Traffic,
     /// `max_bps` budgets towards peers and towards the client, when set.
     pub bandwidth: Option<Box<[ByteBucket; 2]>>,
@@ -131,8 +162,7 @@ impl Allocation {
     pub fn new(
         tuple: FiveTuple,
         client: ClientHandle,
-        relayed: SocketAddr,
-        advertised: SocketAddr,
+        relayed: &[Relayed],
         username: &str,
         quota_key: &str,
         expires: Instant,
@@ -140,22 +170,47 @@ impl Allocation {
         reservation_token: Option<[u8; 8]>,
         span: Span,
     ) -> Self {
+        let mut by_family = [None; 2];
+        for relayed in relayed {
+            by_family[usize::from(relayed.addr.is_ipv6())] = Some(*relayed);
+        }
+        debug_assert!(by_family.iter().any(Option::is_some), "an allocation relays through at least one address");
         Self {
             tuple,
             client,
-            relayed,
-            advertised,
+            relayed: by_family,
             username: username.into(),
             quota_key: quota_key.into(),
             expires,
             allocate_tid,
             reservation_token,
+            refused_family: None,
             traffic: Traffic::default(),
             bandwidth: None,
             span,
             permissions: Vec::new(),
             channels: Vec::new(),
         }
+    }
+
+    /// The relayed address of a family, if the allocation has one.
+    pub fn relayed(&self, ipv6: bool) -> Option<&Relayed> {
+        self.relayed[usize::from(ipv6)].as_ref()
+    }
+
+    /// Every relayed address, IPv4 first.
+    pub fn relayed_addresses(&self) -> impl Iterator<Item = &Relayed> {
+        self.relayed.iter().flatten()
+    }
+
+    /// Drops the relayed address of a family (a Refresh with lifetime 0 and
+    /// REQUESTED-ADDRESS-FAMILY on a dual allocation); the last one stays,
+    /// since an allocation without one is deleted as a whole.
+    pub fn drop_relayed(&mut self, ipv6: bool) -> Option<Relayed> {
+        if self.relayed_addresses().count() < 2 {
+            return None;
+        }
+        self.relayed[usize::from(ipv6)].take()
     }
 
     pub fn is_expired(&self, now: Instant) -> bool {
@@ -268,8 +323,7 @@ mod tests {
         Allocation::new(
             tuple,
             ClientHandle(0),
-            relayed,
-            relayed,
+            &[Relayed { addr: relayed, advertised: relayed }],
             "alice",
             "alice",
             now + Duration::from_secs(600),

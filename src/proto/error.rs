@@ -68,6 +68,9 @@ pub enum RequestError {
     QuotaReached,
     #[error("insufficient capacity: {0}")]
     InsufficientCapacity(&'static str),
+    /// Out of capacity, and another server can take the request.
+    #[error("total allocation quota reached; redirected to {0}")]
+    TryAlternate(std::net::SocketAddr),
 }
 
 impl RequestError {
@@ -84,6 +87,7 @@ impl RequestError {
             Self::PeerAddressFamilyMismatch => ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH,
             Self::QuotaReached => ErrorCode::ALLOCATION_QUOTA_REACHED,
             Self::InsufficientCapacity(_) => ErrorCode::INSUFFICIENT_CAPACITY,
+            Self::TryAlternate(_) => ErrorCode::TRY_ALTERNATE,
         }
     }
 }

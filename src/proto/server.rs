@@ -12,14 +12,17 @@
 //! Malformed packets, responses, and indications that cannot be relayed are
 //! dropped and counted, never answered: junk is not reflected.
 
-use std::net::{IpAddr, SocketAddr};
+use std::borrow::Cow;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::time::Duration;
 
 use tracing::{debug, info, info_span, trace};
 
-use crate::proto::allocation::{Allocation, AllocationId, ByteBucket, ChannelBindError, ClientHandle};
-use crate::proto::auth::{AuthError, Authenticator, LongTermKey};
+use crate::proto::allocation::{
+    Allocation, AllocationId, ByteBucket, ChannelBindError, ClientHandle, RelayId, Relayed,
+};
+use crate::proto::auth::{AuthError, Authenticator, SigningKey};
 use crate::proto::channel_data::{self, ChannelData, ChannelNumber};
 use crate::proto::demux::{self, PacketKind};
 use crate::proto::error::{ParseError, RequestError};
@@ -30,6 +33,7 @@ use crate::proto::rate_limit::{RateLimit, SourceLimiter};
 use crate::proto::stun::attr::{self, AttrType, FAMILY_IPV4, FAMILY_IPV6};
 use crate::proto::stun::{
     ATTR_HEADER_LEN, Class, ErrorCode, HEADER_LEN, MAGIC_COOKIE, Message, MessageType, MessageWriter, Method,
+    TransactionId,
 };
 use crate::proto::table::AllocationTable;
 use crate::proto::{FiveTuple, Now, Transport};
@@ -85,6 +89,10 @@ pub struct TurnConfig {
     pub rfc5766_channels: bool,
     /// Bytes per second an allocation may relay each way; 0 for no limit.
     pub max_bps: u32,
+    /// Servers to send new allocations to once `total_quota` is reached:
+    /// 300 Try Alternate with one of the client's address family instead of
+    /// 508 (RFC 8489 §10, RFC 8656 §7.2). Empty: 508.
+    pub alternate_servers: Vec<SocketAddr>,
 }
 
 impl Default for TurnConfig {
@@ -100,6 +108,7 @@ impl Default for TurnConfig {
             max_channels: 64,
             rfc5766_channels: false,
             max_bps: 0,
+            alternate_servers: Vec::new(),
         }
     }
 }
@@ -161,10 +170,11 @@ pub enum QuotaError {
 /// What the core needs from the driver: relay sockets and the quotas shared
 /// by all workers.
 pub trait Driver {
-    /// Opens the relay socket of allocation `id`.
-    fn open_relay(&mut self, id: AllocationId, request: &RelayRequest) -> Result<RelayOpened, RelayError>;
+    /// Opens a relay socket of an allocation (the family of `relay` is the
+    /// family of `request.ip`).
+    fn open_relay(&mut self, relay: RelayId, request: &RelayRequest) -> Result<RelayOpened, RelayError>;
     /// Closes it and returns its port to the pool.
-    fn close_relay(&mut self, id: AllocationId);
+    fn close_relay(&mut self, relay: RelayId);
     /// Counts one more allocation for `user` against the quotas.
     fn acquire_quota(&mut self, user: &str) -> Result<(), QuotaError>;
     fn release_quota(&mut self, user: &str);
@@ -200,6 +210,8 @@ pub struct Stats {
     pub rate_limited: u64,
     /// Relayed packets dropped: the allocation was over `max_bps`.
     pub over_bandwidth: u64,
+    /// ICMP errors about relayed datagrams passed on to clients.
+    pub icmp_relayed: u64,
 }
 
 impl Stats {
@@ -222,6 +234,7 @@ impl Stats {
         self.dropped_client_data += other.dropped_client_data;
         self.rate_limited += other.rate_limited;
         self.over_bandwidth += other.over_bandwidth;
+        self.icmp_relayed += other.icmp_relayed;
     }
 }
 
@@ -236,8 +249,21 @@ pub enum ClientOutcome {
     /// address `source` to `destination` instead of back the way the
     /// request came (RFC 5780 CHANGE-REQUEST and RESPONSE-PORT, UDP only).
     RepliedFrom { source: SocketAddr, destination: SocketAddr },
-    /// Send `packet[payload]` from the relay socket of `allocation` to `peer`.
-    Forward { allocation: AllocationId, peer: SocketAddr, payload: Range<usize> },
+    /// Send `packet[payload]` from the relay socket `relay` to `peer`.
+    Forward { relay: RelayId, peer: SocketAddr, payload: Range<usize> },
+}
+
+/// An ICMP error about a datagram a relay socket sent (RFC 8656 §11.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IcmpReport {
+    /// Where the datagram was going.
+    pub peer: SocketAddr,
+    /// ICMPv6 rather than ICMPv4.
+    pub ipv6: bool,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// The next-hop MTU the kernel reported with the error, if any.
+    pub mtu: u32,
 }
 
 /// Where a peer's packet goes, once `handle_peer` has put a header on it.
@@ -259,9 +285,10 @@ enum Path {
 
 /// Who sent an authenticated request.
 struct Identity<'m> {
-    username: &'m str,
+    /// Borrowed from USERNAME, or owned when a USERHASH named the user.
+    username: Cow<'m, str>,
     /// Signs every response; `None` only in anonymous mode.
-    key: Option<LongTermKey>,
+    key: Option<SigningKey>,
 }
 
 /// One worker's STUN/TURN server state.
@@ -271,6 +298,8 @@ pub struct Server {
     stats: Stats,
     /// Round-robin position among `relay_ips` of a family.
     relay_cursor: usize,
+    /// Round-robin position among `alternate_servers` of a family.
+    alternate_cursor: usize,
     /// Transaction IDs of Data indications: a counter after a random prefix.
     indication_counter: u64,
     indication_prefix: [u8; 4],
@@ -285,6 +314,7 @@ impl Server {
             table: AllocationTable::default(),
             stats: Stats::default(),
             relay_cursor: 0,
+            alternate_cursor: 0,
             indication_counter: 0,
             indication_prefix: rand::random(),
         }
@@ -325,13 +355,13 @@ impl Server {
     pub fn handle_peer(
         &mut self,
         now: Now,
-        id: AllocationId,
+        relay: RelayId,
         peer: SocketAddr,
         slot: &mut [u8],
         headroom: usize,
         len: usize,
     ) -> Option<PeerOutcome> {
-        let allocation = self.table.get_mut(id)?;
+        let allocation = self.table.get_mut(relay.allocation())?;
         if allocation.is_expired(now.instant) || !allocation.has_permission(peer.ip(), now.instant) {
             self.stats.dropped_no_permission += 1;
             trace!(%peer, "peer data dropped: no permission");
@@ -345,10 +375,7 @@ impl Server {
         let frame = match allocation.peer_channel(peer, now.instant) {
             Some(channel) => write_channel_data(slot, headroom, len, channel, stream)?,
             None => {
-                self.indication_counter += 1;
-                let mut tid = [0u8; 12];
-                tid[..4].copy_from_slice(&self.indication_prefix);
-                tid[4..].copy_from_slice(&self.indication_counter.to_be_bytes());
+                let tid = next_indication_tid(&self.indication_prefix, &mut self.indication_counter);
                 write_data_indication(slot, headroom, len, peer, tid)?
             }
         };
@@ -356,6 +383,43 @@ impl Server {
         allocation.traffic.bytes_to_client += len as u64;
         self.stats.relayed_to_client += 1;
         Some(PeerOutcome { client: allocation.client, tuple: allocation.tuple, frame })
+    }
+
+    /// RFC 8656 §11.5: an ICMP error about a datagram the relay sent goes to
+    /// the client as a Data indication with XOR-PEER-ADDRESS and ICMP, when
+    /// it is of a kind the RFC relays (ICMPv4 destination unreachable or
+    /// time exceeded; ICMPv6 destination unreachable, packet too big or time
+    /// exceeded) and the peer has a permission. The indication is written
+    /// to `out`; the driver sends it to the returned client.
+    pub fn handle_icmp(
+        &mut self,
+        now: Now,
+        relay: RelayId,
+        report: &IcmpReport,
+        out: &mut Vec<u8>,
+    ) -> Option<(ClientHandle, FiveTuple)> {
+        let relayed = matches!((report.ipv6, report.icmp_type), (false, 3 | 11) | (true, 1..=3));
+        let allocation = self.table.get_mut(relay.allocation())?;
+        let peer = SocketAddr::new(policy::canonical(report.peer.ip()), report.peer.port());
+        if !relayed || allocation.is_expired(now.instant) || !allocation.has_permission(peer.ip(), now.instant) {
+            trace!(%peer, icmp_type = report.icmp_type, "ICMP error not relayed");
+            return None;
+        }
+        // Error Data carries the MTU for "fragmentation needed" and "packet
+        // too big" (RFC 8656 §18.13), and is zero otherwise.
+        let mtu_error = matches!((report.ipv6, report.icmp_type, report.icmp_code), (false, 3, 4) | (true, 2, _));
+        let error_data = if mtu_error { report.mtu } else { 0 };
+        let mut icmp = [0u8; 8];
+        icmp[2] = report.icmp_type;
+        icmp[3] = report.icmp_code;
+        icmp[4..].copy_from_slice(&error_data.to_be_bytes());
+        let tid = next_indication_tid(&self.indication_prefix, &mut self.indication_counter);
+        let mut w = MessageWriter::new(out, MessageType::new(Method::DATA, Class::Indication), TransactionId(tid));
+        w.xor_address(AttrType::XOR_PEER_ADDRESS, &peer).attr(AttrType::ICMP, &icmp);
+        w.finish();
+        debug!(parent: &allocation.span, %peer, icmp_type = report.icmp_type, icmp_code = report.icmp_code, "ICMP error relayed");
+        self.stats.icmp_relayed += 1;
+        Some((allocation.client, allocation.tuple))
     }
 
     /// Expires allocations, permissions and channel bindings. Call it
@@ -489,7 +553,7 @@ impl Server {
                 self.auth_error(now, tuple, request, error, reply);
                 return ClientOutcome::Replied;
             }
-            None => Identity { username: "", key: None },
+            None => Identity { username: Cow::Borrowed(""), key: None },
         };
         if identity.key.is_none() && self.over_rate_limit(now, tuple) {
             return ClientOutcome::Dropped;
@@ -506,10 +570,15 @@ impl Server {
         if let Err(error) = result {
             let code = error.code();
             debug!(client = %tuple.client, method = request.method().name(), code = code.0, %error, "request refused");
-            self.error_response(request, code, identity.key.as_ref(), reply, |w| {
-                if let RequestError::UnsupportedAttribute(typ) = error {
+            self.error_response(request, code, identity.key.as_ref(), reply, |w| match error {
+                RequestError::UnsupportedAttribute(typ) => {
                     w.unknown_attributes(&[AttrType(typ)]);
                 }
+                // RFC 8489 §14.15: a plain (not XORed) address.
+                RequestError::TryAlternate(alternate) => {
+                    w.address(AttrType::ALTERNATE_SERVER, &alternate);
+                }
+                _ => {}
             });
         }
         ClientOutcome::Replied
@@ -524,7 +593,7 @@ impl Server {
         &mut self,
         tuple: &FiveTuple,
         request: &Message<'_>,
-        key: Option<&LongTermKey>,
+        key: Option<&SigningKey>,
         reply: &mut Vec<u8>,
     ) -> bool {
         // RFC 5780 §7: its request attributes are understood in Binding
@@ -548,9 +617,10 @@ impl Server {
         true
     }
 
-    /// 401 or 438 with REALM and a fresh NONCE, or 400 for a request that
-    /// carried MESSAGE-INTEGRITY without the attributes it needs. Never
-    /// signed: the key is unknown or wrong.
+    /// 401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS (RFC 8489
+    /// §9.2.4), or 400 for a request that carried integrity without the
+    /// attributes it needs or with password algorithms other than offered.
+    /// Never signed: the key is unknown or wrong.
     fn auth_error(
         &mut self,
         now: Now,
@@ -566,10 +636,12 @@ impl Server {
         }
         let nonce = auth.nonce(tuple.client.ip(), now.unix);
         let realm = auth.realm().to_owned();
+        let algorithms = auth.password_algorithms();
         self.error_response(request, error.code(), None, reply, |w| {
             if error.sends_challenge() {
                 w.attr(AttrType::REALM, realm.as_bytes());
                 w.attr(AttrType::NONCE, &nonce);
+                w.attr(AttrType::PASSWORD_ALGORITHMS, algorithms);
             }
         });
     }
@@ -627,13 +699,34 @@ impl Server {
             .map(attr::read_address_family)
             .transpose()
             .map_err(|_| RequestError::BadRequest("REQUESTED-ADDRESS-FAMILY malformed"))?;
-        if token.is_some() && (even_port.is_some() || family.is_some()) {
-            return Err(RequestError::BadRequest("RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY"));
+        let additional = request
+            .attribute(AttrType::ADDITIONAL_ADDRESS_FAMILY)
+            .map(attr::read_address_family)
+            .transpose()
+            .map_err(|_| RequestError::BadRequest("ADDITIONAL-ADDRESS-FAMILY malformed"))?;
+        // RFC 8656 §7.2 rules 5, 6 and 8, and §18.11: IPv6 is the only
+        // additional family (the first is IPv4).
+        if token.is_some() && (even_port.is_some() || family.is_some() || additional.is_some()) {
+            return Err(RequestError::BadRequest("RESERVATION-TOKEN with EVEN-PORT or an address family"));
         }
-        let ipv6 = match family {
-            None | Some(FAMILY_IPV4) => false,
-            Some(FAMILY_IPV6) => true,
-            Some(_) => return Err(RequestError::AddressFamilyNotSupported),
+        if family.is_some() && additional.is_some() {
+            return Err(RequestError::BadRequest("REQUESTED-ADDRESS-FAMILY with ADDITIONAL-ADDRESS-FAMILY"));
+        }
+        if additional.is_some_and(|f| f != FAMILY_IPV6) {
+            return Err(RequestError::BadRequest("ADDITIONAL-ADDRESS-FAMILY other than IPv6"));
+        }
+        if additional.is_some() && even_port == Some(true) {
+            return Err(RequestError::BadRequest("EVEN-PORT reservation with ADDITIONAL-ADDRESS-FAMILY"));
+        }
+        // The families to relay, as (is IPv6) in the order of the response.
+        // A reservation names its address, so its family is whichever of
+        // the two the driver finds it in.
+        let families: &[bool] = match (family, additional) {
+            _ if token.is_some() => &[false, true],
+            (_, Some(_)) => &[false, true],
+            (None | Some(FAMILY_IPV4), None) => &[false],
+            (Some(FAMILY_IPV6), None) => &[true],
+            (Some(_), None) => return Err(RequestError::AddressFamilyNotSupported),
         };
         let turn = self.config.turn.as_ref().expect("TURN requests reach here only with TURN on");
         let requested = request
@@ -642,55 +735,86 @@ impl Server {
             .transpose()
             .map_err(|_| RequestError::BadRequest("LIFETIME malformed"))?;
         let lifetime = initial_lifetime(requested, turn.default_lifetime, turn.max_lifetime);
-        let ip = self.relay_ip(tuple, ipv6)?;
         let port = match (token, even_port) {
             (Some(token), _) => PortRequest::Reserved(token),
             (None, Some(reserve_next)) => PortRequest::Even { reserve_next },
             (None, None) => PortRequest::Any,
         };
-
         let quota_key = quota_key(identity, tuple);
-        driver.acquire_quota(&quota_key).map_err(|e| match e {
-            QuotaError::User => RequestError::QuotaReached,
-            QuotaError::Total => RequestError::InsufficientCapacity("total allocation quota reached"),
-        })?;
-        let id = self.table.next_id();
-        let opened = match driver.open_relay(id, &RelayRequest { ip, port, dont_fragment }) {
-            Ok(opened) => opened,
-            Err(error) => {
-                driver.release_quota(&quota_key);
-                return Err(match error {
-                    RelayError::NoPorts => RequestError::InsufficientCapacity("relay port range exhausted"),
-                    RelayError::BadToken => RequestError::InsufficientCapacity("reservation token unknown or expired"),
-                    RelayError::DontFragmentUnsupported => {
-                        RequestError::UnsupportedAttribute(AttrType::DONT_FRAGMENT.0)
-                    }
-                    RelayError::Unavailable => RequestError::InsufficientCapacity("relay socket unavailable"),
+        match driver.acquire_quota(&quota_key) {
+            Ok(()) => {}
+            Err(QuotaError::User) => return Err(RequestError::QuotaReached),
+            Err(QuotaError::Total) => {
+                return Err(match self.alternate_server(tuple) {
+                    Some(alternate) => RequestError::TryAlternate(alternate),
+                    None => RequestError::InsufficientCapacity("total allocation quota reached"),
                 });
             }
-        };
-        let turn = self.config.turn.as_ref().expect("TURN requests reach here only with TURN on");
-        let advertised = advertise(&turn.external_ips, opened.addr);
-        let span =
-            info_span!("alloc", id = id.0, client = %tuple.client, transport = %tuple.transport, relay = %advertised);
+        }
+        let id = self.table.next_id();
+        let mut relayed = Vec::with_capacity(families.len());
+        let mut reservation = None;
+        let mut refused = Vec::new();
+        for &ipv6 in families {
+            if token.is_some() && !relayed.is_empty() {
+                break;
+            }
+            let ip = match token {
+                Some(_) => Ok(if ipv6 { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() }),
+                None => self.relay_ip(tuple, ipv6),
+            };
+            let opened = ip.and_then(|ip| {
+                driver
+                    .open_relay(RelayId::new(id, ipv6), &RelayRequest { ip, port, dont_fragment })
+                    .map_err(relay_error)
+            });
+            match opened {
+                Ok(opened) => {
+                    let turn = self.config.turn.as_ref().expect("TURN requests reach here only with TURN on");
+                    relayed.push(Relayed { addr: opened.addr, advertised: advertise(&turn.external_ips, opened.addr) });
+                    reservation = reservation.or(opened.reservation);
+                }
+                Err(error) => refused.push((ipv6, error)),
+            }
+        }
+        if relayed.is_empty() {
+            driver.release_quota(&quota_key);
+            let (_, error) = refused.into_iter().next().expect("every family was refused");
+            return Err(error);
+        }
+        let span = info_span!(
+            "alloc",
+            id = id.0,
+            client = %tuple.client,
+            transport = %tuple.transport,
+            relay = %relayed[0].advertised,
+        );
         let mut allocation = Allocation::new(
             *tuple,
             client,
-            opened.addr,
-            advertised,
-            identity.username,
+            &relayed,
+            &identity.username,
             &quota_key,
             now.instant + lifetime,
             request.transaction_id(),
-            opened.reservation,
+            reservation,
             span,
         );
+        // A dual allocation that got one family says why not the other in
+        // every answer to its Allocate, retransmissions included.
+        if token.is_none() {
+            allocation.refused_family = refused.first().map(|(ipv6, error)| (*ipv6, error.code()));
+        }
         let max_bps = self.config.turn.as_ref().map_or(0, |t| t.max_bps);
         if max_bps > 0 {
             allocation.bandwidth =
                 Some(Box::new([ByteBucket::new(max_bps, now.instant), ByteBucket::new(max_bps, now.instant)]));
         }
-        info!(parent: &allocation.span, user = identity.username, lifetime = lifetime.as_secs(), "allocation created");
+        if let Some(second) = relayed.get(1) {
+            info!(parent: &allocation.span, user = &*identity.username, lifetime = lifetime.as_secs(), also = %second.advertised, "allocation created");
+        } else {
+            info!(parent: &allocation.span, user = &*identity.username, lifetime = lifetime.as_secs(), "allocation created");
+        }
         let inserted = self.table.insert(allocation);
         debug_assert_eq!(inserted, id);
         self.stats.allocations_created += 1;
@@ -707,14 +831,23 @@ impl Server {
         reply: &mut Vec<u8>,
     ) {
         let allocation = self.table.get(id).expect("caller found it");
-        let (advertised, client, lifetime, token) = (
-            allocation.advertised,
+        let mut advertised = allocation.relayed_addresses().map(|r| r.advertised);
+        let (first, second) = (advertised.next(), advertised.next());
+        let (client, lifetime, token, refused) = (
             allocation.tuple.client,
             allocation.remaining_secs(now.instant),
             allocation.reservation_token,
+            allocation.refused_family,
         );
+        let reason_phrases = self.config.reason_phrases;
         self.success_response(request, identity.key.as_ref(), reply, |w| {
-            w.xor_address(AttrType::XOR_RELAYED_ADDRESS, &advertised);
+            for relayed in first.iter().chain(&second) {
+                w.xor_address(AttrType::XOR_RELAYED_ADDRESS, relayed);
+            }
+            if let Some((ipv6, code)) = refused {
+                let family = if ipv6 { FAMILY_IPV6 } else { FAMILY_IPV4 };
+                w.address_error_code(family, code, reason_phrases.then(|| code.reason()));
+            }
             w.attr_u32(AttrType::LIFETIME, lifetime);
             if let Some(token) = token {
                 w.attr(AttrType::RESERVATION_TOKEN, &token);
@@ -737,18 +870,24 @@ impl Server {
         let turn = self.config.turn.as_ref().expect("TURN requests reach here only with TURN on");
         let (default_lifetime, max_lifetime) = (turn.default_lifetime, turn.max_lifetime);
         let allocation = self.table.get_mut(id).expect("found above");
-        if let Some(family) = request.attribute(AttrType::REQUESTED_ADDRESS_FAMILY) {
-            let family = attr::read_address_family(family)
-                .map_err(|_| RequestError::BadRequest("REQUESTED-ADDRESS-FAMILY malformed"))?;
-            let matches = match family {
-                FAMILY_IPV4 => allocation.relayed.is_ipv4(),
-                FAMILY_IPV6 => allocation.relayed.is_ipv6(),
-                _ => false,
-            };
-            if !matches {
-                return Err(RequestError::PeerAddressFamilyMismatch);
+        // RFC 8656 §7.3: REQUESTED-ADDRESS-FAMILY names one relayed address
+        // of the allocation (443 if it has none of that family); with
+        // LIFETIME 0 only that one goes, when a dual allocation has two.
+        let only_family = match request.attribute(AttrType::REQUESTED_ADDRESS_FAMILY) {
+            Some(value) => {
+                let ipv6 = match attr::read_address_family(value) {
+                    Ok(FAMILY_IPV4) => false,
+                    Ok(FAMILY_IPV6) => true,
+                    Ok(_) => return Err(RequestError::PeerAddressFamilyMismatch),
+                    Err(_) => return Err(RequestError::BadRequest("REQUESTED-ADDRESS-FAMILY malformed")),
+                };
+                if allocation.relayed(ipv6).is_none() {
+                    return Err(RequestError::PeerAddressFamilyMismatch);
+                }
+                Some(ipv6)
             }
-        }
+            None => None,
+        };
         let requested = request
             .attribute(AttrType::LIFETIME)
             .map(attr::read_u32)
@@ -758,12 +897,22 @@ impl Server {
             Some(0) => Duration::ZERO,
             requested => initial_lifetime(requested, default_lifetime, max_lifetime),
         };
+        let mut reported = lifetime;
         if lifetime.is_zero() {
-            self.delete(id, driver, "refreshed with lifetime 0");
+            match only_family.and_then(|ipv6| allocation.drop_relayed(ipv6)) {
+                Some(dropped) => {
+                    info!(parent: &allocation.span, relay = %dropped.advertised, "relayed address deleted");
+                    driver.close_relay(RelayId::new(id, dropped.addr.is_ipv6()));
+                    // The rest of the allocation lives on as it was.
+                    reported = allocation.expires.saturating_duration_since(now.instant);
+                }
+                None => self.delete(id, driver, "refreshed with lifetime 0"),
+            }
         } else {
             allocation.expires = now.instant + lifetime;
             debug!(parent: &allocation.span, lifetime = lifetime.as_secs(), "refreshed");
         }
+        let lifetime = reported;
         self.success_response(request, identity.key.as_ref(), reply, |w| {
             w.attr_u32(AttrType::LIFETIME, u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX));
         });
@@ -868,7 +1017,11 @@ impl Server {
         allocation.traffic.packets_to_peer += 1;
         allocation.traffic.bytes_to_peer += data.value.len() as u64;
         self.stats.relayed_to_peer += 1;
-        ClientOutcome::Forward { allocation: id, peer, payload: start..start + data.value.len() }
+        ClientOutcome::Forward {
+            relay: RelayId::new(id, peer.is_ipv6()),
+            peer,
+            payload: start..start + data.value.len(),
+        }
     }
 
     /// RFC 8656 §12.6: ChannelData on a bound channel goes to its peer.
@@ -893,7 +1046,11 @@ impl Server {
         allocation.traffic.bytes_to_peer += data.payload.len() as u64;
         self.stats.relayed_to_peer += 1;
         let start = channel_data::HEADER_LEN;
-        ClientOutcome::Forward { allocation: id, peer, payload: start..start + data.payload.len() }
+        ClientOutcome::Forward {
+            relay: RelayId::new(id, peer.is_ipv6()),
+            peer,
+            payload: start..start + data.payload.len(),
+        }
     }
 
     /// The allocation of `tuple` if it is alive and `identity` owns it.
@@ -938,7 +1095,7 @@ impl Server {
             .map_err(|_| RequestError::BadRequest("XOR-PEER-ADDRESS malformed"))?;
         let ip = policy::canonical(peer.ip());
         let allocation = self.table.get(id).ok_or(RequestError::NoAllocation)?;
-        if ip.is_ipv4() != allocation.relayed.is_ipv4() {
+        if allocation.relayed(ip.is_ipv6()).is_none() {
             return Err(RequestError::PeerAddressFamilyMismatch);
         }
         let policy = &self.config.turn.as_ref().expect("TURN is on").policy;
@@ -971,9 +1128,29 @@ impl Server {
         Err(RequestError::AddressFamilyNotSupported)
     }
 
+    /// The next configured alternate server (round robin) of the address
+    /// family of the listener the client reached, so the client can reach
+    /// it the same way. An IPv4 client on a dual-stack socket counts as IPv4.
+    fn alternate_server(&mut self, tuple: &FiveTuple) -> Option<SocketAddr> {
+        let ipv4 = match tuple.server.ip() {
+            IpAddr::V4(_) => true,
+            IpAddr::V6(ip) => ip.to_ipv4_mapped().is_some(),
+        };
+        let alternates = &self.config.turn.as_ref()?.alternate_servers;
+        let count = alternates.iter().filter(|a| a.is_ipv4() == ipv4).count();
+        if count == 0 {
+            return None;
+        }
+        let chosen = alternates.iter().filter(|a| a.is_ipv4() == ipv4).nth(self.alternate_cursor % count).copied();
+        self.alternate_cursor = self.alternate_cursor.wrapping_add(1);
+        chosen
+    }
+
     fn delete(&mut self, id: AllocationId, driver: &mut dyn Driver, reason: &'static str) {
         let Some(allocation) = self.table.remove(id) else { return };
-        driver.close_relay(id);
+        for relayed in allocation.relayed_addresses() {
+            driver.close_relay(RelayId::new(id, relayed.addr.is_ipv6()));
+        }
         driver.release_quota(&allocation.quota_key);
         self.stats.allocations_deleted += 1;
         let t = allocation.traffic;
@@ -1003,7 +1180,7 @@ impl Server {
                 return ClientOutcome::Replied;
             }
         };
-        let trailer = self.trailer_len(request, None);
+        let trailer = self.trailer_len(request);
         let request_len = request.as_bytes().len();
         self.success_response(request, None, reply, |w| {
             w.xor_address(AttrType::XOR_MAPPED_ADDRESS, &tuple.client);
@@ -1091,7 +1268,7 @@ impl Server {
     fn success_response(
         &self,
         request: &Message<'_>,
-        key: Option<&LongTermKey>,
+        key: Option<&SigningKey>,
         reply: &mut Vec<u8>,
         attributes: impl FnOnce(&mut MessageWriter<'_>),
     ) {
@@ -1105,7 +1282,7 @@ impl Server {
         &mut self,
         request: &Message<'_>,
         code: ErrorCode,
-        key: Option<&LongTermKey>,
+        key: Option<&SigningKey>,
         reply: &mut Vec<u8>,
         extra: impl FnOnce(&mut MessageWriter<'_>),
     ) {
@@ -1117,23 +1294,24 @@ impl Server {
         self.stats.error_responses += 1;
     }
 
-    /// Bytes [`Self::finish_response`] will append after the attributes.
-    fn trailer_len(&self, request: &Message<'_>, key: Option<&LongTermKey>) -> usize {
+    /// Bytes [`Self::finish_response`] appends after the attributes of an
+    /// unauthenticated response: SOFTWARE and FINGERPRINT.
+    fn trailer_len(&self, request: &Message<'_>) -> usize {
         let software = self.config.software.as_ref().map_or(0, |s| ATTR_HEADER_LEN + ((s.len() + 3) & !3));
-        let integrity = key.map_or(0, |_| ATTR_HEADER_LEN + 20);
         let fingerprint = if request.has_fingerprint() { ATTR_HEADER_LEN + 4 } else { 0 };
-        software + integrity + fingerprint
+        software + fingerprint
     }
 
-    /// SOFTWARE when configured; MESSAGE-INTEGRITY with the request's key when
-    /// it was authenticated (RFC 8489 §9.2.4: every such response is signed);
+    /// SOFTWARE when configured; the request's kind of integrity
+    /// (MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256) with its key when it
+    /// was authenticated (RFC 8489 §9.2.4: every such response is signed);
     /// FINGERPRINT when the request had one (§7.3.1.1).
-    fn finish_response(&self, w: &mut MessageWriter<'_>, request: &Message<'_>, key: Option<&LongTermKey>) {
+    fn finish_response(&self, w: &mut MessageWriter<'_>, request: &Message<'_>, key: Option<&SigningKey>) {
         if let Some(software) = &self.config.software {
             w.attr(AttrType::SOFTWARE, software.as_bytes());
         }
         if let Some(key) = key {
-            w.message_integrity(&key.0);
+            key.sign(w);
         }
         if request.has_fingerprint() {
             w.fingerprint();
@@ -1171,7 +1349,7 @@ fn quota_key(identity: &Identity<'_>, tuple: &FiveTuple) -> String {
     match identity.key {
         Some(_) => match identity.username.split_once(':') {
             Some((expiry, user)) if !expiry.is_empty() && expiry.bytes().all(|b| b.is_ascii_digit()) => user.to_owned(),
-            _ => identity.username.to_owned(),
+            _ => identity.username.clone().into_owned(),
         },
         None => tuple.client.ip().to_string(),
     }
@@ -1246,6 +1424,26 @@ fn write_data_indication(
     out[at + 2..at + 4].copy_from_slice(&data_len.to_be_bytes());
     out[header_len + len..].fill(0);
     Some((start, headroom + padded))
+}
+
+/// A Data indication's transaction ID: the server's random prefix and a
+/// counter, unique without a random draw per packet.
+fn next_indication_tid(prefix: &[u8; 4], counter: &mut u64) -> [u8; 12] {
+    *counter += 1;
+    let mut tid = [0u8; 12];
+    tid[..4].copy_from_slice(prefix);
+    tid[4..].copy_from_slice(&counter.to_be_bytes());
+    tid
+}
+
+/// What the client is told when no relay socket could be opened.
+fn relay_error(error: RelayError) -> RequestError {
+    match error {
+        RelayError::NoPorts => RequestError::InsufficientCapacity("relay port range exhausted"),
+        RelayError::BadToken => RequestError::InsufficientCapacity("reservation token unknown or expired"),
+        RelayError::DontFragmentUnsupported => RequestError::UnsupportedAttribute(AttrType::DONT_FRAGMENT.0),
+        RelayError::Unavailable => RequestError::InsufficientCapacity("relay socket unavailable"),
+    }
 }
 
 #[cfg(test)]

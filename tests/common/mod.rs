@@ -136,17 +136,17 @@ pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
 
 /// True when `name` is an executable on `PATH`. When it is missing: with
 /// `TERN_REQUIRE_INTEROP=1` (CI) the test fails; otherwise the test prints a
-/// notice and should return early.
-pub fn require_tool(name: &str) -> bool {
+/// notice and should return early. `package` is the Debian package that has it.
+pub fn require_tool(name: &str, package: &str) -> bool {
     if find_on_path(name).is_some() {
         return true;
     }
     if std::env::var("TERN_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
         panic!(
-            "{name} is not installed, and TERN_REQUIRE_INTEROP=1 makes interop tests mandatory (apt-get install coturn)"
+            "{name} is not installed, and TERN_REQUIRE_INTEROP=1 makes interop tests mandatory (apt-get install {package})"
         );
     }
-    eprintln!("skipping: {name} not installed (apt-get install coturn)");
+    eprintln!("skipping: {name} not installed (apt-get install {package})");
     false
 }
 

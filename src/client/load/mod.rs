@@ -282,6 +282,8 @@ fn failure_key(error: &super::turn::TurnError) -> String {
         super::turn::TurnError::Io(_) => "io".into(),
         super::turn::TurnError::Integrity => "integrity".into(),
         super::turn::TurnError::Invalid(_) => "invalid".into(),
+        super::turn::TurnError::TryAlternate(_) => "300".into(),
+        super::turn::TurnError::Unsupported(_) => "unsupported".into(),
     }
 }
 

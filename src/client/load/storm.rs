@@ -15,7 +15,6 @@ use crate::client::turn::AuthState;
 use crate::io::clock;
 use crate::proto::Transport;
 use crate::proto::stun::attr::{self, AttrType};
-use crate::proto::stun::integrity::long_term_key_md5;
 use crate::proto::stun::{Class, Message, MessageType, MessageWriter, Method, TransactionId};
 
 /// A slot that gets no answer for this long counts a timeout and restarts.
@@ -236,13 +235,9 @@ impl Storm<'_> {
         match &mut self.auth {
             Some(auth) if auth.realm == realm => auth.nonce = nonce.to_vec(),
             _ => {
-                let credentials = &self.config.credentials;
-                self.auth = Some(AuthState {
-                    username: credentials.username.clone(),
-                    realm: realm.to_owned(),
-                    nonce: nonce.to_vec(),
-                    key: long_term_key_md5(&credentials.username, realm, &credentials.password),
-                });
+                // RFC 5389 like a browser: the storm measures allocation
+                // churn, and browsers are what it stands in for.
+                self.auth = Some(AuthState::legacy(&self.config.credentials, realm, nonce));
             }
         }
     }

@@ -257,6 +257,14 @@ pub fn read_error_code(value: &[u8]) -> Result<ErrorCodeValue<'_>, ParseError> {
     Ok(ErrorCodeValue { code: class * 100 + number, reason })
 }
 
+/// Reads ADDRESS-ERROR-CODE (RFC 8656 §18.12): the family, then an
+/// ERROR-CODE value.
+pub fn read_address_error_code(value: &[u8]) -> Result<(u8, ErrorCodeValue<'_>), ParseError> {
+    let family = *value.first().ok_or(ParseError::InvalidValue("ADDRESS-ERROR-CODE"))?;
+    let code = read_error_code(value).map_err(|_| ParseError::InvalidValue("ADDRESS-ERROR-CODE"))?;
+    Ok((family, code))
+}
+
 /// Iterates the types listed in UNKNOWN-ATTRIBUTES.
 pub fn read_unknown_attributes(value: &[u8]) -> Result<impl Iterator<Item = AttrType> + '_, ParseError> {
     if !value.len().is_multiple_of(2) {

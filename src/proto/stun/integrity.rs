@@ -99,6 +99,22 @@ pub fn long_term_key_sha256(username: &str, realm: &str, password: &str) -> [u8;
     hasher.finalize().into()
 }
 
+/// Appends MESSAGE-INTEGRITY-SHA256 truncated to `len` bytes (§14.6) to the
+/// message in `buf`, which the writer never does (tern always sends 32); for
+/// tests of receivers that must accept truncation.
+#[cfg(test)]
+pub(crate) fn append_truncated_integrity_sha256(buf: &mut Vec<u8>, key: &[u8], len: usize) {
+    use super::{ATTR_HEADER_LEN, AttrType};
+    let covered = buf.len() - HEADER_LEN + ATTR_HEADER_LEN + len;
+    let header = header_with_length(buf, covered);
+    let full = hmac_sha256(key, &header, &buf[HEADER_LEN..]);
+    buf.extend_from_slice(&AttrType::MESSAGE_INTEGRITY_SHA256.0.to_be_bytes());
+    buf.extend_from_slice(&(len as u16).to_be_bytes());
+    buf.extend_from_slice(&full[..len]);
+    let length = (buf.len() - HEADER_LEN) as u16;
+    buf[2..4].copy_from_slice(&length.to_be_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

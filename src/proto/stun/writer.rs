@@ -107,6 +107,18 @@ impl<'b> MessageWriter<'b> {
         })
     }
 
+    /// ADDRESS-ERROR-CODE (RFC 8656 §18.12): why the relayed address of
+    /// `family` was not allocated, laid out as ERROR-CODE with the family in
+    /// its first byte.
+    pub fn address_error_code(&mut self, family: u8, code: ErrorCode, reason: Option<&str>) -> &mut Self {
+        let reason = reason.unwrap_or("");
+        self.attr_with(AttrType::ADDRESS_ERROR_CODE, 4 + reason.len(), |out| {
+            out[..4].copy_from_slice(&code.value_prefix());
+            out[0] = family;
+            out[4..].copy_from_slice(reason.as_bytes());
+        })
+    }
+
     /// UNKNOWN-ATTRIBUTES listing `types`.
     pub fn unknown_attributes(&mut self, types: &[AttrType]) -> &mut Self {
         self.attr_with(AttrType::UNKNOWN_ATTRIBUTES, types.len() * 2, |out| {

@@ -1,0 +1,67 @@
+//! A real browser: headless Chromium makes a WebRTC call between two
+//! RTCPeerConnections that may only use relayed candidates, with tern as
+//! their TURN server (`turn:…?transport=udp` and `?transport=tcp`, a static
+//! user and a TURN REST credential). The data channel must open through
+//! tern and carry a message each way. The page and its driver are
+//! tests/interop/browser_webrtc.py.
+//!
+//! Chromium is `TERN_CHROMIUM` or `chromium` on PATH (Debian: apt-get
+//! install chromium). Without it the test prints a notice and skips, unless
+//! `TERN_REQUIRE_INTEROP=1` (CI) makes it fail.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{TernServer, run_bounded, run_tern};
+
+fn chromium() -> Option<String> {
+    if let Ok(path) = std::env::var("TERN_CHROMIUM") {
+        return Some(path);
+    }
+    if common::require_tool("chromium", "chromium") {
+        return Some("chromium".to_owned());
+    }
+    None
+}
+
+/// Runs the call; returns the page's report.
+fn call(chromium: &str, uri: &str, user: &str, password: &str) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/browser_webrtc.py");
+    let output =
+        run_bounded(Command::new("python3").args([script, chromium, uri, user, password]), Duration::from_secs(90));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("the driver prints JSON ({e}):\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr))
+    });
+    assert!(output.status.success(), "the call through {uri} failed: {report}");
+    report
+}
+
+#[test]
+fn chromium_calls_through_tern_over_udp_and_tcp() {
+    let Some(chromium) = chromium() else { return };
+    let server =
+        TernServer::start(&["--user", "alice:wonderland", "--secret", "s3cr3t", "--allow-peer", "127.0.0.0/8"]);
+    let port = server.udp_addr().port();
+
+    let udp = call(&chromium, &format!("turn:127.0.0.1:{port}?transport=udp"), "alice", "wonderland");
+    assert_eq!((&udp["local_type"], &udp["remote_type"]), (&"relay".into(), &"relay".into()), "{udp}");
+    assert_eq!(udp["relay_protocol"], "udp", "{udp}");
+
+    // What a WebRTC app gets from its backend: a time-limited REST credential.
+    let output = run_tern(&["credentials", "--secret", "s3cr3t", "--user", "browser", "--ttl", "1h"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let field = |name: &str| {
+        stdout.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).expect("credential field").to_owned()
+    };
+    let (username, password) = (field("username:"), field("password:"));
+    let tcp = call(&chromium, &format!("turn:127.0.0.1:{port}?transport=tcp"), &username, &password);
+    assert_eq!(tcp["relay_protocol"], "tcp", "{tcp}");
+
+    let (status, log) = server.stop_with_log();
+    assert!(status.success());
+    let created = log.iter().filter(|l| l.contains("\"allocation created\"")).count();
+    assert!(created >= 4, "each peer connection allocated once per call: {created}");
+}
