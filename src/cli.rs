@@ -27,6 +27,8 @@ pub enum Command {
     Check(ServerArgs),
     /// Send STUN Binding requests and print the mapped address and round-trip time.
     Stun(StunArgs),
+    /// Discover how the NAT in front of this host maps and filters UDP (RFC 5780; the server must support it).
+    Nat(NatArgs),
     /// Check a TURN server end to end: allocate, permission, relay both ways, channel, delete.
     Turn(TurnArgs),
     /// Print TURN REST API credentials and the iceServers entry that uses them.
@@ -63,6 +65,15 @@ pub struct ServerArgs {
     /// Serve STUN only, even with credentials configured (sets `turn = false`).
     #[arg(long)]
     pub stun_only: bool,
+    /// Answer RFC 5780 NAT behaviour discovery from a second address (sets `rfc5780`; needs --alternate-ip).
+    #[arg(long)]
+    pub rfc5780: bool,
+    /// The second IP for RFC 5780 (replaces `alternate_ip`).
+    #[arg(long, value_name = "IP", value_parser = config::parse_alternate_ip_flag)]
+    pub alternate_ip: Option<IpAddr>,
+    /// The second port for RFC 5780, default the listen port + 1 (replaces `alternate_port`).
+    #[arg(long, value_name = "PORT")]
+    pub alternate_port: Option<u16>,
     /// A TURN user (repeatable; added to `auth.users`).
     #[arg(long = "user", value_name = "NAME:PASSWORD", value_parser = config::parse_user_flag)]
     pub users: Vec<(String, String)>,
@@ -142,6 +153,9 @@ impl ServerArgs {
             log_format: self.log_format,
             log_allocations: self.log_allocations,
             stun_only: self.stun_only,
+            rfc5780: self.rfc5780,
+            alternate_ip: self.alternate_ip,
+            alternate_port: self.alternate_port,
             users: self.users.clone(),
             secrets: self.secrets.clone(),
             allow_anonymous: self.allow_anonymous,
@@ -203,6 +217,19 @@ pub struct StunArgs {
     /// Pause between requests.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct NatArgs {
+    /// Server as HOST[:PORT] or a stun: URI; the port defaults to 3478.
+    pub server: String,
+    /// How long each test waits for its answer, retransmissions included; a
+    /// test whose answer the NAT filters always waits this long.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses durations such as `500ms`, `5s`, `24h`.

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::io::{QuotaLimits, RuntimeConfig, TlsSettings};
 use crate::proto::auth::{Authenticator, StaticCredentials, UserKeys};
+use crate::proto::nat_discovery::NatDiscovery;
 use crate::proto::policy::PeerPolicy;
 use crate::proto::rate_limit::RateLimit;
 use crate::proto::server::{ExternalIp, ServerConfig, TurnConfig};
@@ -68,6 +69,12 @@ pub struct Config {
     pub workers: usize,
     pub software: Option<String>,
     pub rfc3489: bool,
+    /// RFC 5780 NAT behaviour discovery, answered from `alternate_ip` and
+    /// `alternate_port` too.
+    pub rfc5780: bool,
+    pub alternate_ip: Option<IpAddr>,
+    /// Unset: the primary listen port plus one.
+    pub alternate_port: Option<u16>,
     pub reason_phrases: bool,
     /// `turn` as configured; `None` means on exactly when credentials exist.
     pub turn: Option<bool>,
@@ -221,6 +228,9 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     pub log_allocations: bool,
     pub stun_only: bool,
+    pub rfc5780: bool,
+    pub alternate_ip: Option<IpAddr>,
+    pub alternate_port: Option<u16>,
     pub users: Vec<(String, String)>,
     pub secrets: Vec<String>,
     pub allow_anonymous: bool,
@@ -275,6 +285,12 @@ struct FileConfig {
     software: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rfc3489: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rfc5780: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alternate_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alternate_port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason_phrases: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -421,6 +437,12 @@ impl Config {
         }
         let relay_ips =
             parse_list(&raw.relay_ips.unwrap_or_default(), "relay_ips", parse_ip).map_err(|(k, m)| invalid(k, m))?;
+        let alternate_ip = raw
+            .alternate_ip
+            .as_deref()
+            .map(parse_alternate_ip_flag)
+            .transpose()
+            .map_err(|m| invalid("alternate_ip".into(), m))?;
         let relay_ports = match raw.relay_ports {
             Some(text) => parse_port_range(&text).map_err(|m| invalid("relay_ports".into(), m))?,
             None => DEFAULT_RELAY_PORTS,
@@ -466,6 +488,9 @@ impl Config {
             workers,
             software,
             rfc3489: raw.rfc3489.unwrap_or(false),
+            rfc5780: raw.rfc5780.unwrap_or(false),
+            alternate_ip,
+            alternate_port: raw.alternate_port,
             reason_phrases: raw.reason_phrases.unwrap_or(false),
             turn: raw.turn,
             relay_ips,
@@ -536,6 +561,13 @@ impl Config {
         self.log.allocations |= overrides.log_allocations;
         if overrides.stun_only {
             self.turn = Some(false);
+        }
+        self.rfc5780 |= overrides.rfc5780;
+        if let Some(ip) = overrides.alternate_ip {
+            self.alternate_ip = Some(ip);
+        }
+        if let Some(port) = overrides.alternate_port {
+            self.alternate_port = Some(port);
         }
         for (name, password) in &overrides.users {
             self.auth.users.insert(name.clone(), UserSecret::Password(password.clone()));
@@ -628,6 +660,7 @@ impl Config {
         if let Some(user) = &self.user {
             crate::io::sys::lookup_identity(user, self.group.as_deref()).map_err(|m| invalid("user", &m))?;
         }
+        self.checked_nat_discovery().map_err(|(key, message)| invalid(key, &message))?;
         self.check_tls(file)
     }
 
@@ -669,6 +702,70 @@ impl Config {
         crate::io::tls::server_config(cert, key).map(drop).map_err(|e| invalid(e.key(), e.to_string()))
     }
 
+    /// The RFC 5780 addresses, or `None` when discovery is off; the error
+    /// names the key at fault. The primary address is the first listen
+    /// address of the alternate IP's family. It must be a concrete address
+    /// with a fixed port: OTHER-ADDRESS and RESPONSE-ORIGIN name concrete
+    /// addresses, and the three extra sockets are bound on ports derived
+    /// from it before anything runs.
+    fn checked_nat_discovery(&self) -> Result<Option<NatDiscovery>, (&'static str, String)> {
+        if !self.rfc5780 {
+            if self.alternate_ip.is_some() {
+                return Err(("alternate_ip", "is set but rfc5780 is off (set rfc5780 = true or --rfc5780)".into()));
+            }
+            if self.alternate_port.is_some() {
+                return Err(("alternate_port", "is set but rfc5780 is off (set rfc5780 = true or --rfc5780)".into()));
+            }
+            return Ok(None);
+        }
+        let Some(alternate_ip) = self.alternate_ip else {
+            return Err((
+                "alternate_ip",
+                "rfc5780 = true needs alternate_ip (or --alternate-ip): NAT behaviour discovery answers from a \
+                 second IP address of this host"
+                    .into(),
+            ));
+        };
+        let Some(primary) = self.listen.iter().copied().find(|a| a.is_ipv4() == alternate_ip.is_ipv4()) else {
+            return Err(("alternate_ip", format!("{alternate_ip} has no listen address of its family to pair with")));
+        };
+        if primary.ip().is_unspecified() {
+            return Err((
+                "listen",
+                format!(
+                    "{primary} is a wildcard; rfc5780 needs the concrete primary address, which OTHER-ADDRESS and \
+                     RESPONSE-ORIGIN name (listen on the host's public IP instead)"
+                ),
+            ));
+        }
+        if primary.port() == 0 {
+            return Err(("listen", format!("{primary}: rfc5780 needs a fixed port, not 0")));
+        }
+        if alternate_ip == primary.ip() {
+            return Err(("alternate_ip", format!("{alternate_ip} is the listen address; it must be a second IP")));
+        }
+        let alternate_port = match self.alternate_port {
+            Some(0) => return Err(("alternate_port", "must not be 0".into())),
+            Some(port) if port == primary.port() => {
+                return Err(("alternate_port", format!("{port} is the listen port; it must differ")));
+            }
+            Some(port) => port,
+            None => primary.port().checked_add(1).ok_or((
+                "alternate_port",
+                format!("the listen port is {}, so the default (port + 1) does not exist; set it", primary.port()),
+            ))?,
+        };
+        let discovery = NatDiscovery::new(primary, SocketAddr::new(alternate_ip, alternate_port))
+            .ok_or(("alternate_ip", format!("{alternate_ip} cannot pair with {primary}")))?;
+        if let Some(taken) = discovery.extra_addresses().iter().find(|a| self.listen.contains(a)) {
+            return Err((
+                "listen",
+                format!("{taken} is one of the RFC 5780 addresses tern listens on by itself; remove it from listen"),
+            ));
+        }
+        Ok(Some(discovery))
+    }
+
     /// Whether tern relays: as configured, or when unset, exactly when
     /// credentials (or anonymous relaying) are configured.
     pub fn turn_enabled(&self) -> bool {
@@ -705,6 +802,7 @@ impl Config {
             });
             let listen = self.listen.iter().chain(&self.tls.listen);
             let mut own: Vec<IpAddr> = listen.clone().map(SocketAddr::ip).collect();
+            own.extend(self.alternate_ip);
             if listen.clone().any(|a| a.ip().is_unspecified()) {
                 own.extend_from_slice(local_addresses);
             }
@@ -734,8 +832,14 @@ impl Config {
             }),
             _ => None,
         };
+        // Checked by `check_combination` too, so an error cannot happen here.
+        let nat_discovery = self.checked_nat_discovery().ok().flatten();
+        let mut listen = self.listen.clone();
+        if let Some(discovery) = &nat_discovery {
+            listen.extend(discovery.extra_addresses());
+        }
         RuntimeConfig {
-            listen: self.listen.clone(),
+            listen,
             workers: self.workers,
             udp_buffer: self.udp_buffer as usize,
             run_as,
@@ -750,6 +854,7 @@ impl Config {
                 software: self.software.clone(),
                 rfc3489: self.rfc3489,
                 reason_phrases: self.reason_phrases,
+                nat_discovery,
                 turn,
                 rate_limit: RateLimit {
                     per_second: f64::from(self.rate_limit),
@@ -772,6 +877,9 @@ impl Config {
             workers: Some(self.workers),
             software: Some(self.software.clone().unwrap_or_default()),
             rfc3489: Some(self.rfc3489),
+            rfc5780: Some(self.rfc5780),
+            alternate_ip: self.alternate_ip.map(|ip| ip.to_string()),
+            alternate_port: self.alternate_port,
             reason_phrases: Some(self.reason_phrases),
             turn: self.turn,
             relay_ips: Some(self.relay_ips.iter().map(ToString::to_string).collect()),
@@ -976,6 +1084,15 @@ pub fn parse_listen_flag(text: &str) -> Result<SocketAddr, String> {
     parse_socket_addr(text)
 }
 
+/// Parses an `--alternate-ip` value for clap.
+pub fn parse_alternate_ip_flag(text: &str) -> Result<IpAddr, String> {
+    let ip = IpAddr::from_str(text).map_err(|_| format!("{text:?} is not an IP address"))?;
+    if ip.is_unspecified() {
+        return Err(format!("{text:?} is a wildcard; the alternate address must be concrete"));
+    }
+    Ok(ip)
+}
+
 /// Parses a `--relay-ip` value for clap.
 pub fn parse_relay_ip_flag(text: &str) -> Result<IpAddr, String> {
     parse_ip(text)
@@ -1120,6 +1237,55 @@ mod tests {
         let text = format!("[auth]\nusers = {{ alice = {{ key = \"0x{hex}\" }} }}\n");
         let config = Config::parse(&text, "t").expect("valid");
         assert_eq!(config.auth.users["alice"], UserSecret::Key(key));
+    }
+
+    #[test]
+    fn rfc5780_needs_two_concrete_addresses() {
+        const LISTEN: &str = "listen = [\"127.0.0.1:3478\"]\n";
+        assert!(error("rfc5780 = true\n").starts_with("test.toml: key `alternate_ip`: rfc5780 = true needs"));
+        assert!(error(&format!("{LISTEN}rfc5780 = true\n")).contains("key `alternate_ip`"));
+        assert!(
+            error("rfc5780 = true\nalternate_ip = \"127.0.0.2\"\n")
+                .starts_with("test.toml: key `listen`: 0.0.0.0:3478 is a wildcard")
+        );
+        assert!(
+            error(&format!("{LISTEN}rfc5780 = true\nalternate_ip = \"127.0.0.1\"\n"))
+                .starts_with("test.toml: key `alternate_ip`: 127.0.0.1 is the listen address")
+        );
+        assert!(
+            error(&format!("{LISTEN}rfc5780 = true\nalternate_ip = \"::1\"\n"))
+                .contains("has no listen address of its family")
+        );
+        assert!(
+            error("listen = [\"127.0.0.1:0\"]\nrfc5780 = true\nalternate_ip = \"127.0.0.2\"\n")
+                .contains("needs a fixed port")
+        );
+        assert!(
+            error(&format!("{LISTEN}rfc5780 = true\nalternate_ip = \"127.0.0.2\"\nalternate_port = 3478\n"))
+                .starts_with("test.toml: key `alternate_port`: 3478 is the listen port")
+        );
+        assert!(
+            error(&format!("{LISTEN}alternate_ip = \"127.0.0.2\"\n"))
+                .starts_with("test.toml: key `alternate_ip`: is set but rfc5780 is off")
+        );
+        assert!(
+            error("listen = [\"127.0.0.1:3478\", \"127.0.0.2:3479\"]\nrfc5780 = true\nalternate_ip = \"127.0.0.2\"\n")
+                .contains("127.0.0.2:3479 is one of the RFC 5780 addresses")
+        );
+    }
+
+    #[test]
+    fn rfc5780_listens_on_the_four_addresses() {
+        let text = "listen = [\"127.0.0.1:3478\"]\nrfc5780 = true\nalternate_ip = \"127.0.0.2\"\n";
+        let config = Config::parse(text, "t").expect("valid");
+        let runtime = config.runtime([0; 32], &[]);
+        let listen: Vec<String> = runtime.listen.iter().map(ToString::to_string).collect();
+        assert_eq!(listen, ["127.0.0.1:3478", "127.0.0.1:3479", "127.0.0.2:3478", "127.0.0.2:3479"]);
+        let discovery = runtime.server.nat_discovery.expect("on");
+        assert_eq!(discovery.alternate().to_string(), "127.0.0.2:3479");
+        let again = Config::parse(&config.to_toml(), "printed").expect("printed config is valid");
+        assert_eq!(again, config);
+        assert!(Config::defaults().runtime([0; 32], &[]).server.nat_discovery.is_none());
     }
 
     #[test]

@@ -7,11 +7,12 @@ use clap::Parser;
 use tracing::{error, info, warn};
 
 use tern::cli::{
-    Cli, ClientTransport, Command, CredentialsArgs, LoadArgs, LoadMode, PasswordAlgorithmArg, ServerArgs, StunArgs,
-    TlsClientArgs, TurnArgs,
+    Cli, ClientTransport, Command, CredentialsArgs, LoadArgs, LoadMode, NatArgs, PasswordAlgorithmArg, ServerArgs,
+    StunArgs, TlsClientArgs, TurnArgs,
 };
 use tern::client::credentials::RestCredential;
 use tern::client::load::{self, LoadConfig, Mode, Pacing};
+use tern::client::nat::NatProbe;
 use tern::client::relay_probe::RelayProbe;
 use tern::client::tls::{self as client_tls, TlsClient, TlsOptions};
 use tern::client::turn::{AuthMode, AuthOptions, Credentials};
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::Check(args) => check(&args),
         Command::Stun(args) => stun(&args),
+        Command::Nat(args) => nat(&args),
         Command::Turn(args) => turn(&args),
         Command::Credentials(args) => credentials(&args),
         Command::Load(args) => load_test(&args),
@@ -187,6 +189,17 @@ fn stun(args: &StunArgs) -> Result<ExitCode, String> {
     };
     let ok = probe.run(&mut std::io::stdout().lock()).map_err(|e| e.to_string())?;
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn nat(args: &NatArgs) -> Result<ExitCode, String> {
+    let server = client::resolve_server(&args.server).map_err(|e| format!("{}: {e}", args.server))?;
+    let report = NatProbe { server, timeout: args.timeout }.run().map_err(|e| e.to_string())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Credentials from `--pass`, or made from `--secret` (valid for a day).

@@ -510,6 +510,7 @@ impl Harness {
             // Off: the harness checks every answer a request gets, and the
             // limiter's own table is bounded and unit-tested.
             rate_limit: RateLimit { per_second: 0.0, ..RateLimit::default() },
+            nat_discovery: None,
         });
         let start = base_instant();
         let driver = FakeDriver {
@@ -732,6 +733,7 @@ impl Harness {
         match &outcome {
             ClientOutcome::Replied => self.check_reply(tuple, packet, &reply, key),
             ClientOutcome::Dropped => assert!(reply.is_empty(), "dropped, yet a reply was written"),
+            ClientOutcome::RepliedFrom { .. } => panic!("answered from another address without RFC 5780 configured"),
             ClientOutcome::Forward { relay, peer, payload } => {
                 assert!(reply.is_empty(), "forwarded, yet a reply was written");
                 assert!(payload.start <= payload.end && payload.end <= packet.len(), "range outside the packet");

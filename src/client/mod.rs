@@ -7,6 +7,7 @@
 
 pub mod credentials;
 pub mod load;
+pub mod nat;
 pub mod relay_probe;
 pub mod stun;
 pub mod tls;

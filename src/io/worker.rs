@@ -326,6 +326,17 @@ impl Worker {
                     ClientOutcome::Replied => {
                         self.out.push_written(Via::Listener(index), meta.source, source_ip, start)
                     }
+                    ClientOutcome::RepliedFrom { source, destination } => {
+                        // RFC 5780: the core names one of the discovery
+                        // addresses, and every worker listens on all four.
+                        match self.udp.iter().position(|(_, bound)| *bound == source) {
+                            Some(from) => self.out.push_written(Via::Listener(from), destination, None, start),
+                            None => {
+                                self.out.bytes_mut().truncate(start);
+                                self.stats.send_failures += 1;
+                            }
+                        }
+                    }
                     ClientOutcome::Forward { relay, peer, payload } => {
                         self.out.push(Via::Relay(relay), peer, None, &packet[payload]);
                     }

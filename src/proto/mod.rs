@@ -12,6 +12,7 @@ pub mod auth;
 pub mod channel_data;
 pub mod demux;
 pub mod error;
+pub mod nat_discovery;
 pub mod policy;
 pub mod port_pool;
 pub mod rate_limit;

@@ -26,6 +26,7 @@ use crate::proto::auth::{AuthError, Authenticator, SigningKey};
 use crate::proto::channel_data::{self, ChannelData, ChannelNumber};
 use crate::proto::demux::{self, PacketKind};
 use crate::proto::error::{ParseError, RequestError};
+use crate::proto::nat_discovery::NatDiscovery;
 use crate::proto::policy::{self, PeerPolicy};
 use crate::proto::port_pool::ReservationToken;
 use crate::proto::rate_limit::{RateLimit, SourceLimiter};
@@ -35,7 +36,7 @@ use crate::proto::stun::{
     TransactionId,
 };
 use crate::proto::table::AllocationTable;
-use crate::proto::{FiveTuple, Now};
+use crate::proto::{FiveTuple, Now, Transport};
 
 /// The most unknown attributes listed in one 420 response; more are not
 /// listed, which keeps the answer no larger than the request.
@@ -62,6 +63,10 @@ pub struct ServerConfig {
     pub turn: Option<TurnConfig>,
     /// Budget per source IP of answers that need no credentials.
     pub rate_limit: RateLimit,
+    /// RFC 5780 NAT behaviour discovery on the four addresses it names, or
+    /// `None` (the default): then CHANGE-REQUEST, PADDING and RESPONSE-PORT
+    /// get 420 as RFC 5780 §6 asks of a server with one address.
+    pub nat_discovery: Option<NatDiscovery>,
 }
 
 /// Behaviour of the TURN relay.
@@ -240,6 +245,10 @@ pub enum ClientOutcome {
     Dropped,
     /// A response was appended to the reply buffer; send it to the client.
     Replied,
+    /// A response was appended to the reply buffer; send it from the listen
+    /// address `source` to `destination` instead of back the way the
+    /// request came (RFC 5780 CHANGE-REQUEST and RESPONSE-PORT, UDP only).
+    RepliedFrom { source: SocketAddr, destination: SocketAddr },
     /// Send `packet[payload]` from the relay socket `relay` to `peer`.
     Forward { relay: RelayId, peer: SocketAddr, payload: Range<usize> },
 }
@@ -587,9 +596,14 @@ impl Server {
         key: Option<&SigningKey>,
         reply: &mut Vec<u8>,
     ) -> bool {
+        // RFC 5780 §7: its request attributes are understood in Binding
+        // requests to the addresses discovery serves, and nowhere else.
+        let discovery = request.method() == Method::BINDING
+            && self.config.nat_discovery.as_ref().is_some_and(|d| d.serves(tuple.server));
+        let unknown_here = request.unknown_required().filter(|typ| !(discovery && typ.is_nat_discovery_request()));
         let mut unknown = [AttrType(0); MAX_UNKNOWN_LISTED];
         let mut unknown_count = 0;
-        for (slot, typ) in unknown.iter_mut().zip(request.unknown_required()) {
+        for (slot, typ) in unknown.iter_mut().zip(unknown_here) {
             *slot = typ;
             unknown_count += 1;
         }
@@ -1158,14 +1172,43 @@ impl Server {
     }
 
     /// RFC 8489 §6.3.1: XOR-MAPPED-ADDRESS is the source of the request as
-    /// tern saw it.
+    /// tern saw it. With NAT behaviour discovery, RFC 5780 §6.1 adds
+    /// MAPPED-ADDRESS, RESPONSE-ORIGIN and OTHER-ADDRESS, honours
+    /// CHANGE-REQUEST and RESPONSE-PORT, and pads the response when asked,
+    /// but never beyond the request's own size: the answer must not become
+    /// an amplifier.
     fn binding_success(&mut self, tuple: &FiveTuple, request: &Message<'_>, reply: &mut Vec<u8>) -> ClientOutcome {
+        let plan = match self.config.nat_discovery.as_ref().map(|d| d.plan(tuple, request)).transpose() {
+            Ok(plan) => plan.flatten(),
+            Err(error) => {
+                debug!(client = %tuple.client, %error, "Binding request refused");
+                self.error_response(request, error.code(), None, reply, |_| {});
+                return ClientOutcome::Replied;
+            }
+        };
+        let trailer = self.trailer_len(request);
+        let request_len = request.as_bytes().len();
         self.success_response(request, None, reply, |w| {
             w.xor_address(AttrType::XOR_MAPPED_ADDRESS, &tuple.client);
+            if let Some(plan) = &plan {
+                // Both forms, so a client can spot an ALG rewriting addresses (§3.6).
+                w.address(AttrType::MAPPED_ADDRESS, &tuple.client);
+                w.address(AttrType::RESPONSE_ORIGIN, &plan.origin);
+                w.address(AttrType::OTHER_ADDRESS, &plan.other);
+                if plan.padding {
+                    let room = request_len.saturating_sub(w.len() + ATTR_HEADER_LEN + trailer) & !3;
+                    w.attr_with(AttrType::PADDING, room, |out| out.fill(0));
+                }
+            }
         });
         self.stats.binding_responses += 1;
         trace!(client = %tuple.client, transport = %tuple.transport, "binding success");
-        ClientOutcome::Replied
+        match plan {
+            Some(plan) if plan.origin != tuple.server || plan.destination != tuple.client => {
+                ClientOutcome::RepliedFrom { source: plan.origin, destination: plan.destination }
+            }
+            _ => ClientOutcome::Replied,
+        }
     }
 
     /// RFC 3489 §11.2: MAPPED-ADDRESS and SOURCE-ADDRESS, transaction ID echoed
@@ -1175,16 +1218,57 @@ impl Server {
             return self.drop_malformed(tuple, ParseError::NoMagicCookie);
         }
         self.stats.requests += 1;
+        // RFC 3489 §11.2.4: the CHANGE-REQUEST RFC 5780 took over, answered
+        // from the same addresses. Without discovery on this address (or on
+        // a connection) it cannot be honoured, and a classic client takes an
+        // answer from the usual address for a NAT that let it through, so
+        // it gets an error instead.
+        let change = match request.attribute(AttrType::CHANGE_REQUEST).map(attr::read_change_request).transpose() {
+            Ok(change) => change.unwrap_or_default(),
+            Err(error) => return self.drop_malformed(tuple, error),
+        };
+        let discovery = self.config.nat_discovery.filter(|d| d.serves(tuple.server));
+        let origin = match discovery.and_then(|d| d.origin(tuple.server, change)) {
+            Some(origin) if tuple.transport == Transport::Udp || !change.is_change() => origin,
+            _ if !change.is_change() => tuple.server,
+            _ => {
+                let code = if discovery.is_some() { ErrorCode::BAD_REQUEST } else { ErrorCode::UNKNOWN_ATTRIBUTE };
+                let mut w = MessageWriter::with_header_tail(
+                    reply,
+                    MessageType::new(Method::BINDING, Class::Error),
+                    request.header_tail(),
+                );
+                w.error_code(code, self.config.reason_phrases.then(|| code.reason()));
+                if code == ErrorCode::UNKNOWN_ATTRIBUTE {
+                    // RFC 3489 §11.2.10 lists an even number of types,
+                    // repeating one when needed.
+                    w.unknown_attributes(&[AttrType::CHANGE_REQUEST, AttrType::CHANGE_REQUEST]);
+                }
+                self.stats.error_responses += 1;
+                debug!(client = %tuple.client, code = code.0, "classic CHANGE-REQUEST refused");
+                return ClientOutcome::Replied;
+            }
+        };
         let mut w = MessageWriter::with_header_tail(
             reply,
             MessageType::new(Method::BINDING, Class::Success),
             request.header_tail(),
         );
         w.address(AttrType::MAPPED_ADDRESS, &tuple.client);
-        w.address(AttrType::SOURCE_ADDRESS, &tuple.server);
+        w.address(AttrType::SOURCE_ADDRESS, &origin);
+        if let Some(discovery) = discovery
+            && let Some(other) =
+                discovery.origin(tuple.server, attr::ChangeRequest { change_ip: true, change_port: true })
+        {
+            w.address(AttrType::CHANGED_ADDRESS, &other);
+        }
         self.stats.binding_responses += 1;
         trace!(client = %tuple.client, "classic binding success");
-        ClientOutcome::Replied
+        if origin == tuple.server {
+            ClientOutcome::Replied
+        } else {
+            ClientOutcome::RepliedFrom { source: origin, destination: tuple.client }
+        }
     }
 
     fn success_response(
@@ -1214,6 +1298,14 @@ impl Server {
         extra(&mut w);
         self.finish_response(&mut w, request, key);
         self.stats.error_responses += 1;
+    }
+
+    /// Bytes [`Self::finish_response`] appends after the attributes of an
+    /// unauthenticated response: SOFTWARE and FINGERPRINT.
+    fn trailer_len(&self, request: &Message<'_>) -> usize {
+        let software = self.config.software.as_ref().map_or(0, |s| ATTR_HEADER_LEN + ((s.len() + 3) & !3));
+        let fingerprint = if request.has_fingerprint() { ATTR_HEADER_LEN + 4 } else { 0 };
+        software + fingerprint
     }
 
     /// SOFTWARE when configured; the request's kind of integrity

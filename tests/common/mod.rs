@@ -150,7 +150,7 @@ pub fn require_tool(name: &str, package: &str) -> bool {
     false
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
@@ -334,6 +334,11 @@ impl TernServer {
     /// file's `listen` applies.
     pub fn start_without_default_listen(args: &[&str]) -> Self {
         Self::spawn(args, false).unwrap_or_else(|failure| panic!("{failure}"))
+    }
+
+    /// Like [`TernServer::start_without_default_listen`] but returns the failure.
+    pub fn try_start_without_default_listen(args: &[&str]) -> Result<Self, StartFailure> {
+        Self::spawn(args, false)
     }
 
     /// Like [`TernServer::start`] but returns the failure.

@@ -19,8 +19,12 @@ impl AttrType {
     pub const MAPPED_ADDRESS: Self = Self(0x0001);
     /// RFC 3489 §11.2.5, sent only in answers to classic requests.
     pub const SOURCE_ADDRESS: Self = Self(0x0004);
-    /// RFC 5780 §7.2; also RFC 3489's CHANGE-REQUEST.
+    /// RFC 5780 §7.2; also RFC 3489's CHANGE-REQUEST. Understood only when
+    /// NAT behaviour discovery is on, so it is not in [`Self::is_known`].
     pub const CHANGE_REQUEST: Self = Self(0x0003);
+    /// RFC 3489 §11.2.3, sent only in answers to classic requests; RFC 5780
+    /// renamed it OTHER-ADDRESS and gave it a new number.
+    pub const CHANGED_ADDRESS: Self = Self(0x0005);
     pub const USERNAME: Self = Self(0x0006);
     pub const MESSAGE_INTEGRITY: Self = Self(0x0008);
     pub const ERROR_CODE: Self = Self(0x0009);
@@ -31,9 +35,9 @@ impl AttrType {
     pub const PASSWORD_ALGORITHM: Self = Self(0x001D);
     pub const USERHASH: Self = Self(0x001E);
     pub const XOR_MAPPED_ADDRESS: Self = Self(0x0020);
-    /// RFC 5780 §7.6.
+    /// RFC 5780 §7.6; like CHANGE-REQUEST, known only with discovery on.
     pub const PADDING: Self = Self(0x0026);
-    /// RFC 5780 §7.5.
+    /// RFC 5780 §7.5; like CHANGE-REQUEST, known only with discovery on.
     pub const RESPONSE_PORT: Self = Self(0x0027);
     // RFC 8656 §18, comprehension-required.
     pub const CHANNEL_NUMBER: Self = Self(0x000C);
@@ -73,13 +77,20 @@ impl AttrType {
         self.0 < 0x8000
     }
 
-    /// Whether tern understands this type. A request that carries a
-    /// comprehension-required type not in this list gets 420.
+    /// The comprehension-required request attributes of RFC 5780 §7, which
+    /// a server understands only when it has an alternate address (§6): the
+    /// server, not the codec, decides whether they get 420.
+    pub fn is_nat_discovery_request(self) -> bool {
+        matches!(self, Self::CHANGE_REQUEST | Self::PADDING | Self::RESPONSE_PORT)
+    }
+
+    /// Whether tern always understands this type. A request that carries a
+    /// comprehension-required type not in this list gets 420, unless the
+    /// server understands it in context ([`Self::is_nat_discovery_request`]).
     pub fn is_known(self) -> bool {
         matches!(
             self,
             Self::MAPPED_ADDRESS
-                | Self::CHANGE_REQUEST
                 | Self::USERNAME
                 | Self::MESSAGE_INTEGRITY
                 | Self::ERROR_CODE
@@ -90,8 +101,6 @@ impl AttrType {
                 | Self::PASSWORD_ALGORITHM
                 | Self::USERHASH
                 | Self::XOR_MAPPED_ADDRESS
-                | Self::PADDING
-                | Self::RESPONSE_PORT
                 | Self::CHANNEL_NUMBER
                 | Self::LIFETIME
                 | Self::XOR_PEER_ADDRESS
@@ -297,6 +306,56 @@ pub fn read_channel_number(value: &[u8]) -> Result<u16, ParseError> {
     }
 }
 
+/// The flags of CHANGE-REQUEST (RFC 5780 §7.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChangeRequest {
+    pub change_ip: bool,
+    pub change_port: bool,
+}
+
+impl ChangeRequest {
+    /// Bit A of the last byte.
+    const CHANGE_IP: u8 = 0x04;
+    /// Bit B of the last byte.
+    const CHANGE_PORT: u8 = 0x02;
+
+    /// The four value bytes.
+    pub fn to_bytes(self) -> [u8; 4] {
+        let mut flags = 0;
+        if self.change_ip {
+            flags |= Self::CHANGE_IP;
+        }
+        if self.change_port {
+            flags |= Self::CHANGE_PORT;
+        }
+        [0, 0, 0, flags]
+    }
+
+    pub fn is_change(self) -> bool {
+        self.change_ip || self.change_port
+    }
+}
+
+/// CHANGE-REQUEST (RFC 5780 §7.2): 32 bits of which two are flags; the
+/// other bits are ignored.
+pub fn read_change_request(value: &[u8]) -> Result<ChangeRequest, ParseError> {
+    match value {
+        [_, _, _, flags] => Ok(ChangeRequest {
+            change_ip: flags & ChangeRequest::CHANGE_IP != 0,
+            change_port: flags & ChangeRequest::CHANGE_PORT != 0,
+        }),
+        _ => Err(ParseError::InvalidValue("CHANGE-REQUEST")),
+    }
+}
+
+/// RESPONSE-PORT (RFC 5780 §7.5): a port, then two bytes of padding.
+pub fn read_response_port(value: &[u8]) -> Result<u16, ParseError> {
+    match value {
+        [hi, lo, _, _] => Ok(u16::from_be_bytes([*hi, *lo])),
+        _ => Err(ParseError::InvalidValue("RESPONSE-PORT")),
+    }
+}
+
 /// RESERVATION-TOKEN (RFC 8656 §18.9): eight opaque bytes.
 pub fn read_reservation_token(value: &[u8]) -> Result<[u8; 8], ParseError> {
     value.try_into().map_err(|_| ParseError::InvalidValue("RESERVATION-TOKEN"))
@@ -348,5 +407,20 @@ mod tests {
         assert!(!AttrType(0x0030).is_known());
         assert!(AttrType(0x8030).is_known());
         assert!(AttrType::XOR_PEER_ADDRESS.is_known());
+        for typ in [AttrType::CHANGE_REQUEST, AttrType::PADDING, AttrType::RESPONSE_PORT] {
+            assert!(!typ.is_known() && typ.is_nat_discovery_request());
+        }
+    }
+
+    #[test]
+    fn change_request_flags_round_trip() {
+        for (change_ip, change_port) in [(false, false), (true, false), (false, true), (true, true)] {
+            let flags = ChangeRequest { change_ip, change_port };
+            assert_eq!(read_change_request(&flags.to_bytes()), Ok(flags));
+        }
+        assert_eq!(read_change_request(&[0, 0, 0, 0x06]), Ok(ChangeRequest { change_ip: true, change_port: true }));
+        assert!(read_change_request(&[0, 0, 6]).is_err());
+        assert_eq!(read_response_port(&[0x12, 0x34, 0, 0]), Ok(0x1234));
+        assert!(read_response_port(&[0x12, 0x34]).is_err());
     }
 }
