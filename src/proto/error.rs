@@ -68,6 +68,12 @@ pub enum RequestError {
     QuotaReached,
     #[error("insufficient capacity: {0}")]
     InsufficientCapacity(&'static str),
+    /// RFC 6062 §5.2: the allocation already has a connection to that peer.
+    #[error("a connection to this peer already exists")]
+    ConnectionExists,
+    /// RFC 6062 §5.2: the TCP connection to the peer failed or timed out.
+    #[error("connection to the peer failed or timed out")]
+    ConnectionFailed,
 }
 
 impl RequestError {
@@ -84,6 +90,8 @@ impl RequestError {
             Self::PeerAddressFamilyMismatch => ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH,
             Self::QuotaReached => ErrorCode::ALLOCATION_QUOTA_REACHED,
             Self::InsufficientCapacity(_) => ErrorCode::INSUFFICIENT_CAPACITY,
+            Self::ConnectionExists => ErrorCode::CONNECTION_ALREADY_EXISTS,
+            Self::ConnectionFailed => ErrorCode::CONNECTION_TIMEOUT_OR_FAILURE,
         }
     }
 }
