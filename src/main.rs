@@ -10,6 +10,7 @@ use tern::cli::{Cli, ClientTransport, Command, CredentialsArgs, LoadArgs, LoadMo
 use tern::client::credentials::RestCredential;
 use tern::client::load::{self, LoadConfig, Mode, Pacing};
 use tern::client::relay_probe::RelayProbe;
+use tern::client::tcp_relay::TcpRelayProbe;
 use tern::client::turn::Credentials;
 use tern::client::{self, stun::StunProbe};
 use tern::config::Config;
@@ -145,6 +146,11 @@ fn transport(transport: ClientTransport) -> Transport {
 fn turn(args: &TurnArgs) -> Result<ExitCode, String> {
     let server = client::resolve_server(&args.server).map_err(|e| format!("{}: {e}", args.server))?;
     let credentials = client_credentials(&args.user, args.pass.as_ref(), args.secret.as_ref())?;
+    if args.relay_transport == ClientTransport::Tcp {
+        let probe = TcpRelayProbe { server, credentials, peer: args.peer, timeout: args.timeout };
+        let ok = probe.run(&mut std::io::stdout().lock()).map_err(|e| e.to_string())?;
+        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
     let probe = RelayProbe {
         server,
         transport: transport(args.transport),

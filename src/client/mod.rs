@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod load;
 pub mod relay_probe;
 pub mod stun;
+pub mod tcp_relay;
 pub mod transaction;
 pub mod turn;
 
