@@ -264,6 +264,89 @@ fn deleting_the_allocation_or_closing_the_control_connection_closes_the_pairs() 
     }
 }
 
+/// A peer that does not read slows its client down instead of growing a
+/// queue in tern: the client's writes block after what kernel buffers and
+/// one pipe buffer hold, and nothing is lost once the peer reads.
+#[test]
+fn a_peer_that_does_not_read_stops_the_client_instead_of_growing_memory() {
+    /// Far more than every buffer on the way can hold: reaching it means
+    /// something queues without bound.
+    const UNBOUNDED: usize = 256 << 20;
+    let server = start_open();
+    let mut session = alice(&server);
+    session.allocate_tcp().expect("TCP allocation");
+    let listener = TcpListener::bind((LOCALHOST, 0)).expect("peer listener");
+    let id = session.connect(listener.local_addr().expect("bound")).expect("Connect");
+    let mut peer = accept_within(&listener, TIMEOUT).expect("the relay connected");
+    let mut data = bind(&server, &session, id).expect("ConnectionBind");
+    data.set_nonblocking(true).expect("non-blocking");
+    let chunk = vec![0x5a; 64 * 1024];
+    let mut written = 0;
+    let mut blocked_since = None;
+    let deadline = clock::now() + TIMEOUT * 3;
+    for _ in 0..MAX_TURNS * 10 {
+        if written >= UNBOUNDED || clock::now() >= deadline {
+            break;
+        }
+        match data.write(&chunk) {
+            Ok(n) => {
+                written += n;
+                blocked_since = None;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let since = *blocked_since.get_or_insert_with(clock::now);
+                if clock::now() - since >= Duration::from_secs(1) {
+                    break;
+                }
+                std::thread::sleep(POLL);
+            }
+            Err(e) => panic!("client write failed after {written} bytes: {e}"),
+        }
+    }
+    assert!(blocked_since.is_some(), "the client was never held back ({written} bytes written)");
+    assert!(written < UNBOUNDED, "{written} bytes went in without the peer reading");
+    // Once the peer reads, every byte arrives.
+    peer.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut read = 0;
+    for _ in 0..MAX_TURNS * 10 {
+        if read >= written {
+            break;
+        }
+        match peer.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                assert!(buf[..n].iter().all(|&b| b == 0x5a), "bytes intact");
+                read += n;
+            }
+            Err(e) => panic!("peer read failed after {read} of {written} bytes: {e}"),
+        }
+    }
+    assert_eq!(read, written, "nothing lost");
+}
+
+#[test]
+fn tern_turn_relay_transport_tcp_runs_every_step() {
+    let server = start_open();
+    let addr = server.tcp_addr().to_string();
+    let output = common::run_tern(&["turn", &addr, "-u", "alice", "-p", "wonderland", "--relay-transport", "tcp"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "tern turn --relay-transport tcp failed:\n{stdout}");
+    for step in ["allocate", "connect", "connection bind", "tcp data", "delete"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(step) && l.contains(" ok ")),
+            "step {step:?} did not succeed:\n{stdout}"
+        );
+    }
+    // The peer policy's refusal is reported with the code.
+    let strict = start(&[]);
+    let addr = strict.tcp_addr().to_string();
+    let output = common::run_tern(&["turn", &addr, "-u", "alice", "-p", "wonderland", "--relay-transport", "tcp"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(stdout.contains("FAILED: connect: 403"), "{stdout}");
+}
+
 // ---------------------------------------------------------------------------
 // coturn's turnutils_uclient
 
