@@ -140,7 +140,7 @@ fn connect_bind_and_echo_a_megabyte() {
     let echo = spawn_echo(3);
     for round in 0..3 {
         let mut session = alice(&server);
-        let allocated = session.allocate_tcp().expect("TCP allocation");
+        let allocated = session.allocate_tcp(false).expect("TCP allocation");
         assert_eq!(allocated.relayed.ip(), LOCALHOST, "round {round}");
         let id = session.connect(echo).expect("Connect to the echo peer");
         let mut data = bind(&server, &session, id).expect("ConnectionBind");
@@ -157,7 +157,7 @@ fn connect_bind_and_echo_a_megabyte() {
 fn inbound_peer_with_a_permission_reaches_the_client_both_ways() {
     let server = start_open();
     let mut session = alice(&server);
-    let relayed = session.allocate_tcp().expect("TCP allocation").relayed;
+    let relayed = session.allocate_tcp(false).expect("TCP allocation").relayed;
     session.create_permission(&[SocketAddr::new(LOCALHOST, 0)]).expect("permission for 127.0.0.1");
     for round in 0..2 {
         let mut peer = connect_from(LOCALHOST, relayed);
@@ -187,7 +187,7 @@ fn inbound_peer_with_a_permission_reaches_the_client_both_ways() {
 fn inbound_peer_without_a_permission_is_closed_without_an_indication() {
     let server = start_open();
     let mut session = alice(&server);
-    let relayed = session.allocate_tcp().expect("TCP allocation").relayed;
+    let relayed = session.allocate_tcp(false).expect("TCP allocation").relayed;
     session.create_permission(&[SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 0)]).expect("permission");
     let mut stranger = connect_from(LOCALHOST, relayed);
     assert!(closes(&mut stranger), "a peer without a permission is closed");
@@ -203,14 +203,14 @@ fn inbound_peer_without_a_permission_is_closed_without_an_indication() {
 fn connect_errors_403_447_446_and_bind_errors_400() {
     let strict = start(&[]);
     let mut session = alice(&strict);
-    session.allocate_tcp().expect("TCP allocation");
+    session.allocate_tcp(false).expect("TCP allocation");
     let echo = spawn_echo(1);
     assert_eq!(session.connect(echo).map_err(|e| e.code()).err(), Some(Some(403)), "loopback refused by default");
     drop(session);
 
     let server = start_open();
     let mut session = alice(&server);
-    session.allocate_tcp().expect("TCP allocation");
+    session.allocate_tcp(false).expect("TCP allocation");
     assert_eq!(session.connect(closed_port()).map_err(|e| e.code()).err(), Some(Some(447)), "nobody listens");
     let echo = spawn_echo(1);
     session.connect(echo).expect("first Connect");
@@ -221,14 +221,14 @@ fn connect_errors_403_447_446_and_bind_errors_400() {
     let udp = ClientSocket::open(server.udp_addr(), Transport::Udp, TIMEOUT).expect("UDP socket");
     let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
     let mut over_udp = TurnSession::new(udp, credentials, TIMEOUT);
-    assert_eq!(over_udp.allocate_tcp().map_err(|e| e.code()).err(), Some(Some(400)));
+    assert_eq!(over_udp.allocate_tcp(false).map_err(|e| e.code()).err(), Some(Some(400)));
 }
 
 #[test]
 fn an_unbound_connection_expires_after_30_seconds() {
     let server = start_open();
     let mut session = alice(&server);
-    session.allocate_tcp().expect("TCP allocation");
+    session.allocate_tcp(false).expect("TCP allocation");
     let listener = TcpListener::bind((LOCALHOST, 0)).expect("peer listener");
     let id = session.connect(listener.local_addr().expect("bound")).expect("Connect");
     let mut peer = accept_within(&listener, TIMEOUT).expect("the relay connected");
@@ -247,7 +247,7 @@ fn deleting_the_allocation_or_closing_the_control_connection_closes_the_pairs() 
     let server = start_open();
     for close_control in [false, true] {
         let mut session = alice(&server);
-        let relayed = session.allocate_tcp().expect("TCP allocation").relayed;
+        let relayed = session.allocate_tcp(false).expect("TCP allocation").relayed;
         session.create_permission(&[SocketAddr::new(LOCALHOST, 0)]).expect("permission");
         let mut peer = connect_from(LOCALHOST, relayed);
         let attempt = session.connection_attempt(clock::now() + TIMEOUT).expect("control").expect("attempt");
@@ -274,7 +274,7 @@ fn a_peer_that_does_not_read_stops_the_client_instead_of_growing_memory() {
     const UNBOUNDED: usize = 256 << 20;
     let server = start_open();
     let mut session = alice(&server);
-    session.allocate_tcp().expect("TCP allocation");
+    session.allocate_tcp(false).expect("TCP allocation");
     let listener = TcpListener::bind((LOCALHOST, 0)).expect("peer listener");
     let id = session.connect(listener.local_addr().expect("bound")).expect("Connect");
     let mut peer = accept_within(&listener, TIMEOUT).expect("the relay connected");
@@ -345,6 +345,16 @@ fn tern_turn_relay_transport_tcp_runs_every_step() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success());
     assert!(stdout.contains("FAILED: connect: 403"), "{stdout}");
+}
+
+#[test]
+fn ipv6_tcp_relays_work_too() {
+    let server = start(&["--listen", "[::1]:0", "--allow-peer", "::1/128"]);
+    let addr = server.tcp_addr().to_string();
+    let output = common::run_tern(&["turn", &addr, "-u", "alice", "-p", "wonderland", "--relay-transport", "tcp"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "over IPv6:\n{stdout}");
+    assert!(stdout.contains("relayed [::1]:"), "{stdout}");
 }
 
 // ---------------------------------------------------------------------------

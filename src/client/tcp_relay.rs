@@ -111,7 +111,9 @@ impl TcpRelayProbe {
         let local_ip = socket.local_addr().map_err(|e| e.to_string())?.ip();
         let mut session = TurnSession::new(socket, self.credentials.clone(), self.timeout);
         let started = clock::now();
-        let allocated = session.allocate_tcp().map_err(|e| step_error("allocate (TCP)", &e))?;
+        // The relayed address is of the server's family, which is the peer's.
+        let ipv6 = self.server.is_ipv6();
+        let allocated = session.allocate_tcp(ipv6).map_err(|e| step_error("allocate (TCP)", &e))?;
         line(
             out,
             "allocate",

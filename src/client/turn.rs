@@ -191,9 +191,14 @@ impl TurnSession {
     }
 
     /// Allocate for a TCP relay (RFC 6062 §4.1); needs a TCP connection to
-    /// the server.
-    pub fn allocate_tcp(&mut self) -> Result<Allocated, TurnError> {
-        self.allocate_for(PROTOCOL_TCP, |_| {})
+    /// the server. With `ipv6` the relayed address is IPv6
+    /// (REQUESTED-ADDRESS-FAMILY).
+    pub fn allocate_tcp(&mut self, ipv6: bool) -> Result<Allocated, TurnError> {
+        self.allocate_for(PROTOCOL_TCP, |w| {
+            if ipv6 {
+                w.attr(AttrType::REQUESTED_ADDRESS_FAMILY, &[FAMILY_IPV6, 0, 0, 0]);
+            }
+        })
     }
 
     /// Connect (RFC 6062 §4.3): the server opens a TCP connection to `peer`
