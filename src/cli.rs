@@ -262,9 +262,14 @@ pub struct TurnArgs {
     pub transport: ClientTransport,
     #[command(flatten)]
     pub tls: TlsClientArgs,
-    /// A UDP echo server to use as the peer, instead of a socket of this client.
+    /// An echo server to use as the peer (UDP, or TCP with `--relay-transport tcp`),
+    /// instead of a socket of this client.
     #[arg(long, value_name = "ADDR")]
     pub peer: Option<SocketAddr>,
+    /// Transport between the relay and the peer; `tcp` (RFC 6062) talks to
+    /// the server over TCP whatever `--transport` says.
+    #[arg(long, value_enum, default_value = "udp")]
+    pub relay_transport: ClientTransport,
     /// How long to wait for each step.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,

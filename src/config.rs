@@ -94,6 +94,8 @@ pub struct Config {
     pub max_bps: u32,
     pub max_permissions: u32,
     pub max_channels: u32,
+    /// RFC 6062 peer data connections per TCP allocation.
+    pub max_tcp_peer_connections: u32,
     pub default_lifetime: u32,
     pub max_lifetime: u32,
     pub rfc5766_channels: bool,
@@ -322,6 +324,8 @@ struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_channels: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    max_tcp_peer_connections: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     default_lifetime: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_lifetime: Option<u32>,
@@ -507,6 +511,8 @@ impl Config {
             max_permissions: positive(raw.max_permissions.unwrap_or(64), "max_permissions")
                 .map_err(|(k, m)| invalid(k, m))?,
             max_channels: positive(raw.max_channels.unwrap_or(64), "max_channels").map_err(|(k, m)| invalid(k, m))?,
+            max_tcp_peer_connections: positive(raw.max_tcp_peer_connections.unwrap_or(64), "max_tcp_peer_connections")
+                .map_err(|(k, m)| invalid(k, m))?,
             default_lifetime: positive(raw.default_lifetime.unwrap_or(600), "default_lifetime")
                 .map_err(|(k, m)| invalid(k, m))?,
             max_lifetime: positive(raw.max_lifetime.unwrap_or(3600), "max_lifetime").map_err(|(k, m)| invalid(k, m))?,
@@ -820,6 +826,7 @@ impl Config {
                 rfc5766_channels: self.rfc5766_channels,
                 max_bps: self.max_bps,
                 alternate_servers: self.alternate_servers.clone(),
+                max_tcp_peer_connections: self.max_tcp_peer_connections as usize,
             }
         });
         let tls = match (&self.tls.cert, &self.tls.key) {
@@ -903,6 +910,7 @@ impl Config {
             max_bps: Some(self.max_bps),
             max_permissions: Some(self.max_permissions),
             max_channels: Some(self.max_channels),
+            max_tcp_peer_connections: Some(self.max_tcp_peer_connections),
             default_lifetime: Some(self.default_lifetime),
             max_lifetime: Some(self.max_lifetime),
             rfc5766_channels: Some(self.rfc5766_channels),

@@ -14,6 +14,7 @@ use tern::client::credentials::RestCredential;
 use tern::client::load::{self, LoadConfig, Mode, Pacing};
 use tern::client::nat::NatProbe;
 use tern::client::relay_probe::RelayProbe;
+use tern::client::tcp_relay::TcpRelayProbe;
 use tern::client::tls::{self as client_tls, TlsClient, TlsOptions};
 use tern::client::turn::{AuthMode, AuthOptions, Credentials};
 use tern::client::{self, stun::StunProbe};
@@ -235,6 +236,14 @@ fn turn(args: &TurnArgs) -> Result<ExitCode, String> {
         return Err("--userhash needs RFC 8489; --password-algorithm md5 is the RFC 5389 behaviour, which has only \
                     USERNAME"
             .into());
+    }
+    if args.relay_transport == ClientTransport::Tcp {
+        if tls.is_some() {
+            return Err("--relay-transport tcp runs over plain TCP: RFC 6062 over TLS is not supported yet".into());
+        }
+        let probe = TcpRelayProbe { server, credentials, peer: args.peer, timeout: args.timeout };
+        let ok = probe.run(&mut std::io::stdout().lock()).map_err(|e| e.to_string())?;
+        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     let probe = RelayProbe {
         server,

@@ -731,7 +731,11 @@ impl Harness {
         let handle = ClientHandle(u64::from(tuple.client.port()));
         let outcome = self.server.handle_client(self.now, tuple, handle, packet, &mut reply, &mut self.driver);
         match &outcome {
-            ClientOutcome::Replied => self.check_reply(tuple, packet, &reply, key),
+            // This driver opens no TCP relays, so no ConnectionBind can
+            // succeed; its answer is checked like any other.
+            ClientOutcome::Replied | ClientOutcome::ConnectionBound { .. } => {
+                self.check_reply(tuple, packet, &reply, key)
+            }
             ClientOutcome::Dropped => assert!(reply.is_empty(), "dropped, yet a reply was written"),
             ClientOutcome::RepliedFrom { .. } => panic!("answered from another address without RFC 5780 configured"),
             ClientOutcome::Forward { relay, peer, payload } => {

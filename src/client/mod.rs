@@ -10,6 +10,7 @@ pub mod load;
 pub mod nat;
 pub mod relay_probe;
 pub mod stun;
+pub mod tcp_relay;
 pub mod tls;
 pub mod transaction;
 pub mod turn;

@@ -31,6 +31,8 @@ use crate::proto::stun::{Class, ErrorCode, Message, MessageType, MessageWriter, 
 const AUTH_ATTEMPTS: usize = 3;
 /// REQUESTED-TRANSPORT value for UDP.
 const PROTOCOL_UDP: u8 = 17;
+/// REQUESTED-TRANSPORT value for TCP (RFC 6062).
+const PROTOCOL_TCP: u8 = 6;
 
 /// Long-term credentials.
 #[derive(Clone, Debug)]
@@ -163,6 +165,14 @@ impl SecurityFeatures {
             .map_or(0, |_| u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]));
         Self { password_algorithms: value & (1 | 1 << 23) != 0, username_anonymity: value & (1 << 1 | 1 << 22) != 0 }
     }
+}
+
+/// A ConnectionAttempt indication (RFC 6062 §4.4): a peer connected to
+/// the relayed address of a TCP allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionAttempt {
+    pub peer: SocketAddr,
+    pub connection_id: u32,
 }
 
 /// What signs requests once the long-term dance is done; the load generator
@@ -315,6 +325,7 @@ pub struct TurnSession {
     timeout: Duration,
     auth: Option<AuthState>,
     received: VecDeque<Received>,
+    attempts: VecDeque<ConnectionAttempt>,
     buf: Vec<u8>,
 }
 
@@ -327,6 +338,7 @@ impl TurnSession {
             timeout,
             auth: None,
             received: VecDeque::new(),
+            attempts: VecDeque::new(),
             buf: Vec::with_capacity(2048),
         }
     }
@@ -352,9 +364,61 @@ impl TurnSession {
         self.auth.as_ref().map(|auth| auth.realm.as_str())
     }
 
-    /// What signs requests, once the server has challenged.
+    /// What signs requests, once the server has challenged; a data
+    /// connection's ConnectionBind is signed the same way (RFC 6062 §4.4).
     pub fn auth(&self) -> Option<&AuthState> {
         self.auth.as_ref()
+    }
+
+    /// Allocate for a TCP relay (RFC 6062 §4.1); needs a TCP connection to
+    /// the server. With `ipv6` the relayed address is IPv6
+    /// (REQUESTED-ADDRESS-FAMILY).
+    pub fn allocate_tcp(&mut self, ipv6: bool) -> Result<Allocated, TurnError> {
+        self.allocate_for(PROTOCOL_TCP, |w| {
+            if ipv6 {
+                w.attr(AttrType::REQUESTED_ADDRESS_FAMILY, &[FAMILY_IPV6, 0, 0, 0]);
+            }
+        })
+    }
+
+    /// Connect (RFC 6062 §4.3): the server opens a TCP connection to `peer`
+    /// from the relayed address. Returns its CONNECTION-ID.
+    pub fn connect(&mut self, peer: SocketAddr) -> Result<u32, TurnError> {
+        let response = self.request(Method::CONNECT, |w| {
+            w.xor_address(AttrType::XOR_PEER_ADDRESS, &peer);
+        })?;
+        let message = Message::parse(&response).map_err(|e| TurnError::Invalid(e.to_string()))?;
+        message
+            .attribute(AttrType::CONNECTION_ID)
+            .map(attr::read_u32)
+            .transpose()
+            .map_err(|e| TurnError::Invalid(e.to_string()))?
+            .ok_or_else(|| TurnError::Invalid("Connect success without CONNECTION-ID".into()))
+    }
+
+    /// The next ConnectionAttempt indication, waiting until `deadline`.
+    /// Data indications that arrive meanwhile are kept for [`Self::recv_data`].
+    pub fn connection_attempt(&mut self, deadline: Instant) -> Result<Option<ConnectionAttempt>, TurnError> {
+        if let Some(attempt) = self.attempts.pop_front() {
+            return Ok(Some(attempt));
+        }
+        let mut frame = std::mem::take(&mut self.buf);
+        let result = loop {
+            match self.socket.recv(deadline, &mut frame) {
+                Ok(true) => {
+                    if let Some(attempt) = parse_connection_attempt(&frame) {
+                        break Ok(Some(attempt));
+                    }
+                    if let Some(received) = parse_data(&frame) {
+                        self.received.push_back(received);
+                    }
+                }
+                Ok(false) => break Ok(None),
+                Err(e) => break Err(e.into()),
+            }
+        };
+        self.buf = frame;
+        result
     }
 
     /// Allocate (RFC 8656 §7.1) for a UDP relay.
@@ -376,8 +440,16 @@ impl TurnSession {
     }
 
     fn allocate_with(&mut self, attributes: impl Fn(&mut MessageWriter<'_>)) -> Result<Allocated, TurnError> {
+        self.allocate_for(PROTOCOL_UDP, attributes)
+    }
+
+    fn allocate_for(
+        &mut self,
+        protocol: u8,
+        attributes: impl Fn(&mut MessageWriter<'_>),
+    ) -> Result<Allocated, TurnError> {
         let response = self.request(Method::ALLOCATE, |w| {
-            w.attr(AttrType::REQUESTED_TRANSPORT, &[PROTOCOL_UDP, 0, 0, 0]);
+            w.attr(AttrType::REQUESTED_TRANSPORT, &[protocol, 0, 0, 0]);
             attributes(w);
         })?;
         let message = Message::parse(&response).map_err(|e| TurnError::Invalid(e.to_string()))?;
@@ -503,10 +575,12 @@ impl TurnSession {
                 auth.sign(&mut w);
             }
             let mut response = Vec::new();
-            let received = &mut self.received;
+            let (received, attempts) = (&mut self.received, &mut self.attempts);
             self.socket.transact(&request, self.timeout, &mut response, |frame| {
                 if let Some(data) = parse_data(frame) {
                     received.push_back(data);
+                } else if let Some(attempt) = parse_connection_attempt(frame) {
+                    attempts.push_back(attempt);
                 }
             })?;
             let message = Message::parse(&response).map_err(|e| TurnError::Invalid(e.to_string()))?;
@@ -552,6 +626,18 @@ impl TurnSession {
         }
         Err(TurnError::Rejected { code: ErrorCode::UNAUTHENTICATED.0, reason: "credentials refused".into() })
     }
+}
+
+/// A ConnectionAttempt indication, if `frame` is one.
+fn parse_connection_attempt(frame: &[u8]) -> Option<ConnectionAttempt> {
+    let message = Message::parse(frame).ok()?;
+    if message.message_type() != MessageType::new(Method::CONNECTION_ATTEMPT, Class::Indication) {
+        return None;
+    }
+    let peer =
+        attr::read_xor_address(message.attribute(AttrType::XOR_PEER_ADDRESS)?, &message.transaction_id()).ok()?;
+    let connection_id = attr::read_u32(message.attribute(AttrType::CONNECTION_ID)?).ok()?;
+    Some(ConnectionAttempt { peer, connection_id })
 }
 
 /// A Data indication or ChannelData frame, if `frame` is one.

@@ -13,6 +13,7 @@ pub mod relay;
 pub mod shutdown;
 pub mod sys;
 mod tcp;
+mod tcp_relay;
 pub mod tls;
 mod worker;
 
@@ -114,7 +115,7 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
         sys::drop_privileges(identity).map_err(StartError::Privileges)?;
         info!(uid = identity.uid, gid = identity.gid, "dropped privileges");
     }
-    let shared = Arc::new(relay::Shared::new(config.relay_ports, config.quotas));
+    let shared = Arc::new(relay::Shared::new(config.relay_ports, config.quotas, per_worker.len()));
     let mut workers = Vec::with_capacity(config.workers);
     for (id, listeners) in per_worker.into_iter().enumerate() {
         let worker_tls = tls.as_ref().map(|(settings, store)| worker::WorkerTls {

@@ -17,9 +17,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, warn};
 
 use super::sys;
+use super::tcp_relay::{Handoffs, TcpRelays};
 use crate::proto::allocation::RelayId;
 use crate::proto::port_pool::PortPool;
-use crate::proto::server::{Driver, PortRequest, QuotaError, RelayError, RelayOpened, RelayRequest};
+use crate::proto::server::{ConnectFailed, Driver, PortRequest, QuotaError, RelayError, RelayOpened, RelayRequest};
+use crate::proto::tcp_relay::ConnectionId;
 
 /// Ports tried when the one the pool offers is taken by another program.
 const BIND_ATTEMPTS: usize = 16;
@@ -44,6 +46,8 @@ pub struct Shared {
     quotas: Mutex<Quotas>,
     connections: Mutex<Connections>,
     limits: QuotaLimits,
+    /// RFC 6062 data connections on their way to the worker that owns them.
+    pub handoffs: Handoffs,
 }
 
 #[derive(Default)]
@@ -59,8 +63,15 @@ struct Quotas {
 }
 
 impl Shared {
-    pub fn new(ports: (u16, u16), limits: QuotaLimits) -> Self {
-        Self { ports, pools: Mutex::default(), quotas: Mutex::default(), connections: Mutex::default(), limits }
+    pub fn new(ports: (u16, u16), limits: QuotaLimits, workers: usize) -> Self {
+        Self {
+            ports,
+            pools: Mutex::default(),
+            quotas: Mutex::default(),
+            connections: Mutex::default(),
+            limits,
+            handoffs: Handoffs::new(workers),
+        }
     }
 
     /// Counts a new TCP connection from `ip`, unless it would pass a limit.
@@ -147,6 +158,7 @@ pub struct RelaySocket {
 pub struct WorkerDriver<'a> {
     pub registry: &'a Registry,
     pub relays: &'a mut Vec<Option<RelaySocket>>,
+    pub tcp: &'a mut TcpRelays,
     pub shared: &'a Shared,
     pub token_base: usize,
     pub now: Instant,
@@ -201,6 +213,42 @@ impl Driver for WorkerDriver<'_> {
         if let Some(mut relay) = self.relays.get_mut(relay.0).and_then(Option::take) {
             let _ = self.registry.deregister(&mut relay.socket);
             self.shared.return_port(relay.addr);
+        } else if let Some(addr) = self.tcp.close_listener(self.registry, relay) {
+            self.shared.return_port(addr);
+        }
+    }
+
+    fn open_tcp_relay(&mut self, relay: RelayId, request: &RelayRequest) -> Result<RelayOpened, RelayError> {
+        for _ in 0..BIND_ATTEMPTS {
+            let (ip, port, _) = self.shared.take_port(request, self.now)?;
+            let addr = SocketAddr::new(ip, port);
+            match self.tcp.open_listener(self.registry, relay, addr) {
+                Ok(()) => return Ok(RelayOpened { addr, reservation: None }),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    // Another program listens there: back of the queue, next port.
+                    debug!(%addr, "TCP relay port in use elsewhere");
+                    self.shared.return_port(addr);
+                }
+                Err(e) => {
+                    warn!(%addr, error = %e, "cannot open TCP relay socket");
+                    self.shared.return_port(addr);
+                    return Err(RelayError::Unavailable);
+                }
+            }
+        }
+        Err(RelayError::NoPorts)
+    }
+
+    fn connect_peer(&mut self, relay: RelayId, id: ConnectionId, peer: SocketAddr) -> Result<(), ConnectFailed> {
+        self.tcp.connect(self.registry, relay, id, peer).map_err(|e| {
+            debug!(%peer, error = %e, "TCP connection to peer failed at once");
+            ConnectFailed
+        })
+    }
+
+    fn close_peer(&mut self, id: ConnectionId) {
+        if let Some(ip) = self.tcp.close(self.registry, id) {
+            self.shared.release_connection(ip);
         }
     }
 

@@ -65,6 +65,17 @@ pub enum ReadStatus {
     Drained,
     /// Stopped at the read budget; the socket may have more.
     MoreAvailable,
+    /// A frame's handler answered [`Next::Unframed`]: what follows it on the
+    /// stream is not STUN, and stays unread in the buffer.
+    Unframed,
+}
+
+/// What follows a frame on the stream, as its handler decides.
+pub enum Next {
+    /// More STUN and ChannelData frames.
+    Frame,
+    /// Raw bytes (an RFC 6062 data connection after its ConnectionBind).
+    Unframed,
 }
 
 impl TcpConnection {
@@ -88,13 +99,29 @@ impl TcpConnection {
         }
     }
 
+    /// A plain TCP connection whose first bytes were read elsewhere (by the
+    /// worker that handed it over); they are framed before anything else is
+    /// read. (RFC 6062 data connections are plain TCP: see `into_parts`.)
+    pub fn with_buffered(
+        stream: mio::net::TcpStream,
+        tuple: FiveTuple,
+        now: std::time::Instant,
+        buffered: Vec<u8>,
+    ) -> Self {
+        Self { inbuf: buffered, ..Self::new(stream, tuple, None, now) }
+    }
+
     /// Reads what the socket has and hands each complete frame to `on_frame`
     /// together with the write queue, where answers go.
     pub fn read_frames(
         &mut self,
         now: std::time::Instant,
-        mut on_frame: impl FnMut(&FiveTuple, &[u8], &mut Vec<u8>),
+        mut on_frame: impl FnMut(&FiveTuple, &[u8], &mut Vec<u8>) -> Next,
     ) -> Result<ReadStatus, Closed> {
+        // Bytes handed over with the connection come first.
+        if self.consume_frames(&mut on_frame)? {
+            return Ok(ReadStatus::Unframed);
+        }
         let mut budget = READ_BUDGET;
         loop {
             if budget == 0 {
@@ -122,7 +149,9 @@ impl TcpConnection {
                     self.inbuf.truncate(filled + n);
                     budget = budget.saturating_sub(n);
                     self.last_received = now;
-                    self.consume_frames(&mut on_frame)?;
+                    if self.consume_frames(&mut on_frame)? {
+                        return Ok(ReadStatus::Unframed);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.inbuf.truncate(filled);
@@ -137,13 +166,19 @@ impl TcpConnection {
         }
     }
 
-    fn consume_frames(&mut self, on_frame: &mut impl FnMut(&FiveTuple, &[u8], &mut Vec<u8>)) -> Result<(), Closed> {
+    /// Hands complete frames to `on_frame`; returns whether one of them
+    /// ended the framing.
+    fn consume_frames(
+        &mut self,
+        on_frame: &mut impl FnMut(&FiveTuple, &[u8], &mut Vec<u8>) -> Next,
+    ) -> Result<bool, Closed> {
         let mut start = 0;
-        loop {
+        let mut unframed = false;
+        while !unframed {
             let rest = &self.inbuf[start..];
             match demux::stream_frame_len(rest) {
                 Ok(Some(len)) if len <= rest.len() => {
-                    on_frame(&self.tuple, &rest[..len], &mut self.outbuf);
+                    unframed = matches!(on_frame(&self.tuple, &rest[..len], &mut self.outbuf), Next::Unframed);
                     start += len;
                 }
                 Ok(_) => break,
@@ -151,7 +186,15 @@ impl TcpConnection {
             }
         }
         self.inbuf.drain(..start);
-        Ok(())
+        Ok(unframed)
+    }
+
+    /// The socket, its 5-tuple, the bytes read but not framed, and the
+    /// bytes queued but not written: what an RFC 6062 data connection
+    /// carries on with once it is bound, or another worker once handed over.
+    pub fn into_parts(mut self) -> (mio::net::TcpStream, FiveTuple, Vec<u8>, Vec<u8>) {
+        self.outbuf.drain(..self.out_pos);
+        (self.stream, self.tuple, self.inbuf, self.outbuf)
     }
 
     /// Bytes waiting to be written.

@@ -31,7 +31,8 @@ use super::out::{OutQueue, Via};
 use super::relay::{RelaySocket, Shared, WorkerDriver};
 use super::shutdown::Shutdown;
 use super::sys::{self, RecvBatch};
-use super::tcp::{Closed, ReadStatus, TcpConnection, WRITE_QUEUE_LIMIT};
+use super::tcp::{Closed, Next, ReadStatus, TcpConnection, WRITE_QUEUE_LIMIT};
+use super::tcp_relay::{self, TcpRelays};
 use super::tls::TlsAcceptor;
 use crate::proto::allocation::{ClientHandle, RelayId};
 use crate::proto::server::{ClientOutcome, IcmpReport, PEER_HEADROOM, PEER_TAILROOM, Server, ServerConfig, Stats};
@@ -57,6 +58,8 @@ const CONN_BASE: usize = 1 << 32;
 const RELAY_BASE: usize = 1 << 48;
 /// Marks a [`ClientHandle`] as a TCP connection rather than a UDP listener.
 const HANDLE_TCP: u64 = 1 << 63;
+
+mod splice;
 
 /// Counters the driver keeps beside the core's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -162,6 +165,8 @@ pub struct Worker {
     handshaking: usize,
     connections: Slab<TcpConnection>,
     relays: Vec<Option<RelaySocket>>,
+    /// RFC 6062 listeners and peer/client data connection pairs.
+    tcp_relays: TcpRelays,
     client_batch: RecvBatch,
     peer_batch: RecvBatch,
     /// UDP datagrams to send at the end of the loop turn.
@@ -187,6 +192,7 @@ impl Worker {
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        shared.handoffs.register(id, waker.clone());
         shutdown.register(waker);
         let WorkerListeners { mut udp, mut tcp, tls: mut tls_listeners } = listeners;
         for (index, (socket, _)) in udp.iter_mut().enumerate() {
@@ -199,10 +205,12 @@ impl Worker {
             poll.registry().register(listener, Token(udp.len() + tcp.len() + index), Interest::READABLE)?;
         }
         let gso = udp.first().is_some_and(|(socket, _)| sys::gso_supported(socket.as_raw_fd()));
+        let mut server = Server::new(config);
+        server.set_worker(id, shared.handoffs.workers());
         Ok(Self {
             id,
             poll,
-            server: Server::new(config),
+            server,
             shared,
             udp,
             tcp_listeners: tcp,
@@ -211,6 +219,7 @@ impl Worker {
             handshaking: 0,
             connections: Slab::new(),
             relays: Vec::new(),
+            tcp_relays: TcpRelays::default(),
             client_batch: RecvBatch::new(UDP_SLOT, 0),
             peer_batch: RecvBatch::new(PEER_HEADROOM + UDP_SLOT + PEER_TAILROOM, PEER_HEADROOM),
             out: OutQueue::new(gso),
@@ -266,7 +275,7 @@ impl Worker {
             }
         }
         let now = clock::reading();
-        let mut driver = driver(&self.poll, &mut self.relays, &self.shared, now.instant);
+        let mut driver = driver(&self.poll, &mut self.relays, &mut self.tcp_relays, &self.shared, now.instant);
         self.server.close_all(&mut driver);
         debug!(connections = self.connections.len(), "worker stopping");
         Ok(WorkerReport { server: *self.server.stats(), io: self.stats })
@@ -276,8 +285,9 @@ impl Worker {
         let udp_count = self.udp.len();
         let tcp_end = udp_count + self.tcp_listeners.len();
         match token.0 {
-            _ if token == WAKER => {}
+            _ if token == WAKER => self.take_handoffs(now),
             index if index >= RELAY_BASE => self.drain_relay(RelayId(index - RELAY_BASE), now),
+            index if (tcp_relay::TOKEN_BASE..tcp_relay::TOKEN_END).contains(&index) => self.serve_tcp_relay(token, now),
             index if index >= CONN_BASE => self.serve_connection(index - CONN_BASE, now),
             index if index < udp_count => self.drain_udp(index, now),
             index if index < tcp_end => self.accept(index, now),
@@ -300,7 +310,7 @@ impl Worker {
                     continue;
                 }
             };
-            let mut driver = driver(&self.poll, &mut self.relays, &self.shared, now.instant);
+            let mut driver = driver(&self.poll, &mut self.relays, &mut self.tcp_relays, &self.shared, now.instant);
             for i in 0..received {
                 let meta = *self.client_batch.meta(i);
                 if meta.truncated {
@@ -323,7 +333,8 @@ impl Worker {
                 let packet = self.client_batch.payload(i);
                 match self.server.handle_client(now, &tuple, handle, packet, self.out.bytes_mut(), &mut driver) {
                     ClientOutcome::Dropped => {}
-                    ClientOutcome::Replied => {
+                    // The core binds data connections on streams only.
+                    ClientOutcome::Replied | ClientOutcome::ConnectionBound { .. } => {
                         self.out.push_written(Via::Listener(index), meta.source, source_ip, start)
                     }
                     ClientOutcome::RepliedFrom { source, destination } => {
@@ -524,21 +535,38 @@ impl Worker {
     fn serve_connection(&mut self, key: usize, now: Now) {
         let Some(connection) = self.connections.get_mut(key) else { return };
         let server = &mut self.server;
-        let relays = &mut self.relays;
-        let mut driver = driver(&self.poll, relays, &self.shared, now.instant);
+        let mut driver = driver(&self.poll, &mut self.relays, &mut self.tcp_relays, &self.shared, now.instant);
         let handle = ClientHandle(HANDLE_TCP | key as u64);
         let udp_out = &mut self.out;
+        let (worker, workers) = (self.id, self.shared.handoffs.workers());
+        let mut unframed = None;
         let read = if connection.peer_closed {
             Ok(ReadStatus::Drained)
         } else {
             connection.read_frames(now.instant, |tuple, frame, replies| {
-                if let ClientOutcome::Forward { relay, peer, payload } =
-                    server.handle_client(now, tuple, handle, frame, replies, &mut driver)
-                {
-                    udp_out.push(Via::Relay(relay), peer, None, &frame[payload]);
+                if let Some(owner) = splice::handoff_owner(server, tuple, frame, worker, workers) {
+                    unframed = Some(splice::Unframed::HandOff { owner, frame: frame.to_vec() });
+                    return Next::Unframed;
                 }
+                match server.handle_client(now, tuple, handle, frame, replies, &mut driver) {
+                    ClientOutcome::Forward { relay, peer, payload } => {
+                        udp_out.push(Via::Relay(relay), peer, None, &frame[payload]);
+                    }
+                    ClientOutcome::ConnectionBound { id } => {
+                        unframed = Some(splice::Unframed::Bound(id));
+                        return Next::Unframed;
+                    }
+                    // RepliedFrom is for UDP only: over a stream the core answers on it.
+                    ClientOutcome::Dropped | ClientOutcome::Replied | ClientOutcome::RepliedFrom { .. } => {}
+                }
+                Next::Frame
             })
         };
+        if let Some(unframed) = unframed {
+            // RFC 6062 data connection: no longer a STUN connection.
+            self.unframe_connection(key, unframed);
+            return;
+        }
         // A client that shuts down its sending side after its requests still
         // reads: answers to what it sent are written before the connection
         // is closed.
@@ -567,7 +595,7 @@ impl Worker {
         }
         match result {
             Ok(_) if finished => self.close_connection(key, &Closed::Eof, now),
-            Ok(ReadStatus::Drained) => {}
+            Ok(ReadStatus::Drained | ReadStatus::Unframed) => {}
             Ok(ReadStatus::MoreAvailable) => self.pending.push(Token(CONN_BASE + key)),
             Err(reason) => self.close_connection(key, &reason, now),
         }
@@ -599,7 +627,7 @@ impl Worker {
             connection.close_notify();
         }
         let _ = self.poll.registry().deregister(&mut connection.stream);
-        let mut driver = driver(&self.poll, &mut self.relays, &self.shared, now.instant);
+        let mut driver = driver(&self.poll, &mut self.relays, &mut self.tcp_relays, &self.shared, now.instant);
         self.server.handle_connection_closed(&connection.tuple, &mut driver);
         self.shared.release_connection(connection.tuple.client.ip());
         self.stats.tcp_closed += 1;
@@ -608,8 +636,9 @@ impl Worker {
 
     fn tick(&mut self, now: Now) {
         self.next_tick = now.instant + TICK;
-        let mut driver = driver(&self.poll, &mut self.relays, &self.shared, now.instant);
+        let mut driver = driver(&self.poll, &mut self.relays, &mut self.tcp_relays, &self.shared, now.instant);
         self.server.handle_timeout(now, &mut driver);
+        self.deliver_control();
         self.shared.expire_reservations(now.instant);
         let table = self.server.table();
         let idle: Vec<usize> = self
@@ -644,8 +673,9 @@ impl Worker {
 fn driver<'a>(
     poll: &'a Poll,
     relays: &'a mut Vec<Option<RelaySocket>>,
+    tcp: &'a mut TcpRelays,
     shared: &'a Shared,
     now: Instant,
 ) -> WorkerDriver<'a> {
-    WorkerDriver { registry: poll.registry(), relays, shared, token_base: RELAY_BASE, now }
+    WorkerDriver { registry: poll.registry(), relays, tcp, shared, token_base: RELAY_BASE, now }
 }

@@ -156,6 +156,9 @@ pub struct Allocation {
     pub traffic: Traffic,
     /// `max_bps` budgets towards peers and towards the client, when set.
     pub bandwidth: Option<Box<[ByteBucket; 2]>>,
+    /// REQUESTED-TRANSPORT was TCP (RFC 6062): the relayed address is a
+    /// listening TCP socket and data goes over peer data connections.
+    pub tcp_relay: bool,
     pub span: Span,
     permissions: Vec<Permission>,
     channels: Vec<ChannelBinding>,
@@ -191,6 +194,7 @@ impl Allocation {
             refused_family: None,
             traffic: Traffic::default(),
             bandwidth: None,
+            tcp_relay: false,
             span,
             permissions: Vec::new(),
             channels: Vec::new(),

@@ -71,6 +71,12 @@ pub enum RequestError {
     /// Out of capacity, and another server can take the request.
     #[error("total allocation quota reached; redirected to {0}")]
     TryAlternate(std::net::SocketAddr),
+    /// RFC 6062 §5.2: the allocation already has a connection to that peer.
+    #[error("a connection to this peer already exists")]
+    ConnectionExists,
+    /// RFC 6062 §5.2: the TCP connection to the peer failed or timed out.
+    #[error("connection to the peer failed or timed out")]
+    ConnectionFailed,
 }
 
 impl RequestError {
@@ -88,6 +94,8 @@ impl RequestError {
             Self::QuotaReached => ErrorCode::ALLOCATION_QUOTA_REACHED,
             Self::InsufficientCapacity(_) => ErrorCode::INSUFFICIENT_CAPACITY,
             Self::TryAlternate(_) => ErrorCode::TRY_ALTERNATE,
+            Self::ConnectionExists => ErrorCode::CONNECTION_ALREADY_EXISTS,
+            Self::ConnectionFailed => ErrorCode::CONNECTION_TIMEOUT_OR_FAILURE,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod rate_limit;
 pub mod server;
 pub mod stun;
 pub mod table;
+pub mod tcp_relay;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -36,6 +36,7 @@ use crate::proto::stun::{
     TransactionId,
 };
 use crate::proto::table::AllocationTable;
+use crate::proto::tcp_relay::{ConnectionId, TcpRelayTable};
 use crate::proto::{FiveTuple, Now, Transport};
 
 /// The most unknown attributes listed in one 420 response; more are not
@@ -43,6 +44,8 @@ use crate::proto::{FiveTuple, Now, Transport};
 const MAX_UNKNOWN_LISTED: usize = 8;
 /// IANA protocol number of UDP, the one REQUESTED-TRANSPORT tern relays.
 const PROTOCOL_UDP: u8 = 17;
+/// IANA protocol number of TCP, for RFC 6062 allocations.
+const PROTOCOL_TCP: u8 = 6;
 /// Room a driver must leave in front of a peer's payload: the largest Data
 /// indication header (STUN header, XOR-PEER-ADDRESS with an IPv6 address,
 /// DATA attribute header).
@@ -93,6 +96,8 @@ pub struct TurnConfig {
     /// 300 Try Alternate with one of the client's address family instead of
     /// 508 (RFC 8489 §10, RFC 8656 §7.2). Empty: 508.
     pub alternate_servers: Vec<SocketAddr>,
+    /// Peer data connections a TCP allocation may have at once (RFC 6062).
+    pub max_tcp_peer_connections: usize,
 }
 
 impl Default for TurnConfig {
@@ -109,6 +114,7 @@ impl Default for TurnConfig {
             rfc5766_channels: false,
             max_bps: 0,
             alternate_servers: Vec::new(),
+            max_tcp_peer_connections: 64,
         }
     }
 }
@@ -159,6 +165,10 @@ pub enum RelayError {
     Unavailable,
 }
 
+/// A TCP connection to a peer could not even be started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectFailed;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuotaError {
     /// The user has `user_quota` allocations.
@@ -173,8 +183,21 @@ pub trait Driver {
     /// Opens a relay socket of an allocation (the family of `relay` is the
     /// family of `request.ip`).
     fn open_relay(&mut self, relay: RelayId, request: &RelayRequest) -> Result<RelayOpened, RelayError>;
-    /// Closes it and returns its port to the pool.
+    /// Closes it (UDP or TCP) and returns its port to the pool.
     fn close_relay(&mut self, relay: RelayId);
+    /// Opens the TCP listening socket of an RFC 6062 allocation. A driver
+    /// without TCP relays refuses them.
+    fn open_tcp_relay(&mut self, _relay: RelayId, _request: &RelayRequest) -> Result<RelayOpened, RelayError> {
+        Err(RelayError::Unavailable)
+    }
+    /// Starts a TCP connection from the relayed address of `relay` to
+    /// `peer`; the driver reports its outcome through
+    /// [`Server::handle_peer_connected`].
+    fn connect_peer(&mut self, _relay: RelayId, _id: ConnectionId, _peer: SocketAddr) -> Result<(), ConnectFailed> {
+        Err(ConnectFailed)
+    }
+    /// Closes a peer data connection and the client data connection bound to it.
+    fn close_peer(&mut self, _id: ConnectionId) {}
     /// Counts one more allocation for `user` against the quotas.
     fn acquire_quota(&mut self, user: &str) -> Result<(), QuotaError>;
     fn release_quota(&mut self, user: &str);
@@ -212,6 +235,13 @@ pub struct Stats {
     pub over_bandwidth: u64,
     /// ICMP errors about relayed datagrams passed on to clients.
     pub icmp_relayed: u64,
+    /// RFC 6062 peer data connections made, by Connect or by a peer.
+    pub tcp_peer_connections: u64,
+    /// Inbound peer connections closed at once: no permission, or the
+    /// allocation's `max_tcp_peer_connections` reached.
+    pub tcp_peer_refused: u64,
+    /// Connects answered 447, and connections not bound in time.
+    pub tcp_peer_failures: u64,
 }
 
 impl Stats {
@@ -235,6 +265,9 @@ impl Stats {
         self.rate_limited += other.rate_limited;
         self.over_bandwidth += other.over_bandwidth;
         self.icmp_relayed += other.icmp_relayed;
+        self.tcp_peer_connections += other.tcp_peer_connections;
+        self.tcp_peer_refused += other.tcp_peer_refused;
+        self.tcp_peer_failures += other.tcp_peer_failures;
     }
 }
 
@@ -251,6 +284,10 @@ pub enum ClientOutcome {
     RepliedFrom { source: SocketAddr, destination: SocketAddr },
     /// Send `packet[payload]` from the relay socket `relay` to `peer`.
     Forward { relay: RelayId, peer: SocketAddr, payload: Range<usize> },
+    /// A ConnectionBind succeeded (RFC 6062 §5.4): send the response, and
+    /// from then on relay the connection's bytes, unframed, to and from the
+    /// peer data connection `id`.
+    ConnectionBound { id: ConnectionId },
 }
 
 /// An ICMP error about a datagram a relay socket sent (RFC 8656 §11.5).
@@ -304,6 +341,8 @@ pub struct Server {
     indication_counter: u64,
     indication_prefix: [u8; 4],
     limiter: SourceLimiter,
+    /// RFC 6062 peer data connections.
+    tcp: TcpRelayTable,
 }
 
 impl Server {
@@ -317,6 +356,7 @@ impl Server {
             alternate_cursor: 0,
             indication_counter: 0,
             indication_prefix: rand::random(),
+            tcp: TcpRelayTable::default(),
         }
     }
 
@@ -435,6 +475,7 @@ impl Server {
         for (_, allocation) in self.table.iter_mut() {
             allocation.expire_entries(now.instant);
         }
+        self.expire_tcp_connections(now, driver);
         self.limiter.forget_idle(now.instant);
     }
 
@@ -511,7 +552,12 @@ impl Server {
     ) -> ClientOutcome {
         let is_turn_method = matches!(
             request.method(),
-            Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND
+            Method::ALLOCATE
+                | Method::REFRESH
+                | Method::CREATE_PERMISSION
+                | Method::CHANNEL_BIND
+                | Method::CONNECT
+                | Method::CONNECTION_BIND
         );
         if is_turn_method && self.config.turn.is_some() {
             // Authenticated first; unknown attributes are checked after that.
@@ -561,27 +607,33 @@ impl Server {
         if self.reject_unknown_attributes(tuple, request, identity.key.as_ref(), reply) {
             return ClientOutcome::Replied;
         }
+        let replied = |result: Result<(), RequestError>| result.map(|()| ClientOutcome::Replied);
         let result = match request.method() {
-            Method::ALLOCATE => self.allocate(now, tuple, client, request, &identity, reply, driver),
-            Method::REFRESH => self.refresh(now, tuple, request, &identity, reply, driver),
-            Method::CREATE_PERMISSION => self.create_permission(now, tuple, request, &identity, reply),
-            _ => self.channel_bind(now, tuple, request, &identity, reply),
+            Method::ALLOCATE => replied(self.allocate(now, tuple, client, request, &identity, reply, driver)),
+            Method::REFRESH => replied(self.refresh(now, tuple, request, &identity, reply, driver)),
+            Method::CREATE_PERMISSION => replied(self.create_permission(now, tuple, request, &identity, reply)),
+            Method::CONNECT => self.connect(now, tuple, request, &identity, driver),
+            Method::CONNECTION_BIND => self.connection_bind(now, tuple, request, &identity, reply),
+            _ => replied(self.channel_bind(now, tuple, request, &identity, reply)),
         };
-        if let Err(error) = result {
-            let code = error.code();
-            debug!(client = %tuple.client, method = request.method().name(), code = code.0, %error, "request refused");
-            self.error_response(request, code, identity.key.as_ref(), reply, |w| match error {
-                RequestError::UnsupportedAttribute(typ) => {
-                    w.unknown_attributes(&[AttrType(typ)]);
-                }
-                // RFC 8489 §14.15: a plain (not XORed) address.
-                RequestError::TryAlternate(alternate) => {
-                    w.address(AttrType::ALTERNATE_SERVER, &alternate);
-                }
-                _ => {}
-            });
+        match result {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                let code = error.code();
+                debug!(client = %tuple.client, method = request.method().name(), code = code.0, %error, "request refused");
+                self.error_response(request, code, identity.key.as_ref(), reply, |w| match error {
+                    RequestError::UnsupportedAttribute(typ) => {
+                        w.unknown_attributes(&[AttrType(typ)]);
+                    }
+                    // RFC 8489 §14.15: a plain (not XORed) address.
+                    RequestError::TryAlternate(alternate) => {
+                        w.address(AttrType::ALTERNATE_SERVER, &alternate);
+                    }
+                    _ => {}
+                });
+                ClientOutcome::Replied
+            }
         }
-        ClientOutcome::Replied
     }
 
     /// RFC 8489 §6.3.1: a request with comprehension-required attributes
@@ -680,9 +732,14 @@ impl Server {
             .ok_or(RequestError::BadRequest("REQUESTED-TRANSPORT missing"))?;
         let protocol = attr::read_requested_transport(transport)
             .map_err(|_| RequestError::BadRequest("REQUESTED-TRANSPORT malformed"))?;
-        if protocol != PROTOCOL_UDP {
-            return Err(RequestError::UnsupportedTransport(protocol));
-        }
+        let tcp = match protocol {
+            PROTOCOL_UDP => false,
+            PROTOCOL_TCP => {
+                check_tcp_allocate(tuple, request)?;
+                true
+            }
+            _ => return Err(RequestError::UnsupportedTransport(protocol)),
+        };
         let dont_fragment = request.attribute(AttrType::DONT_FRAGMENT).is_some();
         let token = request
             .attribute(AttrType::RESERVATION_TOKEN)
@@ -764,9 +821,10 @@ impl Server {
                 None => self.relay_ip(tuple, ipv6),
             };
             let opened = ip.and_then(|ip| {
-                driver
-                    .open_relay(RelayId::new(id, ipv6), &RelayRequest { ip, port, dont_fragment })
-                    .map_err(relay_error)
+                let (relay, request) = (RelayId::new(id, ipv6), RelayRequest { ip, port, dont_fragment });
+                let opened =
+                    if tcp { driver.open_tcp_relay(relay, &request) } else { driver.open_relay(relay, &request) };
+                opened.map_err(relay_error)
             });
             match opened {
                 Ok(opened) => {
@@ -806,6 +864,7 @@ impl Server {
         if token.is_none() {
             allocation.refused_family = refused.first().map(|(ipv6, error)| (*ipv6, error.code()));
         }
+        allocation.tcp_relay = tcp;
         let max_bps = self.config.turn.as_ref().map_or(0, |t| t.max_bps);
         if max_bps > 0 {
             allocation.bandwidth =
@@ -969,6 +1028,10 @@ impl Server {
     ) -> Result<(), RequestError> {
         let id = self.table.find(tuple).ok_or(RequestError::NoAllocation)?;
         self.check_owner(now, id, identity)?;
+        if self.table.get(id).is_some_and(|a| a.tcp_relay) {
+            // RFC 6062 §4: a TCP allocation relays over connections, never channels.
+            return Err(RequestError::BadRequest("ChannelBind on a TCP allocation"));
+        }
         let number =
             request.attribute(AttrType::CHANNEL_NUMBER).ok_or(RequestError::BadRequest("CHANNEL-NUMBER missing"))?;
         let rfc5766 = self.config.turn.as_ref().is_some_and(|t| t.rfc5766_channels);
@@ -997,6 +1060,9 @@ impl Server {
     /// permission; otherwise it is dropped silently.
     fn handle_send(&mut self, now: Now, tuple: &FiveTuple, message: &Message<'_>) -> ClientOutcome {
         let Some(id) = self.table.find(tuple) else { return self.drop_client_data("Send without allocation") };
+        if self.table.get(id).is_some_and(|a| a.tcp_relay) {
+            return self.drop_client_data("Send on a TCP allocation");
+        }
         let Some(peer) = message.attribute(AttrType::XOR_PEER_ADDRESS) else {
             return self.drop_client_data("Send without XOR-PEER-ADDRESS");
         };
@@ -1153,6 +1219,7 @@ impl Server {
 
     fn delete(&mut self, id: AllocationId, driver: &mut dyn Driver, reason: &'static str) {
         let Some(allocation) = self.table.remove(id) else { return };
+        self.close_tcp_connections(id, &allocation.tuple, driver);
         for relayed in allocation.relayed_addresses() {
             driver.close_relay(RelayId::new(id, relayed.addr.is_ipv6()));
         }
@@ -1452,5 +1519,8 @@ fn relay_error(error: RelayError) -> RequestError {
     }
 }
 
+mod tcp_relay;
 #[cfg(test)]
 mod tests;
+
+use tcp_relay::check_tcp_allocate;

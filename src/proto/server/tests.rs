@@ -136,6 +136,12 @@ struct FakeDriver {
     dont_fragment_unsupported: bool,
     /// The harness's clock, for reservation deadlines.
     now: Instant,
+    /// RFC 6062: TCP relays opened, connections started, connections closed.
+    tcp_relays: Vec<RelayId>,
+    connects: Vec<(RelayId, ConnectionId, SocketAddr)>,
+    closed_peers: Vec<ConnectionId>,
+    /// Make `connect_peer` fail at once.
+    connect_fails: bool,
 }
 
 impl FakeDriver {
@@ -152,6 +158,10 @@ impl FakeDriver {
             total: 0,
             dont_fragment_unsupported: false,
             now,
+            tcp_relays: Vec::new(),
+            connects: Vec::new(),
+            closed_peers: Vec::new(),
+            connect_fails: false,
         }
     }
 
@@ -201,6 +211,26 @@ impl Driver for FakeDriver {
         let addr = self.open.remove(&id).unwrap_or_else(|| panic!("close_relay({id:?}) of a relay that is not open"));
         self.close_calls.push(id);
         self.pool(addr.ip()).release(addr.port());
+    }
+
+    fn open_tcp_relay(&mut self, id: RelayId, request: &RelayRequest) -> Result<RelayOpened, RelayError> {
+        assert_eq!(request.port, PortRequest::Any, "TCP relays take any port");
+        let opened = self.open_relay(id, request)?;
+        self.tcp_relays.push(id);
+        Ok(opened)
+    }
+
+    fn connect_peer(&mut self, relay: RelayId, id: ConnectionId, peer: SocketAddr) -> Result<(), ConnectFailed> {
+        assert!(self.open.contains_key(&relay), "connect from a relay that is not open");
+        if self.connect_fails {
+            return Err(ConnectFailed);
+        }
+        self.connects.push((relay, id, peer));
+        Ok(())
+    }
+
+    fn close_peer(&mut self, id: ConnectionId) {
+        self.closed_peers.push(id);
     }
 
     fn acquire_quota(&mut self, user: &str) -> Result<(), QuotaError> {
@@ -560,7 +590,10 @@ impl Client {
     fn exchange(&mut self, h: &mut Harness, packet: &[u8]) -> Response {
         let request = Message::parse(packet).expect("our own request parses");
         let (outcome, reply) = h.client_packet(&self.tuple, self.handle, packet);
-        assert_eq!(outcome, ClientOutcome::Replied, "a request is answered");
+        assert!(
+            matches!(outcome, ClientOutcome::Replied | ClientOutcome::ConnectionBound { .. }),
+            "a request is answered: {outcome:?}"
+        );
         let response = Response::new(reply);
         let message = response.message();
         assert_eq!(message.method(), request.method(), "response method");
@@ -772,11 +805,23 @@ fn allocate_without_requested_transport_is_400() {
 }
 
 #[test]
-fn allocate_for_tcp_relaying_is_442() {
+fn allocate_for_tcp_relaying_over_udp_is_400() {
+    // RFC 6062 §5.1: TCP relaying needs a TCP or TLS control connection.
     let mut h = Harness::authenticated();
     let mut alice = Client::alice("198.51.100.1:40000");
     let response = alice.request(&mut h, Method::ALLOCATE, &|w| {
         w.attr(AttrType::REQUESTED_TRANSPORT, &TCP);
+    });
+    assert_error(&response, 400);
+    assert!(h.server.table().is_empty() && h.driver.open_calls.is_empty());
+}
+
+#[test]
+fn allocate_for_another_transport_is_442() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::alice("198.51.100.1:40000");
+    let response = alice.request(&mut h, Method::ALLOCATE, &|w| {
+        w.attr(AttrType::REQUESTED_TRANSPORT, &[132, 0, 0, 0]);
     });
     assert_error(&response, 442);
     assert!(h.server.table().is_empty() && h.driver.open_calls.is_empty());
@@ -2901,4 +2946,265 @@ fn classic_change_request_is_honoured_with_discovery_and_refused_without() {
     assert_eq!(message.class(), Class::Error);
     let (outcome, _) = h.client_packet(&tuple, ClientHandle(0), &classic(change(false, false)));
     assert_eq!(outcome, ClientOutcome::Replied);
+}
+
+// ---------------------------------------------------------------------------
+// RFC 6062: TCP allocations, Connect, ConnectionAttempt, ConnectionBind
+// ---------------------------------------------------------------------------
+
+fn tcp_transport(w: &mut MessageWriter<'_>) {
+    w.attr(AttrType::REQUESTED_TRANSPORT, &TCP);
+}
+
+/// Alice on a TCP control connection with a TCP allocation.
+fn tcp_alice(h: &mut Harness) -> (Client, AllocationId) {
+    let mut alice = Client::new("198.51.100.1:40000", SERVER, Transport::Tcp, Some(("alice", USERS[0].1)));
+    assert_success(&alice.request(h, Method::ALLOCATE, &tcp_transport));
+    let id = h.server.table().find(&alice.tuple).expect("allocated");
+    assert!(h.server.table().get(id).is_some_and(|a| a.tcp_relay));
+    (alice, id)
+}
+
+/// Sends a signed Connect; returns the outcome and any immediate answer.
+fn send_connect(h: &mut Harness, client: &Client, peer: SocketAddr) -> (TransactionId, ClientOutcome, Vec<u8>) {
+    let tid = TransactionId::random();
+    let packet = client.build(Method::CONNECT, tid, &|w| {
+        w.xor_address(AttrType::XOR_PEER_ADDRESS, &peer);
+    });
+    let (outcome, reply) = h.client_packet(&client.tuple, client.handle, &packet);
+    (tid, outcome, reply)
+}
+
+/// The next late message for a client, checked as a response signed with `client`'s key.
+#[track_caller]
+fn control_response(h: &mut Harness, client: &Client, tid: TransactionId) -> Response {
+    let message = h.server.poll_control().expect("a late answer");
+    assert_eq!((message.client, message.tuple), (client.handle, client.tuple));
+    let response = Response::new(message.bytes);
+    let parsed = response.message();
+    assert_eq!((parsed.method(), parsed.transaction_id()), (Method::CONNECT, tid));
+    assert!(parsed.verify_integrity(&client.key().expect("signed")), "late answers are signed too");
+    response
+}
+
+fn connection_id(value: &[u8]) -> ConnectionId {
+    ConnectionId(attr::read_u32(value).expect("CONNECTION-ID is 4 bytes"))
+}
+
+#[test]
+fn tcp_allocation_opens_a_tcp_relay_and_refuses_udp_only_attributes() {
+    let mut h = Harness::authenticated();
+    let (_, id) = tcp_alice(&mut h);
+    assert_eq!(h.driver.tcp_relays, vec![RelayId::new(id, false)]);
+    let attributes: [(&str, AttrFn<'_>); 4] = [
+        ("DONT-FRAGMENT", &|w| {
+            w.attr(AttrType::DONT_FRAGMENT, &[]);
+        }),
+        ("EVEN-PORT", &|w| {
+            w.attr(AttrType::EVEN_PORT, &[0x80, 0, 0, 0]);
+        }),
+        ("RESERVATION-TOKEN", &|w| {
+            w.attr(AttrType::RESERVATION_TOKEN, &[1; 8]);
+        }),
+        ("ADDITIONAL-ADDRESS-FAMILY", &|w| {
+            w.attr(AttrType::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+        }),
+    ];
+    for (port, (name, extra)) in attributes.iter().enumerate() {
+        let client = format!("198.51.100.2:{}", 41000 + port);
+        let mut bob = Client::new(&client, SERVER, Transport::Tcp, Some(("bob", USERS[1].1)));
+        let response = bob.request(&mut h, Method::ALLOCATE, &|w| {
+            tcp_transport(w);
+            extra(w);
+        });
+        assert_eq!(response.code(), Some(400), "{name} with TCP");
+    }
+    assert_eq!(h.server.table().len(), 1);
+}
+
+#[test]
+fn connect_is_answered_when_the_peer_answers_and_the_id_binds_once() {
+    let mut h = Harness::authenticated();
+    let (alice, id) = tcp_alice(&mut h);
+    let peer = addr(PEER);
+    let (tid, outcome, reply) = send_connect(&mut h, &alice, peer);
+    assert_eq!((outcome, reply.len()), (ClientOutcome::Dropped, 0), "answered later");
+    let (relay, connection, to) = h.driver.connects[0];
+    assert_eq!((relay, to), (RelayId::new(id, false), peer));
+    assert!(h.server.poll_control().is_none(), "nothing until the peer answers");
+    h.server.handle_peer_connected(h.now, connection, true);
+    let response = control_response(&mut h, &alice, tid);
+    assert_success(&response);
+    assert_eq!(connection_id(response.attr(AttrType::CONNECTION_ID).expect("CONNECTION-ID")), connection);
+    // A second Connect to the same peer: 446.
+    let (_, _, reply) = send_connect(&mut h, &alice, peer);
+    assert_error(&Response::new(reply), 446);
+    // ConnectionBind on a new connection of the same user.
+    let mut data = alice.on(FiveTuple { client: addr("198.51.100.1:40001"), ..alice.tuple });
+    let bind = |w: &mut MessageWriter<'_>| {
+        w.attr_u32(AttrType::CONNECTION_ID, connection.0);
+    };
+    let packet_tid = TransactionId::random();
+    let _ = data.exchange(&mut h, &data.build(Method::CONNECTION_BIND, packet_tid, &bind));
+    let packet = data.build(Method::CONNECTION_BIND, TransactionId::random(), &bind);
+    let (outcome, reply) = h.client_packet(&data.tuple, data.handle, &packet);
+    assert_eq!(outcome, ClientOutcome::ConnectionBound { id: connection });
+    assert_success(&Response::new(reply));
+    // Bound once: another bind of the same id is 400.
+    let mut other = alice.on(FiveTuple { client: addr("198.51.100.1:40002"), ..alice.tuple });
+    assert_error(&other.request(&mut h, Method::CONNECTION_BIND, &bind), 400);
+    assert_eq!(h.stats().tcp_peer_connections, 1);
+}
+
+#[test]
+fn connect_failures_are_447_at_once_or_later_and_after_30_seconds() {
+    let mut h = Harness::authenticated();
+    let (alice, _) = tcp_alice(&mut h);
+    // Refused by the kernel.
+    let (tid, _, _) = send_connect(&mut h, &alice, addr(PEER));
+    let (_, connection, _) = h.driver.connects[0];
+    h.server.handle_peer_connected(h.now, connection, false);
+    assert_error(&control_response(&mut h, &alice, tid), 447);
+    // Failing before it starts.
+    h.driver.connect_fails = true;
+    let (_, _, reply) = send_connect(&mut h, &alice, addr(PEER));
+    assert_error(&Response::new(reply), 447);
+    h.driver.connect_fails = false;
+    // Never answered: 447 after 30 seconds, not before, and the socket is closed.
+    let (tid, _, _) = send_connect(&mut h, &alice, addr(PEER_B));
+    let (_, slow, _) = h.driver.connects[1];
+    h.advance(secs(29));
+    h.timeout();
+    assert!(h.server.poll_control().is_none());
+    h.advance(SECOND);
+    h.timeout();
+    assert_error(&control_response(&mut h, &alice, tid), 447);
+    assert_eq!(h.driver.closed_peers, vec![slow]);
+    assert!(h.server.tcp_connections().is_empty());
+    assert_eq!(h.stats().tcp_peer_failures, 3);
+}
+
+#[test]
+fn connect_is_subject_to_the_peer_policy_and_the_connection_limit() {
+    let mut h = Harness::new(TurnConfig { max_tcp_peer_connections: 1, ..turn_config() });
+    let (alice, _) = tcp_alice(&mut h);
+    for forbidden in FORBIDDEN_PEERS {
+        let (_, _, reply) = send_connect(&mut h, &alice, addr(forbidden));
+        assert_error(&Response::new(reply), 403);
+    }
+    assert!(h.driver.connects.is_empty(), "no connection to a forbidden peer is even started");
+    let (_, outcome, _) = send_connect(&mut h, &alice, addr(PEER));
+    assert_eq!(outcome, ClientOutcome::Dropped);
+    let (_, _, reply) = send_connect(&mut h, &alice, addr(PEER_B));
+    assert_error(&Response::new(reply), 508);
+}
+
+#[test]
+fn connect_and_channel_bind_on_the_wrong_kind_of_allocation_are_400() {
+    let mut h = Harness::authenticated();
+    let mut udp = Client::new("198.51.100.3:40000", SERVER, Transport::Tcp, Some(("bob", USERS[1].1)));
+    udp.allocated(&mut h);
+    let (_, _, reply) = send_connect(&mut h, &udp, addr(PEER));
+    assert_error(&Response::new(reply), 400);
+    let (mut alice, _) = tcp_alice(&mut h);
+    assert_error(&alice.bind(&mut h, 0x4000, addr(PEER)), 400);
+    // Without an allocation: 437.
+    let mut carol = Client::new("198.51.100.4:40000", SERVER, Transport::Tcp, Some(("alice", USERS[0].1)));
+    let response = carol.request(&mut h, Method::CONNECT, &|w| {
+        w.xor_address(AttrType::XOR_PEER_ADDRESS, &addr(PEER));
+    });
+    assert_error(&response, 437);
+}
+
+#[test]
+fn inbound_peers_need_a_permission_and_get_a_connection_attempt() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = tcp_alice(&mut h);
+    let relay = RelayId::new(id, false);
+    let peer = addr(PEER);
+    assert_eq!(h.server.handle_peer_accepted(h.now, relay, peer), None, "no permission yet");
+    assert!(h.server.poll_control().is_none(), "no indication for a refused peer");
+    assert_success(&alice.permit(&mut h, &[peer]));
+    let connection = h.server.handle_peer_accepted(h.now, relay, peer).expect("permitted");
+    let message = h.server.poll_control().expect("ConnectionAttempt");
+    let parsed = Message::parse(&message.bytes).expect("well-formed");
+    assert_eq!(parsed.message_type(), MessageType::new(Method::CONNECTION_ATTEMPT, Class::Indication));
+    let tid = parsed.transaction_id();
+    let value = parsed.attribute(AttrType::XOR_PEER_ADDRESS).expect("XOR-PEER-ADDRESS");
+    assert_eq!(attr::read_xor_address(value, &tid).expect("address"), peer);
+    assert_eq!(connection_id(parsed.attribute(AttrType::CONNECTION_ID).expect("CONNECTION-ID")), connection);
+    assert_eq!((h.stats().tcp_peer_refused, h.stats().tcp_peer_connections), (1, 1));
+    // Unbound for 30 seconds: closed, and the id is gone (400).
+    h.advance(secs(30));
+    h.timeout();
+    assert_eq!(h.driver.closed_peers, vec![connection]);
+    assert_success(&alice.refresh(&mut h, None));
+    let mut data = alice.on(FiveTuple { client: addr("198.51.100.1:40001"), ..alice.tuple });
+    let response = data.request(&mut h, Method::CONNECTION_BIND, &|w| {
+        w.attr_u32(AttrType::CONNECTION_ID, connection.0);
+    });
+    assert_error(&response, 400);
+}
+
+#[test]
+fn connection_bind_checks_the_connection_and_the_user() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = tcp_alice(&mut h);
+    assert_success(&alice.permit(&mut h, &[addr(PEER)]));
+    let connection = h.server.handle_peer_accepted(h.now, RelayId::new(id, false), addr(PEER)).expect("permitted");
+    let bind = |w: &mut MessageWriter<'_>| {
+        w.attr_u32(AttrType::CONNECTION_ID, connection.0);
+    };
+    // On the control connection itself.
+    assert_error(&alice.request(&mut h, Method::CONNECTION_BIND, &bind), 400);
+    // Over UDP.
+    let mut udp = Client::alice("198.51.100.1:40005");
+    assert_error(&udp.request(&mut h, Method::CONNECTION_BIND, &bind), 400);
+    // Without CONNECTION-ID, or an unknown one.
+    let mut data = alice.on(FiveTuple { client: addr("198.51.100.1:40001"), ..alice.tuple });
+    assert_error(&data.request(&mut h, Method::CONNECTION_BIND, &no_attributes), 400);
+    let unknown = |w: &mut MessageWriter<'_>| {
+        w.attr_u32(AttrType::CONNECTION_ID, connection.0.wrapping_add(1));
+    };
+    assert_error(&data.request(&mut h, Method::CONNECTION_BIND, &unknown), 400);
+    // Another user: 441.
+    let mut bob = Client::new("198.51.100.2:40001", SERVER, Transport::Tcp, Some(("bob", USERS[1].1)));
+    assert_error(&bob.request(&mut h, Method::CONNECTION_BIND, &bind), 441);
+    // Alice, on a new connection: bound.
+    assert_success(&data.request(&mut h, Method::CONNECTION_BIND, &bind));
+    // The pair ends: the core forgets it.
+    h.server.handle_tcp_relay_closed(connection);
+    assert!(h.server.tcp_connections().is_empty());
+}
+
+#[test]
+fn deleting_a_tcp_allocation_closes_its_connections() {
+    let mut h = Harness::authenticated();
+    let (mut alice, id) = tcp_alice(&mut h);
+    assert_success(&alice.permit(&mut h, &[addr(PEER)]));
+    let inbound = h.server.handle_peer_accepted(h.now, RelayId::new(id, false), addr(PEER)).expect("permitted");
+    let _ = send_connect(&mut h, &alice, addr(PEER_B));
+    let (_, outbound, _) = h.driver.connects[0];
+    h.connection_closed(&alice.tuple);
+    let mut closed = h.driver.closed_peers.clone();
+    closed.sort();
+    let mut expected = vec![inbound, outbound];
+    expected.sort();
+    assert_eq!(closed, expected);
+    assert!(h.server.tcp_connections().is_empty());
+    // A late report about a forgotten connection is ignored.
+    h.server.handle_peer_connected(h.now, outbound, true);
+    assert!(h.server.poll_control().is_none());
+    // And the peer gets no Send or ChannelData path either way.
+    assert!(h.driver.tcp_relays.len() == 1 && h.driver.close_calls == vec![RelayId::new(id, false)]);
+}
+
+#[test]
+fn tcp_allocation_over_tls_is_442_for_now() {
+    let mut h = Harness::authenticated();
+    let mut alice = Client::new("198.51.100.1:40000", SERVER, Transport::Tls, Some(("alice", USERS[0].1)));
+    assert_error(&alice.request(&mut h, Method::ALLOCATE, &tcp_transport), 442);
+    assert!(h.server.table().is_empty() && h.driver.tcp_relays.is_empty());
+    // A UDP relay over TLS is the usual turns: case, and works.
+    alice.allocated(&mut h);
 }

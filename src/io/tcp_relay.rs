@@ -1,0 +1,473 @@
+//! RFC 6062 sockets of one worker: the listening socket behind each TCP
+//! allocation's relayed address, the peer data connections (opened by
+//! Connect or accepted from peers), the client data connections bound to
+//! them, and the unframed copying between the two.
+//!
+//! It decides nothing about the protocol: which connection is welcome, its
+//! id and its deadlines are the core's (`crate::proto::tcp_relay`). What it
+//! owns is memory: each direction of a bound pair has one buffer of
+//! [`PIPE_CAPACITY`] bytes, and a side is read only while the buffer
+//! towards the other side has room, so a slow reader slows its writer down
+//! through TCP flow control instead of growing a queue.
+//!
+//! Also here: the hand-over of a client data connection that arrived on
+//! another worker's listener (the kernel spreads connections over workers
+//! by their 5-tuple) to the worker whose allocation it binds to.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use mio::{Interest, Registry, Token, Waker};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::proto::FiveTuple;
+use crate::proto::allocation::RelayId;
+use crate::proto::tcp_relay::ConnectionId;
+
+/// Tokens of this module: `TOKEN_BASE` + a kind offset + an id. Connection
+/// ids are 32-bit and relay ids far below 2^33, so the kinds cannot meet.
+pub const TOKEN_BASE: usize = 1 << 40;
+const PEER_TOKENS: usize = TOKEN_BASE;
+const DATA_TOKENS: usize = TOKEN_BASE + (1 << 33);
+const LISTENER_TOKENS: usize = TOKEN_BASE + (1 << 34);
+/// First token past this module's.
+pub const TOKEN_END: usize = TOKEN_BASE + (1 << 35);
+
+/// Bytes buffered per direction of a bound pair: enough to keep a fast
+/// connection busy between two turns of the loop, small enough that ten
+/// thousand pairs fit in about a gigabyte.
+pub const PIPE_CAPACITY: usize = 64 * 1024;
+/// Bytes copied for one pair per wake-up before the others get a turn.
+const PUMP_BUDGET: usize = 256 * 1024;
+/// Pending connections in a relay listener's accept queue.
+const LISTEN_BACKLOG: i32 = 128;
+
+/// What a token of this module names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The peer side of a data connection pair.
+    Peer(ConnectionId),
+    /// The client side.
+    Data(ConnectionId),
+    /// A TCP allocation's listening socket.
+    Listener(RelayId),
+}
+
+impl Source {
+    pub fn from_token(token: Token) -> Option<Self> {
+        let index = token.0;
+        match index {
+            _ if !(TOKEN_BASE..TOKEN_END).contains(&index) => None,
+            _ if index >= LISTENER_TOKENS => Some(Self::Listener(RelayId(index - LISTENER_TOKENS))),
+            _ if index >= DATA_TOKENS => u32::try_from(index - DATA_TOKENS).ok().map(|id| Self::Data(ConnectionId(id))),
+            _ => u32::try_from(index - PEER_TOKENS).ok().map(|id| Self::Peer(ConnectionId(id))),
+        }
+    }
+
+    pub fn token(self) -> Token {
+        Token(match self {
+            Self::Peer(id) => PEER_TOKENS + id.0 as usize,
+            Self::Data(id) => DATA_TOKENS + id.0 as usize,
+            Self::Listener(relay) => LISTENER_TOKENS + relay.0,
+        })
+    }
+}
+
+/// How a pair stands after [`TcpRelays::pump`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pumped {
+    /// Both sides would block (or wait for room); an event will come.
+    Idle,
+    /// The budget ran out with work left: pump again next turn.
+    More,
+    /// Both directions ended, or a side failed: the pair is closed.
+    Finished,
+}
+
+/// One direction of a bound pair.
+#[derive(Default)]
+struct Pipe {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    pos: usize,
+    /// The reading side sent FIN.
+    eof: bool,
+    /// FIN passed on to the writing side.
+    shut: bool,
+}
+
+impl Pipe {
+    fn is_empty(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
+    fn is_done(&self) -> bool {
+        self.eof && self.shut
+    }
+
+    /// Moves bytes from `from` into the buffer while it has room, then from
+    /// the buffer to `to`, and passes FIN on once everything went. Returns
+    /// the bytes moved, or the error that ends the pair.
+    fn transfer(&mut self, from: &mut mio::net::TcpStream, to: &mut mio::net::TcpStream) -> io::Result<usize> {
+        let mut moved = 0;
+        if !self.eof && self.buf.len() < PIPE_CAPACITY {
+            if self.is_empty() {
+                self.buf.clear();
+                self.pos = 0;
+            }
+            let filled = self.buf.len();
+            self.buf.resize(PIPE_CAPACITY, 0);
+            match from.read(&mut self.buf[filled..]) {
+                Ok(0) => {
+                    self.buf.truncate(filled);
+                    self.eof = true;
+                }
+                Ok(n) => {
+                    self.buf.truncate(filled + n);
+                    moved += n;
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+                    self.buf.truncate(filled);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        while !self.is_empty() {
+            match to.write(&self.buf[self.pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.pos += n;
+                    moved += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.is_empty() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.buf.len() == PIPE_CAPACITY && self.pos > 0 {
+            // Full but partly written: make room at the end for the next read.
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        if self.eof && self.is_empty() && !self.shut {
+            // Half-close: the other side may still send (RFC 6062 §5.5 asks
+            // for the connections to end together, and TCP ends in halves).
+            let _ = to.shutdown(Shutdown::Write);
+            self.shut = true;
+        }
+        Ok(moved)
+    }
+}
+
+/// A peer data connection, and once bound, the client data connection.
+struct Pair {
+    peer: mio::net::TcpStream,
+    /// The Connect's SYN is out, no answer yet.
+    connecting: bool,
+    /// The client side and the IP its admission was counted under.
+    client: Option<(mio::net::TcpStream, IpAddr)>,
+    to_peer: Pipe,
+    to_client: Pipe,
+}
+
+/// A TCP allocation's listening socket.
+struct RelayListener {
+    listener: mio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+/// One worker's RFC 6062 sockets.
+#[derive(Default)]
+pub struct TcpRelays {
+    listeners: Vec<Option<RelayListener>>,
+    pairs: HashMap<ConnectionId, Pair>,
+}
+
+impl TcpRelays {
+    /// Binds and registers the listening socket of `relay` on `addr`.
+    pub fn open_listener(&mut self, registry: &Registry, relay: RelayId, addr: SocketAddr) -> io::Result<()> {
+        let mut listener = bind_listener(addr)?;
+        registry.register(&mut listener, Source::Listener(relay).token(), Interest::READABLE)?;
+        if self.listeners.len() <= relay.0 {
+            self.listeners.resize_with(relay.0 + 1, || None);
+        }
+        self.listeners[relay.0] = Some(RelayListener { listener, addr });
+        Ok(())
+    }
+
+    /// Closes the listening socket of `relay`, if it has one; returns its
+    /// address so the port goes back to the pool.
+    pub fn close_listener(&mut self, registry: &Registry, relay: RelayId) -> Option<SocketAddr> {
+        let mut closed = self.listeners.get_mut(relay.0).and_then(Option::take)?;
+        let _ = registry.deregister(&mut closed.listener);
+        Some(closed.addr)
+    }
+
+    /// Accepts one pending peer connection of `relay`.
+    pub fn accept(&mut self, relay: RelayId) -> io::Result<(mio::net::TcpStream, SocketAddr)> {
+        match self.listeners.get(relay.0).and_then(Option::as_ref) {
+            Some(relay) => relay.listener.accept(),
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    /// Keeps an accepted peer connection under `id`. It is not read until
+    /// a client data connection is bound to it: until then TCP flow
+    /// control holds what the peer sends.
+    pub fn insert_accepted(
+        &mut self,
+        registry: &Registry,
+        id: ConnectionId,
+        mut peer: mio::net::TcpStream,
+    ) -> io::Result<()> {
+        registry.register(&mut peer, Source::Peer(id).token(), Interest::READABLE | Interest::WRITABLE)?;
+        let _ = peer.set_nodelay(true);
+        self.pairs.insert(id, Pair::new(peer, false));
+        Ok(())
+    }
+
+    /// Starts a non-blocking connection from the relayed address of `relay`
+    /// to `peer` (RFC 6062 §5.2). The socket shares the listener's address,
+    /// which SO_REUSEADDR and SO_REUSEPORT on both allow.
+    pub fn connect(
+        &mut self,
+        registry: &Registry,
+        relay: RelayId,
+        id: ConnectionId,
+        peer: SocketAddr,
+    ) -> io::Result<()> {
+        let local = self
+            .listeners
+            .get(relay.0)
+            .and_then(Option::as_ref)
+            .map(|l| l.addr)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no listener for this relay"))?;
+        let socket = reusable_socket(local)?;
+        socket.bind(&local.into())?;
+        match socket.connect(&peer.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        let mut stream = mio::net::TcpStream::from_std(socket.into());
+        registry.register(&mut stream, Source::Peer(id).token(), Interest::READABLE | Interest::WRITABLE)?;
+        let _ = stream.set_nodelay(true);
+        self.pairs.insert(id, Pair::new(stream, true));
+        Ok(())
+    }
+
+    /// For a connection a Connect started: `Some(true)` once established,
+    /// `Some(false)` if it failed (it is closed then), `None` while in
+    /// progress or if it is not connecting.
+    pub fn connect_result(&mut self, registry: &Registry, id: ConnectionId) -> Option<bool> {
+        let pair = self.pairs.get_mut(&id).filter(|p| p.connecting)?;
+        let failed = match pair.peer.take_error() {
+            Ok(Some(_)) | Err(_) => true,
+            Ok(None) => match pair.peer.peer_addr() {
+                Ok(_) => false,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return None,
+                Err(_) => true,
+            },
+        };
+        if failed {
+            self.close(registry, id);
+            return Some(false);
+        }
+        pair.connecting = false;
+        Some(true)
+    }
+
+    /// Joins a client data connection to the peer connection `id`: first
+    /// `unsent` (the ConnectionBind response) goes to the client and
+    /// `unread` (bytes the client sent right after the request) to the peer.
+    /// Returns the stream if `id` has no peer connection.
+    pub fn attach_client(
+        &mut self,
+        registry: &Registry,
+        id: ConnectionId,
+        mut client: mio::net::TcpStream,
+        admitted_ip: IpAddr,
+        unread: Vec<u8>,
+        unsent: Vec<u8>,
+    ) -> Result<(), mio::net::TcpStream> {
+        let Some(pair) = self.pairs.get_mut(&id) else { return Err(client) };
+        if registry.register(&mut client, Source::Data(id).token(), Interest::READABLE | Interest::WRITABLE).is_err() {
+            return Err(client);
+        }
+        // Both are at most one read's worth: a frame and what followed it.
+        pair.to_peer.buf = unread;
+        pair.to_client.buf = unsent;
+        pair.client = Some((client, admitted_ip));
+        Ok(())
+    }
+
+    /// Whether `id` has a client side yet.
+    pub fn is_bound(&self, id: ConnectionId) -> bool {
+        self.pairs.get(&id).is_some_and(|p| p.client.is_some())
+    }
+
+    /// Copies both ways until both would block, the budget is spent, or
+    /// the pair ends (then it is closed here and the caller tells the core).
+    pub fn pump(&mut self, registry: &Registry, id: ConnectionId, released: &mut Vec<IpAddr>) -> Pumped {
+        let Some(pair) = self.pairs.get_mut(&id) else { return Pumped::Finished };
+        let Pair { peer, client: Some((client, _)), to_peer, to_client, .. } = pair else { return Pumped::Idle };
+        let mut budget = PUMP_BUDGET;
+        let status = loop {
+            let moved = to_peer.transfer(client, peer).and_then(|a| to_client.transfer(peer, client).map(|b| a + b));
+            match moved {
+                Err(_) => break Pumped::Finished,
+                Ok(_) if to_peer.is_done() && to_client.is_done() => break Pumped::Finished,
+                Ok(0) => break Pumped::Idle,
+                Ok(n) if n >= budget => break Pumped::More,
+                Ok(n) => budget -= n,
+            }
+        };
+        if status == Pumped::Finished
+            && let Some(ip) = self.close(registry, id)
+        {
+            released.push(ip);
+        }
+        status
+    }
+
+    /// Closes both sides of `id`; returns the client IP whose connection
+    /// count the caller must release, if a client side was bound.
+    pub fn close(&mut self, registry: &Registry, id: ConnectionId) -> Option<IpAddr> {
+        let mut pair = self.pairs.remove(&id)?;
+        let _ = registry.deregister(&mut pair.peer);
+        let (mut client, ip) = pair.client?;
+        let _ = registry.deregister(&mut client);
+        Some(ip)
+    }
+
+    /// Open pairs, bound or not.
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+}
+
+impl Pair {
+    fn new(peer: mio::net::TcpStream, connecting: bool) -> Self {
+        Self { peer, connecting, client: None, to_peer: Pipe::default(), to_client: Pipe::default() }
+    }
+}
+
+/// A TCP socket that may share its address with a relay's listener and
+/// its outgoing connections.
+fn reusable_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Binds a relay listener. SO_REUSEPORT would also let another process of
+/// the same user bind the port and take half the peers, so the port is
+/// first bound by a probe without it: that fails (EADDRINUSE) while anyone
+/// listens there, including another tern, whose listeners are all probed
+/// the same way.
+fn bind_listener(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    // TIME_WAIT remnants of an earlier allocation's connections do not count.
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into())?;
+    drop(probe);
+    let socket = reusable_socket(addr)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(mio::net::TcpListener::from_std(socket.into()))
+}
+
+/// A client connection on its way from the worker that accepted it to the
+/// worker that owns the CONNECTION-ID of its ConnectionBind.
+pub struct HandedOff {
+    pub stream: mio::net::TcpStream,
+    pub tuple: FiveTuple,
+    /// Bytes read from it so far, starting with the ConnectionBind request.
+    pub buffered: Vec<u8>,
+}
+
+/// Every worker's inbox of handed-over connections, with the waker that
+/// tells it to look. Touched once per data connection, never per packet.
+pub struct Handoffs {
+    inboxes: Mutex<Vec<Inbox>>,
+}
+
+/// One worker's handed-over connections and its waker, once registered.
+type Inbox = (Vec<HandedOff>, Option<Arc<Waker>>);
+
+impl Handoffs {
+    pub fn new(workers: usize) -> Self {
+        Self { inboxes: Mutex::new((0..workers.max(1)).map(|_| (Vec::new(), None)).collect()) }
+    }
+
+    pub fn workers(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Records how to wake `worker`.
+    pub fn register(&self, worker: usize, waker: Arc<Waker>) {
+        if let Some(inbox) = self.lock().get_mut(worker) {
+            inbox.1 = Some(waker);
+        }
+    }
+
+    /// Queues a connection for `worker` and wakes it; gives the connection
+    /// back if there is no such worker.
+    pub fn send(&self, worker: usize, connection: HandedOff) -> Result<(), HandedOff> {
+        let mut inboxes = self.lock();
+        let Some((queue, Some(waker))) = inboxes.get_mut(worker) else { return Err(connection) };
+        queue.push(connection);
+        // A failed wake only delays the connection to the worker's next tick.
+        let _ = waker.wake();
+        Ok(())
+    }
+
+    /// Takes what was handed to `worker`.
+    pub fn take(&self, worker: usize) -> Vec<HandedOff> {
+        self.lock().get_mut(worker).map(|inbox| std::mem::take(&mut inbox.0)).unwrap_or_default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Inbox>> {
+        // A worker that panicked while holding the lock left queues that are
+        // still queues.
+        self.inboxes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_do_not_overlap() {
+        for source in [
+            Source::Peer(ConnectionId(0)),
+            Source::Peer(ConnectionId(u32::MAX)),
+            Source::Data(ConnectionId(0)),
+            Source::Data(ConnectionId(u32::MAX)),
+            Source::Listener(RelayId(0)),
+            Source::Listener(RelayId((1 << 34) - 1)),
+        ] {
+            assert_eq!(Source::from_token(source.token()), Some(source));
+        }
+        assert_eq!(Source::from_token(Token(TOKEN_BASE - 1)), None);
+        assert_eq!(Source::from_token(Token(TOKEN_END)), None);
+    }
+}

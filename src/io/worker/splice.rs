@@ -1,0 +1,207 @@
+//! The worker's RFC 6062 glue: events of relay listeners and of peer/client
+//! data connection pairs, a client connection leaving STUN framing after
+//! its ConnectionBind, the hand-over of a ConnectionBind to the worker that
+//! owns its CONNECTION-ID, and the core's late messages to clients.
+//!
+//! Kept apart from the loop itself so that `worker.rs` only routes tokens.
+
+use mio::Token;
+use tracing::{debug, trace, warn};
+
+use super::{ACCEPTS_PER_WAKE, CONN_BASE, Delivery, Worker};
+use crate::io::tcp::TcpConnection;
+use crate::io::tcp_relay::{HandedOff, Pumped, Source};
+use crate::proto::allocation::RelayId;
+use crate::proto::server::Server;
+use crate::proto::stun::attr::{self, AttrType};
+use crate::proto::stun::{Class, Message, MessageType, Method};
+use crate::proto::tcp_relay::{self, ConnectionId};
+use crate::proto::{FiveTuple, Now};
+
+/// Why a client connection stopped being framed as STUN.
+pub(super) enum Unframed {
+    /// Its ConnectionBind succeeded: it is the client side of pair `id`.
+    Bound(ConnectionId),
+    /// Its ConnectionBind is for another worker's connection; `frame` is
+    /// that request, to be read again there.
+    HandOff { owner: usize, frame: Vec<u8> },
+}
+
+/// The worker that must handle `frame` when it is not this one: a
+/// ConnectionBind, on a connection without an allocation here, whose
+/// CONNECTION-ID another worker made. The two-byte type is compared before
+/// anything is parsed, so other frames cost one comparison.
+pub(super) fn handoff_owner(
+    server: &Server,
+    tuple: &FiveTuple,
+    frame: &[u8],
+    worker: usize,
+    workers: usize,
+) -> Option<usize> {
+    let bind_request = MessageType::new(Method::CONNECTION_BIND, Class::Request).to_u16().to_be_bytes();
+    if workers < 2 || frame.get(..2) != Some(&bind_request[..]) {
+        return None;
+    }
+    let message = Message::parse(frame).ok()?;
+    let id = attr::read_u32(message.attribute(AttrType::CONNECTION_ID)?).ok()?;
+    let owner = tcp_relay::owner(ConnectionId(id), workers);
+    (owner != worker && server.table().find(tuple).is_none()).then_some(owner)
+}
+
+impl Worker {
+    pub(super) fn serve_tcp_relay(&mut self, token: Token, now: Now) {
+        match Source::from_token(token) {
+            Some(Source::Listener(relay)) => self.accept_peers(relay, token, now),
+            Some(Source::Peer(id) | Source::Data(id)) => self.serve_pair(id, token, now),
+            None => {}
+        }
+    }
+
+    /// Peers connecting to a relayed address (RFC 6062 §5.3): kept when the
+    /// core welcomes them, closed at once otherwise.
+    fn accept_peers(&mut self, relay: RelayId, token: Token, now: Now) {
+        let mut exhausted = true;
+        for _ in 0..ACCEPTS_PER_WAKE {
+            let (stream, peer) = match self.tcp_relays.accept(relay) {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    exhausted = false;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: retried on the next turn.
+                    warn!(error = %e, "TCP relay accept failed");
+                    break;
+                }
+            };
+            let Some(id) = self.server.handle_peer_accepted(now, relay, peer) else {
+                trace!(%peer, "peer connection closed: not welcome");
+                continue;
+            };
+            if let Err(e) = self.tcp_relays.insert_accepted(self.poll.registry(), id, stream) {
+                warn!(error = %e, "cannot register peer connection");
+                self.server.handle_tcp_relay_closed(id);
+            }
+        }
+        if exhausted {
+            self.pending.push(token);
+        }
+        self.deliver_control();
+    }
+
+    fn serve_pair(&mut self, id: ConnectionId, token: Token, now: Now) {
+        if let Some(established) = self.tcp_relays.connect_result(self.poll.registry(), id) {
+            self.server.handle_peer_connected(now, id, established);
+            self.deliver_control();
+            return;
+        }
+        // An unbound peer connection is not read: its bytes wait in the
+        // kernel until a client data connection is bound to it.
+        if self.tcp_relays.is_bound(id) {
+            self.pump(id, token);
+        }
+    }
+
+    fn pump(&mut self, id: ConnectionId, token: Token) {
+        let mut released = Vec::new();
+        match self.tcp_relays.pump(self.poll.registry(), id, &mut released) {
+            Pumped::Idle => {}
+            Pumped::More => self.pending.push(token),
+            Pumped::Finished => self.server.handle_tcp_relay_closed(id),
+        }
+        for ip in released {
+            self.shared.release_connection(ip);
+            self.stats.tcp_closed += 1;
+        }
+    }
+
+    /// Sends what the core produced outside of answers to requests.
+    pub(super) fn deliver_control(&mut self) {
+        while let Some(message) = self.server.poll_control() {
+            Delivery {
+                udp: &self.udp,
+                connections: &mut self.connections,
+                dirty: &mut self.dirty_connections,
+                out: &mut self.out,
+                stats: &mut self.stats,
+            }
+            .send(message.client, &message.tuple, &message.bytes);
+        }
+    }
+
+    /// Takes a client connection out of STUN framing: it becomes the client
+    /// side of a pair, or goes to the worker that owns its ConnectionBind.
+    pub(super) fn unframe_connection(&mut self, key: usize, unframed: Unframed) {
+        let Some(mut connection) = self.connections.try_remove(key) else { return };
+        let _ = self.poll.registry().deregister(&mut connection.stream);
+        let (mut stream, tuple, unread, unsent) = connection.into_parts();
+        let ip = tuple.client.ip();
+        match unframed {
+            Unframed::Bound(id) => {
+                match self.tcp_relays.attach_client(self.poll.registry(), id, stream, ip, unread, unsent) {
+                    Ok(()) => self.pump(id, Source::Data(id).token()),
+                    Err(_closed) => {
+                        // The peer side closed between the bind and now.
+                        self.server.handle_tcp_relay_closed(id);
+                        self.shared.release_connection(ip);
+                        self.stats.tcp_closed += 1;
+                    }
+                }
+            }
+            Unframed::HandOff { owner, frame } => {
+                // Answers to earlier requests on this connection go first;
+                // a client that pipelined more than a socket buffer's worth
+                // before its ConnectionBind is not served.
+                if !unsent.is_empty() && !write_now(&mut stream, &unsent) {
+                    debug!(client = %tuple.client, "connection closed: could not hand it over");
+                    self.shared.release_connection(ip);
+                    self.stats.tcp_closed += 1;
+                    return;
+                }
+                let mut buffered = frame;
+                buffered.extend_from_slice(&unread);
+                trace!(client = %tuple.client, owner, "ConnectionBind handed to its worker");
+                if self.shared.handoffs.send(owner, HandedOff { stream, tuple, buffered }).is_err() {
+                    self.shared.release_connection(ip);
+                    self.stats.tcp_closed += 1;
+                }
+            }
+        }
+    }
+
+    /// Adopts the connections other workers handed over: they are served
+    /// from their buffered bytes on, as if accepted here.
+    pub(super) fn take_handoffs(&mut self, now: Now) {
+        for HandedOff { mut stream, tuple, buffered } in self.shared.handoffs.take(self.id) {
+            let entry = self.connections.vacant_entry();
+            let token = Token(CONN_BASE + entry.key());
+            let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
+            if let Err(e) = self.poll.registry().register(&mut stream, token, interest) {
+                warn!(error = %e, "cannot register handed-over connection");
+                self.shared.release_connection(tuple.client.ip());
+                self.stats.tcp_closed += 1;
+                continue;
+            }
+            entry.insert(TcpConnection::with_buffered(stream, tuple, now.instant, buffered));
+            self.pending.push(token);
+        }
+    }
+}
+
+/// Writes all of `bytes` if the socket takes them without waiting.
+fn write_now(stream: &mut mio::net::TcpStream, bytes: &[u8]) -> bool {
+    use std::io::Write;
+    let mut written = 0;
+    for _ in 0..8 {
+        match stream.write(&bytes[written..]) {
+            Ok(n) if n > 0 => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            _ => break,
+        }
+        if written == bytes.len() {
+            return true;
+        }
+    }
+    written == bytes.len()
+}

@@ -1,0 +1,412 @@
+//! RFC 6062 (TURN with TCP relays) end to end: tern's own client and
+//! coturn's `turnutils_uclient -T` against the real binary, with TCP peers
+//! on loopback that the tests run themselves.
+//!
+//! Servers run with several workers, so a data connection often reaches
+//! another worker than its allocation's and is handed over: every test
+//! below binds more than one data connection, which covers both paths.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use common::{TernServer, require_tool, run_bounded};
+use tern::client::ClientSocket;
+use tern::client::tcp_relay::{connection_bind, echo_round_trip};
+use tern::client::turn::{Credentials, TurnError, TurnSession};
+use tern::io::clock;
+use tern::proto::Transport;
+
+const USER_FLAG: &str = "alice:wonderland";
+/// Each step's wait; generous, the machine is shared.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to listen for what must not come.
+const SILENCE: Duration = Duration::from_millis(500);
+/// Polling step and turn bound of the loops that wait for a socket.
+const POLL: Duration = Duration::from_millis(10);
+const MAX_TURNS: usize = 10_000;
+/// RFC 6062 §5.2: an unbound connection lives 30 s; the sweep runs each second.
+const BIND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Relay ports outside Linux's ephemeral range, away from other tests.
+const RELAY_PORTS: &str = "62000-62999";
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn start(extra: &[&str]) -> TernServer {
+    // Debug logs name each bound connection, which some tests count.
+    let mut args = vec!["--user", USER_FLAG, "--workers", "4", "--relay-ports", RELAY_PORTS, "--user-quota", "0"];
+    args.extend(["--log-level", "debug"]);
+    args.extend_from_slice(extra);
+    TernServer::start(&args)
+}
+
+/// A server whose peer policy lets loopback peers through.
+fn start_open() -> TernServer {
+    start(&["--allow-peer", "127.0.0.0/8"])
+}
+
+fn alice(server: &TernServer) -> TurnSession {
+    let socket = ClientSocket::open(server.tcp_addr(), Transport::Tcp, TIMEOUT).expect("TCP connection to tern");
+    let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
+    TurnSession::new(socket, credentials, TIMEOUT)
+}
+
+fn bind(server: &TernServer, session: &TurnSession, id: u32) -> Result<TcpStream, TurnError> {
+    let mut auth = session.auth().cloned().expect("authenticated by the Allocate");
+    connection_bind(server.tcp_addr(), &mut auth, id, TIMEOUT)
+}
+
+/// A TCP echo server on loopback for `connections` connections, each echoed
+/// by a thread of its own until its peer closes (or [`TIMEOUT`] of silence).
+fn spawn_echo(connections: usize) -> SocketAddr {
+    let listener = TcpListener::bind((LOCALHOST, 0)).expect("echo listener");
+    let addr = listener.local_addr().expect("bound");
+    std::thread::spawn(move || {
+        for _ in 0..connections {
+            let Some(stream) = accept_within(&listener, TIMEOUT * 6) else { return };
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(TIMEOUT * 6));
+                let Ok(mut reader) = stream.try_clone() else { return };
+                let mut writer = stream;
+                let _ = std::io::copy(&mut reader, &mut writer);
+            });
+        }
+    });
+    addr
+}
+
+/// The next connection of `listener`, waiting at most `wait`.
+fn accept_within(listener: &TcpListener, wait: Duration) -> Option<TcpStream> {
+    listener.set_nonblocking(true).ok()?;
+    let deadline = clock::now() + wait;
+    for _ in 0..MAX_TURNS * 10 {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).ok()?;
+                return Some(stream);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock && clock::now() < deadline => std::thread::sleep(POLL),
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Reads exactly `len` bytes (within [`TIMEOUT`]).
+fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
+    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut bytes = vec![0u8; len];
+    stream.read_exact(&mut bytes).expect("bytes through the relay");
+    bytes
+}
+
+/// Whether the other side closed `stream` (EOF or reset) within [`TIMEOUT`];
+/// bytes still in flight are skipped.
+fn closes(stream: &mut TcpStream) -> bool {
+    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut buf = [0u8; 4096];
+    for _ in 0..MAX_TURNS {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted) => return true,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// A port on loopback nobody listens on: bound, then released.
+fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind((LOCALHOST, 0)).expect("bind");
+    listener.local_addr().expect("bound")
+}
+
+/// A TCP connection from `local_ip` to `to`.
+fn connect_from(local_ip: IpAddr, to: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        .expect("socket");
+    socket.bind(&SocketAddr::new(local_ip, 0).into()).expect("bind peer");
+    socket.connect_timeout(&to.into(), TIMEOUT).expect("connect to the relayed address");
+    socket.into()
+}
+
+#[test]
+fn connect_bind_and_echo_a_megabyte() {
+    let server = start_open();
+    let echo = spawn_echo(3);
+    for round in 0..3 {
+        let mut session = alice(&server);
+        let allocated = session.allocate_tcp(false).expect("TCP allocation");
+        assert_eq!(allocated.relayed.ip(), LOCALHOST, "round {round}");
+        let id = session.connect(echo).expect("Connect to the echo peer");
+        let mut data = bind(&server, &session, id).expect("ConnectionBind");
+        echo_round_trip(&mut data, 1 << 20, TIMEOUT).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        session.refresh(0).expect("delete");
+    }
+    let (status, log) = server.stop_with_log();
+    assert!(status.success());
+    let bound = log.iter().filter(|l| l.contains("\"connection bound\"")).count();
+    assert_eq!(bound, 3, "three data connections bound");
+}
+
+#[test]
+fn inbound_peer_with_a_permission_reaches_the_client_both_ways() {
+    let server = start_open();
+    let mut session = alice(&server);
+    let relayed = session.allocate_tcp(false).expect("TCP allocation").relayed;
+    session.create_permission(&[SocketAddr::new(LOCALHOST, 0)]).expect("permission for 127.0.0.1");
+    for round in 0..2 {
+        let mut peer = connect_from(LOCALHOST, relayed);
+        let attempt = session
+            .connection_attempt(clock::now() + TIMEOUT)
+            .expect("control connection")
+            .unwrap_or_else(|| panic!("round {round}: no ConnectionAttempt"));
+        assert_eq!(attempt.peer, peer.local_addr().expect("bound"), "round {round}");
+        // The peer may speak first: its bytes wait for the bind.
+        peer.write_all(b"early words from the peer").expect("peer writes");
+        let mut data = bind(&server, &session, attempt.connection_id).expect("ConnectionBind");
+        assert_eq!(read_exactly(&mut data, 25), b"early words from the peer");
+        data.write_all(b"and the client answers").expect("client writes");
+        assert_eq!(read_exactly(&mut peer, 22), b"and the client answers");
+        // Half-close from the peer: the client sees EOF and may still send.
+        peer.shutdown(Shutdown::Write).expect("peer FIN");
+        assert!(closes(&mut data), "round {round}: the peer's FIN reaches the client");
+        data.write_all(b"last words").expect("client writes after the peer's FIN");
+        assert_eq!(read_exactly(&mut peer, 10), b"last words");
+        data.shutdown(Shutdown::Write).expect("client FIN");
+        assert!(closes(&mut peer), "round {round}: the client's FIN reaches the peer");
+    }
+    session.refresh(0).expect("delete");
+}
+
+#[test]
+fn inbound_peer_without_a_permission_is_closed_without_an_indication() {
+    let server = start_open();
+    let mut session = alice(&server);
+    let relayed = session.allocate_tcp(false).expect("TCP allocation").relayed;
+    session.create_permission(&[SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 0)]).expect("permission");
+    let mut stranger = connect_from(LOCALHOST, relayed);
+    assert!(closes(&mut stranger), "a peer without a permission is closed");
+    let attempt = session.connection_attempt(clock::now() + SILENCE).expect("control connection");
+    assert_eq!(attempt, None, "no ConnectionAttempt for a refused peer");
+    // The permitted address gets through.
+    let friend = connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), relayed);
+    let attempt = session.connection_attempt(clock::now() + TIMEOUT).expect("control connection");
+    assert_eq!(attempt.map(|a| a.peer), Some(friend.local_addr().expect("bound")));
+}
+
+#[test]
+fn connect_errors_403_447_446_and_bind_errors_400() {
+    let strict = start(&[]);
+    let mut session = alice(&strict);
+    session.allocate_tcp(false).expect("TCP allocation");
+    let echo = spawn_echo(1);
+    assert_eq!(session.connect(echo).map_err(|e| e.code()).err(), Some(Some(403)), "loopback refused by default");
+    drop(session);
+
+    let server = start_open();
+    let mut session = alice(&server);
+    session.allocate_tcp(false).expect("TCP allocation");
+    assert_eq!(session.connect(closed_port()).map_err(|e| e.code()).err(), Some(Some(447)), "nobody listens");
+    let echo = spawn_echo(1);
+    session.connect(echo).expect("first Connect");
+    assert_eq!(session.connect(echo).map_err(|e| e.code()).err(), Some(Some(446)), "second Connect to the same peer");
+    let unknown = bind(&server, &session, 0x0bad_cafe).map_err(|e| e.code());
+    assert_eq!(unknown.err(), Some(Some(400)), "ConnectionBind with an unknown id");
+    // TCP relaying needs a TCP control connection.
+    let udp = ClientSocket::open(server.udp_addr(), Transport::Udp, TIMEOUT).expect("UDP socket");
+    let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
+    let mut over_udp = TurnSession::new(udp, credentials, TIMEOUT);
+    assert_eq!(over_udp.allocate_tcp(false).map_err(|e| e.code()).err(), Some(Some(400)));
+}
+
+#[test]
+fn an_unbound_connection_expires_after_30_seconds() {
+    let server = start_open();
+    let mut session = alice(&server);
+    session.allocate_tcp(false).expect("TCP allocation");
+    let listener = TcpListener::bind((LOCALHOST, 0)).expect("peer listener");
+    let id = session.connect(listener.local_addr().expect("bound")).expect("Connect");
+    let mut peer = accept_within(&listener, TIMEOUT).expect("the relay connected");
+    let started = clock::now();
+    // Each wait gives up after TIMEOUT (10 s); the expiry comes at 30 s.
+    let peer_closed = (0..6).any(|_| closes(&mut peer));
+    let waited = clock::now() - started;
+    assert!(peer_closed, "the peer connection is closed once the bind is overdue");
+    assert!(waited + Duration::from_secs(2) >= BIND_TIMEOUT, "not before 30 s: closed after {waited:?}");
+    let late = bind(&server, &session, id).map_err(|e| e.code());
+    assert_eq!(late.err(), Some(Some(400)), "ConnectionBind with an expired id");
+}
+
+#[test]
+fn deleting_the_allocation_or_closing_the_control_connection_closes_the_pairs() {
+    let server = start_open();
+    for close_control in [false, true] {
+        let mut session = alice(&server);
+        let relayed = session.allocate_tcp(false).expect("TCP allocation").relayed;
+        session.create_permission(&[SocketAddr::new(LOCALHOST, 0)]).expect("permission");
+        let mut peer = connect_from(LOCALHOST, relayed);
+        let attempt = session.connection_attempt(clock::now() + TIMEOUT).expect("control").expect("attempt");
+        let mut data = bind(&server, &session, attempt.connection_id).expect("ConnectionBind");
+        data.write_all(b"ping").expect("write");
+        assert_eq!(read_exactly(&mut peer, 4), b"ping");
+        if close_control {
+            drop(session);
+        } else {
+            session.refresh(0).expect("delete");
+        }
+        assert!(closes(&mut peer), "peer connection closed (control closed: {close_control})");
+        assert!(closes(&mut data), "data connection closed (control closed: {close_control})");
+    }
+}
+
+/// A peer that does not read slows its client down instead of growing a
+/// queue in tern: the client's writes block after what kernel buffers and
+/// one pipe buffer hold, and nothing is lost once the peer reads.
+#[test]
+fn a_peer_that_does_not_read_stops_the_client_instead_of_growing_memory() {
+    /// Far more than every buffer on the way can hold: reaching it means
+    /// something queues without bound.
+    const UNBOUNDED: usize = 256 << 20;
+    let server = start_open();
+    let mut session = alice(&server);
+    session.allocate_tcp(false).expect("TCP allocation");
+    let listener = TcpListener::bind((LOCALHOST, 0)).expect("peer listener");
+    let id = session.connect(listener.local_addr().expect("bound")).expect("Connect");
+    let mut peer = accept_within(&listener, TIMEOUT).expect("the relay connected");
+    let mut data = bind(&server, &session, id).expect("ConnectionBind");
+    data.set_nonblocking(true).expect("non-blocking");
+    let chunk = vec![0x5a; 64 * 1024];
+    let mut written = 0;
+    let mut blocked_since = None;
+    let deadline = clock::now() + TIMEOUT * 3;
+    for _ in 0..MAX_TURNS * 10 {
+        if written >= UNBOUNDED || clock::now() >= deadline {
+            break;
+        }
+        match data.write(&chunk) {
+            Ok(n) => {
+                written += n;
+                blocked_since = None;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let since = *blocked_since.get_or_insert_with(clock::now);
+                if clock::now() - since >= Duration::from_secs(1) {
+                    break;
+                }
+                std::thread::sleep(POLL);
+            }
+            Err(e) => panic!("client write failed after {written} bytes: {e}"),
+        }
+    }
+    assert!(blocked_since.is_some(), "the client was never held back ({written} bytes written)");
+    assert!(written < UNBOUNDED, "{written} bytes went in without the peer reading");
+    // Once the peer reads, every byte arrives.
+    peer.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut read = 0;
+    for _ in 0..MAX_TURNS * 10 {
+        if read >= written {
+            break;
+        }
+        match peer.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                assert!(buf[..n].iter().all(|&b| b == 0x5a), "bytes intact");
+                read += n;
+            }
+            Err(e) => panic!("peer read failed after {read} of {written} bytes: {e}"),
+        }
+    }
+    assert_eq!(read, written, "nothing lost");
+}
+
+#[test]
+fn tern_turn_relay_transport_tcp_runs_every_step() {
+    let server = start_open();
+    let addr = server.tcp_addr().to_string();
+    let output = common::run_tern(&["turn", &addr, "-u", "alice", "-p", "wonderland", "--relay-transport", "tcp"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "tern turn --relay-transport tcp failed:\n{stdout}");
+    for step in ["allocate", "connect", "connection bind", "tcp data", "delete"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(step) && l.contains(" ok ")),
+            "step {step:?} did not succeed:\n{stdout}"
+        );
+    }
+    // The peer policy's refusal is reported with the code.
+    let strict = start(&[]);
+    let addr = strict.tcp_addr().to_string();
+    let output = common::run_tern(&["turn", &addr, "-u", "alice", "-p", "wonderland", "--relay-transport", "tcp"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(stdout.contains("FAILED: connect: 403"), "{stdout}");
+}
+
+#[test]
+fn ipv6_tcp_relays_work_too() {
+    let server = start(&["--listen", "[::1]:0", "--allow-peer", "::1/128"]);
+    let addr = server.tcp_addr().to_string();
+    let output = common::run_tern(&["turn", &addr, "-u", "alice", "-p", "wonderland", "--relay-transport", "tcp"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "over IPv6:\n{stdout}");
+    assert!(stdout.contains("relayed [::1]:"), "{stdout}");
+}
+
+// ---------------------------------------------------------------------------
+// coturn's turnutils_uclient
+
+/// Held for the whole of a uclient run: one at a time, as in turn_interop.rs.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The decimal number right after `prefix` in `line`.
+fn number_after(line: &str, prefix: &str) -> Option<u64> {
+    let rest = &line[line.find(prefix)? + prefix.len()..];
+    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// `turnutils_uclient -T` pairs its clients (`-y`): each allocates a TCP
+/// relay, one of each pair Connects to the other's relayed address, which
+/// gets a ConnectionAttempt, and both bind data connections; messages go
+/// both ways through two relays, so Connect and inbound peers are covered.
+#[test]
+fn turnutils_uclient_relays_over_tcp_without_loss() {
+    if !require_tool("turnutils_uclient", "coturn") {
+        return;
+    }
+    let _serial = serial();
+    let (clients, messages) = (4u64, 50u64);
+    let server = start_open();
+    let mut command = Command::new("turnutils_uclient");
+    command
+        .args(["-T", "-m", &clients.to_string(), "-n", &messages.to_string(), "-l", "200"])
+        .args(["-p", &server.tcp_addr().port().to_string(), "-u", "alice", "-w", "wonderland"])
+        .arg(server.tcp_addr().ip().to_string());
+    let description = format!("{command:?}");
+    let output = run_bounded(&mut command, Duration::from_secs(60));
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{description}: {}\n{text}", output.status);
+    let loss = text.lines().find(|l| l.contains("Total lost packets ")).and_then(|line| {
+        Some((number_after(line, "Total lost packets ")?, number_after(line, "total send dropped ")?))
+    });
+    assert_eq!(loss, Some((0, 0)), "no loss: {text}");
+    let totals = text
+        .lines()
+        .rfind(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
+        .and_then(|line| Some((number_after(line, "tot_send_msgs=")?, number_after(line, "tot_recv_msgs=")?)));
+    let total = clients * messages;
+    assert_eq!(totals, Some((total, total)), "{total} messages each way: {text}");
+    let (status, log) = server.stop_with_log();
+    assert!(status.success());
+    let bound = log.iter().filter(|l| l.contains("\"connection bound\"")).count();
+    assert!(bound >= clients as usize, "every client bound a data connection ({bound}): {text}");
+}
