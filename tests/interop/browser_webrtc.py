@@ -1,6 +1,6 @@
 """Runs a WebRTC call in headless Chromium with tern as the only way through.
 
-Usage: browser_webrtc.py CHROMIUM TURN_URI USER PASSWORD
+Usage: browser_webrtc.py CHROMIUM TURN_URI USER PASSWORD [--ignore-certificate-errors]
 
 Serves a page on 127.0.0.1 whose two RTCPeerConnections may use relayed
 candidates only (iceTransportPolicy "relay"), with TURN_URI as their one ICE
@@ -8,7 +8,8 @@ server; they open a data channel through tern, send a message each way, and
 report the selected candidate pair. The page posts its result back here.
 Prints that result as JSON; exits 0 when the call connected through relayed
 candidates and both messages arrived. Chromium is started here and stopped
-by its PID; everything is bounded by TIMEOUT.
+by its PID; everything is bounded by TIMEOUT. The optional flag is passed to
+Chromium, for a `turns:` server with a self-signed test certificate.
 """
 
 import http.server
@@ -75,6 +76,7 @@ Promise.race([call(), timeout])
 
 def main():
     chromium, uri, user, password = sys.argv[1:5]
+    extra = sys.argv[5:6]
     page = PAGE % {
         "uri": json.dumps(uri),
         "user": json.dumps(user),
@@ -121,6 +123,7 @@ def main():
             # Candidates on loopback are what this test has; let WebRTC use them.
             "--allow-loopback-in-peer-connection",
             "--user-data-dir=" + profile,
+            *extra,
             url,
         ],
         stdout=subprocess.DEVNULL,
