@@ -185,7 +185,8 @@ fn allocation_churn_returns_ports_and_memory() {
     const CYCLES: usize = 3000;
     // Its own relay address and a range outside the kernel's ephemeral
     // ports, so no other socket on the machine (other tests' servers relay
-    // on 127.0.0.1) can take a relay port while the test counts them.
+    // on 127.0.0.1, the soak test on 127.0.0.2) can take a relay port while
+    // the test counts them.
     let first = common::relay_range_outside_ephemeral(PORTS);
     let ports = format!("{first}-{}", first + PORTS - 1);
     // Thousands of 401s to one source: the per-source limit is off here.
@@ -199,7 +200,7 @@ fn allocation_churn_returns_ports_and_memory() {
         "--relay-ports",
         &ports,
         "--relay-ip",
-        "127.0.0.2",
+        "127.0.0.3",
     ]);
     let addr = server.udp_addr();
     let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
@@ -264,11 +265,9 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS line")
 }
 
-/// RFC 8656 §7.2: one Allocate with ADDITIONAL-ADDRESS-FAMILY gets an IPv4
-/// and an IPv6 relayed address, and each relays to peers of its family, both
-/// ways, with Send/Data indications and with ChannelData.
-#[test]
-fn dual_allocation_relays_ipv4_and_ipv6_peers() {
+/// A server relaying on 127.0.0.1 and ::1 to loopback peers, and a UDP
+/// session of alice's with it.
+fn dual_stack_session() -> (TernServer, TurnSession) {
     let server = TernServer::start(&[
         "--user",
         "alice:wonderland",
@@ -283,7 +282,16 @@ fn dual_allocation_relays_ipv4_and_ipv6_peers() {
     ]);
     let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
     let socket = ClientSocket::open(server.udp_addr(), Transport::Udp, Duration::from_secs(5)).expect("socket");
-    let mut session = TurnSession::new(socket, credentials, Duration::from_secs(5));
+    let session = TurnSession::new(socket, credentials, Duration::from_secs(5));
+    (server, session)
+}
+
+/// RFC 8656 §7.2: one Allocate with ADDITIONAL-ADDRESS-FAMILY gets an IPv4
+/// and an IPv6 relayed address, and each relays to peers of its family, both
+/// ways, with Send/Data indications and with ChannelData.
+#[test]
+fn dual_allocation_relays_ipv4_and_ipv6_peers() {
+    let (server, mut session) = dual_stack_session();
     let allocated = session.allocate_dual().expect("dual allocate");
     let v6 = allocated.also_relayed.expect("a second relayed address");
     assert!(allocated.relayed.ip().is_loopback() && allocated.relayed.is_ipv4(), "{allocated:?}");
@@ -337,21 +345,7 @@ fn dual_allocation_relays_ipv4_and_ipv6_peers() {
 /// attribute and the peer's address, for IPv4 and IPv6 relays alike.
 #[test]
 fn icmp_errors_for_relayed_datagrams_reach_the_client() {
-    let server = TernServer::start(&[
-        "--user",
-        "alice:wonderland",
-        "--relay-ip",
-        "127.0.0.1",
-        "--relay-ip",
-        "::1",
-        "--allow-peer",
-        "127.0.0.0/8",
-        "--allow-peer",
-        "::1/128",
-    ]);
-    let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
-    let socket = ClientSocket::open(server.udp_addr(), Transport::Udp, Duration::from_secs(5)).expect("socket");
-    let mut session = TurnSession::new(socket, credentials, Duration::from_secs(5));
+    let (server, mut session) = dual_stack_session();
     session.allocate_dual().expect("dual allocate");
     // Ports that were free a moment ago: nothing listens there.
     let closed: Vec<std::net::SocketAddr> = ["127.0.0.1:0", "[::1]:0"]

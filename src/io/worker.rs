@@ -407,6 +407,20 @@ impl Worker {
         self.pending.push(Token(RELAY_BASE + relay.0));
     }
 
+    /// Queues a frame the core built apart from any receive batch for its
+    /// client. (A frame inside a batch borrows it, so `drain_relay` builds
+    /// its [`Delivery`] field by field.)
+    pub(super) fn deliver(&mut self, client: ClientHandle, tuple: &FiveTuple, frame: &[u8]) {
+        Delivery {
+            udp: &self.udp,
+            connections: &mut self.connections,
+            dirty: &mut self.dirty_connections,
+            out: &mut self.out,
+            stats: &mut self.stats,
+        }
+        .send(client, tuple, frame);
+    }
+
     /// Reads the relay socket's error queue and passes ICMP errors on to the
     /// client (RFC 8656 §11.5). Bounded per turn like a receive; what is
     /// left is read on the next turn.
@@ -431,14 +445,7 @@ impl Worker {
             };
             let mut indication = Vec::new();
             if let Some((client, tuple)) = self.server.handle_icmp(now, relay, &report, &mut indication) {
-                Delivery {
-                    udp: &self.udp,
-                    connections: &mut self.connections,
-                    dirty: &mut self.dirty_connections,
-                    out: &mut self.out,
-                    stats: &mut self.stats,
-                }
-                .send(client, &tuple, &indication);
+                self.deliver(client, &tuple, &indication);
             }
         }
         self.icmp_pending.push(relay);

@@ -8,7 +8,7 @@
 use mio::Token;
 use tracing::{debug, trace, warn};
 
-use super::{ACCEPTS_PER_WAKE, CONN_BASE, Delivery, Worker};
+use super::{ACCEPTS_PER_WAKE, CONN_BASE, Worker};
 use crate::io::tcp::TcpConnection;
 use crate::io::tcp_relay::{HandedOff, Pumped, Source};
 use crate::proto::allocation::RelayId;
@@ -119,14 +119,7 @@ impl Worker {
     /// Sends what the core produced outside of answers to requests.
     pub(super) fn deliver_control(&mut self) {
         while let Some(message) = self.server.poll_control() {
-            Delivery {
-                udp: &self.udp,
-                connections: &mut self.connections,
-                dirty: &mut self.dirty_connections,
-                out: &mut self.out,
-                stats: &mut self.stats,
-            }
-            .send(message.client, &message.tuple, &message.bytes);
+            self.deliver(message.client, &message.tuple, &message.bytes);
         }
     }
 
