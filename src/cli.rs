@@ -108,6 +108,9 @@ pub struct ServerArgs {
     /// with 300 Try Alternate (repeatable; replaces `alternate_servers`).
     #[arg(long = "alternate-server", value_name = "ADDR", value_parser = config::parse_alternate_server)]
     pub alternate_servers: Vec<SocketAddr>,
+    /// The alternates' domain, sent to TLS clients with ALTERNATE-DOMAIN (replaces `alternate_domain`).
+    #[arg(long, value_name = "NAME")]
+    pub alternate_domain: Option<String>,
     /// TCP connections from one IP, 0 for no limit (replaces `max_tcp_per_ip`).
     #[arg(long, value_name = "N")]
     pub max_tcp_per_ip: Option<u32>,
@@ -167,6 +170,7 @@ impl ServerArgs {
             user_quota: self.user_quota,
             total_quota: self.total_quota,
             alternate_servers: self.alternate_servers.clone(),
+            alternate_domain: self.alternate_domain.clone(),
             max_tcp_per_ip: self.max_tcp_per_ip,
             max_bps: self.max_bps,
             rfc5766_channels: self.rfc5766_channels,

@@ -87,6 +87,9 @@ pub struct Config {
     pub total_quota: u32,
     /// Where to send new allocations once `total_quota` is reached (300).
     pub alternate_servers: Vec<SocketAddr>,
+    /// The alternates' domain, for TLS clients to check their certificate
+    /// against (ALTERNATE-DOMAIN, RFC 8489 §14.16).
+    pub alternate_domain: Option<String>,
     /// TCP connections from one IP, and in all (0: no limit).
     pub max_tcp_per_ip: u32,
     pub max_tcp_connections: u32,
@@ -244,6 +247,7 @@ pub struct Overrides {
     pub user_quota: Option<u32>,
     pub total_quota: Option<u32>,
     pub alternate_servers: Vec<SocketAddr>,
+    pub alternate_domain: Option<String>,
     pub max_tcp_per_ip: Option<u32>,
     pub max_bps: Option<u32>,
     pub rfc5766_channels: bool,
@@ -313,6 +317,8 @@ struct FileConfig {
     total_quota: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     alternate_servers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alternate_domain: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tcp_per_ip: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -505,6 +511,11 @@ impl Config {
             user_quota: raw.user_quota.unwrap_or(10),
             total_quota: raw.total_quota.unwrap_or(0),
             alternate_servers,
+            alternate_domain: raw
+                .alternate_domain
+                .map(|d| check_domain(d, "alternate_domain"))
+                .transpose()
+                .map_err(|(k, m)| invalid(k, m))?,
             max_tcp_per_ip: raw.max_tcp_per_ip.unwrap_or(DEFAULT_TCP_PER_IP),
             max_tcp_connections: raw.max_tcp_connections.unwrap_or(0),
             max_bps: raw.max_bps.unwrap_or(0),
@@ -603,6 +614,10 @@ impl Config {
         }
         if !overrides.alternate_servers.is_empty() {
             self.alternate_servers = overrides.alternate_servers.clone();
+        }
+        if let Some(domain) = &overrides.alternate_domain {
+            self.alternate_domain =
+                Some(check_domain(domain.clone(), "--alternate-domain").map_err(|(k, m)| invalid(&k, m))?);
         }
         if let Some(limit) = overrides.max_tcp_per_ip {
             self.max_tcp_per_ip = limit;
@@ -826,6 +841,7 @@ impl Config {
                 rfc5766_channels: self.rfc5766_channels,
                 max_bps: self.max_bps,
                 alternate_servers: self.alternate_servers.clone(),
+                alternate_domain: self.alternate_domain.clone(),
                 max_tcp_peer_connections: self.max_tcp_peer_connections as usize,
             }
         });
@@ -905,6 +921,7 @@ impl Config {
             user_quota: Some(self.user_quota),
             total_quota: Some(self.total_quota),
             alternate_servers: Some(self.alternate_servers.iter().map(ToString::to_string).collect()),
+            alternate_domain: self.alternate_domain.clone(),
             max_tcp_per_ip: Some(self.max_tcp_per_ip),
             max_tcp_connections: Some(self.max_tcp_connections),
             max_bps: Some(self.max_bps),
@@ -956,6 +973,19 @@ fn parse_list<T>(
     parse: impl Fn(&str) -> Result<T, String>,
 ) -> Result<Vec<T>, (String, String)> {
     values.iter().enumerate().map(|(i, text)| parse(text).map_err(|m| (format!("{key}[{i}]"), m))).collect()
+}
+
+/// A domain name for ALTERNATE-DOMAIN: ASCII (IDNA A-labels), letters,
+/// digits, hyphens and dots, under 256 bytes (RFC 8489 §14.16).
+fn check_domain(domain: String, key: &str) -> Result<String, (String, String)> {
+    let valid = !domain.is_empty()
+        && domain.len() < 256
+        && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if valid {
+        Ok(domain)
+    } else {
+        Err((key.to_owned(), format!("{domain:?} is not a domain name (ASCII letters, digits, '-' and '.')")))
+    }
 }
 
 fn positive(value: u32, key: &str) -> Result<u32, (String, String)> {
@@ -1232,6 +1262,10 @@ mod tests {
              wildcard IP, no port 0)"
         );
         assert!(error("alternate_servers = [\"203.0.113.5\"]\n").starts_with("test.toml: key `alternate_servers[0]`"));
+        assert_eq!(
+            error("alternate_domain = \"turn two.example\"\n"),
+            "test.toml: key `alternate_domain`: \"turn two.example\" is not a domain name (ASCII letters, digits, '-' and '.')"
+        );
         assert_eq!(
             error("default_lifetime = 4000\n"),
             "test.toml: key `default_lifetime`: must not exceed max_lifetime"

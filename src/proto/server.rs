@@ -96,6 +96,9 @@ pub struct TurnConfig {
     /// 300 Try Alternate with one of the client's address family instead of
     /// 508 (RFC 8489 §10, RFC 8656 §7.2). Empty: 508.
     pub alternate_servers: Vec<SocketAddr>,
+    /// Sent as ALTERNATE-DOMAIN with a 300 to a client over TLS, so it can
+    /// check the alternate's certificate (RFC 8489 §14.16).
+    pub alternate_domain: Option<String>,
     /// Peer data connections a TCP allocation may have at once (RFC 6062).
     pub max_tcp_peer_connections: usize,
 }
@@ -114,6 +117,7 @@ impl Default for TurnConfig {
             rfc5766_channels: false,
             max_bps: 0,
             alternate_servers: Vec::new(),
+            alternate_domain: None,
             max_tcp_peer_connections: 64,
         }
     }
@@ -621,6 +625,10 @@ impl Server {
             Err(error) => {
                 let code = error.code();
                 debug!(client = %tuple.client, method = request.method().name(), code = code.0, %error, "request refused");
+                let domain =
+                    self.config.turn.as_ref().and_then(|t| t.alternate_domain.clone()).filter(|_| {
+                        matches!(error, RequestError::TryAlternate(_)) && tuple.transport == Transport::Tls
+                    });
                 self.error_response(request, code, identity.key.as_ref(), reply, |w| match error {
                     RequestError::UnsupportedAttribute(typ) => {
                         w.unknown_attributes(&[AttrType(typ)]);
@@ -628,6 +636,9 @@ impl Server {
                     // RFC 8489 §14.15: a plain (not XORed) address.
                     RequestError::TryAlternate(alternate) => {
                         w.address(AttrType::ALTERNATE_SERVER, &alternate);
+                        if let Some(domain) = &domain {
+                            w.attr(AttrType::ALTERNATE_DOMAIN, domain.as_bytes());
+                        }
                     }
                     _ => {}
                 });

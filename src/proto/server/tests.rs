@@ -1044,6 +1044,26 @@ fn total_quota_with_alternates_is_a_signed_300_naming_one_of_the_family_in_turn(
 }
 
 #[test]
+fn a_tls_client_is_told_the_alternate_domain_too() {
+    let turn = TurnConfig {
+        alternate_servers: vec![addr("203.0.113.5:5349")],
+        alternate_domain: Some("turn2.example.com".into()),
+        ..turn_config()
+    };
+    let mut h = Harness::new(turn);
+    h.driver.total_quota = 1;
+    Client::alice("198.51.100.1:40000").allocated(&mut h);
+    let mut tls = Client::new("198.51.100.2:40000", SERVER, Transport::Tls, Some(("bob", USERS[1].1)));
+    let response = tls.allocate(&mut h);
+    assert_error(&response, 300);
+    assert_eq!(response.attr(AttrType::ALTERNATE_DOMAIN), Some(&b"turn2.example.com"[..]));
+    // Over UDP there is no certificate to check: no ALTERNATE-DOMAIN.
+    let response = Client::bob("198.51.100.2:40001").allocate(&mut h);
+    assert_error(&response, 300);
+    assert!(response.attr(AttrType::ALTERNATE_DOMAIN).is_none());
+}
+
+#[test]
 fn total_quota_without_an_alternate_of_the_family_is_508() {
     let mut h = Harness::new(TurnConfig { alternate_servers: vec![addr("[2001:db8::5]:3478")], ..turn_config() });
     h.driver.total_quota = 1;
