@@ -294,3 +294,15 @@ fn serve_on_an_address_another_tern_serves_fails() {
         panic!("a second tern started on {addr}, and the two now split its clients: {:?}", second.listening());
     }
 }
+
+/// The README starts the server with the bundled configuration: it must stay
+/// valid, and it must serve TURN with its demo user on loopback.
+#[test]
+fn the_bundled_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tern.toml");
+    let output = run_tern(&["check", "--config", path]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("# TURN relaying: on"), "{stdout}");
+    assert!(stdout.contains("127.0.0.1:3478"), "{stdout}");
+}
