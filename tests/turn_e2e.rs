@@ -388,3 +388,41 @@ fn icmp_errors_for_relayed_datagrams_reach_the_client() {
     let stopped = common::find_log(&log, "tern stopped").expect("final report");
     assert!(stopped["icmp_relayed"].as_u64().is_some_and(|n| n >= 2), "{stopped}");
 }
+
+/// A load run longer than the nonce lifetime: its refreshes and its final
+/// deletes meet 438 Stale Nonce and must try again with the new nonce, or
+/// its allocations stay behind (they did on the 10-minute soak).
+#[test]
+fn tern_load_deletes_its_allocations_after_the_nonce_went_stale() {
+    let config =
+        common::scratch_file("stale-nonce.toml", "[auth]\nusers = { alice = \"wonderland\" }\nnonce_lifetime = 1\n");
+    let server = TernServer::start(&["--config", config.to_str().expect("utf-8 path"), "--allow-peer", "127.0.0.0/8"]);
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", server.pid())).expect("/proc fd").count();
+    let before = fds();
+    let addr = server.udp_addr().to_string();
+    let output = run_tern(&[
+        "load",
+        &addr,
+        "-u",
+        "alice",
+        "-p",
+        "wonderland",
+        "--allocations",
+        "4",
+        "--rate",
+        "20",
+        "--duration",
+        "3s",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut after = fds();
+    for _ in 0..50 {
+        if after == before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        after = fds();
+    }
+    assert_eq!(after, before, "every allocation of the load run was deleted");
+}

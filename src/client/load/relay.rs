@@ -667,11 +667,7 @@ impl ThreadState {
         if message.class() != Class::Error {
             return;
         }
-        let stale = message
-            .attribute(AttrType::ERROR_CODE)
-            .and_then(|v| attr::read_error_code(v).ok())
-            .is_some_and(|e| e.code == ErrorCode::STALE_NONCE.0);
-        if let (true, Some(nonce), Some(auth)) = (stale, message.attribute(AttrType::NONCE), flow.auth.as_mut()) {
+        if let (Some(nonce), Some(auth)) = (stale_nonce(&message), flow.auth.as_mut()) {
             auth.nonce = nonce.to_vec();
             self.maintain(shared, flow);
         }
@@ -708,6 +704,12 @@ impl ThreadState {
     }
 }
 
+/// The fresh NONCE of a 438 Stale Nonce answer.
+fn stale_nonce<'a>(message: &Message<'a>) -> Option<&'a [u8]> {
+    let code = attr::read_error_code(message.attribute(AttrType::ERROR_CODE)?).ok()?;
+    (code.code == ErrorCode::STALE_NONCE.0).then(|| message.attribute(AttrType::NONCE)).flatten()
+}
+
 /// Deletes every allocation with Refresh LIFETIME 0, sending again to those
 /// not answered yet: a lost delete would leave an allocation (and, when its
 /// client port is reused, a 437) behind for the lifetime.
@@ -734,13 +736,20 @@ fn delete_all(poll: &mut Poll, flows: &mut [Flow], events: &mut Events) {
             for event in events.iter() {
                 let index = event.token().0;
                 for frame in drain_frames(&mut flows[index].conn, &mut buf) {
-                    // Any answer counts: a 437 means an earlier attempt got through.
-                    if let Ok(message) = Message::parse(&frame)
-                        && matches!(message.class(), Class::Success | Class::Error)
-                        && waiting[index] == Some(message.transaction_id())
+                    let Ok(message) = Message::parse(&frame) else { continue };
+                    if !matches!(message.class(), Class::Success | Class::Error)
+                        || waiting[index] != Some(message.transaction_id())
                     {
-                        confirmed[index] = true;
+                        continue;
                     }
+                    // A 438 (the nonce aged out on a long run) is not an
+                    // answer: the next attempt goes with the fresh nonce.
+                    if let (Some(nonce), Some(auth)) = (stale_nonce(&message), flows[index].auth.as_mut()) {
+                        auth.nonce = nonce.to_vec();
+                        continue;
+                    }
+                    // Any other answer counts: a 437 means an earlier attempt got through.
+                    confirmed[index] = true;
                 }
             }
         }
