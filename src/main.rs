@@ -114,6 +114,7 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
         tls_refused = report.io.tls_refused,
         over_bandwidth = report.server.over_bandwidth,
         icmp_relayed = report.server.icmp_relayed,
+        tcp_relayed_bytes = report.server.tcp_relayed_bytes,
         "tern stopped"
     );
     Ok(ExitCode::SUCCESS)

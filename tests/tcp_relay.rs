@@ -151,6 +151,23 @@ fn connect_bind_and_echo_a_megabyte() {
     assert!(status.success());
     let bound = log.iter().filter(|l| l.contains("\"connection bound\"")).count();
     assert_eq!(bound, 3, "three data connections bound");
+    // The bytes are counted in each allocation's traffic and in the totals.
+    let deleted: Vec<serde_json::Value> = log
+        .iter()
+        .filter(|l| l.contains("\"allocation deleted\""))
+        .map(|l| serde_json::from_str(l).expect("JSON log line"))
+        .collect();
+    assert_eq!(deleted.len(), 3);
+    for line in &deleted {
+        assert_eq!(
+            (line["bytes_to_peer"].as_u64(), line["bytes_to_client"].as_u64()),
+            (Some(1 << 20), Some(1 << 20)),
+            "{line}"
+        );
+    }
+    // Three pairs, one MiB each way.
+    let stopped = common::find_log(&log, "tern stopped").expect("final report");
+    assert_eq!(stopped["tcp_relayed_bytes"].as_u64(), Some(3 * (2 << 20)), "{stopped}");
 }
 
 #[test]

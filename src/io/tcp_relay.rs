@@ -109,9 +109,12 @@ impl Pipe {
 
     /// Moves bytes from `from` into the buffer while it has room, then from
     /// the buffer to `to`, and passes FIN on once everything went. Returns
-    /// the bytes moved, or the error that ends the pair.
-    fn transfer(&mut self, from: &mut mio::net::TcpStream, to: &mut mio::net::TcpStream) -> io::Result<usize> {
+    /// the bytes moved (read and written: the pair's progress) and the bytes
+    /// read from `from` (what it sent through the relay), or the error that
+    /// ends the pair.
+    fn transfer(&mut self, from: &mut mio::net::TcpStream, to: &mut mio::net::TcpStream) -> io::Result<(usize, usize)> {
         let mut moved = 0;
+        let mut read = 0;
         if !self.eof && self.buf.len() < PIPE_CAPACITY {
             if self.is_empty() {
                 self.buf.clear();
@@ -127,6 +130,7 @@ impl Pipe {
                 Ok(n) => {
                     self.buf.truncate(filled + n);
                     moved += n;
+                    read = n;
                 }
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
                     self.buf.truncate(filled);
@@ -160,7 +164,7 @@ impl Pipe {
             let _ = to.shutdown(Shutdown::Write);
             self.shut = true;
         }
-        Ok(moved)
+        Ok((moved, read))
     }
 }
 
@@ -313,18 +317,33 @@ impl TcpRelays {
 
     /// Copies both ways until both would block, the budget is spent, or
     /// the pair ends (then it is closed here and the caller tells the core).
-    pub fn pump(&mut self, registry: &Registry, id: ConnectionId, released: &mut Vec<IpAddr>) -> Pumped {
+    /// Adds the bytes moved towards the peer and towards the client to
+    /// `moved`.
+    pub fn pump(
+        &mut self,
+        registry: &Registry,
+        id: ConnectionId,
+        released: &mut Vec<IpAddr>,
+        moved: &mut [u64; 2],
+    ) -> Pumped {
         let Some(pair) = self.pairs.get_mut(&id) else { return Pumped::Finished };
         let Pair { peer, client: Some((client, _)), to_peer, to_client, .. } = pair else { return Pumped::Idle };
         let mut budget = PUMP_BUDGET;
         let status = loop {
-            let moved = to_peer.transfer(client, peer).and_then(|a| to_client.transfer(peer, client).map(|b| a + b));
-            match moved {
+            let result = to_peer.transfer(client, peer).and_then(|a| to_client.transfer(peer, client).map(|b| (a, b)));
+            let n = match result {
                 Err(_) => break Pumped::Finished,
-                Ok(_) if to_peer.is_done() && to_client.is_done() => break Pumped::Finished,
-                Ok(0) => break Pumped::Idle,
-                Ok(n) if n >= budget => break Pumped::More,
-                Ok(n) => budget -= n,
+                Ok(((progress_a, read_a), (progress_b, read_b))) => {
+                    moved[0] += read_a as u64;
+                    moved[1] += read_b as u64;
+                    progress_a + progress_b
+                }
+            };
+            match n {
+                _ if to_peer.is_done() && to_client.is_done() => break Pumped::Finished,
+                0 => break Pumped::Idle,
+                n if n >= budget => break Pumped::More,
+                n => budget -= n,
             }
         };
         if status == Pumped::Finished

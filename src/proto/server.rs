@@ -246,6 +246,8 @@ pub struct Stats {
     pub tcp_peer_refused: u64,
     /// Connects answered 447, and connections not bound in time.
     pub tcp_peer_failures: u64,
+    /// Bytes RFC 6062 data connections carried, both ways.
+    pub tcp_relayed_bytes: u64,
 }
 
 impl Stats {
@@ -272,6 +274,7 @@ impl Stats {
         self.tcp_peer_connections += other.tcp_peer_connections;
         self.tcp_peer_refused += other.tcp_peer_refused;
         self.tcp_peer_failures += other.tcp_peer_failures;
+        self.tcp_relayed_bytes += other.tcp_relayed_bytes;
     }
 }
 

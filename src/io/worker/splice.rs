@@ -105,7 +105,12 @@ impl Worker {
 
     fn pump(&mut self, id: ConnectionId, token: Token) {
         let mut released = Vec::new();
-        match self.tcp_relays.pump(self.poll.registry(), id, &mut released) {
+        let mut moved = [0; 2];
+        let pumped = self.tcp_relays.pump(self.poll.registry(), id, &mut released, &mut moved);
+        if moved != [0; 2] {
+            self.server.record_tcp_relay_traffic(id, moved[0], moved[1]);
+        }
+        match pumped {
             Pumped::Idle => {}
             Pumped::More => self.pending.push(token),
             Pumped::Finished => self.server.handle_tcp_relay_closed(id),

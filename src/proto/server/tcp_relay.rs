@@ -121,6 +121,16 @@ impl Server {
         Some(id)
     }
 
+    /// Bytes a bound pair moved, counted in its allocation's traffic (logged
+    /// when the allocation ends) and in the server's totals.
+    pub fn record_tcp_relay_traffic(&mut self, id: ConnectionId, to_peer: u64, to_client: u64) {
+        self.stats.tcp_relayed_bytes += to_peer + to_client;
+        if let Some(allocation) = self.tcp.get(id).and_then(|c| self.table.get_mut(c.allocation)) {
+            allocation.traffic.bytes_to_peer += to_peer;
+            allocation.traffic.bytes_to_client += to_client;
+        }
+    }
+
     /// A bound peer data connection ended (either side closed, or failed);
     /// the driver has closed both sides.
     pub fn handle_tcp_relay_closed(&mut self, id: ConnectionId) {
