@@ -239,10 +239,7 @@ fn turn(args: &TurnArgs) -> Result<ExitCode, String> {
             .into());
     }
     if args.relay_transport == ClientTransport::Tcp {
-        if tls.is_some() {
-            return Err("--relay-transport tcp runs over plain TCP: RFC 6062 over TLS is not supported yet".into());
-        }
-        let probe = TcpRelayProbe { server, credentials, peer: args.peer, timeout: args.timeout };
+        let probe = TcpRelayProbe { server, credentials, tls, peer: args.peer, timeout: args.timeout };
         let ok = probe.run(&mut std::io::stdout().lock()).map_err(|e| e.to_string())?;
         return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }

@@ -14,9 +14,11 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use common::{TernServer, require_tool, run_bounded};
+use common::{TernServer, TestCert, require_tool, run_bounded};
+use rustls::{ClientConnection, StreamOwned};
 use tern::client::ClientSocket;
-use tern::client::tcp_relay::{connection_bind, echo_round_trip};
+use tern::client::tcp_relay::{connection_bind, connection_bind_tls, echo_round_trip};
+use tern::client::tls::{ALPN_TURN, TlsClient, TlsOptions};
 use tern::client::turn::{Credentials, TurnError, TurnSession};
 use tern::io::clock;
 use tern::proto::Transport;
@@ -375,6 +377,121 @@ fn ipv6_tcp_relays_work_too() {
 }
 
 // ---------------------------------------------------------------------------
+// Over TLS (`turns:`): the control and data connections are TLS, and the
+// peer's bytes travel inside the data connection's session.
+
+fn start_tls(cert: &TestCert) -> TernServer {
+    let mut args = cert.serve_args();
+    args.extend(["--allow-peer", "127.0.0.0/8"]);
+    start(&args)
+}
+
+fn tls_client(cert: &TestCert) -> TlsClient {
+    let options = TlsOptions {
+        server_name: "localhost".into(),
+        ca: Some(cert.cert.clone()),
+        insecure: false,
+        alpn: vec![ALPN_TURN.to_vec()],
+    };
+    TlsClient::new(&options).expect("client config")
+}
+
+/// Whether the server ended the TLS data connection (close_notify, or the
+/// TCP connection closing) within the socket's read timeout.
+fn tls_closes(stream: &mut StreamOwned<ClientConnection, TcpStream>) -> bool {
+    let mut buf = [0u8; 4096];
+    for _ in 0..MAX_TURNS {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => return matches!(e.kind(), ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset),
+        }
+    }
+    false
+}
+
+#[test]
+fn over_tls_connect_and_inbound_peers_relay_both_ways() {
+    const ECHOED: usize = 256 << 10;
+    let cert = TestCert::new("tcp-relay");
+    let server = start_tls(&cert);
+    let tls = tls_client(&cert);
+    let echo = spawn_echo(3);
+    for round in 0..3 {
+        let socket = ClientSocket::open_tls(server.tls_addr(), &tls, TIMEOUT).expect("TLS connection to tern");
+        let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
+        let mut session = TurnSession::new(socket, credentials, TIMEOUT);
+        let relayed = session.allocate_tcp(false).expect("TCP allocation over TLS").relayed;
+        // Connect: the data connection echoes through the relay.
+        let id = session.connect(echo).expect("Connect to the echo peer");
+        let mut auth = session.auth().cloned().expect("authenticated by the Allocate");
+        let mut data = connection_bind_tls(server.tls_addr(), &tls, &mut auth, id, TIMEOUT).expect("ConnectionBind");
+        echo_round_trip(&mut data, ECHOED, TIMEOUT).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        // An inbound peer that speaks first, then half-closes.
+        session.create_permission(&[SocketAddr::new(LOCALHOST, 0)]).expect("permission");
+        let mut peer = connect_from(LOCALHOST, relayed);
+        let attempt = session
+            .connection_attempt(clock::now() + TIMEOUT)
+            .expect("control connection")
+            .unwrap_or_else(|| panic!("round {round}: no ConnectionAttempt"));
+        peer.write_all(b"early words from the peer").expect("peer writes");
+        let mut inbound = connection_bind_tls(server.tls_addr(), &tls, &mut auth, attempt.connection_id, TIMEOUT)
+            .expect("ConnectionBind of the inbound peer");
+        let mut early = [0u8; 25];
+        inbound.read_exact(&mut early).expect("the peer's bytes inside TLS");
+        assert_eq!(&early, b"early words from the peer", "round {round}");
+        inbound.write_all(b"and the client answers").and_then(|()| inbound.flush()).expect("client writes");
+        assert_eq!(read_exactly(&mut peer, 22), b"and the client answers");
+        peer.shutdown(Shutdown::Write).expect("peer FIN");
+        assert!(tls_closes(&mut inbound), "round {round}: the peer's FIN reaches the client as close_notify");
+        // The client's end: close_notify and FIN reach the peer as FIN.
+        inbound.conn.send_close_notify();
+        inbound.flush().expect("close_notify sent");
+        inbound.sock.shutdown(Shutdown::Write).expect("client FIN");
+        assert!(closes(&mut peer), "round {round}: the client's end reaches the peer");
+        session.refresh(0).expect("delete");
+    }
+    let (status, log) = server.stop_with_log();
+    assert!(status.success());
+    let bound = log.iter().filter(|l| l.contains("\"connection bound\"")).count();
+    assert_eq!(bound, 6, "six TLS data connections bound, over four workers");
+    let deleted: Vec<serde_json::Value> = log
+        .iter()
+        .filter(|l| l.contains("\"allocation deleted\""))
+        .map(|l| serde_json::from_str(l).expect("JSON log line"))
+        .collect();
+    assert_eq!(deleted.len(), 3);
+    for line in &deleted {
+        assert_eq!(line["span"]["transport"], "tls", "{line}");
+        let to_peer = (ECHOED + 22) as u64;
+        let to_client = (ECHOED + 25) as u64;
+        assert_eq!(
+            (line["bytes_to_peer"].as_u64(), line["bytes_to_client"].as_u64()),
+            (Some(to_peer), Some(to_client)),
+            "payload bytes, not TLS record bytes: {line}"
+        );
+    }
+}
+
+#[test]
+fn tern_turn_tls_relay_transport_tcp_runs_every_step() {
+    let cert = TestCert::new("tcp-relay-probe");
+    let server = start_tls(&cert);
+    let uri = format!("turns:{}", server.tls_addr());
+    let args =
+        ["turn", &uri, "-u", "alice", "-p", "wonderland", "--relay-transport", "tcp", "--tls-ca", cert.cert_path()];
+    let output = common::run_tern(&args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "tern turn turns:... --relay-transport tcp failed:\n{stdout}");
+    for step in ["allocate", "connect", "connection bind", "tcp data", "delete"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(step) && l.contains(" ok ")),
+            "step {step:?} did not succeed:\n{stdout}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
 // coturn's turnutils_uclient
 
 /// Held for the whole of a uclient run: one at a time, as in turn_interop.rs.
@@ -394,6 +511,7 @@ fn number_after(line: &str, prefix: &str) -> Option<u64> {
 /// relay, one of each pair Connects to the other's relayed address, which
 /// gets a ConnectionAttempt, and both bind data connections; messages go
 /// both ways through two relays, so Connect and inbound peers are covered.
+/// Over plain TCP, and with `-S` over TLS (control and data connections).
 #[test]
 fn turnutils_uclient_relays_over_tcp_without_loss() {
     if !require_tool("turnutils_uclient", "coturn") {
@@ -401,29 +519,44 @@ fn turnutils_uclient_relays_over_tcp_without_loss() {
     }
     let _serial = serial();
     let (clients, messages) = (4u64, 50u64);
-    let server = start_open();
-    let mut command = Command::new("turnutils_uclient");
-    command
-        .args(["-T", "-m", &clients.to_string(), "-n", &messages.to_string(), "-l", "200"])
-        .args(["-p", &server.tcp_addr().port().to_string(), "-u", "alice", "-w", "wonderland"])
-        .arg(server.tcp_addr().ip().to_string());
-    let description = format!("{command:?}");
-    let output = run_bounded(&mut command, Duration::from_secs(60));
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "{description}: {}\n{text}", output.status);
-    let loss = text.lines().find(|l| l.contains("Total lost packets ")).and_then(|line| {
-        Some((number_after(line, "Total lost packets ")?, number_after(line, "total send dropped ")?))
-    });
-    assert_eq!(loss, Some((0, 0)), "no loss: {text}");
-    let totals = text
-        .lines()
-        .rfind(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
-        .and_then(|line| Some((number_after(line, "tot_send_msgs=")?, number_after(line, "tot_recv_msgs=")?)));
-    let total = clients * messages;
-    assert_eq!(totals, Some((total, total)), "{total} messages each way: {text}");
+    let cert = TestCert::new("uclient-tcp-relay");
+    let server = start_tls(&cert);
+    for (port, flags) in [(server.tcp_addr().port(), &[][..]), (server.tls_addr().port(), &["-S"][..])] {
+        let mut command = Command::new("turnutils_uclient");
+        command
+            .args(["-T", "-m", &clients.to_string(), "-n", &messages.to_string(), "-l", "200"])
+            .args(flags)
+            .args(["-p", &port.to_string(), "-u", "alice", "-w", "wonderland"])
+            .arg(LOCALHOST.to_string());
+        let description = format!("{command:?}");
+        let output = run_bounded(&mut command, Duration::from_secs(60));
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "{description}: {}\n{text}", output.status);
+        let loss = text.lines().find(|l| l.contains("Total lost packets ")).and_then(|line| {
+            Some((number_after(line, "Total lost packets ")?, number_after(line, "total send dropped ")?))
+        });
+        assert_eq!(loss, Some((0, 0)), "{description}: no loss: {text}");
+        let totals = text
+            .lines()
+            .rfind(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
+            .and_then(|line| Some((number_after(line, "tot_send_msgs=")?, number_after(line, "tot_recv_msgs=")?)));
+        let total = clients * messages;
+        assert_eq!(totals, Some((total, total)), "{description}: {total} messages each way: {text}");
+    }
     let (status, log) = server.stop_with_log();
     assert!(status.success());
-    let bound = log.iter().filter(|l| l.contains("\"connection bound\"")).count();
-    assert!(bound >= clients as usize, "every client bound a data connection ({bound}): {text}");
+    let bound: Vec<serde_json::Value> = log
+        .iter()
+        .filter(|l| l.contains("\"connection bound\""))
+        .map(|l| serde_json::from_str(l).expect("JSON log line"))
+        .collect();
+    for transport in ["tcp", "tls"] {
+        let count = bound.iter().filter(|line| line["span"]["transport"] == transport).count();
+        assert!(count >= clients as usize, "every {transport} client bound a data connection ({count}): {bound:?}");
+    }
+    // With -S the data connections were TLS too: a handshake for each.
+    let stopped = common::find_log(&log, "tern stopped").expect("final report");
+    let handshakes = stopped["tls_handshakes"].as_u64().unwrap_or(0);
+    assert!(handshakes >= 2 * clients, "control and data connections over TLS: {stopped}");
 }

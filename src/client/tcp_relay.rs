@@ -3,16 +3,19 @@
 //! it to a TCP echo peer, binds a data connection, sends bytes through and
 //! reads them back, and deletes the allocation.
 //!
-//! A data connection is a plain TCP connection to the server whose first
-//! exchange is ConnectionBind; after its success response the stream
+//! A data connection is a new TCP (or, for a `turns:` client, TLS)
+//! connection to the server whose first exchange is ConnectionBind; after its success response the stream
 //! carries the peer's bytes unframed, so the response is read to its exact
 //! length and not a byte further.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use rustls::{ClientConnection, StreamOwned};
+
 use super::ClientSocket;
+use super::tls::TlsClient;
 use super::turn::{AuthState, Credentials, TurnError, TurnSession};
 use crate::io::clock;
 use crate::proto::Transport;
@@ -28,8 +31,8 @@ const ECHO_CONNECTIONS: usize = 1;
 
 /// Opens a data connection to `server` and binds it to `connection_id`
 /// with the control connection's credentials (RFC 6062 §4.4). Returns the
-/// stream, which from now on carries the peer's bytes. A 438 updates the
-/// nonce in `auth`.
+/// stream, which from now on carries the peer's bytes, with `timeout` as
+/// its read timeout. A 438 updates the nonce in `auth`.
 pub fn connection_bind(
     server: SocketAddr,
     auth: &mut AuthState,
@@ -39,6 +42,29 @@ pub fn connection_bind(
     let mut stream = TcpStream::connect_timeout(&server, timeout)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(timeout))?;
+    bind(&mut stream, auth, connection_id)?;
+    Ok(stream)
+}
+
+/// [`connection_bind`] over TLS, for a client whose control connection is
+/// TLS (`turns:`): the data connection is TLS too, and after the bind the
+/// peer's bytes travel inside that session.
+pub fn connection_bind_tls(
+    server: SocketAddr,
+    tls: &TlsClient,
+    auth: &mut AuthState,
+    connection_id: u32,
+    timeout: Duration,
+) -> Result<StreamOwned<ClientConnection, TcpStream>, TurnError> {
+    let stream = TcpStream::connect_timeout(&server, timeout)?;
+    stream.set_nodelay(true)?;
+    let mut stream = tls.connect(stream, timeout)?;
+    bind(&mut stream, auth, connection_id)?;
+    Ok(stream)
+}
+
+/// The ConnectionBind exchange on a fresh data connection.
+fn bind(stream: &mut (impl Read + Write), auth: &mut AuthState, connection_id: u32) -> Result<(), TurnError> {
     for _ in 0..BIND_ATTEMPTS {
         let mut request = Vec::with_capacity(128);
         let tid = TransactionId::random();
@@ -47,17 +73,14 @@ pub fn connection_bind(
         auth.sign(&mut w);
         w.finish();
         stream.write_all(&request)?;
-        let response = read_message(&mut stream)?;
+        stream.flush()?;
+        let response = read_message(stream)?;
         let message = Message::parse(&response).map_err(|e| TurnError::Invalid(e.to_string()))?;
         if message.transaction_id() != tid || message.method() != Method::CONNECTION_BIND {
             return Err(TurnError::Invalid("ConnectionBind answered with another message".into()));
         }
         if message.class() == Class::Success {
-            if !auth.verify(&message) {
-                return Err(TurnError::Integrity);
-            }
-            stream.set_read_timeout(None)?;
-            return Ok(stream);
+            return if auth.verify(&message) { Ok(()) } else { Err(TurnError::Integrity) };
         }
         let error = message
             .attribute(AttrType::ERROR_CODE)
@@ -73,7 +96,7 @@ pub fn connection_bind(
 }
 
 /// Reads one STUN message, exactly: its header, then the length it gives.
-fn read_message(stream: &mut TcpStream) -> Result<Vec<u8>, TurnError> {
+fn read_message(stream: &mut impl Read) -> Result<Vec<u8>, TurnError> {
     let mut message = vec![0u8; HEADER_LEN];
     stream.read_exact(&mut message)?;
     let body = usize::from(u16::from_be_bytes([message[2], message[3]]));
@@ -87,6 +110,8 @@ fn read_message(stream: &mut TcpStream) -> Result<Vec<u8>, TurnError> {
 pub struct TcpRelayProbe {
     pub server: SocketAddr,
     pub credentials: Credentials,
+    /// TLS for the control and data connections (`turns:`), or plain TCP.
+    pub tls: Option<TlsClient>,
     /// A TCP echo server to use as the peer, instead of one of our own.
     pub peer: Option<SocketAddr>,
     pub timeout: Duration,
@@ -106,8 +131,9 @@ impl TcpRelayProbe {
     }
 
     fn steps(&self, out: &mut impl Write) -> Result<(), String> {
-        let socket = ClientSocket::open(self.server, Transport::Tcp, self.timeout)
-            .map_err(|e| format!("cannot reach {} over tcp: {e}", self.server))?;
+        let transport = if self.tls.is_some() { Transport::Tls } else { Transport::Tcp };
+        let socket = ClientSocket::connect(self.server, transport, self.tls.as_ref(), self.timeout)
+            .map_err(|e| format!("cannot reach {} over {transport}: {e}", self.server))?;
         let local_ip = socket.local_addr().map_err(|e| e.to_string())?.ip();
         let mut session = TurnSession::new(socket, self.credentials.clone(), self.timeout);
         let started = clock::now();
@@ -139,14 +165,18 @@ impl TcpRelayProbe {
 
         let started = clock::now();
         let mut auth = session.auth().cloned().ok_or("no credentials learnt from the server")?;
-        let mut data =
-            connection_bind(self.server, &mut auth, id, self.timeout).map_err(|e| step_error("connection bind", &e))?;
+        let bound: Result<Box<dyn ReadWrite>, TurnError> = match &self.tls {
+            Some(tls) => connection_bind_tls(self.server, tls, &mut auth, id, self.timeout).map(|s| Box::new(s) as _),
+            None => connection_bind(self.server, &mut auth, id, self.timeout).map(|s| Box::new(s) as _),
+        };
+        let mut data = bound.map_err(|e| step_error("connection bind", &e))?;
         line(out, "connection bind", started, "data connection bound")?;
 
         let started = clock::now();
         echo_round_trip(&mut data, PROBE_BYTES, self.timeout)?;
         line(out, "tcp data", started, &format!("{PROBE_BYTES} bytes round trip through the relay"))?;
-        let _ = data.shutdown(Shutdown::Both);
+        // Closing the data connection ends the peer's too (RFC 6062 §5.5).
+        drop(data);
 
         let started = clock::now();
         session.refresh(0).map_err(|e| step_error("refresh", &e))?;
@@ -155,13 +185,17 @@ impl TcpRelayProbe {
     }
 }
 
+/// A data connection, plain or TLS.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// Sends `len` patterned bytes over `stream` in chunks and checks that the
 /// same bytes come back, writing and reading in turn so neither side's
-/// buffers need to hold it all.
-pub fn echo_round_trip(stream: &mut TcpStream, len: usize, timeout: Duration) -> Result<(), String> {
+/// buffers need to hold it all. Reads wait at most the stream's own read
+/// timeout, which [`connection_bind`] sets.
+pub fn echo_round_trip(stream: &mut (impl Read + Write), len: usize, timeout: Duration) -> Result<(), String> {
     const CHUNK: usize = 16 * 1024;
     let pattern = |i: usize| (i.wrapping_mul(31) ^ (i >> 8)) as u8;
-    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     let deadline = clock::now() + timeout.max(Duration::from_secs(1)) * 4;
     let mut received = vec![0u8; CHUNK];
     let mut sent = 0;
@@ -172,7 +206,7 @@ pub fn echo_round_trip(stream: &mut TcpStream, len: usize, timeout: Duration) ->
         }
         if sent < len && sent - checked < CHUNK * 4 {
             let chunk: Vec<u8> = (sent..(sent + CHUNK).min(len)).map(pattern).collect();
-            stream.write_all(&chunk).map_err(|e| format!("echo: write: {e}"))?;
+            stream.write_all(&chunk).and_then(|()| stream.flush()).map_err(|e| format!("echo: write: {e}"))?;
             sent += chunk.len();
             continue;
         }

@@ -59,6 +59,16 @@ pub struct TcpConnection {
     pub peer_closed: bool,
 }
 
+/// A connection out of STUN framing: its socket and TLS session, the
+/// bytes read but not framed, and the bytes queued but not written.
+pub struct Detached {
+    pub stream: mio::net::TcpStream,
+    pub tls: Option<Box<ServerConnection>>,
+    pub tuple: FiveTuple,
+    pub unread: Vec<u8>,
+    pub unsent: Vec<u8>,
+}
+
 /// Result of reading from a connection.
 pub enum ReadStatus {
     /// Read until the socket had no more.
@@ -99,16 +109,13 @@ impl TcpConnection {
         }
     }
 
-    /// A plain TCP connection whose first bytes were read elsewhere (by the
-    /// worker that handed it over); they are framed before anything else is
-    /// read. (RFC 6062 data connections are plain TCP: see `into_parts`.)
-    pub fn with_buffered(
-        stream: mio::net::TcpStream,
-        tuple: FiveTuple,
-        now: std::time::Instant,
-        buffered: Vec<u8>,
-    ) -> Self {
-        Self { inbuf: buffered, ..Self::new(stream, tuple, None, now) }
+    /// A connection whose first bytes were read elsewhere (by the worker
+    /// that handed it over, which also counted its TLS handshake); they are
+    /// framed before anything else is read.
+    pub fn handed_over(detached: Detached, now: std::time::Instant) -> Self {
+        let Detached { stream, tls, tuple, unread, .. } = detached;
+        let handshake_done = tls.is_some();
+        Self { inbuf: unread, handshake_done, ..Self::new(stream, tuple, tls, now) }
     }
 
     /// Reads what the socket has and hands each complete frame to `on_frame`
@@ -189,12 +196,11 @@ impl TcpConnection {
         Ok(unframed)
     }
 
-    /// The socket, its 5-tuple, the bytes read but not framed, and the
-    /// bytes queued but not written: what an RFC 6062 data connection
-    /// carries on with once it is bound, or another worker once handed over.
-    pub fn into_parts(mut self) -> (mio::net::TcpStream, FiveTuple, Vec<u8>, Vec<u8>) {
+    /// What an RFC 6062 data connection carries on with once it is bound,
+    /// or another worker once it is handed over.
+    pub fn detach(mut self) -> Detached {
         self.outbuf.drain(..self.out_pos);
-        (self.stream, self.tuple, self.inbuf, self.outbuf)
+        Detached { stream: self.stream, tls: self.tls, tuple: self.tuple, unread: self.inbuf, unsent: self.outbuf }
     }
 
     /// Bytes waiting to be written.

@@ -22,7 +22,10 @@ use std::sync::{Arc, Mutex};
 use mio::{Interest, Registry, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::proto::FiveTuple;
+use rustls::ServerConnection;
+
+use super::tcp::Detached;
+use super::tls;
 use crate::proto::allocation::RelayId;
 use crate::proto::tcp_relay::ConnectionId;
 
@@ -112,7 +115,7 @@ impl Pipe {
     /// the bytes moved (read and written: the pair's progress) and the bytes
     /// read from `from` (what it sent through the relay), or the error that
     /// ends the pair.
-    fn transfer(&mut self, from: &mut mio::net::TcpStream, to: &mut mio::net::TcpStream) -> io::Result<(usize, usize)> {
+    fn transfer(&mut self, from: &mut impl Side, to: &mut impl Side) -> io::Result<(usize, usize)> {
         let mut moved = 0;
         let mut read = 0;
         if !self.eof && self.buf.len() < PIPE_CAPACITY {
@@ -138,7 +141,9 @@ impl Pipe {
                 Err(e) => return Err(e),
             }
         }
-        while !self.is_empty() {
+        // A TLS side may still hold records of an earlier write.
+        let mut flushed = to.flush()?;
+        while flushed && !self.is_empty() {
             match to.write(&self.buf[self.pos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
@@ -149,6 +154,7 @@ impl Pipe {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+            flushed = to.flush()?;
         }
         if self.is_empty() {
             self.buf.clear();
@@ -158,13 +164,84 @@ impl Pipe {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
-        if self.eof && self.is_empty() && !self.shut {
+        if self.eof && self.is_empty() && flushed && !self.shut {
             // Half-close: the other side may still send (RFC 6062 §5.5 asks
             // for the connections to end together, and TCP ends in halves).
-            let _ = to.shutdown(Shutdown::Write);
+            to.shutdown_write();
             self.shut = true;
         }
         Ok((moved, read))
+    }
+}
+
+/// One end of a pair, as the copying sees it: a byte stream that reads and
+/// writes like a nonblocking socket.
+trait Side {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// Sends what was written but is still held above the socket (TLS
+    /// records); whether nothing is held any more.
+    fn flush(&mut self) -> io::Result<bool>;
+    /// Ends the sending direction.
+    fn shutdown_write(&mut self);
+}
+
+impl Side for mio::net::TcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Read::read(self, buf)
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Write::write(self, buf)
+    }
+
+    fn flush(&mut self) -> io::Result<bool> {
+        Ok(true)
+    }
+
+    fn shutdown_write(&mut self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
+/// The client side of a bound pair: the data connection, over TLS when the
+/// client connected over TLS (its session carries on past the
+/// ConnectionBind, and the peer's bytes travel inside it).
+pub struct ClientSide {
+    stream: mio::net::TcpStream,
+    tls: Option<Box<ServerConnection>>,
+}
+
+impl Side for ClientSide {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            Some(tls) => tls::read(tls, &mut self.stream, buf),
+            None => Read::read(&mut self.stream, buf),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            Some(tls) => tls::write(tls, &mut self.stream, buf),
+            None => Write::write(&mut self.stream, buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<bool> {
+        match &mut self.tls {
+            Some(tls) => tls::write_pending(tls, &mut self.stream).map(|()| !tls.wants_write()),
+            None => Ok(true),
+        }
+    }
+
+    fn shutdown_write(&mut self) {
+        // close_notify first, so the client tells an end from a truncation;
+        // it is a few bytes after a flushed stream, so the socket takes it.
+        if let Some(tls) = &mut self.tls {
+            tls.send_close_notify();
+            let _ = tls::write_pending(tls, &mut self.stream);
+        }
+        let _ = self.stream.shutdown(Shutdown::Write);
     }
 }
 
@@ -174,7 +251,7 @@ struct Pair {
     /// The Connect's SYN is out, no answer yet.
     connecting: bool,
     /// The client side and the IP its admission was counted under.
-    client: Option<(mio::net::TcpStream, IpAddr)>,
+    client: Option<(ClientSide, IpAddr)>,
     to_peer: Pipe,
     to_client: Pipe,
 }
@@ -287,27 +364,27 @@ impl TcpRelays {
     }
 
     /// Joins a client data connection to the peer connection `id`: first
-    /// `unsent` (the ConnectionBind response) goes to the client and
-    /// `unread` (bytes the client sent right after the request) to the peer.
-    /// Returns the stream if `id` has no peer connection.
+    /// its unsent bytes (the end of the ConnectionBind response) go to the
+    /// client and its unread ones (bytes the client sent right after the
+    /// request) to the peer. Closes the connection and returns false if `id`
+    /// has no peer connection (any more).
     pub fn attach_client(
         &mut self,
         registry: &Registry,
         id: ConnectionId,
-        mut client: mio::net::TcpStream,
+        client: Detached,
         admitted_ip: IpAddr,
-        unread: Vec<u8>,
-        unsent: Vec<u8>,
-    ) -> Result<(), mio::net::TcpStream> {
-        let Some(pair) = self.pairs.get_mut(&id) else { return Err(client) };
-        if registry.register(&mut client, Source::Data(id).token(), Interest::READABLE | Interest::WRITABLE).is_err() {
-            return Err(client);
+    ) -> bool {
+        let Some(pair) = self.pairs.get_mut(&id) else { return false };
+        let Detached { mut stream, tls, unread, unsent, .. } = client;
+        if registry.register(&mut stream, Source::Data(id).token(), Interest::READABLE | Interest::WRITABLE).is_err() {
+            return false;
         }
         // Both are at most one read's worth: a frame and what followed it.
         pair.to_peer.buf = unread;
         pair.to_client.buf = unsent;
-        pair.client = Some((client, admitted_ip));
-        Ok(())
+        pair.client = Some((ClientSide { stream, tls }, admitted_ip));
+        true
     }
 
     /// Whether `id` has a client side yet.
@@ -360,7 +437,7 @@ impl TcpRelays {
         let mut pair = self.pairs.remove(&id)?;
         let _ = registry.deregister(&mut pair.peer);
         let (mut client, ip) = pair.client?;
-        let _ = registry.deregister(&mut client);
+        let _ = registry.deregister(&mut client.stream);
         Some(ip)
     }
 
@@ -413,23 +490,17 @@ fn bind_listener(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 
-/// A client connection on its way from the worker that accepted it to the
-/// worker that owns the CONNECTION-ID of its ConnectionBind.
-pub struct HandedOff {
-    pub stream: mio::net::TcpStream,
-    pub tuple: FiveTuple,
-    /// Bytes read from it so far, starting with the ConnectionBind request.
-    pub buffered: Vec<u8>,
-}
-
 /// Every worker's inbox of handed-over connections, with the waker that
-/// tells it to look. Touched once per data connection, never per packet.
+/// tells it to look: client connections on their way from the worker that
+/// accepted them to the worker that owns the CONNECTION-ID of their
+/// ConnectionBind, their unread bytes starting with that request. Touched
+/// once per data connection, never per packet.
 pub struct Handoffs {
     inboxes: Mutex<Vec<Inbox>>,
 }
 
 /// One worker's handed-over connections and its waker, once registered.
-type Inbox = (Vec<HandedOff>, Option<Arc<Waker>>);
+type Inbox = (Vec<Detached>, Option<Arc<Waker>>);
 
 impl Handoffs {
     pub fn new(workers: usize) -> Self {
@@ -447,19 +518,19 @@ impl Handoffs {
         }
     }
 
-    /// Queues a connection for `worker` and wakes it; gives the connection
-    /// back if there is no such worker.
-    pub fn send(&self, worker: usize, connection: HandedOff) -> Result<(), HandedOff> {
+    /// Queues a connection for `worker` and wakes it; closes the connection
+    /// and returns false if there is no such worker.
+    pub fn send(&self, worker: usize, connection: Detached) -> bool {
         let mut inboxes = self.lock();
-        let Some((queue, Some(waker))) = inboxes.get_mut(worker) else { return Err(connection) };
+        let Some((queue, Some(waker))) = inboxes.get_mut(worker) else { return false };
         queue.push(connection);
         // A failed wake only delays the connection to the worker's next tick.
         let _ = waker.wake();
-        Ok(())
+        true
     }
 
     /// Takes what was handed to `worker`.
-    pub fn take(&self, worker: usize) -> Vec<HandedOff> {
+    pub fn take(&self, worker: usize) -> Vec<Detached> {
         self.lock().get_mut(worker).map(|inbox| std::mem::take(&mut inbox.0)).unwrap_or_default()
     }
 

@@ -9,8 +9,8 @@ use mio::Token;
 use tracing::{debug, trace, warn};
 
 use super::{ACCEPTS_PER_WAKE, CONN_BASE, Worker};
-use crate::io::tcp::TcpConnection;
-use crate::io::tcp_relay::{HandedOff, Pumped, Source};
+use crate::io::tcp::{Detached, TcpConnection};
+use crate::io::tcp_relay::{Pumped, Source};
 use crate::proto::allocation::RelayId;
 use crate::proto::server::Server;
 use crate::proto::stun::attr::{self, AttrType};
@@ -133,34 +133,37 @@ impl Worker {
     pub(super) fn unframe_connection(&mut self, key: usize, unframed: Unframed) {
         let Some(mut connection) = self.connections.try_remove(key) else { return };
         let _ = self.poll.registry().deregister(&mut connection.stream);
-        let (mut stream, tuple, unread, unsent) = connection.into_parts();
-        let ip = tuple.client.ip();
+        // Answers queued so far go out framed, over TLS a message per record
+        // (see tls.rs), before the stream carries anything else. A client
+        // that pipelined more than a socket buffer's worth before its
+        // ConnectionBind is not handed over; a bound one gets the rest
+        // through its pair.
+        let flushed = connection.flush().is_ok() && connection.drained();
+        let detached = connection.detach();
+        let ip = detached.tuple.client.ip();
         match unframed {
             Unframed::Bound(id) => {
-                match self.tcp_relays.attach_client(self.poll.registry(), id, stream, ip, unread, unsent) {
-                    Ok(()) => self.pump(id, Source::Data(id).token()),
-                    Err(_closed) => {
-                        // The peer side closed between the bind and now.
-                        self.server.handle_tcp_relay_closed(id);
-                        self.shared.release_connection(ip);
-                        self.stats.tcp_closed += 1;
-                    }
+                if self.tcp_relays.attach_client(self.poll.registry(), id, detached, ip) {
+                    self.pump(id, Source::Data(id).token());
+                } else {
+                    // The peer side closed between the bind and now.
+                    self.server.handle_tcp_relay_closed(id);
+                    self.shared.release_connection(ip);
+                    self.stats.tcp_closed += 1;
                 }
             }
             Unframed::HandOff { owner, frame } => {
-                // Answers to earlier requests on this connection go first;
-                // a client that pipelined more than a socket buffer's worth
-                // before its ConnectionBind is not served.
-                if !unsent.is_empty() && !write_now(&mut stream, &unsent) {
-                    debug!(client = %tuple.client, "connection closed: could not hand it over");
+                if !flushed {
+                    debug!(client = %detached.tuple.client, "connection closed: could not hand it over");
                     self.shared.release_connection(ip);
                     self.stats.tcp_closed += 1;
                     return;
                 }
-                let mut buffered = frame;
-                buffered.extend_from_slice(&unread);
-                trace!(client = %tuple.client, owner, "ConnectionBind handed to its worker");
-                if self.shared.handoffs.send(owner, HandedOff { stream, tuple, buffered }).is_err() {
+                let client = detached.tuple.client;
+                let mut unread = frame;
+                unread.extend_from_slice(&detached.unread);
+                trace!(%client, owner, "ConnectionBind handed to its worker");
+                if !self.shared.handoffs.send(owner, Detached { unread, ..detached }) {
                     self.shared.release_connection(ip);
                     self.stats.tcp_closed += 1;
                 }
@@ -169,37 +172,20 @@ impl Worker {
     }
 
     /// Adopts the connections other workers handed over: they are served
-    /// from their buffered bytes on, as if accepted here.
+    /// from their unread bytes on, as if accepted here.
     pub(super) fn take_handoffs(&mut self, now: Now) {
-        for HandedOff { mut stream, tuple, buffered } in self.shared.handoffs.take(self.id) {
+        for mut detached in self.shared.handoffs.take(self.id) {
             let entry = self.connections.vacant_entry();
             let token = Token(CONN_BASE + entry.key());
             let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
-            if let Err(e) = self.poll.registry().register(&mut stream, token, interest) {
+            if let Err(e) = self.poll.registry().register(&mut detached.stream, token, interest) {
                 warn!(error = %e, "cannot register handed-over connection");
-                self.shared.release_connection(tuple.client.ip());
+                self.shared.release_connection(detached.tuple.client.ip());
                 self.stats.tcp_closed += 1;
                 continue;
             }
-            entry.insert(TcpConnection::with_buffered(stream, tuple, now.instant, buffered));
+            entry.insert(TcpConnection::handed_over(detached, now.instant));
             self.pending.push(token);
         }
     }
-}
-
-/// Writes all of `bytes` if the socket takes them without waiting.
-fn write_now(stream: &mut mio::net::TcpStream, bytes: &[u8]) -> bool {
-    use std::io::Write;
-    let mut written = 0;
-    for _ in 0..8 {
-        match stream.write(&bytes[written..]) {
-            Ok(n) if n > 0 => written += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            _ => break,
-        }
-        if written == bytes.len() {
-            return true;
-        }
-    }
-    written == bytes.len()
 }

@@ -10,14 +10,14 @@ use std::net::SocketAddr;
 
 use tracing::{debug, trace};
 
-use super::{ClientOutcome, Driver, Identity, PROTOCOL_TCP, Path, Server, next_indication_tid};
+use super::{ClientOutcome, Driver, Identity, Path, Server, next_indication_tid};
 use crate::proto::allocation::{AllocationId, RelayId};
 use crate::proto::error::RequestError;
 use crate::proto::policy;
 use crate::proto::stun::attr::{self, AttrType};
 use crate::proto::stun::{Class, ErrorCode, Message, MessageType, MessageWriter, Method, TransactionId};
 use crate::proto::tcp_relay::{ConnectError, ConnectionId, ControlMessage, PendingConnect, State, TcpRelayTable};
-use crate::proto::{FiveTuple, Now, Transport};
+use crate::proto::{FiveTuple, Now};
 
 /// RFC 6062 §5.1: TCP relaying needs a stream between client and server,
 /// and has no use for the attributes of UDP port and fragmentation control.
@@ -25,12 +25,6 @@ use crate::proto::{FiveTuple, Now, Transport};
 pub(super) fn check_tcp_allocate(tuple: &FiveTuple, request: &Message<'_>) -> Result<(), RequestError> {
     if !tuple.transport.is_stream() {
         return Err(RequestError::BadRequest("TCP relaying needs a TCP connection to the server"));
-    }
-    // Not over TLS yet: once bound, a data connection is relayed unframed by
-    // the IO layer, which would have to carry its TLS session on. Refused
-    // here, before a relay is opened, rather than failing at ConnectionBind.
-    if tuple.transport == Transport::Tls {
-        return Err(RequestError::UnsupportedTransport(PROTOCOL_TCP));
     }
     let refused = [
         (AttrType::DONT_FRAGMENT, "DONT-FRAGMENT with TCP relaying"),
@@ -188,8 +182,10 @@ impl Server {
         identity: &Identity<'_>,
         reply: &mut Vec<u8>,
     ) -> Result<ClientOutcome, RequestError> {
-        if tuple.transport != Transport::Tcp {
-            return Err(RequestError::BadRequest("ConnectionBind needs a TCP connection"));
+        // Over TLS too: the IO layer carries the data connection's TLS
+        // session on into the unframed relay.
+        if !tuple.transport.is_stream() {
+            return Err(RequestError::BadRequest("ConnectionBind needs a TCP or TLS connection"));
         }
         if self.table.find(tuple).is_some() {
             return Err(RequestError::BadRequest("ConnectionBind on a control connection"));

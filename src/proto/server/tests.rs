@@ -3220,11 +3220,18 @@ fn deleting_a_tcp_allocation_closes_its_connections() {
 }
 
 #[test]
-fn tcp_allocation_over_tls_is_442_for_now() {
+fn tcp_allocation_and_connection_bind_work_over_tls() {
     let mut h = Harness::authenticated();
     let mut alice = Client::new("198.51.100.1:40000", SERVER, Transport::Tls, Some(("alice", USERS[0].1)));
-    assert_error(&alice.request(&mut h, Method::ALLOCATE, &tcp_transport), 442);
-    assert!(h.server.table().is_empty() && h.driver.tcp_relays.is_empty());
-    // A UDP relay over TLS is the usual turns: case, and works.
-    alice.allocated(&mut h);
+    assert_success(&alice.request(&mut h, Method::ALLOCATE, &tcp_transport));
+    assert_eq!(h.driver.tcp_relays.len(), 1, "a TCP relay over a TLS control connection");
+    let id = h.server.table().find(&alice.tuple).expect("allocated");
+    assert_success(&alice.permit(&mut h, &[addr(PEER)]));
+    let connection = h.server.handle_peer_accepted(h.now, RelayId::new(id, false), addr(PEER)).expect("permitted");
+    // The data connection over TLS as well.
+    let mut data = alice.on(FiveTuple { client: addr("198.51.100.1:40001"), ..alice.tuple });
+    let bind = |w: &mut MessageWriter<'_>| {
+        w.attr_u32(AttrType::CONNECTION_ID, connection.0);
+    };
+    assert_success(&data.request(&mut h, Method::CONNECTION_BIND, &bind));
 }
