@@ -172,6 +172,26 @@ fn connect_bind_and_echo_a_megabyte() {
     assert_eq!(stopped["tcp_relayed_bytes"].as_u64(), Some(3 * (2 << 20)), "{stopped}");
 }
 
+/// `max_bps` paces a pair instead of dropping bytes: tern reads no more
+/// than the allocation's budget, and TCP flow control holds the rest. The
+/// budget starts with a second's worth, so 3 seconds' worth towards the
+/// peer cannot get through in less than 2 seconds, however fast the machine.
+#[test]
+fn max_bps_paces_a_pair_without_losing_a_byte() {
+    const RATE: usize = 200_000;
+    let server = start(&["--allow-peer", "127.0.0.0/8", "--max-bps", &RATE.to_string()]);
+    let echo = spawn_echo(1);
+    let mut session = alice(&server);
+    session.allocate_tcp(false).expect("TCP allocation");
+    let id = session.connect(echo).expect("Connect to the echo peer");
+    let mut data = bind(&server, &session, id).expect("ConnectionBind");
+    let started = clock::now();
+    echo_round_trip(&mut data, 3 * RATE, TIMEOUT).expect("every byte back");
+    let elapsed = clock::now() - started;
+    assert!(elapsed >= Duration::from_millis(1900), "paced at {RATE} B/s, yet done in {elapsed:?}");
+    session.refresh(0).expect("delete");
+}
+
 #[test]
 fn inbound_peer_with_a_permission_reaches_the_client_both_ways() {
     let server = start_open();

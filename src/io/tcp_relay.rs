@@ -85,6 +85,9 @@ pub enum Pumped {
     Idle,
     /// The budget ran out with work left: pump again next turn.
     More,
+    /// A direction waits for its allocation's bandwidth budget (`max_bps`)
+    /// to refill: pump again a little later.
+    Throttled,
     /// Both directions ended, or a side failed: the pair is closed.
     Finished,
 }
@@ -110,21 +113,32 @@ impl Pipe {
         self.eof && self.shut
     }
 
-    /// Moves bytes from `from` into the buffer while it has room, then from
-    /// the buffer to `to`, and passes FIN on once everything went. Returns
-    /// the bytes moved (read and written: the pair's progress) and the bytes
-    /// read from `from` (what it sent through the relay), or the error that
-    /// ends the pair.
-    fn transfer(&mut self, from: &mut impl Side, to: &mut impl Side) -> io::Result<(usize, usize)> {
+    /// Whether the pipe would read but its bandwidth allowance is spent.
+    fn is_throttled(&self, allowance: usize) -> bool {
+        allowance == 0 && !self.eof && self.buf.len() < PIPE_CAPACITY
+    }
+
+    /// Moves bytes from `from` into the buffer while it has room (and at
+    /// most `allowance` of them, which it lowers), then from the buffer to
+    /// `to`, and passes FIN on once everything went. Returns the bytes moved
+    /// (read and written: the pair's progress) and the bytes read from
+    /// `from` (what it sent through the relay), or the error that ends the
+    /// pair.
+    fn transfer(
+        &mut self,
+        from: &mut impl Side,
+        to: &mut impl Side,
+        allowance: &mut usize,
+    ) -> io::Result<(usize, usize)> {
         let mut moved = 0;
         let mut read = 0;
-        if !self.eof && self.buf.len() < PIPE_CAPACITY {
+        if !self.eof && self.buf.len() < PIPE_CAPACITY && *allowance > 0 {
             if self.is_empty() {
                 self.buf.clear();
                 self.pos = 0;
             }
             let filled = self.buf.len();
-            self.buf.resize(PIPE_CAPACITY, 0);
+            self.buf.resize(filled + (PIPE_CAPACITY - filled).min(*allowance), 0);
             match from.read(&mut self.buf[filled..]) {
                 Ok(0) => {
                     self.buf.truncate(filled);
@@ -134,6 +148,7 @@ impl Pipe {
                     self.buf.truncate(filled + n);
                     moved += n;
                     read = n;
+                    *allowance -= n;
                 }
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
                     self.buf.truncate(filled);
@@ -394,20 +409,24 @@ impl TcpRelays {
 
     /// Copies both ways until both would block, the budget is spent, or
     /// the pair ends (then it is closed here and the caller tells the core).
-    /// Adds the bytes moved towards the peer and towards the client to
-    /// `moved`.
+    /// Reads at most `allowance` bytes towards the peer and towards the
+    /// client, and adds the bytes read to `moved`.
     pub fn pump(
         &mut self,
         registry: &Registry,
         id: ConnectionId,
         released: &mut Vec<IpAddr>,
+        allowance: [usize; 2],
         moved: &mut [u64; 2],
     ) -> Pumped {
         let Some(pair) = self.pairs.get_mut(&id) else { return Pumped::Finished };
         let Pair { peer, client: Some((client, _)), to_peer, to_client, .. } = pair else { return Pumped::Idle };
         let mut budget = PUMP_BUDGET;
+        let [mut towards_peer, mut towards_client] = allowance;
         let status = loop {
-            let result = to_peer.transfer(client, peer).and_then(|a| to_client.transfer(peer, client).map(|b| (a, b)));
+            let result = to_peer
+                .transfer(client, peer, &mut towards_peer)
+                .and_then(|a| to_client.transfer(peer, client, &mut towards_client).map(|b| (a, b)));
             let n = match result {
                 Err(_) => break Pumped::Finished,
                 Ok(((progress_a, read_a), (progress_b, read_b))) => {
@@ -418,6 +437,9 @@ impl TcpRelays {
             };
             match n {
                 _ if to_peer.is_done() && to_client.is_done() => break Pumped::Finished,
+                0 if to_peer.is_throttled(towards_peer) || to_client.is_throttled(towards_client) => {
+                    break Pumped::Throttled;
+                }
                 0 => break Pumped::Idle,
                 n if n >= budget => break Pumped::More,
                 n => budget -= n,

@@ -47,6 +47,10 @@ const BATCHES_PER_WAKE: usize = 8;
 const ACCEPTS_PER_WAKE: usize = 64;
 /// Housekeeping period: expiry sweeps and idle checks.
 const TICK: Duration = Duration::from_secs(1);
+/// How soon an RFC 6062 pair waiting for its `max_bps` budget is pumped
+/// again: short enough that a paced stream flows smoothly, long enough that
+/// a throttled pair costs little.
+const THROTTLE_RETRY: Duration = Duration::from_millis(25);
 /// A TCP connection without an allocation that sends nothing for this long
 /// is closed.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -174,6 +178,10 @@ pub struct Worker {
     /// TCP connections with relayed data to write at the end of the turn.
     dirty_connections: Vec<usize>,
     pending: Vec<Token>,
+    /// RFC 6062 pairs waiting for bandwidth budget, pumped again at
+    /// `next_throttle`.
+    throttled: Vec<Token>,
+    next_throttle: Instant,
     /// Relay sockets with ICMP errors queued, to read this turn.
     icmp_pending: Vec<RelayId>,
     shutdown: Shutdown,
@@ -225,6 +233,8 @@ impl Worker {
             out: OutQueue::new(gso),
             dirty_connections: Vec::new(),
             pending: Vec::new(),
+            throttled: Vec::new(),
+            next_throttle: clock::now(),
             icmp_pending: Vec::new(),
             shutdown,
             stats: IoStats::default(),
@@ -240,7 +250,9 @@ impl Worker {
         let mut ready = Vec::with_capacity(1024);
         while !self.shutdown.is_requested() {
             let timeout = if self.pending.is_empty() && self.icmp_pending.is_empty() {
-                self.next_tick.saturating_duration_since(clock::now())
+                let wake =
+                    if self.throttled.is_empty() { self.next_tick } else { self.next_tick.min(self.next_throttle) };
+                wake.saturating_duration_since(clock::now())
             } else {
                 Duration::ZERO
             };
@@ -262,6 +274,12 @@ impl Worker {
                     .map(|event| RelayId(event.token().0 - RELAY_BASE)),
             );
             let now = clock::reading();
+            if !self.throttled.is_empty() && now.instant >= self.next_throttle {
+                // A pair may have been throttled again by an event meanwhile.
+                self.throttled.sort_unstable();
+                self.throttled.dedup();
+                ready.append(&mut self.throttled);
+            }
             for &token in &ready {
                 self.dispatch(token, now);
             }
@@ -571,7 +589,7 @@ impl Worker {
         };
         if let Some(unframed) = unframed {
             // RFC 6062 data connection: no longer a STUN connection.
-            self.unframe_connection(key, unframed);
+            self.unframe_connection(key, unframed, now);
             return;
         }
         // A client that shuts down its sending side after its requests still

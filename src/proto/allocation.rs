@@ -114,15 +114,30 @@ impl ByteBucket {
 
     /// Whether `bytes` fit the budget now; takes them if so.
     pub fn take(&mut self, bytes: usize, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
-        self.last = now;
+        self.refill(now);
         if self.tokens >= bytes as f64 {
             self.tokens -= bytes as f64;
             true
         } else {
             false
         }
+    }
+
+    /// Bytes the budget allows now, for a stream that reads no more than
+    /// that and then [`Self::spend`]s what it read.
+    pub fn available(&mut self, now: Instant) -> usize {
+        self.refill(now);
+        self.tokens as usize
+    }
+
+    pub fn spend(&mut self, bytes: u64) {
+        self.tokens = (self.tokens - bytes as f64).max(0.0);
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.last = now;
     }
 }
 

@@ -8,7 +8,7 @@
 use mio::Token;
 use tracing::{debug, trace, warn};
 
-use super::{ACCEPTS_PER_WAKE, CONN_BASE, Worker};
+use super::{ACCEPTS_PER_WAKE, CONN_BASE, THROTTLE_RETRY, Worker};
 use crate::io::tcp::{Detached, TcpConnection};
 use crate::io::tcp_relay::{Pumped, Source};
 use crate::proto::allocation::RelayId;
@@ -99,20 +99,27 @@ impl Worker {
         // An unbound peer connection is not read: its bytes wait in the
         // kernel until a client data connection is bound to it.
         if self.tcp_relays.is_bound(id) {
-            self.pump(id, token);
+            self.pump(id, token, now);
         }
     }
 
-    fn pump(&mut self, id: ConnectionId, token: Token) {
+    fn pump(&mut self, id: ConnectionId, token: Token, now: Now) {
         let mut released = Vec::new();
         let mut moved = [0; 2];
-        let pumped = self.tcp_relays.pump(self.poll.registry(), id, &mut released, &mut moved);
+        let allowance = self.server.tcp_relay_allowance(now, id);
+        let pumped = self.tcp_relays.pump(self.poll.registry(), id, &mut released, allowance, &mut moved);
         if moved != [0; 2] {
             self.server.record_tcp_relay_traffic(id, moved[0], moved[1]);
         }
         match pumped {
             Pumped::Idle => {}
             Pumped::More => self.pending.push(token),
+            Pumped::Throttled => {
+                if self.throttled.is_empty() {
+                    self.next_throttle = now.instant + THROTTLE_RETRY;
+                }
+                self.throttled.push(token);
+            }
             Pumped::Finished => self.server.handle_tcp_relay_closed(id),
         }
         for ip in released {
@@ -130,7 +137,7 @@ impl Worker {
 
     /// Takes a client connection out of STUN framing: it becomes the client
     /// side of a pair, or goes to the worker that owns its ConnectionBind.
-    pub(super) fn unframe_connection(&mut self, key: usize, unframed: Unframed) {
+    pub(super) fn unframe_connection(&mut self, key: usize, unframed: Unframed, now: Now) {
         let Some(mut connection) = self.connections.try_remove(key) else { return };
         let _ = self.poll.registry().deregister(&mut connection.stream);
         // Answers queued so far go out framed, over TLS a message per record
@@ -144,7 +151,7 @@ impl Worker {
         match unframed {
             Unframed::Bound(id) => {
                 if self.tcp_relays.attach_client(self.poll.registry(), id, detached, ip) {
-                    self.pump(id, Source::Data(id).token());
+                    self.pump(id, Source::Data(id).token(), now);
                 } else {
                     // The peer side closed between the bind and now.
                     self.server.handle_tcp_relay_closed(id);

@@ -115,13 +115,30 @@ impl Server {
         Some(id)
     }
 
+    /// Bytes a bound pair may move now towards the peer and towards the
+    /// client: what is left of its allocation's `max_bps` budgets (shared
+    /// by all its pairs), or no limit. The driver reads no more than that,
+    /// so a pair over its budget is paced by TCP flow control, not dropped.
+    pub fn tcp_relay_allowance(&mut self, now: Now, id: ConnectionId) -> [usize; 2] {
+        let allocation = self.tcp.get(id).and_then(|c| self.table.get_mut(c.allocation));
+        match allocation.and_then(|a| a.bandwidth.as_mut()) {
+            Some(buckets) => [buckets[0].available(now.instant), buckets[1].available(now.instant)],
+            None => [usize::MAX; 2],
+        }
+    }
+
     /// Bytes a bound pair moved, counted in its allocation's traffic (logged
-    /// when the allocation ends) and in the server's totals.
+    /// when the allocation ends), against its bandwidth budgets, and in the
+    /// server's totals.
     pub fn record_tcp_relay_traffic(&mut self, id: ConnectionId, to_peer: u64, to_client: u64) {
         self.stats.tcp_relayed_bytes += to_peer + to_client;
         if let Some(allocation) = self.tcp.get(id).and_then(|c| self.table.get_mut(c.allocation)) {
             allocation.traffic.bytes_to_peer += to_peer;
             allocation.traffic.bytes_to_client += to_client;
+            if let Some(buckets) = &mut allocation.bandwidth {
+                buckets[0].spend(to_peer);
+                buckets[1].spend(to_client);
+            }
         }
     }
 

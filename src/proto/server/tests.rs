@@ -3235,3 +3235,26 @@ fn tcp_allocation_and_connection_bind_work_over_tls() {
     };
     assert_success(&data.request(&mut h, Method::CONNECTION_BIND, &bind));
 }
+
+#[test]
+fn tcp_pairs_share_their_allocations_bandwidth_budget() {
+    let mut h = Harness::new(TurnConfig { max_bps: 1000, ..turn_config() });
+    let (mut alice, id) = tcp_alice(&mut h);
+    assert_success(&alice.permit(&mut h, &[addr(PEER), addr(PEER_B)]));
+    let relay = RelayId::new(id, false);
+    let first = h.server.handle_peer_accepted(h.now, relay, addr(PEER)).expect("permitted");
+    let second = h.server.handle_peer_accepted(h.now, relay, addr(PEER_B)).expect("permitted");
+    assert_eq!(h.server.tcp_relay_allowance(h.now, first), [1000, 1000]);
+    h.server.record_tcp_relay_traffic(first, 600, 100);
+    h.server.record_tcp_relay_traffic(second, 300, 0);
+    assert_eq!(h.server.tcp_relay_allowance(h.now, second), [100, 900], "one budget per allocation and direction");
+    h.advance(Duration::from_millis(500));
+    assert_eq!(h.server.tcp_relay_allowance(h.now, first), [600, 1000], "refilled at max_bps, up to a second's worth");
+    // Without max_bps, and for an unknown pair, there is no limit.
+    let mut open = Harness::authenticated();
+    let (mut bob, id) = tcp_alice(&mut open);
+    assert_success(&bob.permit(&mut open, &[addr(PEER)]));
+    let pair = open.server.handle_peer_accepted(open.now, RelayId::new(id, false), addr(PEER)).expect("permitted");
+    assert_eq!(open.server.tcp_relay_allowance(open.now, pair), [usize::MAX; 2]);
+    assert_eq!(h.server.tcp_relay_allowance(h.now, ConnectionId(u32::MAX)), [usize::MAX; 2]);
+}
