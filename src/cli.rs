@@ -144,6 +144,9 @@ pub struct ServerArgs {
     /// PEM private key of the certificate (replaces `tls.key`).
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Address to serve Prometheus metrics on, at /metrics (replaces `metrics.listen`).
+    #[arg(long, value_name = "ADDR", value_parser = config::parse_listen_flag)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerArgs {
@@ -182,6 +185,7 @@ impl ServerArgs {
             tls_listen: self.tls_listen.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
+            metrics_listen: self.metrics_listen,
         }
     }
 }

@@ -115,6 +115,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub tls: TlsConfig,
+    /// `[metrics] listen`: where Prometheus scrapes `/metrics`; off when unset.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `[tls]`: TURN and STUN over TLS (`turns:`, `stuns:`). On exactly when a
@@ -259,6 +261,7 @@ pub struct Overrides {
     pub tls_listen: Vec<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A configuration that cannot be used. The message names the file (or the
@@ -355,6 +358,15 @@ struct FileConfig {
     log: Option<FileLog>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<FileTls>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<FileMetrics>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -492,6 +504,10 @@ impl Config {
             .map_err(|(k, m)| invalid(k, m))?,
         };
         tls.resolve_listen();
+        let metrics_listen = match raw.metrics.and_then(|m| m.listen).filter(|l| !l.is_empty()) {
+            Some(text) => Some(parse_socket_addr(&text).map_err(|m| invalid("metrics.listen".into(), m))?),
+            None => None,
+        };
         Ok(Self {
             listen,
             realm,
@@ -551,6 +567,7 @@ impl Config {
                 allocations: log.allocations.unwrap_or(false),
             },
             tls,
+            metrics_listen,
         })
     }
 
@@ -649,6 +666,9 @@ impl Config {
             self.tls.key = Some(key.clone());
         }
         self.tls.resolve_listen();
+        if let Some(addr) = overrides.metrics_listen {
+            self.metrics_listen = Some(addr);
+        }
         self.check_combination("configuration")
     }
 
@@ -957,6 +977,7 @@ impl Config {
                 max_handshakes: Some(self.tls.max_handshakes),
                 handshake_timeout: Some(self.tls.handshake_timeout),
             }),
+            metrics: self.metrics_listen.map(|addr| FileMetrics { listen: Some(addr.to_string()) }),
         };
         let mut text = toml::to_string(&file).expect("the configuration serialises");
         text.push_str(&format!(

@@ -91,7 +91,19 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
     // must not hit its default action, which would end tern.
     let hangups = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
         .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
+    // Bound before io::start drops privileges, served once the workers run.
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(
+            telemetry::metrics::bind(addr)
+                .map_err(|e| format!("cannot listen for metrics on {addr} (metrics.listen): {e}"))?,
+        ),
+        None => None,
+    };
     let running = io::start(&config.runtime(rand::random(), &local_addresses), &shutdown).map_err(|e| e.to_string())?;
+    if let Some(listener) = metrics {
+        telemetry::metrics::serve(listener, running.metrics())
+            .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
+    }
     let reload = on_reload(hangups, running.tls()).map_err(|e| format!("cannot start the SIGHUP handler: {e}"))?;
     let report = running.join().map_err(|e| format!("server failed: {e}"))?;
     signals.close();

@@ -1,4 +1,5 @@
-//! Logging setup: `tracing` to stderr, as text or JSON lines.
+//! Logging setup: `tracing` to stderr, as text or JSON lines; Prometheus
+//! metrics are in [`metrics`].
 //!
 //! The level comes from the config (`[log] level`, `--log-level`);
 //! `RUST_LOG`, when set, replaces it with a full filter for debugging
@@ -9,6 +10,8 @@
 //! level: they are one or two lines per allocation, and at tens of
 //! thousands of allocations a second their formatting would cost more than
 //! the allocations themselves.
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 

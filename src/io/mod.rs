@@ -84,6 +84,34 @@ pub struct Running {
     tls: Option<Arc<tls::TlsStore>>,
 }
 
+/// A handle for metrics scrapes, kept by the metrics thread.
+#[derive(Clone)]
+pub struct MetricsSource {
+    shared: Arc<relay::Shared>,
+    workers: usize,
+}
+
+/// The server's state at a scrape: counters as of each worker's last tick
+/// (at most a second old), gauges as of now.
+#[derive(Clone, Copy, Debug)]
+pub struct MetricsSnapshot {
+    pub counters: WorkerReport,
+    pub allocations: u32,
+    pub connections: u32,
+    pub workers: usize,
+}
+
+impl MetricsSource {
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            counters: self.shared.reports(),
+            allocations: self.shared.allocations(),
+            connections: self.shared.connections(),
+            workers: self.workers,
+        }
+    }
+}
+
 /// Binds the listen sockets and starts the workers.
 pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, StartError> {
     // The certificate is read before anything binds, and before privileges
@@ -160,6 +188,11 @@ impl Running {
     /// The certificate store, when TLS is served; `reload` it on SIGHUP.
     pub fn tls(&self) -> Option<Arc<tls::TlsStore>> {
         self.tls.clone()
+    }
+
+    /// What a metrics scrape reads: the workers' counters and the gauges.
+    pub fn metrics(&self) -> MetricsSource {
+        MetricsSource { shared: Arc::clone(&self.shared), workers: self.workers.len() }
     }
 
     /// The shutdown handle the workers watch.

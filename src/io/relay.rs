@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 
 use super::sys;
 use super::tcp_relay::{Handoffs, TcpRelays};
+use super::worker::WorkerReport;
 use crate::proto::allocation::RelayId;
 use crate::proto::port_pool::PortPool;
 use crate::proto::server::{ConnectFailed, Driver, PortRequest, QuotaError, RelayError, RelayOpened, RelayRequest};
@@ -48,6 +49,9 @@ pub struct Shared {
     limits: QuotaLimits,
     /// RFC 6062 data connections on their way to the worker that owns them.
     pub handoffs: Handoffs,
+    /// Each worker's counters as of its last tick, summed when metrics are
+    /// scraped; a worker touches its own slot once a second.
+    reports: Vec<Mutex<WorkerReport>>,
 }
 
 #[derive(Default)]
@@ -71,7 +75,29 @@ impl Shared {
             connections: Mutex::default(),
             limits,
             handoffs: Handoffs::new(workers),
+            reports: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
         }
+    }
+
+    /// Records `worker`'s counters for the next scrape.
+    pub fn publish(&self, worker: usize, report: WorkerReport) {
+        if let Some(slot) = self.reports.get(worker) {
+            *lock(slot) = report;
+        }
+    }
+
+    /// Every worker's counters as last published, summed.
+    pub fn reports(&self) -> WorkerReport {
+        let mut total = WorkerReport::default();
+        for slot in &self.reports {
+            total.add(&lock(slot));
+        }
+        total
+    }
+
+    /// Client TCP and TLS connections open now (data connections included).
+    pub fn connections(&self) -> u32 {
+        lock(&self.connections).total
     }
 
     /// Counts a new TCP connection from `ip`, unless it would pass a limit.

@@ -296,7 +296,12 @@ impl Worker {
         let mut driver = driver(&self.poll, &mut self.relays, &mut self.tcp_relays, &self.shared, now.instant);
         self.server.close_all(&mut driver);
         debug!(connections = self.connections.len(), "worker stopping");
-        Ok(WorkerReport { server: *self.server.stats(), io: self.stats })
+        self.shared.publish(self.id, self.report());
+        Ok(self.report())
+    }
+
+    fn report(&self) -> WorkerReport {
+        WorkerReport { server: *self.server.stats(), io: self.stats }
     }
 
     fn dispatch(&mut self, token: Token, now: Now) {
@@ -661,6 +666,7 @@ impl Worker {
 
     fn tick(&mut self, now: Now) {
         self.next_tick = now.instant + TICK;
+        self.shared.publish(self.id, self.report());
         let mut driver = driver(&self.poll, &mut self.relays, &mut self.tcp_relays, &self.shared, now.instant);
         self.server.handle_timeout(now, &mut driver);
         self.deliver_control();

@@ -229,6 +229,9 @@ pub struct Stats {
     pub peers_forbidden: u64,
     pub relayed_to_peer: u64,
     pub relayed_to_client: u64,
+    /// Payload bytes of those packets.
+    pub relayed_bytes_to_peer: u64,
+    pub relayed_bytes_to_client: u64,
     /// Packets from peers without a permission.
     pub dropped_no_permission: u64,
     /// Send indications and ChannelData with no allocation, channel or permission.
@@ -266,6 +269,8 @@ impl Stats {
         self.peers_forbidden += other.peers_forbidden;
         self.relayed_to_peer += other.relayed_to_peer;
         self.relayed_to_client += other.relayed_to_client;
+        self.relayed_bytes_to_peer += other.relayed_bytes_to_peer;
+        self.relayed_bytes_to_client += other.relayed_bytes_to_client;
         self.dropped_no_permission += other.dropped_no_permission;
         self.dropped_client_data += other.dropped_client_data;
         self.rate_limited += other.rate_limited;
@@ -429,6 +434,7 @@ impl Server {
         allocation.traffic.packets_to_client += 1;
         allocation.traffic.bytes_to_client += len as u64;
         self.stats.relayed_to_client += 1;
+        self.stats.relayed_bytes_to_client += len as u64;
         Some(PeerOutcome { client: allocation.client, tuple: allocation.tuple, frame })
     }
 
@@ -1098,6 +1104,7 @@ impl Server {
         allocation.traffic.packets_to_peer += 1;
         allocation.traffic.bytes_to_peer += data.value.len() as u64;
         self.stats.relayed_to_peer += 1;
+        self.stats.relayed_bytes_to_peer += data.value.len() as u64;
         ClientOutcome::Forward {
             relay: RelayId::new(id, peer.is_ipv6()),
             peer,
@@ -1126,6 +1133,7 @@ impl Server {
         allocation.traffic.packets_to_peer += 1;
         allocation.traffic.bytes_to_peer += data.payload.len() as u64;
         self.stats.relayed_to_peer += 1;
+        self.stats.relayed_bytes_to_peer += data.payload.len() as u64;
         let start = channel_data::HEADER_LEN;
         ClientOutcome::Forward {
             relay: RelayId::new(id, peer.is_ipv6()),

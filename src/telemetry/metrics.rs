@@ -1,0 +1,246 @@
+//! Prometheus metrics (`[metrics] listen`, `--metrics-listen`): the workers'
+//! counters, summed at each scrape, and a few gauges, served as OpenMetrics
+//! text at `GET /metrics`.
+//!
+//! Workers publish their counters once a second (`io::relay::Shared`), so
+//! a scrape never touches a worker's loop and nothing is shared per packet.
+//! The encoding is prometheus-client's. The HTTP side is written here: one
+//! thread answers one request per connection, a GET for one path, which is
+//! less code than wiring an HTTP server crate and its runtime in for it.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tracing::{debug, info, warn};
+
+use crate::io::{MetricsSnapshot, MetricsSource};
+
+/// How long a scraper may take to send its request or read the answer
+/// before its connection is dropped (scrapes are handled one at a time).
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request head longer than this is refused; a scrape's is a few hundred bytes.
+const MAX_REQUEST_HEAD: usize = 8192;
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// The snapshot in the OpenMetrics text format.
+pub fn render(snapshot: &MetricsSnapshot) -> String {
+    let mut registry = Registry::with_prefix("tern");
+    let server = &snapshot.counters.server;
+    let io = &snapshot.counters.io;
+
+    let counters: [(&str, &str, u64); 22] = [
+        ("stun_requests", "STUN requests received and parsed", server.requests),
+        ("binding_responses", "Binding success responses sent", server.binding_responses),
+        ("error_responses", "STUN error responses sent, challenges included", server.error_responses),
+        ("auth_failures", "401 and 438 answers: challenges, wrong credentials, stale nonces", server.auth_failures),
+        ("indications", "STUN indications received", server.indications),
+        ("malformed_packets", "Packets that were neither well-formed STUN nor ChannelData", server.malformed),
+        ("bad_fingerprints", "STUN messages with a FINGERPRINT that did not match", server.bad_fingerprint),
+        ("unexpected_responses", "STUN responses received, which a server ignores", server.unexpected_responses),
+        ("allocations_created", "TURN allocations created", server.allocations_created),
+        ("allocations_deleted", "TURN allocations deleted or expired", server.allocations_deleted),
+        ("peers_forbidden", "Peers refused by the peer policy, on any path", server.peers_forbidden),
+        ("rate_limited", "Unauthenticated requests not answered: their source was over its rate", server.rate_limited),
+        ("icmp_relayed", "ICMP errors about relayed datagrams passed on to clients", server.icmp_relayed),
+        (
+            "tcp_peer_connections",
+            "RFC 6062 peer connections made, by Connect or by a peer",
+            server.tcp_peer_connections,
+        ),
+        ("tcp_peer_refused", "RFC 6062 inbound peer connections closed at once", server.tcp_peer_refused),
+        ("tcp_peer_failures", "RFC 6062 Connects that failed and connections never bound", server.tcp_peer_failures),
+        ("truncated_datagrams", "Datagrams larger than a receive slot", io.truncated),
+        ("send_failures", "Datagrams the kernel refused to send", io.send_failures),
+        ("tls_handshakes", "TLS handshakes completed", io.tls_handshakes),
+        ("tls_handshake_failures", "TLS connections closed before their handshake finished", io.tls_handshake_failures),
+        (
+            "tls_handshake_timeouts",
+            "TLS connections closed because the handshake took too long",
+            io.tls_handshake_timeouts,
+        ),
+        ("tls_refused", "TLS connections closed at once: too many handshakes in progress", io.tls_refused),
+    ];
+    for (name, help, value) in counters {
+        let counter: Counter = Counter::default();
+        counter.inc_by(value);
+        registry.register(name, help, counter);
+    }
+
+    let by_direction = |to_peer: u64, to_client: u64| {
+        let family = Family::<Labels, Counter>::default();
+        family.get_or_create(&vec![("direction", "to_peer")]).inc_by(to_peer);
+        family.get_or_create(&vec![("direction", "to_client")]).inc_by(to_client);
+        family
+    };
+    registry.register(
+        "relayed_packets",
+        "Packets relayed over UDP",
+        by_direction(server.relayed_to_peer, server.relayed_to_client),
+    );
+    registry.register(
+        "relayed_bytes",
+        "Payload bytes relayed over UDP",
+        by_direction(server.relayed_bytes_to_peer, server.relayed_bytes_to_client),
+    );
+    let tcp_bytes: Counter = Counter::default();
+    tcp_bytes.inc_by(server.tcp_relayed_bytes);
+    registry.register("tcp_relayed_bytes", "Bytes RFC 6062 data connections carried, both ways", tcp_bytes);
+
+    let dropped = Family::<Labels, Counter>::default();
+    for (reason, value) in [
+        ("no_permission", server.dropped_no_permission),
+        ("no_allocation_or_channel", server.dropped_client_data),
+        ("over_bandwidth", server.over_bandwidth),
+        ("client_queue_full", io.tcp_queue_drops),
+    ] {
+        dropped.get_or_create(&vec![("reason", reason)]).inc_by(value);
+    }
+    registry.register("dropped_packets", "Relayed packets dropped, by reason", dropped);
+
+    let connections = Family::<Labels, Counter>::default();
+    for (event, value) in [("accepted", io.tcp_accepted), ("closed", io.tcp_closed), ("refused", io.tcp_refused)] {
+        connections.get_or_create(&vec![("event", event)]).inc_by(value);
+    }
+    registry.register("tcp_connections", "Client TCP and TLS connections, by event", connections);
+    let tls_accepted: Counter = Counter::default();
+    tls_accepted.inc_by(io.tls_accepted);
+    registry.register("tls_connections_accepted", "Connections accepted on TLS listeners", tls_accepted);
+
+    let gauges: [(&str, &str, u64); 3] = [
+        ("allocations", "TURN allocations now", u64::from(snapshot.allocations)),
+        ("open_connections", "Client TCP and TLS connections open now", u64::from(snapshot.connections)),
+        ("workers", "Worker threads", snapshot.workers as u64),
+    ];
+    for (name, help, value) in gauges {
+        let gauge: Gauge = Gauge::default();
+        gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        registry.register(name, help, gauge);
+    }
+
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut text, &registry);
+    text
+}
+
+/// Binds the metrics address; done before privileges are dropped.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+}
+
+/// Serves scrapes on `listener` from a thread of its own, for as long as
+/// the process runs.
+pub fn serve(listener: TcpListener, source: MetricsSource) -> io::Result<()> {
+    let addr = listener.local_addr()?;
+    std::thread::Builder::new().name("tern-metrics".into()).spawn(move || {
+        for stream in listener.incoming() {
+            match stream {
+                Ok(stream) => {
+                    if let Err(e) = answer(stream, &source) {
+                        debug!(error = %e, "metrics request failed");
+                    }
+                }
+                // EMFILE and the like: the next scrape tries again.
+                Err(e) => {
+                    warn!(error = %e, "cannot accept a metrics connection");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    })?;
+    info!(%addr, "serving metrics at /metrics");
+    Ok(())
+}
+
+/// Reads one request head and answers it.
+fn answer(mut stream: TcpStream, source: &MetricsSource) -> io::Result<()> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        match head.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(end) if end <= MAX_REQUEST_HEAD => break,
+            Some(_) => return refuse_large(&mut stream),
+            None if head.len() > MAX_REQUEST_HEAD => return refuse_large(&mut stream),
+            None => {}
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    match (method, path) {
+        (b"GET", b"/metrics") => {
+            let body = render(&source.snapshot());
+            respond(&mut stream, "200 OK", CONTENT_TYPE, body.as_bytes())
+        }
+        (b"GET", _) => respond(&mut stream, "404 Not Found", "text/plain", b"metrics are at /metrics\n"),
+        _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", b"only GET\n"),
+    }
+}
+
+/// 431, then what the client still sends is read and dropped (a bounded
+/// amount), so closing does not reset the connection before the client
+/// has read the answer.
+fn refuse_large(stream: &mut TcpStream) -> io::Result<()> {
+    respond(stream, "431 Request Header Fields Too Large", "text/plain", b"request head too large\n")?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let _ = io::copy(&mut stream.take(64 * 1024), &mut io::sink());
+    Ok(())
+}
+
+fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8]) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::WorkerReport;
+
+    #[test]
+    fn the_snapshot_renders_as_openmetrics_text() {
+        let mut counters = WorkerReport::default();
+        counters.server.requests = 7;
+        counters.server.relayed_to_peer = 3;
+        counters.server.relayed_bytes_to_client = 1200;
+        counters.server.dropped_no_permission = 2;
+        counters.io.tcp_accepted = 5;
+        let snapshot = MetricsSnapshot { counters, allocations: 4, connections: 1, workers: 2 };
+        let text = render(&snapshot);
+        for line in [
+            "tern_stun_requests_total 7",
+            "tern_relayed_packets_total{direction=\"to_peer\"} 3",
+            "tern_relayed_bytes_total{direction=\"to_client\"} 1200",
+            "tern_dropped_packets_total{reason=\"no_permission\"} 2",
+            "tern_tcp_connections_total{event=\"accepted\"} 5",
+            "tern_allocations 4",
+            "tern_open_connections 1",
+            "tern_workers 2",
+            "# TYPE tern_allocations gauge",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
+        }
+    }
+}

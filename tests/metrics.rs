@@ -1,0 +1,125 @@
+//! Prometheus metrics end to end: `tern serve --metrics-listen` answers
+//! `GET /metrics` with OpenMetrics text whose counters follow what the
+//! server did (a `tern turn` probe's allocation and packets) and whose
+//! gauges follow what it holds now; other requests get HTTP errors; a bad
+//! or busy metrics address stops tern from starting, naming the key.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::{TernServer, run_tern, scratch_file};
+use tern::client::ClientSocket;
+use tern::client::turn::{Credentials, TurnSession};
+use tern::io::clock;
+use tern::proto::Transport;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// Counters are published by each worker once a second.
+const PUBLISH_WAIT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(100);
+
+fn start() -> (TernServer, SocketAddr) {
+    let args = ["--user", "alice:wonderland", "--allow-peer", "127.0.0.0/8", "--workers", "2"];
+    let server = TernServer::start(&[&args[..], &["--metrics-listen", "127.0.0.1:0"]].concat());
+    let logged = server.wait_for_log("serving metrics at /metrics", 1, TIMEOUT);
+    let addr = logged[0]["addr"].as_str().and_then(|a| a.parse().ok()).expect("the metrics address is logged");
+    (server, addr)
+}
+
+/// One HTTP/1.1 exchange; returns the status line, the headers and the body.
+fn http(addr: SocketAddr, request: &str) -> (String, String, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("metrics connection");
+    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    stream.write_all(request.as_bytes()).expect("request sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response read to the end (Connection: close)");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_owned(), headers.to_owned(), body.to_owned())
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let (status, headers, body) = http(addr, "GET /metrics HTTP/1.1\r\nHost: tern\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(headers.contains("Content-Type: application/openmetrics-text"), "{headers}");
+    assert!(headers.contains(&format!("Content-Length: {}", body.len())), "{headers}");
+    body
+}
+
+/// The value of the sample named `sample` (with its labels, as written).
+fn value(metrics: &str, sample: &str) -> Option<u64> {
+    metrics.lines().find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Scrapes until `sample` reaches `at_least`, or fails after [`PUBLISH_WAIT`].
+fn scrape_until(addr: SocketAddr, sample: &str, at_least: u64) -> String {
+    let deadline = clock::now() + PUBLISH_WAIT;
+    loop {
+        let metrics = scrape(addr);
+        if value(&metrics, sample).is_some_and(|v| v >= at_least) {
+            return metrics;
+        }
+        assert!(clock::now() < deadline, "{sample} did not reach {at_least}:\n{metrics}");
+        std::thread::sleep(POLL);
+    }
+}
+
+#[test]
+fn metrics_follow_the_servers_work() {
+    let (server, metrics) = start();
+    let first = scrape(metrics);
+    assert_eq!(value(&first, "tern_workers"), Some(2), "{first}");
+    assert_eq!(value(&first, "tern_allocations"), Some(0), "{first}");
+    assert!(first.ends_with("# EOF\n"), "{first}");
+
+    // A live allocation shows in the gauge at once.
+    let socket = ClientSocket::open(server.udp_addr(), Transport::Udp, TIMEOUT).expect("UDP socket");
+    let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
+    let mut session = TurnSession::new(socket, credentials, TIMEOUT);
+    session.allocate(None).expect("allocation");
+    assert_eq!(value(&scrape(metrics), "tern_allocations"), Some(1));
+
+    // A probe's round trip shows in the counters once the workers publish.
+    let addr = server.udp_addr().to_string();
+    let output = run_tern(&["turn", &addr, "-u", "alice", "-p", "wonderland"]);
+    assert!(output.status.success(), "tern turn: {}", String::from_utf8_lossy(&output.stdout));
+    let after = scrape_until(metrics, "tern_allocations_created_total", 2);
+    assert!(value(&after, "tern_relayed_packets_total{direction=\"to_peer\"}").is_some_and(|v| v >= 1), "{after}");
+    assert!(value(&after, "tern_relayed_packets_total{direction=\"to_client\"}").is_some_and(|v| v >= 1), "{after}");
+    assert!(value(&after, "tern_relayed_bytes_total{direction=\"to_peer\"}").is_some_and(|v| v >= 1), "{after}");
+    assert!(value(&after, "tern_auth_failures_total").is_some_and(|v| v >= 2), "the 401s of both clients: {after}");
+    assert!(value(&after, "tern_stun_requests_total").is_some_and(|v| v >= 6), "{after}");
+
+    session.refresh(0).expect("delete");
+    let deleted = scrape_until(metrics, "tern_allocations_deleted_total", 2);
+    assert_eq!(value(&deleted, "tern_allocations"), Some(0), "{deleted}");
+
+    // Anything but GET /metrics is an HTTP error, and the server carries on.
+    let (status, _, _) = http(metrics, "GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, _, _) = http(metrics, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    let (status, _, _) = http(metrics, &format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000)));
+    assert_eq!(status, "HTTP/1.1 431 Request Header Fields Too Large");
+    scrape(metrics);
+    let (status, _) = server.stop_with_log();
+    assert!(status.success());
+}
+
+#[test]
+fn a_bad_or_busy_metrics_address_stops_tern_naming_the_key() {
+    let file = scratch_file("metrics-bad.toml", "[metrics]\nlisten = \"localhost:9641\"\n");
+    let output = run_tern(&["check", "--config", file.to_str().expect("utf-8 path")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("metrics.listen") && stderr.contains("not an IP:port"), "{stderr}");
+
+    let busy = TcpListener::bind("127.0.0.1:0").expect("a port to occupy");
+    let taken = busy.local_addr().expect("bound").to_string();
+    let failure = TernServer::try_start(&["--metrics-listen", &taken]).err().expect("tern refuses to start");
+    let stderr = failure.stderr.join("\n");
+    assert!(stderr.contains("metrics.listen") && stderr.contains(&taken), "{stderr}");
+}
