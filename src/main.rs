@@ -91,6 +91,8 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
     // must not hit its default action, which would end tern.
     let hangups = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
         .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
+    let drain_requests = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1])
+        .map_err(|e| format!("cannot install the SIGUSR1 handler: {e}"))?;
     // Bound before io::start drops privileges, served once the workers run.
     let metrics = match config.metrics_listen {
         Some(addr) => Some(
@@ -105,9 +107,12 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
             .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
     }
     let reload = on_reload(hangups, running.tls()).map_err(|e| format!("cannot start the SIGHUP handler: {e}"))?;
+    let drain = on_drain(drain_requests, shutdown.clone(), running.metrics())
+        .map_err(|e| format!("cannot start the SIGUSR1 handler: {e}"))?;
     let report = running.join().map_err(|e| format!("server failed: {e}"))?;
     signals.close();
     reload.close();
+    drain.close();
     info!(
         requests = report.server.requests,
         binding_responses = report.server.binding_responses,
@@ -153,6 +158,36 @@ fn on_reload(
                 Ok(()) => info!(cert = %cert.display(), key = %key.display(), "tls certificate reloaded"),
                 Err(e) => error!(error = %e, "tls certificate reload failed; keeping the previous certificate"),
             }
+        }
+    })?;
+    Ok(handle)
+}
+
+/// SIGUSR1 drains the server, for a restart that cuts no call: new
+/// allocations go to the alternate servers (or get 508), existing ones
+/// carry on, and tern stops as on SIGTERM once the last one has ended
+/// (SIGTERM still stops it at any time).
+fn on_drain(
+    mut signals: signal_hook::iterator::Signals,
+    shutdown: Shutdown,
+    metrics: io::MetricsSource,
+) -> std::io::Result<signal_hook::iterator::Handle> {
+    const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+    let handle = signals.handle();
+    std::thread::Builder::new().name("tern-drain".into()).spawn(move || {
+        if signals.forever().next().is_none() {
+            return;
+        }
+        shutdown.drain();
+        let allocations = metrics.snapshot().allocations;
+        info!(allocations, "draining: no new allocations; tern stops once the last one ends");
+        while !shutdown.is_requested() {
+            if metrics.snapshot().allocations == 0 {
+                info!("drained: no allocation left");
+                shutdown.trigger();
+                break;
+            }
+            std::thread::sleep(CHECK_EVERY);
         }
     })?;
     Ok(handle)

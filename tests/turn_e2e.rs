@@ -101,6 +101,35 @@ fn a_full_server_redirects_tern_turn_to_the_alternate_server() {
     holder.refresh(0).expect("delete");
 }
 
+/// SIGUSR1 drains: new allocations go to the alternate (300), the live one
+/// keeps relaying and refreshing, and tern exits by itself, cleanly, once
+/// it is deleted.
+#[test]
+fn a_draining_server_redirects_newcomers_and_exits_after_the_last_allocation() {
+    let server = relay_server(&["--alternate-server", "203.0.113.5:3478"]);
+    let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
+    let socket = ClientSocket::open(server.udp_addr(), Transport::Udp, Duration::from_secs(5)).expect("socket");
+    let mut holder = TurnSession::new(socket, credentials, Duration::from_secs(5));
+    holder.allocate(None).expect("allocation before the drain");
+
+    server.signal(libc::SIGUSR1);
+    server.wait_for_log("draining: no new allocations; tern stops once the last one ends", 1, Duration::from_secs(5));
+    let (ok, stdout) = turn_probe(&server, "udp", &["-u", "alice", "-p", "wonderland"]);
+    assert!(!ok, "{stdout}");
+    assert!(stdout.contains("FAILED: allocate: try alternate server 203.0.113.5:3478"), "{stdout}");
+    // Over TCP too: every worker drains.
+    let (ok, stdout) = turn_probe(&server, "tcp", &["-u", "alice", "-p", "wonderland"]);
+    assert!(!ok && stdout.contains("try alternate server"), "{stdout}");
+    holder.refresh(600).expect("the live allocation refreshes while draining");
+    holder.refresh(0).expect("delete");
+
+    let (status, log) = server.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "a drained tern exits with 0: {status}");
+    assert!(log.iter().any(|l| l.contains("drained: no allocation left")));
+    let stopped = common::find_log(&log, "tern stopped").expect("final report");
+    assert_eq!(stopped["allocations"].as_u64(), Some(1), "only the allocation from before the drain: {stopped}");
+}
+
 #[test]
 fn wrong_password_is_refused_with_401() {
     let server = relay_server(&[]);

@@ -2,6 +2,10 @@
 //! event loop notices at once. SIGINT and SIGTERM trigger it from a signal
 //! thread; a worker that fails triggers it too, so the process never runs on
 //! with a dead worker.
+//!
+//! Draining is the gentle way out: a second flag, after which the workers
+//! take no new allocation but serve the ones they have (see
+//! `Server::start_draining`); `main` stops the process once none is left.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,12 +18,13 @@ use tracing::info;
 #[derive(Clone)]
 pub struct Shutdown {
     requested: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
     wakers: Arc<std::sync::Mutex<Vec<Arc<mio::Waker>>>>,
 }
 
 impl Shutdown {
     pub fn new() -> Self {
-        Self { requested: Arc::new(AtomicBool::new(false)), wakers: Arc::default() }
+        Self { requested: Arc::default(), draining: Arc::default(), wakers: Arc::default() }
     }
 
     /// Registers a worker's waker; if shutdown was already requested, the
@@ -37,6 +42,20 @@ impl Shutdown {
 
     pub fn trigger(&self) {
         self.requested.store(true, Ordering::Release);
+        self.wake_all();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Asks every worker to stop taking new allocations.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
         for waker in self.wakers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter() {
             // A worker that already exited has nothing left to wake.
             let _ = waker.wake();

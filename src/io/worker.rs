@@ -273,6 +273,10 @@ impl Worker {
                     .filter(|event| event.is_error() && event.token().0 >= RELAY_BASE)
                     .map(|event| RelayId(event.token().0 - RELAY_BASE)),
             );
+            if self.shutdown.is_draining() && !self.server.is_draining() {
+                self.server.start_draining();
+                debug!("draining: no new allocations");
+            }
             let now = clock::reading();
             if !self.throttled.is_empty() && now.instant >= self.next_throttle {
                 // A pair may have been throttled again by an event meanwhile.

@@ -355,6 +355,8 @@ pub struct Server {
     limiter: SourceLimiter,
     /// RFC 6062 peer data connections.
     tcp: TcpRelayTable,
+    /// Draining: no new allocation here, existing ones carry on.
+    draining: bool,
 }
 
 impl Server {
@@ -369,7 +371,21 @@ impl Server {
             indication_counter: 0,
             indication_prefix: rand::random(),
             tcp: TcpRelayTable::default(),
+            draining: false,
         }
+    }
+
+    /// Stops taking new allocations, for a restart without cutting calls:
+    /// an Allocate gets 300 Try Alternate to an alternate server when one is
+    /// configured, 508 otherwise; existing allocations, their refreshes,
+    /// permissions, channels and relaying carry on. There is no way back:
+    /// a draining server is on its way out.
+    pub fn start_draining(&mut self) {
+        self.draining = true;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
     }
 
     pub fn stats(&self) -> &Stats {
@@ -817,6 +833,12 @@ impl Server {
             (None, Some(reserve_next)) => PortRequest::Even { reserve_next },
             (None, None) => PortRequest::Any,
         };
+        if self.draining {
+            return Err(match self.alternate_server(tuple) {
+                Some(alternate) => RequestError::TryAlternate(alternate),
+                None => RequestError::InsufficientCapacity("server draining: no new allocations"),
+            });
+        }
         let quota_key = quota_key(identity, tuple);
         match driver.acquire_quota(&quota_key) {
             Ok(()) => {}

@@ -535,6 +535,21 @@ impl TernServer {
         (status, self.stderr_lines())
     }
 
+    /// Waits (bounded by `timeout`) for the process to exit by itself;
+    /// returns its status and every stderr line, or panics with the log.
+    pub fn wait_exit(mut self, timeout: Duration) -> (ExitStatus, Vec<String>) {
+        let mut child = self.child.take().expect("the server is running");
+        let Some(status) = wait_bounded(&mut child, timeout) else {
+            let _ = child.kill();
+            let _ = wait_bounded(&mut child, STOP_TIMEOUT);
+            panic!("tern did not exit within {timeout:?}; stderr:\n{}", self.stderr_lines().join("\n"));
+        };
+        if let Some(reader) = self.reader.take() {
+            join_bounded(reader);
+        }
+        (status, self.stderr_lines())
+    }
+
     fn kill_and_reap(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
         let status = match child.try_wait() {

@@ -1044,6 +1044,31 @@ fn total_quota_with_alternates_is_a_signed_300_naming_one_of_the_family_in_turn(
 }
 
 #[test]
+fn a_draining_server_redirects_or_refuses_new_allocations_and_keeps_the_old_ones() {
+    let mut h = Harness::new(TurnConfig { alternate_servers: vec![addr("203.0.113.5:3478")], ..turn_config() });
+    let (mut alice, id) = allocated_alice(&mut h);
+    assert_success(&alice.bind(&mut h, 0x4000, addr(PEER)));
+    h.server.start_draining();
+    assert!(h.server.is_draining());
+    // A new client is sent to the alternate, signed; nothing is held for it.
+    let response = Client::bob("198.51.100.2:40000").allocate(&mut h);
+    assert_error(&response, 300);
+    let value = response.attr(AttrType::ALTERNATE_SERVER).expect("ALTERNATE-SERVER");
+    assert_eq!(attr::read_address(value), Ok(addr("203.0.113.5:3478")));
+    assert_eq!((h.driver.quota("bob"), h.driver.open.len()), (0, 1));
+    // Alice's allocation lives on: refresh, permissions, channels, data.
+    assert_success(&alice.refresh(&mut h, Some(600)));
+    assert_success(&alice.permit(&mut h, &[addr(PEER_B)]));
+    assert!(matches!(alice.channel_data(&mut h, 0x4000, b"still relayed").0, ClientOutcome::Forward { .. }));
+    assert!(h.peer_packet(id, addr(PEER), b"and back").0.is_some());
+    // Without alternates a draining server answers 508.
+    let mut lone = Harness::authenticated();
+    lone.server.start_draining();
+    assert_error(&Client::alice("198.51.100.1:40000").allocate(&mut lone), 508);
+    assert!(lone.server.table().is_empty() && lone.driver.open.is_empty());
+}
+
+#[test]
 fn a_tls_client_is_told_the_alternate_domain_too() {
     let turn = TurnConfig {
         alternate_servers: vec![addr("203.0.113.5:5349")],
