@@ -207,8 +207,9 @@ pub fn read(tls: &mut ServerConnection, socket: &mut mio::net::TcpStream, buf: &
     Err(io::Error::new(io::ErrorKind::InvalidData, "too many TLS records without application data"))
 }
 
-/// Encrypts `message` (one STUN message or ChannelData frame) into records
-/// of its own and writes them to the socket until it would block.
+/// Encrypts `message` (one STUN message or ChannelData frame, or a chunk of
+/// an RFC 6062 data connection's byte stream) into records of its own and
+/// writes them to the socket until it would block.
 ///
 /// One message per record, never several: coturn's clients (and, by the
 /// look of it, others written against coturn) read one message per TLS
