@@ -97,6 +97,26 @@ fn accept_within(listener: &TcpListener, wait: Duration) -> Option<TcpStream> {
     None
 }
 
+/// The JSON log lines whose message is `message`.
+fn logged(log: &[String], message: &str) -> Vec<serde_json::Value> {
+    log.iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|line| line["message"] == message)
+        .collect()
+}
+
+/// `allocations` allocations over `transport` were deleted, each having
+/// relayed `(to_peer, to_client)` bytes.
+fn assert_traffic(log: &[String], allocations: usize, transport: &str, bytes: (u64, u64)) {
+    let deleted = logged(log, "allocation deleted");
+    assert_eq!(deleted.len(), allocations);
+    for line in &deleted {
+        assert_eq!(line["span"]["transport"], transport, "{line}");
+        let counted = (line["bytes_to_peer"].as_u64(), line["bytes_to_client"].as_u64());
+        assert_eq!(counted, (Some(bytes.0), Some(bytes.1)), "{line}");
+    }
+}
+
 /// Reads exactly `len` bytes (within [`TIMEOUT`]).
 fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
     stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
@@ -151,22 +171,9 @@ fn connect_bind_and_echo_a_megabyte() {
     }
     let (status, log) = server.stop_with_log();
     assert!(status.success());
-    let bound = log.iter().filter(|l| l.contains("\"connection bound\"")).count();
-    assert_eq!(bound, 3, "three data connections bound");
+    assert_eq!(logged(&log, "connection bound").len(), 3, "three data connections bound");
     // The bytes are counted in each allocation's traffic and in the totals.
-    let deleted: Vec<serde_json::Value> = log
-        .iter()
-        .filter(|l| l.contains("\"allocation deleted\""))
-        .map(|l| serde_json::from_str(l).expect("JSON log line"))
-        .collect();
-    assert_eq!(deleted.len(), 3);
-    for line in &deleted {
-        assert_eq!(
-            (line["bytes_to_peer"].as_u64(), line["bytes_to_client"].as_u64()),
-            (Some(1 << 20), Some(1 << 20)),
-            "{line}"
-        );
-    }
+    assert_traffic(&log, 3, "tcp", (1 << 20, 1 << 20));
     // Three pairs, one MiB each way.
     let stopped = common::find_log(&log, "tern stopped").expect("final report");
     assert_eq!(stopped["tcp_relayed_bytes"].as_u64(), Some(3 * (2 << 20)), "{stopped}");
@@ -473,24 +480,9 @@ fn over_tls_connect_and_inbound_peers_relay_both_ways() {
     }
     let (status, log) = server.stop_with_log();
     assert!(status.success());
-    let bound = log.iter().filter(|l| l.contains("\"connection bound\"")).count();
-    assert_eq!(bound, 6, "six TLS data connections bound, over four workers");
-    let deleted: Vec<serde_json::Value> = log
-        .iter()
-        .filter(|l| l.contains("\"allocation deleted\""))
-        .map(|l| serde_json::from_str(l).expect("JSON log line"))
-        .collect();
-    assert_eq!(deleted.len(), 3);
-    for line in &deleted {
-        assert_eq!(line["span"]["transport"], "tls", "{line}");
-        let to_peer = (ECHOED + 22) as u64;
-        let to_client = (ECHOED + 25) as u64;
-        assert_eq!(
-            (line["bytes_to_peer"].as_u64(), line["bytes_to_client"].as_u64()),
-            (Some(to_peer), Some(to_client)),
-            "payload bytes, not TLS record bytes: {line}"
-        );
-    }
+    assert_eq!(logged(&log, "connection bound").len(), 6, "six TLS data connections bound, over four workers");
+    // Payload bytes, not TLS record bytes.
+    assert_traffic(&log, 3, "tls", ((ECHOED + 22) as u64, (ECHOED + 25) as u64));
 }
 
 #[test]
@@ -566,11 +558,7 @@ fn turnutils_uclient_relays_over_tcp_without_loss() {
     }
     let (status, log) = server.stop_with_log();
     assert!(status.success());
-    let bound: Vec<serde_json::Value> = log
-        .iter()
-        .filter(|l| l.contains("\"connection bound\""))
-        .map(|l| serde_json::from_str(l).expect("JSON log line"))
-        .collect();
+    let bound = logged(&log, "connection bound");
     for transport in ["tcp", "tls"] {
         let count = bound.iter().filter(|line| line["span"]["transport"] == transport).count();
         assert!(count >= clients as usize, "every {transport} client bound a data connection ({count}): {bound:?}");
