@@ -42,7 +42,7 @@ use libfuzzer_sys::fuzz_target;
 use tern::proto::allocation::{AllocationId, ClientHandle, RelayId};
 use tern::proto::auth::{Authenticator, LongTermKey, StaticCredentials, UserKeys, rest_password};
 use tern::proto::channel_data::{self, ChannelData};
-use tern::proto::policy::PeerPolicy;
+use tern::proto::policy::{self, PeerPolicy};
 use tern::proto::rate_limit::RateLimit;
 use tern::proto::server::{
     ClientOutcome, Driver, IcmpReport, PEER_HEADROOM, PEER_TAILROOM, PortRequest, QuotaError, RelayError, RelayOpened,
@@ -228,14 +228,20 @@ enum Attr {
 }
 
 impl Attr {
+    /// Whether a fuzzed attribute before the harness's own credentials
+    /// decides what the server reads (a second MESSAGE-INTEGRITY hides our
+    /// USERNAME: 400; a lone PASSWORD-ALGORITHMS: 400).
     fn touches_credentials(&self) -> bool {
         matches!(
             self,
             Attr::Raw(typ, _) if matches!(
                 AttrType(*typ),
                 AttrType::USERNAME
+                    | AttrType::USERHASH
                     | AttrType::REALM
                     | AttrType::NONCE
+                    | AttrType::PASSWORD_ALGORITHMS
+                    | AttrType::PASSWORD_ALGORITHM
                     | AttrType::MESSAGE_INTEGRITY
                     | AttrType::MESSAGE_INTEGRITY_SHA256
                     | AttrType::FINGERPRINT
@@ -633,9 +639,6 @@ impl Harness {
             self.write_attr(&mut w, attribute);
         }
         let key = self.sign(&mut w, &tuple, &request.auth);
-        // A fuzzed credential attribute before ours decides what the server
-        // reads (a second MESSAGE-INTEGRITY hides our USERNAME: 400), so the
-        // request no longer counts as signed with our key.
         let key = key.filter(|_| !request.attrs.iter().take(MAX_ATTRS).any(Attr::touches_credentials));
         if request.fingerprint {
             w.fingerprint();
@@ -811,13 +814,12 @@ impl Harness {
             assert!(out.is_empty(), "an ICMP report not relayed, yet written");
             return;
         };
+        // Permissions hold canonical addresses, and the indication names the
+        // peer as its permission does.
+        let expected = SocketAddr::new(policy::canonical(report.peer.ip()), report.peer.port());
         let a = self.server.table().get(id).expect("relayed for an allocation that exists");
         assert_eq!((client, tuple), (a.client, a.tuple));
-        assert!(
-            a.has_permission(report.peer.ip(), self.now.instant),
-            "ICMP about {} without a permission",
-            report.peer
-        );
+        assert!(a.has_permission(expected.ip(), self.now.instant), "ICMP about {expected} without a permission");
         let message = Message::parse(&out).expect("the ICMP Data indication parses");
         assert_eq!(message.message_type(), MessageType::new(Method::DATA, Class::Indication));
         assert_eq!(message.attribute(AttrType::ICMP).map(<[u8]>::len), Some(8));
@@ -827,7 +829,7 @@ impl Harness {
             &message.transaction_id(),
         )
         .expect("well-formed XOR-PEER-ADDRESS");
-        assert_eq!(peer, report.peer);
+        assert_eq!(peer, expected);
     }
 
     /// A live allocation chosen by the input, or (for bytes from 0xF0) any
