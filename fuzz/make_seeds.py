@@ -2,9 +2,11 @@
 """Writes the committed seed corpus: fuzz/corpus/<target>/seed-*.
 
 The RFC 5769 samples from tests/vectors/*.hex (hex text, '#' comments), plus
-a few hand-made messages per target. Run from anywhere; it overwrites the
-seed-* files and leaves what libFuzzer found alone. The fuzz runs do not need
-Python: the seeds are committed.
+a few hand-made messages per target, and for server_inputs a few operation
+sequences in the byte layout `arbitrary` decodes its `Input` from (see
+"server_inputs operation sequences" below). Run from anywhere; it overwrites
+the seed-* files and leaves what libFuzzer found alone. The fuzz runs do not
+need Python: the seeds are committed.
 """
 
 import hashlib
@@ -97,6 +99,188 @@ CHANNEL_DATA = {
 }
 
 
+# ---------------------------------------------------------------------------
+# server_inputs operation sequences
+#
+# server_inputs decodes its input with `arbitrary` 1.x: integers little-endian,
+# a bool from the low bit of a byte, an enum from a u32 x as variant
+# (x * count) >> 32, a Vec as elements each preceded by a 1 byte and ended by a
+# 0 byte, structs and variants as their fields in order. The variant lists
+# below are the enums of fuzz/fuzz_targets/server_inputs.rs in declaration
+# order and must change with them; a seed that decodes differently still
+# fuzzes, but no longer reaches what its name says (FUZZ_STATS=1 shows it).
+# ---------------------------------------------------------------------------
+
+OP = [
+    "Request", "Datagram", "ChannelData", "Peer", "LargePeer", "Icmp", "Advance", "Timeout", "ConnectionClosed",
+    "PeerConnected", "PeerAccepted", "PairClosed", "PairTraffic",
+]
+RELAY_IPS = ["Listener", "V4", "Both"]
+STEP = ["Millis", "Seconds", "Minutes"]
+METHOD = [
+    "Binding", "Allocate", "Refresh", "CreatePermission", "ChannelBind", "Send", "Connect", "ConnectionBind", "Other",
+]
+CLASS = ["Usual", "Indication", "Response"]
+ATTR = [
+    "RequestedTransport", "Lifetime", "XorPeer", "ChannelNumber", "Data", "EvenPort", "ReservationToken",
+    "RequestedFamily", "AdditionalFamily", "DontFragment", "ConnectionId", "Raw",
+]
+PROTOCOL = ["Udp", "Tcp", "Other"]
+PEER = ["Known", "V4", "V6"]
+CONNECTION_ID = ["Known", "Raw"]
+AUTH = ["Unsigned", "Signed", "WrongKey", "ForgedNonce"]
+WHO = ["Static", "Rest"]
+SCHEME = ["Rfc5389", "Sha256", "Md5"]
+
+# Indices into server_inputs.rs's CLIENTS and PEERS.
+TCP_CONTROL, TLS_DATA, TCP_DATA = 2, 3, 6
+PEER_8888, PEER_1111 = 0, 1
+
+
+def u8(value):
+    return struct.pack("<B", value)
+
+
+def u16(value):
+    return struct.pack("<H", value)
+
+
+def flag(value):
+    return u8(1 if value else 0)
+
+
+def variant(names, name, *fields):
+    index, count = names.index(name), len(names)
+    # The least x with (x * count) >> 32 == index.
+    return struct.pack("<I", ((index << 32) + count - 1) // count) + b"".join(fields)
+
+
+def elements(items):
+    return b"".join(b"\x01" + item for item in items) + b"\x00"
+
+
+def setup(authenticated, max_bps=None, max_tcp_peer_connections=3):
+    bps = flag(False) if max_bps is None else flag(True) + u16(max_bps)
+    return (
+        flag(authenticated)
+        + flag(False)  # rfc3489
+        + flag(False)  # reason_phrases
+        + flag(False)  # rfc5766_channels
+        + variant(RELAY_IPS, "Listener")
+        + u8(0)  # user_quota: no limit
+        + u8(0)  # total_quota: no limit
+        + u8(4)  # max_permissions
+        + u8(4)  # max_channels
+        + bps
+        + u8(max_tcp_peer_connections)
+    )
+
+
+def unsigned():
+    return variant(AUTH, "Unsigned")
+
+
+def signed(scheme, userhash=False, user=0):
+    fields = () if scheme == "Rfc5389" else (flag(userhash),)
+    return variant(AUTH, "Signed", variant(WHO, "Static", u8(user)), variant(SCHEME, scheme, *fields))
+
+
+def request(client, method, attrs, auth, fingerprint=False):
+    body = (
+        variant(METHOD, method)
+        + variant(CLASS, "Usual")
+        + flag(False)  # retransmit
+        + elements(attrs)
+        + auth
+        + flag(fingerprint)
+    )
+    return variant(OP, "Request", u8(client), body)
+
+
+def requested_transport(protocol):
+    return variant(ATTR, "RequestedTransport", variant(PROTOCOL, protocol))
+
+
+def xor_peer(known):
+    return variant(ATTR, "XorPeer", variant(PEER, "Known", u8(known)))
+
+
+def xor_peer_v4(ip, port):
+    return variant(ATTR, "XorPeer", variant(PEER, "V4", bytes(ip), u16(port)))
+
+
+def learnt_connection_id(index):
+    return variant(ATTR, "ConnectionId", variant(CONNECTION_ID, "Known", u8(index)))
+
+
+def advance_seconds(seconds):
+    return variant(OP, "Advance", variant(STEP, "Seconds", u16(seconds)))
+
+
+def peer_connected(established, connection=0):
+    return variant(OP, "PeerConnected", u8(connection), flag(established))
+
+
+def peer_accepted(known, allocation=0):
+    return variant(OP, "PeerAccepted", u8(allocation), variant(PEER, "Known", u8(known)))
+
+
+def pair_traffic(to_peer, to_client, connection=0):
+    return variant(OP, "PairTraffic", u8(connection), u16(to_peer), u16(to_client))
+
+
+def sequence(authenticated, ops, **limits):
+    return setup(authenticated, **limits) + elements(ops)
+
+
+def rfc6062(auth):
+    """A TCP allocation, a Connect its peer answers, ConnectionBind over TCP
+    and pair traffic, a peer connecting in, ConnectionBind over TLS, a second
+    Connect that fails, one left to time out, and the control connection
+    closing with the pairs still up."""
+    return [
+        request(TCP_CONTROL, "Allocate", [requested_transport("Tcp")], auth, fingerprint=True),
+        request(TCP_CONTROL, "CreatePermission", [xor_peer(PEER_8888)], auth),
+        request(TCP_CONTROL, "Connect", [xor_peer(PEER_1111)], auth, fingerprint=True),
+        peer_connected(True),
+        request(TCP_DATA, "ConnectionBind", [learnt_connection_id(0)], auth),
+        pair_traffic(1000, 3000),
+        peer_accepted(PEER_8888),
+        request(TLS_DATA, "ConnectionBind", [learnt_connection_id(1)], auth),
+        pair_traffic(500, 500, connection=1),
+        request(TCP_CONTROL, "Connect", [xor_peer_v4([9, 9, 9, 9], 53)], auth),
+        peer_connected(False),
+        request(TCP_CONTROL, "Connect", [xor_peer_v4([9, 9, 9, 9], 53)], auth),
+        advance_seconds(31),
+        variant(OP, "Timeout"),
+        variant(OP, "ConnectionClosed", u8(TCP_CONTROL)),
+    ]
+
+
+def challenge_then(ops):
+    """An unsigned Allocate first, whose 401 gives the nonce and the
+    password algorithms the signed requests use."""
+    return [request(TCP_CONTROL, "Allocate", [requested_transport("Tcp")], unsigned())] + ops
+
+
+OPERATION_SEQUENCES = {
+    "ops-tcp-relay": sequence(False, rfc6062(unsigned())),
+    "ops-tcp-relay-paced": sequence(False, rfc6062(unsigned()), max_bps=2000),
+    "ops-tcp-relay-sha256": sequence(True, challenge_then(rfc6062(signed("Sha256", userhash=True)))),
+    "ops-tcp-relay-md5": sequence(True, challenge_then(rfc6062(signed("Rfc5389")))),
+    "ops-allocate-sha256": sequence(
+        True,
+        [
+            request(0, "Allocate", [requested_transport("Udp")], unsigned()),
+            request(0, "Allocate", [requested_transport("Udp")], signed("Sha256")),
+            request(1, "Allocate", [requested_transport("Udp")], signed("Sha256", userhash=True, user=1)),
+            request(0, "CreatePermission", [xor_peer(PEER_8888)], signed("Md5", userhash=True)),
+            request(1, "Refresh", [], signed("Rfc5389", user=1), fingerprint=True),
+        ],
+    ),
+}
+
+
 def write(target, name, data):
     directory = FUZZ / "corpus" / target
     directory.mkdir(parents=True, exist_ok=True)
@@ -111,7 +295,7 @@ def main():
             write(target, name, data)
     for name, data in {**CHANNEL_DATA, "binding": HAND_MADE["binding"]}.items():
         write("channel_data", name, data)
-    for name, data in CHANNEL_DATA.items():
+    for name, data in {**CHANNEL_DATA, **OPERATION_SEQUENCES}.items():
         write("server_inputs", name, data)
     # stream_framing: byte 0 counts the chunk-size bytes after it.
     stream = b"".join(vectors.values()) + channel_data(0x4001, b"hello", pad=True) + HAND_MADE["send"]

@@ -3,11 +3,25 @@
 //!
 //! Operations: raw datagrams and well-formed STUN/TURN requests (built from
 //! fuzzed fields, optionally signed with a known user's key and the nonce
-//! learnt from an earlier 401/438, so the authenticated paths are reached)
-//! from a few client 5-tuples over UDP, TCP and TLS; ChannelData; peer
-//! datagrams through `handle_peer`; clock steps; `handle_timeout`;
-//! `handle_connection_closed`. The server runs anonymous (`auth: None`) or
-//! with long-term credentials, as the first bytes of the input choose.
+//! and password algorithms learnt from an earlier 401/438, so the
+//! authenticated paths are reached) from a few client 5-tuples over UDP, TCP
+//! and TLS; ChannelData; peer datagrams through `handle_peer`; clock steps;
+//! `handle_timeout`; `handle_connection_closed`. Requests are signed as an
+//! RFC 5389 client does (USERNAME, MD5 key, MESSAGE-INTEGRITY) or as an
+//! RFC 8489 one does (PASSWORD-ALGORITHMS echoed, PASSWORD-ALGORITHM SHA-256
+//! or MD5, USERHASH or USERNAME, MESSAGE-INTEGRITY-SHA256).
+//!
+//! RFC 6062: TCP allocations, Connect and ConnectionBind (with CONNECTION-IDs
+//! the harness learnt, or raw ones), and the driver's side of it: peers
+//! answering a Connect (`handle_peer_connected`), peers connecting to a
+//! relayed address (`handle_peer_accepted`), pairs closing
+//! (`handle_tcp_relay_closed`) and moving bytes (`tcp_relay_allowance`,
+//! `record_tcp_relay_traffic`). A client connection whose ConnectionBind
+//! succeeded is the client side of its pair from then on: the harness sends
+//! the core nothing more on it, and closing it closes the pair.
+//!
+//! The server runs anonymous (`auth: None`) or with long-term credentials,
+//! as the first bytes of the input choose.
 //!
 //! After every step the harness asserts:
 //! - nothing panicked;
@@ -19,38 +33,78 @@
 //!   no allocation more permissions or channels than configured;
 //! - every reply is one STUN response of the request's method and
 //!   transaction ID; it is signed only when the request was an
-//!   authenticated TURN request, and a signed reply to a request we signed
-//!   verifies with our key;
+//!   authenticated TURN request (Connect and ConnectionBind included), with
+//!   the integrity attribute the request was checked with, and a signed
+//!   reply to a request we signed verifies with our key, MD5 or SHA-256;
+//! - a 401 or 438 carries a NONCE that starts with RFC 8489's nonce cookie,
+//!   and PASSWORD-ALGORITHMS;
 //! - a reply that is not signed (its request was not authenticated) is at
 //!   most `AMPLIFICATION_BOUND` bytes longer than the request;
-//! - data is forwarded only to a peer the policy allows, from a live
+//! - data is forwarded only to a peer the policy allows, from a live UDP
 //!   allocation, with a range inside the packet;
 //! - a peer datagram is relayed only with a permission, as a ChannelData
 //!   frame or Data indication that reads back to the same peer and payload;
 //! - after `handle_timeout`, no expired allocation is left.
+//!
+//! And for RFC 6062:
+//! - TCP relays are opened without a port request or DONT-FRAGMENT; the
+//!   driver connects only from an open TCP relay of the peer's family, to a
+//!   peer the policy allows;
+//! - the peer connections the driver holds are exactly the server's, each of
+//!   a TCP allocation in the table and to a peer the policy allows; those
+//!   the server has connecting are exactly those the driver has not
+//!   reported on; ids the driver closed are unknown to the server;
+//! - no allocation has more peer connections than
+//!   `max_tcp_peer_connections` (0: none at all), and a TCP allocation has
+//!   no channels;
+//! - a connection waiting for its peer or its ConnectionBind has its
+//!   deadline at most 30 seconds away;
+//! - a peer connecting to a relayed address is kept only by a live TCP
+//!   allocation with a permission for it;
+//! - `poll_control` yields, each as one STUN message for the client of the
+//!   TCP allocation concerned, exactly what the step owes: a Connect answer
+//!   for each Connect the driver reported on or whose 30 seconds ran out
+//!   (success with its CONNECTION-ID when established, 447 otherwise) with
+//!   the Connect's transaction ID, signed when the server authenticates and
+//!   verifying with our key, fingerprinted when the Connect was; and a
+//!   ConnectionAttempt with the peer and CONNECTION-ID for each peer kept;
+//! - a ConnectionBind succeeds only on a stream without an allocation, for
+//!   the CONNECTION-ID it named and, with authentication, by the user of
+//!   its allocation; the connection is then bound;
+//! - a bound pair is allowed what is left of its allocation's `max_bps`
+//!   budget (without a limit, anything), and what it moves is counted in
+//!   the allocation's traffic, taken off the budget and added to the
+//!   server's totals;
+//! - after `handle_timeout`, no peer connection is left past its 30-second
+//!   connect or bind deadline;
+//! - after `handle_connection_closed` of a control connection, none of its
+//!   allocation's peer connections is left.
 
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use tern::proto::allocation::{AllocationId, ClientHandle, RelayId};
-use tern::proto::auth::{Authenticator, LongTermKey, StaticCredentials, UserKeys, rest_password};
+use tern::proto::auth::{
+    Authenticator, Integrity, LongTermKey, NONCE_COOKIE, PasswordAlgorithm, SigningKey, StaticCredentials, UserKeys,
+    rest_password, userhash,
+};
 use tern::proto::channel_data::{self, ChannelData};
-use tern::proto::policy::PeerPolicy;
+use tern::proto::policy::{self, PeerPolicy};
 use tern::proto::rate_limit::RateLimit;
 use tern::proto::server::{
-    ClientOutcome, Driver, IcmpReport, PEER_HEADROOM, PEER_TAILROOM, PortRequest, QuotaError, RelayError, RelayOpened,
-    RelayRequest, Server, ServerConfig, TurnConfig,
+    ClientOutcome, ConnectFailed, Driver, IcmpReport, PEER_HEADROOM, PEER_TAILROOM, PortRequest, QuotaError,
+    RelayError, RelayOpened, RelayRequest, Server, ServerConfig, TurnConfig,
 };
 use tern::proto::stun::attr::{self, FAMILY_IPV4, FAMILY_IPV6};
 use tern::proto::stun::integrity::long_term_key_md5;
-use tern::proto::stun::{AttrType, Class, Message, MessageType, MessageWriter, Method, TransactionId};
+use tern::proto::stun::{AttrType, Class, ErrorCode, Message, MessageType, MessageWriter, Method, TransactionId};
+use tern::proto::tcp_relay::{BIND_TIMEOUT, CONNECT_TIMEOUT, ConnectionId, ControlMessage, State};
 use tern::proto::{FiveTuple, Now, Transport};
 
 /// Most bytes an unauthenticated request's reply may add to the request
@@ -65,7 +119,10 @@ const MAX_ATTRS: usize = 12;
 const MAX_VALUE: usize = 512;
 
 const REALM: &str = "example.org";
-const USERS: [(&str, &str); 2] = [("alice", "alice-password"), ("bob", "bob-password")];
+/// Static users. The last is configured by its MD5 key alone (as coturn's
+/// `turnadmin -k` gives one), so SHA-256 is not available to it.
+const USERS: [(&str, &str); 3] = [("alice", "alice-password"), ("bob", "bob-password"), ("erin", "erin-password")];
+const MD5_ONLY_USER: &str = "erin";
 const REST_SECRET: &[u8] = b"rest-secret";
 const REST_USERS: [&str; 2] = ["carol", "dave"];
 const NONCE_LIFETIME: u64 = 600;
@@ -76,14 +133,18 @@ const PORT_MAX: u16 = 50007;
 const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// Client 5-tuples: two on one IP (they share an anonymous quota and a
-/// nonce), TCP and TLS, IPv6, and one that arrived on a wildcard address.
-const CLIENTS: [(&str, &str, Transport); 6] = [
+/// nonce); three streams from another IP, TCP and TLS, so one can be an
+/// RFC 6062 control connection and the others its data connections; IPv6
+/// over UDP and TLS; and one that arrived on a wildcard address.
+const CLIENTS: [(&str, &str, Transport); 8] = [
     ("198.51.100.1:40000", "192.0.2.10:3478", Transport::Udp),
     ("198.51.100.1:40001", "192.0.2.10:3478", Transport::Udp),
     ("198.51.100.2:40000", "192.0.2.10:3478", Transport::Tcp),
     ("198.51.100.2:40001", "192.0.2.10:5349", Transport::Tls),
     ("[2001:db8:1::1]:40000", "[2001:db8::10]:3478", Transport::Udp),
     ("198.51.100.3:40000", "0.0.0.0:3478", Transport::Udp),
+    ("198.51.100.2:40002", "192.0.2.10:3478", Transport::Tcp),
+    ("[2001:db8:1::1]:40001", "[2001:db8::10]:5349", Transport::Tls),
 ];
 
 /// Peers: public ones the default policy allows, an IPv4-mapped public one,
@@ -123,6 +184,10 @@ struct Setup {
     total_quota: u8,
     max_permissions: u8,
     max_channels: u8,
+    /// Bytes per second each way per allocation, or no limit.
+    max_bps: Option<u16>,
+    /// Taken modulo 4; 0 means no peer connection at all.
+    max_tcp_peer_connections: u8,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -173,6 +238,27 @@ enum Op {
     ConnectionClosed {
         client: u8,
     },
+    /// The outcome of a connection a Connect started, which the driver has
+    /// not reported yet (chosen among them).
+    PeerConnected {
+        connection: u8,
+        established: bool,
+    },
+    /// A peer connected to the TCP relay of an allocation.
+    PeerAccepted {
+        allocation: u8,
+        peer: Peer,
+    },
+    /// A peer connection that is no longer connecting closed.
+    PairClosed {
+        connection: u8,
+    },
+    /// A bound pair has bytes to move each way.
+    PairTraffic {
+        connection: u8,
+        to_peer: u16,
+        to_client: u16,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -201,6 +287,8 @@ enum MethodChoice {
     CreatePermission,
     ChannelBind,
     Send,
+    Connect,
+    ConnectionBind,
     Other(u16),
 }
 
@@ -224,18 +312,25 @@ enum Attr {
     RequestedFamily(Family),
     AdditionalFamily(Family),
     DontFragment,
+    ConnectionId(ConnectionIdChoice),
     Raw(u16, Vec<u8>),
 }
 
 impl Attr {
+    /// Whether a fuzzed attribute before the harness's own credentials
+    /// decides what the server reads (a second MESSAGE-INTEGRITY hides our
+    /// USERNAME: 400; a lone PASSWORD-ALGORITHMS: 400).
     fn touches_credentials(&self) -> bool {
         matches!(
             self,
             Attr::Raw(typ, _) if matches!(
                 AttrType(*typ),
                 AttrType::USERNAME
+                    | AttrType::USERHASH
                     | AttrType::REALM
                     | AttrType::NONCE
+                    | AttrType::PASSWORD_ALGORITHMS
+                    | AttrType::PASSWORD_ALGORITHM
                     | AttrType::MESSAGE_INTEGRITY
                     | AttrType::MESSAGE_INTEGRITY_SHA256
                     | AttrType::FINGERPRINT
@@ -247,6 +342,7 @@ impl Attr {
 #[derive(Arbitrary, Debug)]
 enum Protocol {
     Udp,
+    Tcp,
     Other(u8),
 }
 
@@ -274,6 +370,13 @@ enum Token {
     Raw([u8; 8]),
 }
 
+#[derive(Arbitrary, Debug)]
+enum ConnectionIdChoice {
+    /// One the harness learnt (by index).
+    Known(u8),
+    Raw(u32),
+}
+
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Channel {
     /// 0x4000..=0x4003: few, so binds collide.
@@ -291,13 +394,13 @@ enum Peer {
 #[derive(Arbitrary, Debug)]
 enum Auth {
     Unsigned,
-    /// USERNAME, REALM, the nonce learnt for this client's IP, and
-    /// MESSAGE-INTEGRITY with the user's key.
-    Signed(Who),
+    /// The user's name or hash, REALM, the nonce learnt for this client's
+    /// IP, and integrity with the user's key, as `Scheme` says.
+    Signed(Who, Scheme),
     /// The same with a wrong password.
-    WrongKey(Who),
+    WrongKey(Who, Scheme),
     /// The same with a nonce of the fuzzer's choosing.
-    ForgedNonce(Who, Vec<u8>),
+    ForgedNonce(Who, Scheme, Vec<u8>),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -305,6 +408,21 @@ enum Who {
     Static(u8),
     /// A REST API credential expiring `expiry` seconds from now.
     Rest(u8, i16),
+}
+
+/// How a request is signed.
+#[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    /// RFC 5389: USERNAME, the MD5 key, MESSAGE-INTEGRITY.
+    Rfc5389,
+    /// RFC 8489 §9.2.5, as tern's client signs: the PASSWORD-ALGORITHMS of
+    /// the challenge echoed, PASSWORD-ALGORITHM SHA-256, the SHA-256 key and
+    /// MESSAGE-INTEGRITY-SHA256, with USERHASH instead of USERNAME when
+    /// `userhash`.
+    Sha256 { userhash: bool },
+    /// The same with MD5 chosen off the list: the MD5 key under
+    /// MESSAGE-INTEGRITY-SHA256.
+    Md5 { userhash: bool },
 }
 
 // ---------------------------------------------------------------------------
@@ -317,17 +435,34 @@ struct FakePool {
     free: BTreeSet<u16>,
 }
 
-/// A [`Driver`] with port pools, reservations and quotas, and no sockets.
+/// A [`Driver`] with port pools, reservations, quotas and RFC 6062 peer
+/// connections, and no sockets.
 struct FakeDriver {
     pools: HashMap<IpAddr, FakePool>,
     reservations: HashMap<[u8; 8], (SocketAddr, Instant)>,
     next_token: u64,
     open: HashMap<RelayId, SocketAddr>,
+    /// The relays of `open` that are TCP listeners.
+    tcp_relays: BTreeSet<RelayId>,
     user_quota: u32,
     total_quota: u32,
     per_user: BTreeMap<String, u32>,
     total: u32,
     now: Instant,
+    policy: PeerPolicy,
+    /// Peer connections held, in the order they were made: CONNECTION-IDs
+    /// are random, so the harness picks among them by position here, which
+    /// replays, rather than by value.
+    live: Vec<ConnectionId>,
+    /// Those of `live` a Connect started, whose outcome the driver has not
+    /// reported yet.
+    connecting: Vec<ConnectionId>,
+    /// Connections `connect_peer` started during the current client packet.
+    started: Vec<ConnectionId>,
+    /// Ids closed and not handed out again since.
+    closed: BTreeSet<ConnectionId>,
+    /// For FUZZ_STATS.
+    tcp_relays_opened: u64,
 }
 
 impl FakeDriver {
@@ -344,6 +479,22 @@ impl FakeDriver {
             let (addr, _) = self.reservations.remove(&token).expect("listed above");
             self.pool(addr.ip()).free.insert(addr.port());
         }
+    }
+
+    /// A peer connection the driver holds from now on.
+    fn hold(&mut self, id: ConnectionId) {
+        assert!(!self.live.contains(&id), "connection {id:?} made while held");
+        self.closed.remove(&id);
+        self.live.push(id);
+    }
+
+    /// A peer connection the driver closed.
+    fn release(&mut self, id: ConnectionId) {
+        let at = self.live.iter().position(|held| *held == id);
+        let at = at.unwrap_or_else(|| panic!("connection {id:?} closed, not held"));
+        self.live.remove(at);
+        self.connecting.retain(|connecting| *connecting != id);
+        self.closed.insert(id);
     }
 }
 
@@ -393,7 +544,42 @@ impl Driver for FakeDriver {
 
     fn close_relay(&mut self, id: RelayId) {
         let addr = self.open.remove(&id).unwrap_or_else(|| panic!("close_relay({id:?}) of a relay not open"));
+        self.tcp_relays.remove(&id);
         assert!(self.pool(addr.ip()).free.insert(addr.port()), "port {addr} released twice");
+    }
+
+    fn open_tcp_relay(&mut self, id: RelayId, request: &RelayRequest) -> Result<RelayOpened, RelayError> {
+        assert!(!self.open.contains_key(&id), "TCP relay of {id:?} opened while open");
+        assert_eq!(id.is_ipv6(), request.ip.is_ipv6(), "relay id and address of different families");
+        // RFC 6062 §5.1: EVEN-PORT, RESERVATION-TOKEN and DONT-FRAGMENT are
+        // refused with a TCP Allocate before any relay is opened.
+        assert_eq!((request.port, request.dont_fragment), (PortRequest::Any, false), "TCP relay asked for {request:?}");
+        self.expire_reservations();
+        let port = self.pool(request.ip).free.pop_first().ok_or(RelayError::NoPorts)?;
+        let addr = SocketAddr::new(request.ip, port);
+        self.open.insert(id, addr);
+        self.tcp_relays.insert(id);
+        self.tcp_relays_opened += 1;
+        Ok(RelayOpened { addr, reservation: None })
+    }
+
+    fn connect_peer(&mut self, relay: RelayId, id: ConnectionId, peer: SocketAddr) -> Result<(), ConnectFailed> {
+        assert!(self.tcp_relays.contains(&relay), "connect from {relay:?}, which is no open TCP relay");
+        assert_eq!(relay.is_ipv6(), peer.is_ipv6(), "connect to {peer} from a relay of the other family");
+        assert_eq!(self.policy.check(peer.ip()), Ok(peer.ip()), "connect to a refused peer {peer}");
+        // A connection the socket refuses at once, so that the server's own
+        // 447 answer is reached too.
+        if peer.port() == 0 {
+            return Err(ConnectFailed);
+        }
+        self.hold(id);
+        self.connecting.push(id);
+        self.started.push(id);
+        Ok(())
+    }
+
+    fn close_peer(&mut self, id: ConnectionId) {
+        self.release(id);
     }
 
     fn acquire_quota(&mut self, user: &str) -> Result<(), QuotaError> {
@@ -426,19 +612,62 @@ impl Driver for FakeDriver {
 struct Harness {
     server: Server,
     driver: FakeDriver,
-    policy: PeerPolicy,
     authenticated: bool,
     max_permissions: usize,
     max_channels: usize,
+    /// 0: no limit.
+    max_bps: usize,
+    max_tcp_peer_connections: usize,
     start: Instant,
     now: Now,
-    /// Nonces learnt from 401 and 438 answers, by client IP.
-    nonces: HashMap<IpAddr, Vec<u8>>,
+    /// What the last 401 or 438 to each client IP offered.
+    challenges: HashMap<IpAddr, Challenge>,
     /// RESERVATION-TOKENs learnt from Allocate answers.
     tokens: Vec<[u8; 8]>,
+    /// CONNECTION-IDs learnt from Connect answers, ConnectionAttempts and
+    /// accepted peers, in the order learnt.
+    connection_ids: Vec<ConnectionId>,
+    /// Connects whose connection the driver started and the server still
+    /// has to answer.
+    owed: Vec<OwedAnswer>,
+    /// Connect answers the current step must send: the connection, and
+    /// whether it was established.
+    due_answers: Vec<(ConnectionId, bool)>,
+    /// ConnectionAttempts the current step must send: the connection, its
+    /// allocation and its peer.
+    due_attempts: Vec<(ConnectionId, AllocationId, SocketAddr)>,
+    /// Client connections a ConnectionBind made the client side of a pair.
+    data_connections: Vec<(FiveTuple, ConnectionId)>,
     /// Each client's last transaction ID.
     last_tid: HashMap<usize, TransactionId>,
     tid_counter: u64,
+    counts: Counts,
+}
+
+/// The NONCE and PASSWORD-ALGORITHMS of a 401 or 438.
+struct Challenge {
+    nonce: Vec<u8>,
+    algorithms: Vec<u8>,
+}
+
+/// A Connect the server answers once the driver reports on its connection.
+struct OwedAnswer {
+    connection: ConnectionId,
+    tid: TransactionId,
+    tuple: FiveTuple,
+    /// The key the harness signed the Connect with, when the server signs
+    /// with it.
+    key: Option<SigningKey>,
+    fingerprint: bool,
+}
+
+/// What FUZZ_STATS shows besides the server's own counters.
+#[derive(Default)]
+struct Counts {
+    signed_replies: u64,
+    sha256_signed_replies: u64,
+    connect_answers: u64,
+    connections_bound: u64,
 }
 
 /// One base instant for every run, so runs do not depend on when they happen.
@@ -476,12 +705,45 @@ fn capped(bytes: &[u8]) -> &[u8] {
     &bytes[..bytes.len().min(MAX_VALUE)]
 }
 
+/// Whether `message` carries `key`'s integrity attribute, valid under it.
+fn verifies(key: &SigningKey, message: &Message<'_>) -> bool {
+    match key.integrity {
+        Integrity::Sha1 => message.verify_integrity(key.key.as_bytes()),
+        Integrity::Sha256 => message.verify_integrity_sha256(key.key.as_bytes()),
+    }
+}
+
+fn is_signed(message: &Message<'_>) -> bool {
+    message.has_integrity() || message.has_integrity_sha256()
+}
+
+/// The user a request names, as the server reads it: USERNAME first, else
+/// the static user whose USERHASH it carries.
+fn claimed_user(request: &Message<'_>) -> Option<String> {
+    if let Some(name) = request.attribute(AttrType::USERNAME) {
+        return std::str::from_utf8(name).ok().map(str::to_owned);
+    }
+    let hash = request.attribute(AttrType::USERHASH)?;
+    USERS.iter().find(|(user, _)| userhash(user, REALM) == hash).map(|(user, _)| (*user).to_owned())
+}
+
+fn connection_id(message: &Message<'_>) -> Option<ConnectionId> {
+    message.attribute(AttrType::CONNECTION_ID).and_then(|v| attr::read_u32(v).ok()).map(ConnectionId)
+}
+
 impl Harness {
     fn new(setup: &Setup) -> Self {
         let auth = setup.authenticated.then(|| {
             let users = USERS
                 .iter()
-                .map(|(user, password)| ((*user).to_owned(), UserKeys::from_password(user, REALM, password)))
+                .map(|(user, password)| {
+                    let keys = if *user == MD5_ONLY_USER {
+                        UserKeys::from_md5_key(long_term_key_md5(user, REALM, password))
+                    } else {
+                        UserKeys::from_password(user, REALM, password)
+                    };
+                    ((*user).to_owned(), keys)
+                })
                 .collect();
             let store = StaticCredentials::new(REALM, users, vec![REST_SECRET.to_vec()]);
             Authenticator::new(REALM.to_owned(), store, [7; 32], NONCE_LIFETIME)
@@ -493,12 +755,16 @@ impl Harness {
         };
         let max_permissions = usize::from(setup.max_permissions % 5);
         let max_channels = usize::from(setup.max_channels % 5);
+        let max_bps = setup.max_bps.unwrap_or(0);
+        let max_tcp_peer_connections = usize::from(setup.max_tcp_peer_connections % 4);
         let turn = TurnConfig {
             auth,
             relay_ips,
             max_permissions,
             max_channels,
             rfc5766_channels: setup.rfc5766_channels,
+            max_bps: u32::from(max_bps),
+            max_tcp_peer_connections,
             ..TurnConfig::default()
         };
         let policy = turn.policy.clone();
@@ -518,25 +784,39 @@ impl Harness {
             reservations: HashMap::new(),
             next_token: 0,
             open: HashMap::new(),
+            tcp_relays: BTreeSet::new(),
             user_quota: u32::from(setup.user_quota % 4),
             total_quota: u32::from(setup.total_quota % 8),
             per_user: BTreeMap::new(),
             total: 0,
             now: start,
+            policy,
+            live: Vec::new(),
+            connecting: Vec::new(),
+            started: Vec::new(),
+            closed: BTreeSet::new(),
+            tcp_relays_opened: 0,
         };
         Self {
             server,
             driver,
-            policy,
             authenticated: setup.authenticated,
             max_permissions,
             max_channels,
+            max_bps: usize::from(max_bps),
+            max_tcp_peer_connections,
             start,
             now: Now { instant: start, unix: UNIX_START },
-            nonces: HashMap::new(),
+            challenges: HashMap::new(),
             tokens: Vec::new(),
+            connection_ids: Vec::new(),
+            owed: Vec::new(),
+            due_answers: Vec::new(),
+            due_attempts: Vec::new(),
+            data_connections: Vec::new(),
             last_tid: HashMap::new(),
             tid_counter: 0,
+            counts: Counts::default(),
         }
     }
 
@@ -585,17 +865,25 @@ impl Harness {
                 self.now.unix = UNIX_START + (self.now.instant - self.start).as_secs();
                 self.driver.now = self.now.instant;
             }
-            Op::Timeout => {
-                self.server.handle_timeout(self.now, &mut self.driver);
-                let now = self.now.instant;
-                assert!(self.server.table().iter().all(|(_, a)| !a.is_expired(now)), "expired allocation kept");
+            Op::Timeout => self.timeout(),
+            Op::ConnectionClosed { client } => self.connection_closed(*client),
+            Op::PeerConnected { connection, established } => self.peer_connected(*connection, *established),
+            Op::PeerAccepted { allocation, peer } => self.peer_accepted(*allocation, *peer),
+            Op::PairClosed { connection } => {
+                // A connection still connecting ends through PeerConnected.
+                let open: Vec<ConnectionId> =
+                    self.driver.live.iter().copied().filter(|id| !self.driver.connecting.contains(id)).collect();
+                if !open.is_empty() {
+                    self.close_pair(open[usize::from(*connection) % open.len()]);
+                }
             }
-            Op::ConnectionClosed { client } => {
-                let (_, tuple) = tuple(*client);
-                self.server.handle_connection_closed(&tuple, &mut self.driver);
-                assert!(self.server.table().find(&tuple).is_none(), "allocation outlived its connection");
+            Op::PairTraffic { connection, to_peer, to_client } => {
+                self.pair_traffic(*connection, usize::from(*to_peer), usize::from(*to_client));
             }
         }
+        // The driver closes a pair's client side with its peer side.
+        self.data_connections.retain(|(_, id)| self.driver.live.contains(id));
+        self.drain_control();
         self.check_invariants();
     }
 
@@ -609,6 +897,8 @@ impl Harness {
             MethodChoice::CreatePermission => Method::CREATE_PERMISSION,
             MethodChoice::ChannelBind => Method::CHANNEL_BIND,
             MethodChoice::Send => Method::SEND,
+            MethodChoice::Connect => Method::CONNECT,
+            MethodChoice::ConnectionBind => Method::CONNECTION_BIND,
             MethodChoice::Other(m) => Method(m & 0x0FFF),
         };
         let class = match (&request.class, method) {
@@ -633,9 +923,6 @@ impl Harness {
             self.write_attr(&mut w, attribute);
         }
         let key = self.sign(&mut w, &tuple, &request.auth);
-        // A fuzzed credential attribute before ours decides what the server
-        // reads (a second MESSAGE-INTEGRITY hides our USERNAME: 400), so the
-        // request no longer counts as signed with our key.
         let key = key.filter(|_| !request.attrs.iter().take(MAX_ATTRS).any(Attr::touches_credentials));
         if request.fingerprint {
             w.fingerprint();
@@ -649,6 +936,7 @@ impl Harness {
             Attr::RequestedTransport(protocol) => {
                 let p = match protocol {
                     Protocol::Udp => 17,
+                    Protocol::Tcp => 6,
                     Protocol::Other(p) => *p,
                 };
                 w.attr(AttrType::REQUESTED_TRANSPORT, &[p, 0, 0, 0]);
@@ -686,55 +974,99 @@ impl Harness {
             Attr::DontFragment => {
                 w.attr(AttrType::DONT_FRAGMENT, &[]);
             }
+            Attr::ConnectionId(choice) => {
+                let id = match choice {
+                    ConnectionIdChoice::Known(i) if !self.connection_ids.is_empty() => {
+                        self.connection_ids[usize::from(*i) % self.connection_ids.len()].0
+                    }
+                    ConnectionIdChoice::Known(i) => u32::from(*i),
+                    ConnectionIdChoice::Raw(raw) => *raw,
+                };
+                w.attr_u32(AttrType::CONNECTION_ID, id);
+            }
             Attr::Raw(typ, value) => {
                 w.attr(AttrType(*typ), capped(value));
             }
         }
     }
 
-    /// Adds USERNAME, REALM, NONCE and MESSAGE-INTEGRITY; returns the key
-    /// when it is the user's right one.
-    fn sign(&self, w: &mut MessageWriter<'_>, tuple: &FiveTuple, auth: &Auth) -> Option<LongTermKey> {
-        let (who, wrong_key, nonce) = match auth {
+    /// Adds the credentials `auth` asks for; returns the key the server
+    /// signs its answer with when the request is right but for the nonce
+    /// (none from an anonymous server, which ignores credentials).
+    fn sign(&self, w: &mut MessageWriter<'_>, tuple: &FiveTuple, auth: &Auth) -> Option<SigningKey> {
+        let (who, scheme, wrong_key, nonce) = match auth {
             Auth::Unsigned => return None,
-            Auth::Signed(who) => (who, false, None),
-            Auth::WrongKey(who) => (who, true, None),
-            Auth::ForgedNonce(who, nonce) => (who, false, Some(capped(nonce))),
+            Auth::Signed(who, scheme) => (who, *scheme, false, None),
+            Auth::WrongKey(who, scheme) => (who, *scheme, true, None),
+            Auth::ForgedNonce(who, scheme, nonce) => (who, *scheme, false, Some(capped(nonce))),
         };
-        let (username, password) = match who {
+        let (username, password, rest) = match who {
             Who::Static(i) => {
                 let (user, password) = USERS[usize::from(*i) % USERS.len()];
-                (user.to_owned(), password.to_owned())
+                (user.to_owned(), password.to_owned(), false)
             }
             Who::Rest(i, expiry) => {
                 let expiry = self.now.unix.saturating_add_signed(i64::from(*expiry));
                 let username = format!("{expiry}:{}", REST_USERS[usize::from(*i) % REST_USERS.len()]);
                 let password = rest_password(REST_SECRET, &username);
-                (username, password)
+                (username, password, true)
             }
         };
         let password = if wrong_key { format!("{password}-wrong") } else { password };
-        let key = LongTermKey::Md5(long_term_key_md5(&username, REALM, &password));
-        let learnt = self.nonces.get(&tuple.client.ip()).map_or(&b"no-nonce-yet"[..], Vec::as_slice);
-        w.attr(AttrType::USERNAME, username.as_bytes());
+        let (algorithm, integrity, hashed) = match scheme {
+            Scheme::Rfc5389 => (PasswordAlgorithm::Md5, Integrity::Sha1, false),
+            Scheme::Sha256 { userhash } => (PasswordAlgorithm::Sha256, Integrity::Sha256, userhash),
+            Scheme::Md5 { userhash } => (PasswordAlgorithm::Md5, Integrity::Sha256, userhash),
+        };
+        let challenge = self.challenges.get(&tuple.client.ip());
+        // Before any challenge there is no list to echo: the request then
+        // reads as an RFC 5389 one, whose algorithm is MD5.
+        let algorithms = challenge.map(|c| c.algorithms.as_slice()).filter(|_| scheme != Scheme::Rfc5389);
+        let learnt = challenge.map_or(&b"no-nonce-yet"[..], |c| c.nonce.as_slice());
+        if hashed {
+            w.attr(AttrType::USERHASH, &userhash(&username, REALM));
+        } else {
+            w.attr(AttrType::USERNAME, username.as_bytes());
+        }
         w.attr(AttrType::REALM, REALM.as_bytes());
         w.attr(AttrType::NONCE, nonce.unwrap_or(learnt));
-        w.message_integrity(key.as_bytes());
-        (!wrong_key).then_some(key)
+        if let Some(algorithms) = algorithms {
+            w.attr(AttrType::PASSWORD_ALGORITHMS, algorithms);
+            w.attr(AttrType::PASSWORD_ALGORITHM, &algorithm.attribute_value());
+        }
+        let key = SigningKey { key: LongTermKey::derive(algorithm, &username, REALM, &password), integrity };
+        match integrity {
+            Integrity::Sha1 => w.message_integrity(key.key.as_bytes()),
+            Integrity::Sha256 => w.message_integrity_sha256(key.key.as_bytes()),
+        };
+        // A USERHASH names static users only; the MD5-only user has no
+        // SHA-256 key.
+        let right = self.authenticated
+            && !wrong_key
+            && (algorithms.is_some() || algorithm == PasswordAlgorithm::Md5)
+            && !(hashed && rest)
+            && !(algorithm == PasswordAlgorithm::Sha256 && username == MD5_ONLY_USER);
+        right.then_some(key)
     }
 
     /// Sends one client packet and checks what came back. `key` is the key
-    /// the harness signed the packet with, when it was the right one.
-    fn client_packet(&mut self, tuple: &FiveTuple, packet: &[u8], key: Option<LongTermKey>) -> ClientOutcome {
+    /// the harness signed the packet with, when the server signs its answers
+    /// with it.
+    fn client_packet(&mut self, tuple: &FiveTuple, packet: &[u8], key: Option<SigningKey>) -> ClientOutcome {
+        if self.data_connections.iter().any(|(data, _)| data == tuple) {
+            // What a bound client connection carries goes to its peer
+            // unframed, past the core.
+            return ClientOutcome::Dropped;
+        }
         self.driver.now = self.now.instant;
         let mut reply = Vec::new();
         let handle = ClientHandle(u64::from(tuple.client.port()));
         let outcome = self.server.handle_client(self.now, tuple, handle, packet, &mut reply, &mut self.driver);
         match &outcome {
-            // This driver opens no TCP relays, so no ConnectionBind can
-            // succeed; its answer is checked like any other.
-            ClientOutcome::Replied | ClientOutcome::ConnectionBound { .. } => {
-                self.check_reply(tuple, packet, &reply, key)
+            ClientOutcome::Replied => self.check_reply(tuple, packet, &reply, key),
+            ClientOutcome::ConnectionBound { id } => {
+                self.check_reply(tuple, packet, &reply, key);
+                self.check_bound(tuple, packet, *id);
             }
             ClientOutcome::Dropped => assert!(reply.is_empty(), "dropped, yet a reply was written"),
             ClientOutcome::RepliedFrom { .. } => panic!("answered from another address without RFC 5780 configured"),
@@ -746,13 +1078,26 @@ impl Harness {
                 let a = self.server.table().get(relay.allocation()).expect("forward from an allocation that exists");
                 assert_eq!(a.tuple, *tuple, "forward from another client's allocation");
                 assert!(!a.is_expired(self.now.instant), "forward from an expired allocation");
-                assert_eq!(self.policy.check(peer.ip()), Ok(peer.ip()), "forward to a refused peer {peer}");
+                assert!(!a.tcp_relay, "a datagram forwarded for a TCP allocation");
+                assert_eq!(self.driver.policy.check(peer.ip()), Ok(peer.ip()), "forward to a refused peer {peer}");
             }
+        }
+        for connection in std::mem::take(&mut self.driver.started) {
+            assert_eq!(outcome, ClientOutcome::Dropped, "a Connect answered at once, yet its connection started");
+            let request = Message::parse(packet).expect("only a parsed request starts a connection");
+            assert_eq!(request.message_type(), MessageType::new(Method::CONNECT, Class::Request));
+            self.owed.push(OwedAnswer {
+                connection,
+                tid: request.transaction_id(),
+                tuple: *tuple,
+                key,
+                fingerprint: request.has_fingerprint(),
+            });
         }
         outcome
     }
 
-    fn check_reply(&mut self, tuple: &FiveTuple, packet: &[u8], reply: &[u8], key: Option<LongTermKey>) {
+    fn check_reply(&mut self, tuple: &FiveTuple, packet: &[u8], reply: &[u8], key: Option<SigningKey>) {
         let request = Message::parse(packet)
             .or_else(|_| Message::parse_rfc3489(packet))
             .expect("only a well-formed STUN message is answered");
@@ -770,13 +1115,29 @@ impl Harness {
 
         let turn_method = matches!(
             request.method(),
-            Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND
+            Method::ALLOCATE
+                | Method::REFRESH
+                | Method::CREATE_PERMISSION
+                | Method::CHANNEL_BIND
+                | Method::CONNECT
+                | Method::CONNECTION_BIND
         );
-        if response.has_integrity() {
-            SIGNED_REPLIES.fetch_add(1, Ordering::Relaxed);
-            assert!(self.authenticated && turn_method && request.has_integrity(), "reply signed unasked");
+        if is_signed(&response) {
+            self.counts.signed_replies += 1;
+            assert!(self.authenticated && turn_method && is_signed(&request), "reply signed unasked");
+            // RFC 8489 §9.2.4: with the integrity the request was checked
+            // with, which is MESSAGE-INTEGRITY-SHA256 whenever it has one.
+            let sha256 = request.has_integrity_sha256();
+            assert_eq!(
+                (response.has_integrity(), response.has_integrity_sha256()),
+                (!sha256, sha256),
+                "reply signed with other integrity than its request"
+            );
+            if sha256 {
+                self.counts.sha256_signed_replies += 1;
+            }
             if let Some(key) = key {
-                assert!(response.verify_integrity(key.as_bytes()), "reply signed with another key");
+                assert!(verifies(&key, &response), "reply signed with another key");
             }
         } else {
             // Not signed, so the request was not authenticated: amplification bound.
@@ -790,14 +1151,39 @@ impl Harness {
         let code = response.attribute(AttrType::ERROR_CODE).and_then(|v| attr::read_error_code(v).ok());
         let challenge = code.is_some_and(|c| matches!(c.code, 401 | 438));
         if let (true, true, Some(_)) = (self.authenticated && turn_method, !challenge, key) {
-            assert!(response.has_integrity(), "reply to an authenticated request is unsigned");
+            assert!(is_signed(&response), "reply to an authenticated request is unsigned");
         }
-        if let Some(nonce) = response.attribute(AttrType::NONCE) {
-            self.nonces.insert(tuple.client.ip(), nonce.to_vec());
+        if challenge {
+            let nonce = response.attribute(AttrType::NONCE).expect("a 401 or 438 carries NONCE");
+            assert!(nonce.starts_with(NONCE_COOKIE), "NONCE without RFC 8489's nonce cookie");
+            let algorithms =
+                response.attribute(AttrType::PASSWORD_ALGORITHMS).expect("a 401 or 438 carries PASSWORD-ALGORITHMS");
+            let challenge = Challenge { nonce: nonce.to_vec(), algorithms: algorithms.to_vec() };
+            self.challenges.insert(tuple.client.ip(), challenge);
         }
         if let Some(token) = response.attribute(AttrType::RESERVATION_TOKEN) {
             self.tokens.push(attr::read_reservation_token(token).expect("RESERVATION-TOKEN is 8 bytes"));
         }
+    }
+
+    /// A ConnectionBind succeeded: on a stream without an allocation, for
+    /// the connection it named, which is bound now. The client connection
+    /// is the client side of that pair from now on.
+    fn check_bound(&mut self, tuple: &FiveTuple, packet: &[u8], id: ConnectionId) {
+        let request = Message::parse(packet).expect("a parsed request bound a connection");
+        assert_eq!(request.method(), Method::CONNECTION_BIND, "{:?} bound a connection", request.method());
+        assert_eq!(connection_id(&request), Some(id), "bound another connection than the one named");
+        assert!(tuple.transport.is_stream(), "a datagram bound a connection");
+        assert!(self.server.table().find(tuple).is_none(), "a control connection bound a connection");
+        let connection = self.server.tcp_connections().get(id).expect("the bound connection is known");
+        assert!(matches!(connection.state, State::Bound), "bound, yet not in the Bound state");
+        assert!(self.driver.live.contains(&id), "bound a connection the driver does not hold");
+        if self.authenticated {
+            let a = self.server.table().get(connection.allocation).expect("a bound connection's allocation exists");
+            assert_eq!(claimed_user(&request).as_deref(), Some(&*a.username), "bound by another user");
+        }
+        self.data_connections.push((*tuple, id));
+        self.counts.connections_bound += 1;
     }
 
     /// An ICMP report: relayed only as a well-formed Data indication with
@@ -811,13 +1197,12 @@ impl Harness {
             assert!(out.is_empty(), "an ICMP report not relayed, yet written");
             return;
         };
+        // Permissions hold canonical addresses, and the indication names the
+        // peer as its permission does.
+        let expected = SocketAddr::new(policy::canonical(report.peer.ip()), report.peer.port());
         let a = self.server.table().get(id).expect("relayed for an allocation that exists");
         assert_eq!((client, tuple), (a.client, a.tuple));
-        assert!(
-            a.has_permission(report.peer.ip(), self.now.instant),
-            "ICMP about {} without a permission",
-            report.peer
-        );
+        assert!(a.has_permission(expected.ip(), self.now.instant), "ICMP about {expected} without a permission");
         let message = Message::parse(&out).expect("the ICMP Data indication parses");
         assert_eq!(message.message_type(), MessageType::new(Method::DATA, Class::Indication));
         assert_eq!(message.attribute(AttrType::ICMP).map(<[u8]>::len), Some(8));
@@ -827,7 +1212,7 @@ impl Harness {
             &message.transaction_id(),
         )
         .expect("well-formed XOR-PEER-ADDRESS");
-        assert_eq!(peer, report.peer);
+        assert_eq!(peer, expected);
     }
 
     /// A live allocation chosen by the input, or (for bytes from 0xF0) any
@@ -877,6 +1262,247 @@ impl Harness {
         }
     }
 
+    /// `handle_timeout`: Connects past their deadline are owed a 447, unless
+    /// their allocation expired too and takes them along unanswered.
+    fn timeout(&mut self) {
+        let now = self.now.instant;
+        let tcp = self.server.tcp_connections();
+        for &id in &self.driver.connecting {
+            let connection = tcp.get(id).expect("the server knows every connecting id");
+            let allocation = self.server.table().get(connection.allocation);
+            if now >= connection.deadline && allocation.is_some_and(|a| !a.is_expired(now)) {
+                self.due_answers.push((id, false));
+            }
+        }
+        self.server.handle_timeout(self.now, &mut self.driver);
+        assert!(self.server.table().iter().all(|(_, a)| !a.is_expired(now)), "expired allocation kept");
+        let tcp = self.server.tcp_connections();
+        for id in &self.driver.live {
+            let connection = tcp.get(*id).expect("the server knows every live id");
+            assert!(
+                matches!(connection.state, State::Bound) || now < connection.deadline,
+                "peer connection {id:?} kept past its deadline"
+            );
+        }
+    }
+
+    /// A client connection closed: the pair of a data connection, or the
+    /// allocation of a control connection and every peer connection of it.
+    fn connection_closed(&mut self, client: u8) {
+        let (_, tuple) = tuple(client);
+        if let Some(&(_, id)) = self.data_connections.iter().find(|(data, _)| *data == tuple) {
+            self.close_pair(id);
+            return;
+        }
+        let allocation = self.server.table().find(&tuple);
+        let tcp = self.server.tcp_connections();
+        let of_allocation: Vec<ConnectionId> = self
+            .driver
+            .live
+            .iter()
+            .copied()
+            .filter(|id| allocation.is_some() && tcp.get(*id).map(|c| c.allocation) == allocation)
+            .collect();
+        self.server.handle_connection_closed(&tuple, &mut self.driver);
+        assert!(self.server.table().find(&tuple).is_none(), "allocation outlived its connection");
+        assert!(
+            of_allocation.iter().all(|id| !self.driver.live.contains(id)),
+            "a peer connection outlived its control connection"
+        );
+    }
+
+    /// The driver reports on a connection a Connect started; a failed one
+    /// it has closed already.
+    fn peer_connected(&mut self, connection: u8, established: bool) {
+        if self.driver.connecting.is_empty() {
+            return;
+        }
+        let at = usize::from(connection) % self.driver.connecting.len();
+        let id = self.driver.connecting.remove(at);
+        if !established {
+            self.driver.release(id);
+        }
+        self.due_answers.push((id, established));
+        self.server.handle_peer_connected(self.now, id, established);
+        let connection = self.server.tcp_connections().get(id);
+        if established {
+            let connection = connection.expect("an established connection is kept");
+            assert!(matches!(connection.state, State::Unbound), "established, yet not waiting for its bind");
+            assert_eq!(connection.deadline, self.now.instant + BIND_TIMEOUT, "bind deadline not from now");
+        } else {
+            assert!(connection.is_none(), "a failed connection is kept");
+        }
+    }
+
+    /// A peer connects to a relayed address; the driver hears it only on
+    /// the TCP relays it has open.
+    fn peer_accepted(&mut self, allocation: u8, peer: Peer) {
+        let id = self.pick_allocation(allocation);
+        let peer = peer_addr(peer);
+        let relay = RelayId::new(id, peer.is_ipv6());
+        if !self.driver.tcp_relays.contains(&relay) {
+            return;
+        }
+        let count = self.server.tcp_connections().count(id);
+        let Some(connection) = self.server.handle_peer_accepted(self.now, relay, peer) else {
+            assert_eq!(self.server.tcp_connections().count(id), count, "a refused peer connection is kept");
+            return;
+        };
+        let now = self.now.instant;
+        let peer = SocketAddr::new(policy::canonical(peer.ip()), peer.port());
+        let a = self.server.table().get(id).expect("accepted by an allocation that exists");
+        assert!(a.tcp_relay, "accepted by a UDP allocation");
+        assert!(!a.is_expired(now), "accepted by an expired allocation");
+        assert!(a.has_permission(peer.ip(), now), "accepted {peer} without a permission");
+        assert_eq!(self.driver.policy.check(peer.ip()), Ok(peer.ip()), "accepted a refused peer {peer}");
+        let kept = self.server.tcp_connections().get(connection).expect("an accepted connection is kept");
+        assert_eq!((kept.allocation, kept.peer), (id, peer), "accepted for another allocation or peer");
+        assert!(matches!(kept.state, State::Unbound), "accepted, yet not waiting for its bind");
+        assert_eq!(kept.deadline, now + BIND_TIMEOUT, "bind deadline not from now");
+        self.driver.hold(connection);
+        self.due_attempts.push((connection, id, peer));
+        self.learn(connection);
+    }
+
+    /// A pair ended; the driver has closed both sides.
+    fn close_pair(&mut self, id: ConnectionId) {
+        self.driver.release(id);
+        self.server.handle_tcp_relay_closed(id);
+        assert!(self.server.tcp_connections().get(id).is_none(), "a closed pair is kept");
+    }
+
+    /// A bound pair moves what it has, up to its allowance.
+    fn pair_traffic(&mut self, connection: u8, to_peer: usize, to_client: usize) {
+        let tcp = self.server.tcp_connections();
+        let bound: Vec<ConnectionId> = self
+            .driver
+            .live
+            .iter()
+            .copied()
+            .filter(|id| tcp.get(*id).is_some_and(|c| matches!(c.state, State::Bound)))
+            .collect();
+        if bound.is_empty() {
+            return;
+        }
+        let id = bound[usize::from(connection) % bound.len()];
+        let allocation = tcp.get(id).expect("listed above").allocation;
+        let allowance = self.server.tcp_relay_allowance(self.now, id);
+        if self.max_bps == 0 {
+            assert_eq!(allowance, [usize::MAX; 2], "a pair allowance without max_bps");
+        } else {
+            assert!(allowance.iter().all(|a| *a <= self.max_bps), "a pair allowance over a second's budget");
+        }
+        let moved = [to_peer.min(allowance[0]), to_client.min(allowance[1])];
+        let before = self.server.table().get(allocation).expect("a bound pair's allocation exists").traffic;
+        let total = self.server.stats().tcp_relayed_bytes;
+        self.server.record_tcp_relay_traffic(id, moved[0] as u64, moved[1] as u64);
+        let after = self.server.table().get(allocation).expect("a bound pair's allocation exists").traffic;
+        assert_eq!(
+            (after.bytes_to_peer, after.bytes_to_client),
+            (before.bytes_to_peer + moved[0] as u64, before.bytes_to_client + moved[1] as u64),
+            "pair traffic not counted in its allocation"
+        );
+        assert_eq!(self.server.stats().tcp_relayed_bytes, total + (moved[0] + moved[1]) as u64);
+        let left = self.server.tcp_relay_allowance(self.now, id);
+        let expected = if self.max_bps == 0 { allowance } else { [allowance[0] - moved[0], allowance[1] - moved[1]] };
+        assert_eq!(left, expected, "the budget did not shrink by what the pair moved");
+    }
+
+    fn learn(&mut self, id: ConnectionId) {
+        if !self.connection_ids.contains(&id) {
+            self.connection_ids.push(id);
+        }
+    }
+
+    /// Checks what the server sends outside of answers: exactly what this
+    /// step owes.
+    fn drain_control(&mut self) {
+        while let Some(message) = self.server.poll_control() {
+            self.control_message(&message);
+        }
+        assert!(self.due_answers.is_empty(), "Connect answers owed, not sent: {:?}", self.due_answers);
+        assert!(self.due_attempts.is_empty(), "ConnectionAttempts owed, not sent: {:?}", self.due_attempts);
+        // A Connect gone unanswered went with its allocation (RFC 6062 §5.5).
+        let tcp = self.server.tcp_connections();
+        self.owed.retain(|o| tcp.get(o.connection).is_some_and(|c| matches!(c.state, State::Connecting(_))));
+    }
+
+    fn control_message(&mut self, message: &ControlMessage) {
+        let table = self.server.table();
+        let id = table.find(&message.tuple).expect("control message to a client without an allocation");
+        let a = table.get(id).expect("indexed allocations exist");
+        assert_eq!(a.client, message.client, "control message to another client's handle");
+        assert!(a.tcp_relay, "control message for a UDP allocation");
+        let parsed = Message::parse(&message.bytes);
+        let parsed = parsed.unwrap_or_else(|e| panic!("control message is not one STUN message: {e}"));
+        match (parsed.method(), parsed.class()) {
+            (Method::CONNECTION_ATTEMPT, Class::Indication) => self.connection_attempt(id, &parsed),
+            (Method::CONNECT, Class::Success | Class::Error) => self.connect_answer(&message.tuple, &parsed),
+            (method, class) => panic!("control message is a {} {class:?}", method.name()),
+        }
+    }
+
+    fn connection_attempt(&mut self, allocation: AllocationId, message: &Message<'_>) {
+        assert!(!is_signed(message), "signed ConnectionAttempt");
+        let id = connection_id(message).expect("ConnectionAttempt with a CONNECTION-ID");
+        let peer = message.attribute(AttrType::XOR_PEER_ADDRESS).expect("ConnectionAttempt with XOR-PEER-ADDRESS");
+        let peer = attr::read_xor_address(peer, &message.transaction_id()).expect("well-formed XOR-PEER-ADDRESS");
+        let at = self.due_attempts.iter().position(|(due, _, _)| *due == id);
+        let at = at.unwrap_or_else(|| panic!("ConnectionAttempt for {id:?}, which no peer made"));
+        let (_, due_allocation, due_peer) = self.due_attempts.remove(at);
+        assert_eq!((allocation, peer), (due_allocation, due_peer), "ConnectionAttempt to another client or peer");
+        self.learn(id);
+    }
+
+    /// A Connect answer: to a Connect of this transaction and client whose
+    /// outcome this step reported, saying that outcome, signed when the
+    /// server authenticates (with our key when we signed the Connect right)
+    /// and fingerprinted as the Connect was.
+    fn connect_answer(&mut self, tuple: &FiveTuple, message: &Message<'_>) {
+        let established = message.class() == Class::Success;
+        let answered = connection_id(message);
+        if established {
+            assert!(answered.is_some(), "Connect success without CONNECTION-ID");
+        } else {
+            let code = message.attribute(AttrType::ERROR_CODE).and_then(|v| attr::read_error_code(v).ok());
+            let code = code.expect("Connect error with a well-formed ERROR-CODE").code;
+            assert_eq!(code, ErrorCode::CONNECTION_TIMEOUT_OR_FAILURE.0, "Connect answered {code}");
+        }
+        assert_eq!(
+            is_signed(message),
+            self.authenticated,
+            "Connect answer signed without authentication or unsigned with"
+        );
+        if message.has_fingerprint() {
+            assert!(message.verify_fingerprint(), "Connect answer with a wrong FINGERPRINT");
+        }
+        let tid = message.transaction_id();
+        let owed = |id: ConnectionId| self.owed.iter().find(|o| o.connection == id);
+        let of_transaction: Vec<usize> = (0..self.due_answers.len())
+            .filter(|&i| owed(self.due_answers[i].0).is_some_and(|o| o.tid == tid && o.tuple == *tuple))
+            .collect();
+        assert!(!of_transaction.is_empty(), "Connect answer to no Connect this step reported on");
+        let same_outcome: Vec<usize> = of_transaction
+            .into_iter()
+            .filter(|&i| {
+                let (id, due_established) = self.due_answers[i];
+                due_established == established && (!established || answered == Some(id))
+            })
+            .collect();
+        assert!(!same_outcome.is_empty(), "Connect answer of another outcome or CONNECTION-ID than reported");
+        let matching = same_outcome.into_iter().find(|&i| {
+            let o = owed(self.due_answers[i].0).expect("filtered above");
+            o.fingerprint == message.has_fingerprint() && o.key.is_none_or(|key| verifies(&key, message))
+        });
+        let at = matching.expect("Connect answer not signed or fingerprinted as its Connect");
+        let (id, _) = self.due_answers.remove(at);
+        self.owed.retain(|o| o.connection != id);
+        if established {
+            self.learn(id);
+        }
+        self.counts.connect_answers += 1;
+    }
+
     fn check_invariants(&self) {
         let table = self.server.table();
         assert!(table.is_consistent(), "allocation table and its index disagree");
@@ -888,21 +1514,59 @@ impl Harness {
         let distinct: BTreeSet<SocketAddr> = relays.values().copied().collect();
         assert_eq!(distinct.len(), relays.len(), "two allocations share a relayed address");
 
+        let tcp = self.server.tcp_connections();
         let mut per_user = BTreeMap::new();
         let mut per_ip = BTreeMap::new();
-        for (_, a) in table.iter() {
+        for (id, a) in table.iter() {
             *per_user.entry(a.quota_key.to_string()).or_insert(0u32) += 1;
             for relayed in a.relayed_addresses() {
                 *per_ip.entry(relayed.addr.ip()).or_insert(0usize) += 1;
+                let relay = RelayId::new(id, relayed.addr.is_ipv6());
+                assert_eq!(self.driver.tcp_relays.contains(&relay), a.tcp_relay, "relay of the other transport");
             }
             assert!(a.permission_count() <= self.max_permissions, "permissions over the limit");
             assert!(a.channel_count() <= self.max_channels, "channels over the limit");
+            assert!(!a.tcp_relay || a.channel_count() == 0, "a channel on a TCP allocation");
+            assert!(tcp.count(id) <= self.max_tcp_peer_connections, "peer connections over the limit");
         }
         assert_eq!(per_user, self.driver.per_user, "quota counts differ from the table");
         assert_eq!(self.driver.total as usize, table.len(), "total quota differs from the table");
         let pool_size = usize::from(PORT_MAX - PORT_MIN) + 1;
         assert!(per_ip.values().all(|n| *n <= pool_size), "more allocations than ports");
         assert!(table.len() <= 2 * pool_size, "more allocations than the pools hold");
+
+        assert_eq!(tcp.len(), self.driver.live.len(), "the server and the driver hold different peer connections");
+        for id in &self.driver.live {
+            let connection = tcp.get(*id).unwrap_or_else(|| panic!("the driver holds {id:?}, unknown to the server"));
+            let a = table.get(connection.allocation).expect("a peer connection of an allocation that exists");
+            assert!(a.tcp_relay, "a peer connection of a UDP allocation");
+            let peer = connection.peer;
+            assert_eq!(
+                self.driver.policy.check(peer.ip()),
+                Ok(peer.ip()),
+                "a peer connection to a refused peer {peer}"
+            );
+            assert_eq!(
+                matches!(connection.state, State::Connecting(_)),
+                self.driver.connecting.contains(id),
+                "{id:?} connecting for one of the server and the driver only"
+            );
+            let wait = match connection.state {
+                State::Connecting(_) => Some(CONNECT_TIMEOUT),
+                State::Unbound => Some(BIND_TIMEOUT),
+                State::Bound => None,
+            };
+            if let Some(wait) = wait {
+                assert!(connection.deadline <= self.now.instant + wait, "{id:?} waits past its 30 seconds");
+            }
+        }
+        for id in &self.driver.closed {
+            assert!(tcp.get(*id).is_none(), "{id:?} closed by the driver, known to the server");
+        }
+        for (_, id) in &self.data_connections {
+            let bound = tcp.get(*id).is_some_and(|c| matches!(c.state, State::Bound));
+            assert!(bound, "the pair of a data connection is not bound");
+        }
     }
 }
 
@@ -911,21 +1575,30 @@ fuzz_target!(|input: Input| {
     for op in input.ops.iter().take(MAX_OPS) {
         harness.run(op);
     }
-    // FUZZ_STATS=1 shows whether the inputs reach the authenticated paths
-    // (a harness that never signs a request fuzzes only the 401 branch).
+    // FUZZ_STATS=1 shows whether the inputs reach the authenticated and
+    // RFC 6062 paths (a harness that never signs a request fuzzes only the
+    // 401 branch), one line per run.
     if std::env::var_os("FUZZ_STATS").is_some() {
         let stats = harness.server.stats();
+        let counts = &harness.counts;
         eprintln!(
-            "authenticated={} created={} relayed_to_peer={} relayed_to_client={} auth_failures={} signed_replies={}",
+            "authenticated={} created={} relayed_to_peer={} relayed_to_client={} auth_failures={} signed_replies={} \
+             sha256_signed_replies={} tcp_relays={} tcp_peer_connections={} tcp_peer_refused={} tcp_peer_failures={} \
+             connect_answers={} connections_bound={} tcp_relayed_bytes={}",
             input.setup.authenticated,
             stats.allocations_created,
             stats.relayed_to_peer,
             stats.relayed_to_client,
             stats.auth_failures,
-            SIGNED_REPLIES.load(Ordering::Relaxed)
+            counts.signed_replies,
+            counts.sha256_signed_replies,
+            harness.driver.tcp_relays_opened,
+            stats.tcp_peer_connections,
+            stats.tcp_peer_refused,
+            stats.tcp_peer_failures,
+            counts.connect_answers,
+            counts.connections_bound,
+            stats.tcp_relayed_bytes,
         );
     }
 });
-
-/// Signed replies seen by this process, for FUZZ_STATS.
-static SIGNED_REPLIES: AtomicU64 = AtomicU64::new(0);
