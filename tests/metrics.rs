@@ -1,7 +1,8 @@
 //! Prometheus metrics end to end: `tern serve --metrics-listen` answers
 //! `GET /metrics` with OpenMetrics text whose counters follow what the
 //! server did (a `tern turn` probe's allocation and packets) and whose
-//! gauges follow what it holds now; other requests get HTTP errors; a bad
+//! gauges follow what it holds now (and whether it drains); other requests
+//! get HTTP errors; a bad
 //! or busy metrics address stops tern from starting, naming the key.
 
 mod common;
@@ -104,8 +105,14 @@ fn metrics_follow_the_servers_work() {
     assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
     let (status, _, _) = http(metrics, &format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000)));
     assert_eq!(status, "HTTP/1.1 431 Request Header Fields Too Large");
-    scrape(metrics);
-    let (status, _) = server.stop_with_log();
+    assert_eq!(value(&scrape(metrics), "tern_draining"), Some(0));
+
+    // Draining (SIGUSR1) shows; the drained server then stops by itself.
+    session.allocate(None).expect("a second allocation");
+    server.signal(libc::SIGUSR1);
+    scrape_until(metrics, "tern_draining", 1);
+    session.refresh(0).expect("delete");
+    let (status, _) = server.wait_exit(PUBLISH_WAIT);
     assert!(status.success());
 }
 

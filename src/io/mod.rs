@@ -88,6 +88,7 @@ pub struct Running {
 #[derive(Clone)]
 pub struct MetricsSource {
     shared: Arc<relay::Shared>,
+    shutdown: Shutdown,
     workers: usize,
 }
 
@@ -99,6 +100,8 @@ pub struct MetricsSnapshot {
     pub allocations: u32,
     pub connections: u32,
     pub workers: usize,
+    /// SIGUSR1 was received: no new allocations.
+    pub draining: bool,
 }
 
 impl MetricsSource {
@@ -108,6 +111,7 @@ impl MetricsSource {
             allocations: self.shared.allocations(),
             connections: self.shared.connections(),
             workers: self.workers,
+            draining: self.shutdown.is_draining(),
         }
     }
 }
@@ -192,7 +196,7 @@ impl Running {
 
     /// What a metrics scrape reads: the workers' counters and the gauges.
     pub fn metrics(&self) -> MetricsSource {
-        MetricsSource { shared: Arc::clone(&self.shared), workers: self.workers.len() }
+        MetricsSource { shared: Arc::clone(&self.shared), shutdown: self.shutdown.clone(), workers: self.workers.len() }
     }
 
     /// The shutdown handle the workers watch.

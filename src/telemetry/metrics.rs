@@ -114,10 +114,11 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
     tls_accepted.inc_by(io.tls_accepted);
     registry.register("tls_connections_accepted", "Connections accepted on TLS listeners", tls_accepted);
 
-    let gauges: [(&str, &str, u64); 3] = [
+    let gauges: [(&str, &str, u64); 4] = [
         ("allocations", "TURN allocations now", u64::from(snapshot.allocations)),
         ("open_connections", "Client TCP and TLS connections open now", u64::from(snapshot.connections)),
         ("workers", "Worker threads", snapshot.workers as u64),
+        ("draining", "1 while draining (SIGUSR1): no new allocations", u64::from(snapshot.draining)),
     ];
     for (name, help, value) in gauges {
         let gauge: Gauge = Gauge::default();
@@ -226,7 +227,7 @@ mod tests {
         counters.server.relayed_bytes_to_client = 1200;
         counters.server.dropped_no_permission = 2;
         counters.io.tcp_accepted = 5;
-        let snapshot = MetricsSnapshot { counters, allocations: 4, connections: 1, workers: 2 };
+        let snapshot = MetricsSnapshot { counters, allocations: 4, connections: 1, workers: 2, draining: false };
         let text = render(&snapshot);
         for line in [
             "tern_stun_requests_total 7",
@@ -237,6 +238,7 @@ mod tests {
             "tern_allocations 4",
             "tern_open_connections 1",
             "tern_workers 2",
+            "tern_draining 0",
             "# TYPE tern_allocations gauge",
             "# EOF",
         ] {
