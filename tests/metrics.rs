@@ -2,8 +2,8 @@
 //! `GET /metrics` with OpenMetrics text whose counters follow what the
 //! server did (a `tern turn` probe's allocation and packets) and whose
 //! gauges follow what it holds now (and whether it drains); other requests
-//! get HTTP errors; a bad
-//! or busy metrics address stops tern from starting, naming the key.
+//! get HTTP errors; a bad or busy metrics address stops tern from starting,
+//! naming the key.
 
 mod common;
 
