@@ -813,6 +813,25 @@ impl Config {
         self.turn.unwrap_or(self.auth.has_credentials() || self.auth.allow_anonymous)
     }
 
+    /// The users' keys and the REST secrets, as the authenticator takes
+    /// them (at start, and again on SIGHUP).
+    pub fn credentials(&self) -> StaticCredentials {
+        let users = self
+            .auth
+            .users
+            .iter()
+            .map(|(name, secret)| {
+                let keys = match secret {
+                    UserSecret::Password(password) => UserKeys::from_password(name, &self.realm, password),
+                    UserSecret::Key(key) => UserKeys::from_md5_key(*key),
+                };
+                (name.clone(), keys)
+            })
+            .collect();
+        let secrets = self.auth.secrets.iter().map(|s| s.as_bytes().to_vec()).collect();
+        StaticCredentials::new(&self.realm, users, secrets)
+    }
+
     /// What the IO driver needs. `nonce_key` signs nonces: random per
     /// process, shared by its workers.
     pub fn runtime(&self, nonce_key: [u8; 32], local_addresses: &[IpAddr]) -> RuntimeConfig {
@@ -821,25 +840,8 @@ impl Config {
             self.user.as_ref().and_then(|user| crate::io::sys::lookup_identity(user, self.group.as_deref()).ok());
         let turn = self.turn_enabled().then(|| {
             let auth = self.auth.has_credentials().then(|| {
-                let users = self
-                    .auth
-                    .users
-                    .iter()
-                    .map(|(name, secret)| {
-                        let keys = match secret {
-                            UserSecret::Password(password) => UserKeys::from_password(name, &self.realm, password),
-                            UserSecret::Key(key) => UserKeys::from_md5_key(*key),
-                        };
-                        (name.clone(), keys)
-                    })
-                    .collect();
-                let secrets = self.auth.secrets.iter().map(|s| s.as_bytes().to_vec()).collect();
-                Authenticator::new(
-                    self.realm.clone(),
-                    StaticCredentials::new(&self.realm, users, secrets),
-                    nonce_key,
-                    u64::from(self.auth.nonce_lifetime),
-                )
+                let nonce_lifetime = u64::from(self.auth.nonce_lifetime);
+                Authenticator::new(self.realm.clone(), self.credentials(), nonce_key, nonce_lifetime)
             });
             let listen = self.listen.iter().chain(&self.tls.listen);
             let mut own: Vec<IpAddr> = listen.clone().map(SocketAddr::ip).collect();

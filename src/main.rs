@@ -106,7 +106,14 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
         telemetry::metrics::serve(listener, running.metrics())
             .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
     }
-    let reload = on_reload(hangups, running.tls()).map_err(|e| format!("cannot start the SIGHUP handler: {e}"))?;
+    let reloadable = Reloadable {
+        file: args.config.clone(),
+        overrides: args.overrides(),
+        realm: config.realm.clone(),
+        authenticates: config.turn_enabled() && config.auth.has_credentials(),
+    };
+    let reload = on_reload(hangups, reloadable, running.reloader())
+        .map_err(|e| format!("cannot start the SIGHUP handler: {e}"))?;
     let drain = on_drain(drain_requests, shutdown.clone(), running.metrics())
         .map_err(|e| format!("cannot start the SIGUSR1 handler: {e}"))?;
     let report = running.join().map_err(|e| format!("server failed: {e}"))?;
@@ -137,20 +144,31 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGHUP (`systemctl reload`) reads the TLS certificate and key again. New
-/// handshakes use the new pair, established connections keep theirs, and a
-/// pair that does not load leaves the old one in place. Without TLS there is
-/// nothing to reload, but SIGHUP is still caught: its default would end tern.
-/// A SIGHUP that arrives before this runs is queued in `signals`, not lost.
+/// SIGHUP (`systemctl reload`) reads the configuration's users and REST
+/// secrets and the TLS certificate and key again.
+///
+/// Credentials: the file is read and checked as at start (with the same
+/// command-line flags over it); the users and secrets of a valid one
+/// replace the old ones in every worker, so a secret can be rotated or a
+/// user revoked without cutting calls. A file that does not load, has no
+/// credentials left, or changes the realm leaves the old ones in place.
+///
+/// TLS: new handshakes use the new pair, established connections keep
+/// theirs, and a pair that does not load leaves the old one in place.
+///
+/// SIGHUP is caught even with nothing to reload: its default would end
+/// tern. A SIGHUP that arrives before this runs is queued in `signals`.
 fn on_reload(
     mut signals: signal_hook::iterator::Signals,
-    store: Option<std::sync::Arc<io::tls::TlsStore>>,
+    args: Reloadable,
+    running: io::Reloader,
 ) -> std::io::Result<signal_hook::iterator::Handle> {
     let handle = signals.handle();
     std::thread::Builder::new().name("tern-reload".into()).spawn(move || {
         for _ in signals.forever() {
-            let Some(store) = &store else {
-                info!("SIGHUP: no TLS certificate configured; nothing to reload");
+            args.reload_credentials(&running);
+            let Some(store) = running.tls() else {
+                info!("SIGHUP: no TLS certificate configured");
                 continue;
             };
             let (cert, key) = store.files();
@@ -161,6 +179,49 @@ fn on_reload(
         }
     })?;
     Ok(handle)
+}
+
+/// What a SIGHUP reads the credentials from: the configuration file and
+/// flags tern started with, and the realm and mode it runs in.
+struct Reloadable {
+    file: Option<std::path::PathBuf>,
+    overrides: tern::config::Overrides,
+    realm: String,
+    /// Whether tern authenticates at all (not STUN only, not anonymous).
+    authenticates: bool,
+}
+
+impl Reloadable {
+    fn reload_credentials(&self, running: &io::Reloader) {
+        if !self.authenticates {
+            info!("SIGHUP: no credentials in use; authenticating takes a restart");
+            return;
+        }
+        let Some(file) = &self.file else {
+            info!("SIGHUP: credentials come from the command line only; nothing to reload");
+            return;
+        };
+        let config = match Config::load(file).and_then(|mut c| c.apply(&self.overrides).map(|()| c)) {
+            Ok(config) => config,
+            Err(e) => {
+                error!(error = %e, "configuration reload failed; keeping the current users and secrets");
+                return;
+            }
+        };
+        if config.realm != self.realm {
+            error!(
+                realm = %config.realm,
+                running = %self.realm,
+                "the realm changed (it is in every key); keeping the current users and secrets until a restart"
+            );
+        } else if !config.auth.has_credentials() {
+            error!("the reloaded configuration has no auth.users or auth.secrets; keeping the current ones");
+        } else {
+            let (users, secrets) = (config.auth.users.len(), config.auth.secrets.len());
+            running.reload_credentials(config.credentials());
+            info!(file = %file.display(), users, secrets, "credentials reloaded");
+        }
+    }
 }
 
 /// SIGUSR1 drains the server, for a restart that cuts no call: new

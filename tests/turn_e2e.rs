@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TernServer, run_tern};
+use common::{TernServer, run_tern, scratch_file};
 use tern::client::ClientSocket;
 use tern::client::turn::{Credentials, TurnSession};
 use tern::proto::Transport;
@@ -128,6 +128,43 @@ fn a_draining_server_redirects_newcomers_and_exits_after_the_last_allocation() {
     assert!(log.iter().any(|l| l.contains("drained: no allocation left")));
     let stopped = common::find_log(&log, "tern stopped").expect("final report");
     assert_eq!(stopped["allocations"].as_u64(), Some(1), "only the allocation from before the drain: {stopped}");
+}
+
+/// SIGHUP reads the users and REST secrets again: a new user and a new
+/// secret work at once, a removed user and secret get 401, and a file that
+/// does not load changes nothing.
+#[test]
+fn sighup_reloads_users_and_secrets() {
+    let credentials = |user: &str, secret: &str| {
+        format!("realm = \"tern.test\"\n[auth]\nsecrets = [\"{secret}\"]\n[auth.users]\n{user} = \"wonderland\"\n")
+    };
+    let file = scratch_file("reload-credentials.toml", &credentials("carol", "old-secret"));
+    let path = file.to_str().expect("utf-8 path");
+    let server = relay_server(&["--config", path]);
+    let works = |args: &[&str]| turn_probe(&server, "udp", args);
+    assert!(works(&["-u", "carol", "-p", "wonderland"]).0);
+    assert!(works(&["-u", "rest-user", "--secret", "old-secret"]).0);
+
+    std::fs::write(&file, credentials("bob", "new-secret")).expect("rewrite the config");
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("credentials reloaded", 1, Duration::from_secs(5));
+    assert!(works(&["-u", "bob", "-p", "wonderland"]).0, "a new user works at once");
+    assert!(works(&["-u", "rest-user", "--secret", "new-secret"]).0, "so does a new secret");
+    for revoked in [&["-u", "carol", "-p", "wonderland"][..], &["-u", "rest-user", "--secret", "old-secret"]] {
+        let (ok, stdout) = works(revoked);
+        assert!(!ok && stdout.contains("FAILED: allocate: 401"), "{revoked:?} is revoked: {stdout}");
+    }
+    // Flags add to the file, on reload too: relay_server's --user alice stays.
+    assert!(works(&["-u", "alice", "-p", "wonderland"]).0);
+
+    std::fs::write(&file, "[auth]\nusers = 5\n").expect("break the config");
+    server.signal(libc::SIGHUP);
+    server.wait_for_log(
+        "configuration reload failed; keeping the current users and secrets",
+        1,
+        Duration::from_secs(5),
+    );
+    assert!(works(&["-u", "bob", "-p", "wonderland"]).0, "a broken file changes nothing");
 }
 
 #[test]

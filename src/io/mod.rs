@@ -84,6 +84,25 @@ pub struct Running {
     tls: Option<Arc<tls::TlsStore>>,
 }
 
+/// What a reload (SIGHUP) can change while the workers run.
+pub struct Reloader {
+    shared: Arc<relay::Shared>,
+    tls: Option<Arc<tls::TlsStore>>,
+}
+
+impl Reloader {
+    /// Gives every worker new users and secrets; each takes them in on its
+    /// next loop turn.
+    pub fn reload_credentials(&self, store: crate::proto::auth::StaticCredentials) {
+        self.shared.publish_credentials(store);
+    }
+
+    /// The certificate store, when TLS is served.
+    pub fn tls(&self) -> Option<&Arc<tls::TlsStore>> {
+        self.tls.as_ref()
+    }
+}
+
 /// A handle for metrics scrapes, kept by the metrics thread.
 #[derive(Clone)]
 pub struct MetricsSource {
@@ -189,9 +208,9 @@ impl Running {
         &self.shared
     }
 
-    /// The certificate store, when TLS is served; `reload` it on SIGHUP.
-    pub fn tls(&self) -> Option<Arc<tls::TlsStore>> {
-        self.tls.clone()
+    /// A handle for SIGHUP: the certificate store and the workers' credentials.
+    pub fn reloader(&self) -> Reloader {
+        Reloader { shared: Arc::clone(&self.shared), tls: self.tls.clone() }
     }
 
     /// What a metrics scrape reads: the workers' counters and the gauges.

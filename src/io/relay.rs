@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use mio::{Interest, Registry, Token};
@@ -20,6 +21,7 @@ use super::sys;
 use super::tcp_relay::{Handoffs, TcpRelays};
 use super::worker::WorkerReport;
 use crate::proto::allocation::RelayId;
+use crate::proto::auth::StaticCredentials;
 use crate::proto::port_pool::PortPool;
 use crate::proto::server::{ConnectFailed, Driver, PortRequest, QuotaError, RelayError, RelayOpened, RelayRequest};
 use crate::proto::tcp_relay::ConnectionId;
@@ -52,6 +54,10 @@ pub struct Shared {
     /// Each worker's counters as of its last tick, summed when metrics are
     /// scraped; a worker touches its own slot once a second.
     reports: Vec<Mutex<WorkerReport>>,
+    /// Users and secrets of the latest reload (SIGHUP), and how many
+    /// reloads there were: a worker compares the count once a loop turn.
+    credentials: Mutex<Option<Arc<StaticCredentials>>>,
+    credentials_generation: AtomicU64,
 }
 
 #[derive(Default)]
@@ -76,7 +82,25 @@ impl Shared {
             limits,
             handoffs: Handoffs::new(workers),
             reports: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+            credentials: Mutex::default(),
+            credentials_generation: AtomicU64::new(0),
         }
+    }
+
+    /// Hands reloaded users and secrets to every worker.
+    pub fn publish_credentials(&self, store: StaticCredentials) {
+        *lock(&self.credentials) = Some(Arc::new(store));
+        self.credentials_generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many times credentials were reloaded.
+    pub fn credentials_generation(&self) -> u64 {
+        self.credentials_generation.load(Ordering::Acquire)
+    }
+
+    /// The credentials of the latest reload, if there was one.
+    pub fn credentials(&self) -> Option<Arc<StaticCredentials>> {
+        lock(&self.credentials).clone()
     }
 
     /// Records `worker`'s counters for the next scrape.

@@ -35,6 +35,7 @@ use super::tcp::{Closed, Next, ReadStatus, TcpConnection, WRITE_QUEUE_LIMIT};
 use super::tcp_relay::{self, TcpRelays};
 use super::tls::TlsAcceptor;
 use crate::proto::allocation::{ClientHandle, RelayId};
+use crate::proto::auth::StaticCredentials;
 use crate::proto::server::{ClientOutcome, IcmpReport, PEER_HEADROOM, PEER_TAILROOM, Server, ServerConfig, Stats};
 use crate::proto::{FiveTuple, Now, Transport};
 
@@ -182,6 +183,8 @@ pub struct Worker {
     /// `next_throttle`.
     throttled: Vec<Token>,
     next_throttle: Instant,
+    /// The credential reloads this worker has taken in.
+    credentials_generation: u64,
     /// Relay sockets with ICMP errors queued, to read this turn.
     icmp_pending: Vec<RelayId>,
     shutdown: Shutdown,
@@ -235,6 +238,7 @@ impl Worker {
             pending: Vec::new(),
             throttled: Vec::new(),
             next_throttle: clock::now(),
+            credentials_generation: 0,
             icmp_pending: Vec::new(),
             shutdown,
             stats: IoStats::default(),
@@ -276,6 +280,13 @@ impl Worker {
             if self.shutdown.is_draining() && !self.server.is_draining() {
                 self.server.start_draining();
                 debug!("draining: no new allocations");
+            }
+            let reloads = self.shared.credentials_generation();
+            if reloads != self.credentials_generation {
+                self.credentials_generation = reloads;
+                if let Some(store) = self.shared.credentials() {
+                    self.server.replace_credentials(StaticCredentials::clone(&store));
+                }
             }
             let now = clock::reading();
             if !self.throttled.is_empty() && now.instant >= self.next_throttle {

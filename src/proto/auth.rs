@@ -234,6 +234,17 @@ impl CredentialStore for StaticCredentials {
     }
 }
 
+/// The security features nonces announce for `store` (see
+/// [`Authenticator::new`]), as the three bytes after the cookie.
+fn security_features(store: &impl CredentialStore) -> [u8; 3] {
+    let mut features = FEATURE_PASSWORD_ALGORITHMS;
+    if store.rest_secrets().is_empty() {
+        features |= FEATURE_USERNAME_ANONYMITY;
+    }
+    let [_, a, b, c] = features.to_be_bytes();
+    [a, b, c]
+}
+
 /// Which integrity attribute a request was checked with, and so which one
 /// signs its response (RFC 8489 §9.2.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -343,12 +354,16 @@ impl<S: CredentialStore> Authenticator<S> {
     /// password), so it is announced only when no REST secret is configured.
     /// USERHASH is accepted for static users either way.
     pub fn new(realm: String, store: S, nonce_key: [u8; 32], nonce_lifetime: u64) -> Self {
-        let mut features = FEATURE_PASSWORD_ALGORITHMS;
-        if store.rest_secrets().is_empty() {
-            features |= FEATURE_USERNAME_ANONYMITY;
-        }
-        let [_, a, b, c] = features.to_be_bytes();
-        Self { realm, store, nonce_key, nonce_lifetime, features: [a, b, c] }
+        let features = security_features(&store);
+        Self { realm, store, nonce_key, nonce_lifetime, features }
+    }
+
+    /// Takes the users and secrets of a reloaded configuration. Nonces
+    /// already handed out stay valid: each carries the features it was
+    /// made with, under its MAC.
+    pub fn replace_store(&mut self, store: S) {
+        self.features = security_features(&store);
+        self.store = store;
     }
 
     pub fn realm(&self) -> &str {
@@ -674,6 +689,22 @@ mod tests {
         }
         // Without the cookie the nonce is not one of ours either.
         assert_eq!(user(&auth, Req::legacy("alice", &nonce[9..], Some(&key)), NOW), Err(AuthError::StaleNonce));
+    }
+
+    #[test]
+    fn a_replaced_store_takes_effect_at_once_and_old_nonces_stay_valid() {
+        let mut auth = authenticator();
+        let nonce = auth.nonce(IP, NOW);
+        let alice = md5("alice", "secret");
+        assert!(user(&auth, Req::legacy("alice", &nonce, Some(&alice)), NOW).is_ok());
+        let mut users = HashMap::new();
+        users.insert("bob".to_owned(), UserKeys::from_password("bob", REALM, "hunter2"));
+        auth.replace_store(StaticCredentials::new(REALM, users, vec![]));
+        assert_eq!(user(&auth, Req::legacy("alice", &nonce, Some(&alice)), NOW), Err(AuthError::UnknownUser));
+        let bob = md5("bob", "hunter2");
+        assert_eq!(user(&auth, Req::legacy("bob", &nonce, Some(&bob)), NOW).as_deref(), Ok("bob"));
+        // No REST secret any more: new nonces ask for USERHASH ("AAAD").
+        assert_eq!(&auth.nonce(IP, NOW)[..13], b"obMatJos2AAAD");
     }
 
     #[test]

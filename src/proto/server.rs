@@ -22,7 +22,7 @@ use tracing::{debug, info, info_span, trace};
 use crate::proto::allocation::{
     Allocation, AllocationId, ByteBucket, ChannelBindError, ClientHandle, LOG_TARGET, RelayId, Relayed,
 };
-use crate::proto::auth::{AuthError, Authenticator, SigningKey};
+use crate::proto::auth::{AuthError, Authenticator, SigningKey, StaticCredentials};
 use crate::proto::channel_data::{self, ChannelData, ChannelNumber};
 use crate::proto::demux::{self, PacketKind};
 use crate::proto::error::{ParseError, RequestError};
@@ -386,6 +386,22 @@ impl Server {
 
     pub fn is_draining(&self) -> bool {
         self.draining
+    }
+
+    /// Swaps in the users and secrets of a reloaded configuration; requests
+    /// from now on are checked against them, so an allocation of a user or
+    /// secret that is gone cannot be refreshed and ends with its lifetime
+    /// (or its deletion). False, and nothing
+    /// changes, when this server does not authenticate (STUN only, or
+    /// anonymous relaying): that takes a restart to change.
+    pub fn replace_credentials(&mut self, store: StaticCredentials) -> bool {
+        match self.config.turn.as_mut().and_then(|turn| turn.auth.as_mut()) {
+            Some(auth) => {
+                auth.replace_store(store);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn stats(&self) -> &Stats {
