@@ -33,6 +33,8 @@ pub enum Command {
     Turn(TurnArgs),
     /// Print TURN REST API credentials and the iceServers entry that uses them.
     Credentials(CredentialsArgs),
+    /// Print a user's long-term key for `auth.users`, so the config need not hold the password.
+    Key(KeyArgs),
     /// Load-test a TURN server: relay through many allocations, or an allocation storm.
     Load(LoadArgs),
 }
@@ -312,6 +314,20 @@ pub struct CredentialsArgs {
     /// TURN URIs for the iceServers entry (repeatable).
     #[arg(long = "uri", value_name = "URI", default_values_t = ["turn:127.0.0.1:3478?transport=udp".to_owned(), "turn:127.0.0.1:3478?transport=tcp".to_owned()])]
     pub uris: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// The user name.
+    #[arg(long)]
+    pub user: String,
+    /// The server's realm (`realm`); it is part of the key.
+    #[arg(long, default_value = config::DEFAULT_REALM)]
+    pub realm: String,
+    /// The password; read from the first line of standard input when not
+    /// given, so it stays out of the shell history.
+    #[arg(long)]
+    pub password: Option<String>,
 }
 
 /// What `tern load` does.

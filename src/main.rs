@@ -7,8 +7,8 @@ use clap::Parser;
 use tracing::{error, info, warn};
 
 use tern::cli::{
-    Cli, ClientTransport, Command, CredentialsArgs, LoadArgs, LoadMode, NatArgs, PasswordAlgorithmArg, ServerArgs,
-    StunArgs, TlsClientArgs, TurnArgs,
+    Cli, ClientTransport, Command, CredentialsArgs, KeyArgs, LoadArgs, LoadMode, NatArgs, PasswordAlgorithmArg,
+    ServerArgs, StunArgs, TlsClientArgs, TurnArgs,
 };
 use tern::client::credentials::RestCredential;
 use tern::client::load::{self, LoadConfig, Mode, Pacing};
@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Nat(args) => nat(&args),
         Command::Turn(args) => turn(&args),
         Command::Credentials(args) => credentials(&args),
+        Command::Key(args) => key(&args),
         Command::Load(args) => load_test(&args),
     };
     match result {
@@ -368,6 +369,36 @@ fn credentials(args: &CredentialsArgs) -> Result<ExitCode, String> {
     let credential = RestCredential::new(&args.secret, &args.user, args.ttl, tern::io::clock::unix_secs());
     print!("{}", credential.report(&args.uris));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tern key`: the MD5 long-term key of RFC 5389 (what coturn's
+/// `turnadmin -k` prints), as an `auth.users` line.
+fn key(args: &KeyArgs) -> Result<ExitCode, String> {
+    let password = match &args.password {
+        Some(password) => password.clone(),
+        None => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map_err(|e| format!("cannot read the password: {e}"))?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    if password.is_empty() {
+        return Err("the password is empty (give --password, or one line on standard input)".into());
+    }
+    let key = tern::proto::stun::integrity::long_term_key_md5(&args.user, &args.realm, &password);
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    println!(
+        "# [auth.users] entry for realm {:?}: MD5 only (browsers, RFC 5389 clients); a password allows SHA-256 too",
+        args.realm
+    );
+    println!("{} = {{ key = \"0x{hex}\" }}", toml_key(&args.user));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `name` as a TOML key: bare when it can be, quoted otherwise.
+fn toml_key(name: &str) -> String {
+    let bare = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if bare { name.to_owned() } else { toml::Value::String(name.to_owned()).to_string() }
 }
 
 /// Relay ports inside the kernel's ephemeral range can be taken by any

@@ -167,6 +167,27 @@ fn sighup_reloads_users_and_secrets() {
     assert!(works(&["-u", "bob", "-p", "wonderland"]).0, "a broken file changes nothing");
 }
 
+/// `tern key` prints an `auth.users` line with the MD5 key (as coturn's
+/// `turnadmin -k` does); a server configured with it lets the user in with
+/// the password over MD5, as browsers sign.
+#[test]
+fn a_key_from_tern_key_lets_its_user_in() {
+    let output = run_tern(&["key", "--user", "dave", "--realm", "tern.test", "--password", "pa55"]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let entry = stdout.lines().find(|l| l.starts_with("dave = { key = \"0x")).expect("an auth.users line");
+    let file = scratch_file("tern-key.toml", &format!("realm = \"tern.test\"\n[auth.users]\n{entry}\n"));
+    let server = relay_server(&["--config", file.to_str().expect("utf-8 path")]);
+    let (ok, stdout) = turn_probe(&server, "udp", &["-u", "dave", "-p", "pa55", "--password-algorithm", "md5"]);
+    assert!(ok, "{stdout}");
+    assert_all_steps_ok(&stdout);
+    let (ok, stdout) = turn_probe(&server, "udp", &["-u", "dave", "-p", "guess", "--password-algorithm", "md5"]);
+    assert!(!ok && stdout.contains("FAILED: allocate: 401"), "{stdout}");
+    let empty = run_tern(&["key", "--user", "dave", "--password", ""]);
+    assert!(!empty.status.success());
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("the password is empty"));
+}
+
 #[test]
 fn wrong_password_is_refused_with_401() {
     let server = relay_server(&[]);
