@@ -45,11 +45,17 @@ fn main() -> ExitCode {
 }
 
 fn load(args: &ServerArgs) -> Result<Config, String> {
-    let mut config = match &args.config {
+    load_config(args.config.as_deref(), &args.overrides())
+}
+
+/// The file (or the embedded defaults) with the command line over it, as
+/// at start and on every SIGHUP.
+fn load_config(file: Option<&std::path::Path>, overrides: &tern::config::Overrides) -> Result<Config, String> {
+    let mut config = match file {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
         None => Config::defaults(),
     };
-    config.apply(&args.overrides()).map_err(|e| e.to_string())?;
+    config.apply(overrides).map_err(|e| e.to_string())?;
     Ok(config)
 }
 
@@ -202,7 +208,7 @@ impl Reloadable {
             info!("SIGHUP: credentials come from the command line only; nothing to reload");
             return;
         };
-        let config = match Config::load(file).and_then(|mut c| c.apply(&self.overrides).map(|()| c)) {
+        let config = match load_config(Some(file), &self.overrides) {
             Ok(config) => config,
             Err(e) => {
                 error!(error = %e, "configuration reload failed; keeping the current users and secrets");
@@ -241,10 +247,9 @@ fn on_drain(
             return;
         }
         shutdown.drain();
-        let allocations = metrics.snapshot().allocations;
-        info!(allocations, "draining: no new allocations; tern stops once the last one ends");
+        info!(allocations = metrics.allocations(), "draining: no new allocations; tern stops once the last one ends");
         while !shutdown.is_requested() {
-            if metrics.snapshot().allocations == 0 {
+            if metrics.allocations() == 0 {
                 info!("drained: no allocation left");
                 shutdown.trigger();
                 break;

@@ -371,6 +371,16 @@ fn a_peer_that_does_not_read_stops_the_client_instead_of_growing_memory() {
     assert_eq!(read, written, "nothing lost");
 }
 
+/// Every step of `tern turn --relay-transport tcp` printed " ok ".
+fn assert_probe_steps_ok(stdout: &str) {
+    for step in ["allocate", "connect", "connection bind", "tcp data", "delete"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(step) && l.contains(" ok ")),
+            "step {step:?} did not succeed:\n{stdout}"
+        );
+    }
+}
+
 #[test]
 fn tern_turn_relay_transport_tcp_runs_every_step() {
     let server = start_open();
@@ -378,12 +388,7 @@ fn tern_turn_relay_transport_tcp_runs_every_step() {
     let output = common::run_tern(&["turn", &addr, "-u", "alice", "-p", "wonderland", "--relay-transport", "tcp"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "tern turn --relay-transport tcp failed:\n{stdout}");
-    for step in ["allocate", "connect", "connection bind", "tcp data", "delete"] {
-        assert!(
-            stdout.lines().any(|l| l.starts_with(step) && l.contains(" ok ")),
-            "step {step:?} did not succeed:\n{stdout}"
-        );
-    }
+    assert_probe_steps_ok(&stdout);
     // The peer policy's refusal is reported with the code.
     let strict = start(&[]);
     let addr = strict.tcp_addr().to_string();
@@ -495,12 +500,7 @@ fn tern_turn_tls_relay_transport_tcp_runs_every_step() {
     let output = common::run_tern(&args);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "tern turn turns:... --relay-transport tcp failed:\n{stdout}");
-    for step in ["allocate", "connect", "connection bind", "tcp data", "delete"] {
-        assert!(
-            stdout.lines().any(|l| l.starts_with(step) && l.contains(" ok ")),
-            "step {step:?} did not succeed:\n{stdout}"
-        );
-    }
+    assert_probe_steps_ok(&stdout);
 }
 
 // ---------------------------------------------------------------------------

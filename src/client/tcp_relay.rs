@@ -4,9 +4,9 @@
 //! reads them back, and deletes the allocation.
 //!
 //! A data connection is a new TCP (or, for a `turns:` client, TLS)
-//! connection to the server whose first exchange is ConnectionBind; after its success response the stream
-//! carries the peer's bytes unframed, so the response is read to its exact
-//! length and not a byte further.
+//! connection to the server whose first exchange is ConnectionBind; after
+//! its success response the stream carries the peer's bytes unframed, so the
+//! response is read to its exact length and not a byte further.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

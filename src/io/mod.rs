@@ -127,11 +127,17 @@ impl MetricsSource {
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
             counters: self.shared.reports(),
-            allocations: self.shared.allocations(),
+            allocations: self.allocations(),
             connections: self.shared.connections(),
             workers: self.workers,
             draining: self.shutdown.is_draining(),
         }
+    }
+
+    /// Allocations now, in every worker: the gauge alone, without summing
+    /// the counters.
+    pub fn allocations(&self) -> u32 {
+        self.shared.allocations()
     }
 }
 

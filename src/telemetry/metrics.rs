@@ -36,7 +36,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
     let server = &snapshot.counters.server;
     let io = &snapshot.counters.io;
 
-    let counters: [(&str, &str, u64); 22] = [
+    let counters: [(&str, &str, u64); 24] = [
         ("stun_requests", "STUN requests received and parsed", server.requests),
         ("binding_responses", "Binding success responses sent", server.binding_responses),
         ("error_responses", "STUN error responses sent, challenges included", server.error_responses),
@@ -67,6 +67,8 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
             io.tls_handshake_timeouts,
         ),
         ("tls_refused", "TLS connections closed at once: too many handshakes in progress", io.tls_refused),
+        ("tls_connections_accepted", "Connections accepted on TLS listeners", io.tls_accepted),
+        ("tcp_relayed_bytes", "Bytes RFC 6062 data connections carried, both ways", server.tcp_relayed_bytes),
     ];
     for (name, help, value) in counters {
         let counter: Counter = Counter::default();
@@ -90,9 +92,6 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "Payload bytes relayed over UDP",
         by_direction(server.relayed_bytes_to_peer, server.relayed_bytes_to_client),
     );
-    let tcp_bytes: Counter = Counter::default();
-    tcp_bytes.inc_by(server.tcp_relayed_bytes);
-    registry.register("tcp_relayed_bytes", "Bytes RFC 6062 data connections carried, both ways", tcp_bytes);
 
     let dropped = Family::<Labels, Counter>::default();
     for (reason, value) in [
@@ -110,9 +109,6 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         connections.get_or_create(&vec![("event", event)]).inc_by(value);
     }
     registry.register("tcp_connections", "Client TCP and TLS connections, by event", connections);
-    let tls_accepted: Counter = Counter::default();
-    tls_accepted.inc_by(io.tls_accepted);
-    registry.register("tls_connections_accepted", "Connections accepted on TLS listeners", tls_accepted);
 
     let gauges: [(&str, &str, u64); 4] = [
         ("allocations", "TURN allocations now", u64::from(snapshot.allocations)),
