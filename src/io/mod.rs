@@ -9,12 +9,15 @@
 pub mod clock;
 mod listener;
 mod out;
-pub mod relay;
+mod relay;
+mod report;
+pub mod shared;
 pub mod shutdown;
 pub mod sys;
 mod tcp;
 mod tcp_relay;
 pub mod tls;
+mod token;
 mod worker;
 
 use std::net::SocketAddr;
@@ -27,9 +30,11 @@ use tracing::{error, info, warn};
 use crate::proto::Transport;
 use crate::proto::server::ServerConfig;
 pub use listener::{BindError, size_buffers};
-pub use relay::QuotaLimits;
+pub use report::{IoStats, WorkerReport};
+use shared::{Shared, SharedAccounts};
 use shutdown::Shutdown;
-pub use worker::{IoStats, WorkerReport};
+
+pub use crate::proto::resources::QuotaLimits;
 
 /// What the driver needs to run: where to listen, how many workers, the
 /// relay port range and quotas, and the core's configuration.
@@ -80,13 +85,13 @@ pub struct Running {
     listening: Vec<(Transport, SocketAddr)>,
     workers: Vec<JoinHandle<std::io::Result<WorkerReport>>>,
     shutdown: Shutdown,
-    shared: Arc<relay::Shared>,
+    shared: Arc<Shared>,
     tls: Option<Arc<tls::TlsStore>>,
 }
 
 /// What a reload (SIGHUP) can change while the workers run.
 pub struct Reloader {
-    shared: Arc<relay::Shared>,
+    shared: Arc<Shared>,
     tls: Option<Arc<tls::TlsStore>>,
 }
 
@@ -106,7 +111,7 @@ impl Reloader {
 /// A handle for metrics scrapes, kept by the metrics thread.
 #[derive(Clone)]
 pub struct MetricsSource {
-    shared: Arc<relay::Shared>,
+    shared: Arc<Shared>,
     shutdown: Shutdown,
     workers: usize,
 }
@@ -128,7 +133,7 @@ impl MetricsSource {
         MetricsSnapshot {
             counters: self.shared.reports(),
             allocations: self.allocations(),
-            connections: self.shared.connections(),
+            connections: self.shared.accounts.lock().connections(),
             workers: self.workers,
             draining: self.shutdown.is_draining(),
         }
@@ -137,7 +142,7 @@ impl MetricsSource {
     /// Allocations now, in every worker: the gauge alone, without summing
     /// the counters.
     pub fn allocations(&self) -> u32 {
-        self.shared.allocations()
+        self.shared.accounts.lock().allocations()
     }
 }
 
@@ -172,7 +177,8 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
         sys::drop_privileges(identity).map_err(StartError::Privileges)?;
         info!(uid = identity.uid, gid = identity.gid, "dropped privileges");
     }
-    let shared = Arc::new(relay::Shared::new(config.relay_ports, config.quotas, per_worker.len()));
+    let accounts = SharedAccounts::new(config.relay_ports, config.quotas, rand::random());
+    let shared = Arc::new(Shared::new(accounts, per_worker.len()));
     let mut workers = Vec::with_capacity(config.workers);
     for (id, listeners) in per_worker.into_iter().enumerate() {
         let worker_tls = tls.as_ref().map(|(settings, store)| worker::WorkerTls {
@@ -180,9 +186,17 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
             max_handshakes: settings.max_handshakes,
             handshake_timeout: settings.handshake_timeout,
         });
-        let worker =
-            worker::Worker::new(id, listeners, config.server.clone(), shared.clone(), shutdown.clone(), worker_tls)
-                .map_err(StartError::Worker)?;
+        let seed = rand::random();
+        let worker = worker::Worker::new(
+            id,
+            listeners,
+            config.server.clone(),
+            shared.clone(),
+            shutdown.clone(),
+            worker_tls,
+            seed,
+        )
+        .map_err(StartError::Worker)?;
         let shutdown = shutdown.clone();
         let handle = std::thread::Builder::new()
             .name(format!("tern-worker-{id}"))
@@ -210,7 +224,7 @@ impl Running {
     }
 
     /// The state shared by the workers: port pools and quotas.
-    pub fn shared(&self) -> &relay::Shared {
+    pub fn shared(&self) -> &Shared {
         &self.shared
     }
 

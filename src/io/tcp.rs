@@ -57,6 +57,8 @@ pub struct TcpConnection {
     /// The client shut down its sending side; once the write queue is
     /// flushed the connection is closed.
     pub peer_closed: bool,
+    /// When the worker checks its idle and handshake deadlines next.
+    pub timer: Option<std::time::Instant>,
 }
 
 /// A connection out of STUN framing: its socket and TLS session, the
@@ -106,6 +108,7 @@ impl TcpConnection {
             out_pos: 0,
             last_received: now,
             peer_closed: false,
+            timer: None,
         }
     }
 

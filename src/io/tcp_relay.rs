@@ -19,24 +19,16 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use mio::{Interest, Registry, Token, Waker};
+use mio::{Interest, Registry, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use rustls::ServerConnection;
 
 use super::tcp::Detached;
 use super::tls;
+use super::token::Source;
 use crate::proto::allocation::RelayId;
 use crate::proto::tcp_relay::ConnectionId;
-
-/// Tokens of this module: `TOKEN_BASE` + a kind offset + an id. Connection
-/// ids are 32-bit and relay ids far below 2^33, so the kinds cannot meet.
-pub const TOKEN_BASE: usize = 1 << 40;
-const PEER_TOKENS: usize = TOKEN_BASE;
-const DATA_TOKENS: usize = TOKEN_BASE + (1 << 33);
-const LISTENER_TOKENS: usize = TOKEN_BASE + (1 << 34);
-/// First token past this module's.
-pub const TOKEN_END: usize = TOKEN_BASE + (1 << 35);
 
 /// Bytes buffered per direction of a bound pair: enough to keep a fast
 /// connection busy between two turns of the loop, small enough that ten
@@ -46,37 +38,6 @@ pub const PIPE_CAPACITY: usize = 64 * 1024;
 const PUMP_BUDGET: usize = 256 * 1024;
 /// Pending connections in a relay listener's accept queue.
 const LISTEN_BACKLOG: i32 = 128;
-
-/// What a token of this module names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    /// The peer side of a data connection pair.
-    Peer(ConnectionId),
-    /// The client side.
-    Data(ConnectionId),
-    /// A TCP allocation's listening socket.
-    Listener(RelayId),
-}
-
-impl Source {
-    pub fn from_token(token: Token) -> Option<Self> {
-        let index = token.0;
-        match index {
-            _ if !(TOKEN_BASE..TOKEN_END).contains(&index) => None,
-            _ if index >= LISTENER_TOKENS => Some(Self::Listener(RelayId(index - LISTENER_TOKENS))),
-            _ if index >= DATA_TOKENS => u32::try_from(index - DATA_TOKENS).ok().map(|id| Self::Data(ConnectionId(id))),
-            _ => u32::try_from(index - PEER_TOKENS).ok().map(|id| Self::Peer(ConnectionId(id))),
-        }
-    }
-
-    pub fn token(self) -> Token {
-        Token(match self {
-            Self::Peer(id) => PEER_TOKENS + id.0 as usize,
-            Self::Data(id) => DATA_TOKENS + id.0 as usize,
-            Self::Listener(relay) => LISTENER_TOKENS + relay.0,
-        })
-    }
-}
 
 /// How a pair stands after [`TcpRelays::pump`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -288,7 +249,7 @@ impl TcpRelays {
     /// Binds and registers the listening socket of `relay` on `addr`.
     pub fn open_listener(&mut self, registry: &Registry, relay: RelayId, addr: SocketAddr) -> io::Result<()> {
         let mut listener = bind_listener(addr)?;
-        registry.register(&mut listener, Source::Listener(relay).token(), Interest::READABLE)?;
+        registry.register(&mut listener, Source::TcpRelayListener(relay).token(), Interest::READABLE)?;
         if self.listeners.len() <= relay.0 {
             self.listeners.resize_with(relay.0 + 1, || None);
         }
@@ -296,12 +257,11 @@ impl TcpRelays {
         Ok(())
     }
 
-    /// Closes the listening socket of `relay`, if it has one; returns its
-    /// address so the port goes back to the pool.
-    pub fn close_listener(&mut self, registry: &Registry, relay: RelayId) -> Option<SocketAddr> {
-        let mut closed = self.listeners.get_mut(relay.0).and_then(Option::take)?;
-        let _ = registry.deregister(&mut closed.listener);
-        Some(closed.addr)
+    /// Closes the listening socket of `relay` if it is bound to `addr`.
+    pub fn close_listener(&mut self, registry: &Registry, relay: RelayId, addr: SocketAddr) {
+        if let Some(mut closed) = self.listeners.get_mut(relay.0).and_then(|slot| slot.take_if(|l| l.addr == addr)) {
+            let _ = registry.deregister(&mut closed.listener);
+        }
     }
 
     /// Accepts one pending peer connection of `relay`.
@@ -321,7 +281,7 @@ impl TcpRelays {
         id: ConnectionId,
         mut peer: mio::net::TcpStream,
     ) -> io::Result<()> {
-        registry.register(&mut peer, Source::Peer(id).token(), Interest::READABLE | Interest::WRITABLE)?;
+        registry.register(&mut peer, Source::PeerSide(id).token(), Interest::READABLE | Interest::WRITABLE)?;
         let _ = peer.set_nodelay(true);
         self.pairs.insert(id, Pair::new(peer, false));
         Ok(())
@@ -351,7 +311,7 @@ impl TcpRelays {
             Err(e) => return Err(e),
         }
         let mut stream = mio::net::TcpStream::from_std(socket.into());
-        registry.register(&mut stream, Source::Peer(id).token(), Interest::READABLE | Interest::WRITABLE)?;
+        registry.register(&mut stream, Source::PeerSide(id).token(), Interest::READABLE | Interest::WRITABLE)?;
         let _ = stream.set_nodelay(true);
         self.pairs.insert(id, Pair::new(stream, true));
         Ok(())
@@ -392,7 +352,7 @@ impl TcpRelays {
     ) -> bool {
         let Some(pair) = self.pairs.get_mut(&id) else { return false };
         let Detached { mut stream, tls, unread, unsent, .. } = client;
-        if registry.register(&mut stream, Source::Data(id).token(), Interest::READABLE | Interest::WRITABLE).is_err() {
+        if registry.register(&mut stream, Source::ClientSide(id).token(), Interest::READABLE | Interest::WRITABLE).is_err() {
             return false;
         }
         // Both are at most one read's worth: a frame and what followed it.
@@ -461,15 +421,6 @@ impl TcpRelays {
         let (mut client, ip) = pair.client?;
         let _ = registry.deregister(&mut client.stream);
         Some(ip)
-    }
-
-    /// Open pairs, bound or not.
-    pub fn len(&self) -> usize {
-        self.pairs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
     }
 }
 
@@ -560,26 +511,5 @@ impl Handoffs {
         // A worker that panicked while holding the lock left queues that are
         // still queues.
         self.inboxes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_round_trip_and_do_not_overlap() {
-        for source in [
-            Source::Peer(ConnectionId(0)),
-            Source::Peer(ConnectionId(u32::MAX)),
-            Source::Data(ConnectionId(0)),
-            Source::Data(ConnectionId(u32::MAX)),
-            Source::Listener(RelayId(0)),
-            Source::Listener(RelayId((1 << 34) - 1)),
-        ] {
-            assert_eq!(Source::from_token(source.token()), Some(source));
-        }
-        assert_eq!(Source::from_token(Token(TOKEN_BASE - 1)), None);
-        assert_eq!(Source::from_token(Token(TOKEN_END)), None);
     }
 }

@@ -2,6 +2,13 @@
 //! sockets, its TCP and TLS connections, the relay sockets of its allocations
 //! and its [`Server`], and drives the core with bytes and time.
 //!
+//! After every input the worker drains the core's outputs: it acts on each
+//! [`Event`] (opening and closing relay sockets, connecting peers) and
+//! reports back, and sends each [`Transmit`] to its client. It sleeps until
+//! the earliest of the core's next deadline, its own (idle connections, TLS
+//! handshakes, paced RFC 6062 pairs, publishing counters) or a ready socket:
+//! an idle relay does no work however many allocations it holds.
+//!
 //! A TLS connection is a TCP connection with a rustls state machine between
 //! the socket and the framing; it shares the connection table, the caps per
 //! source IP and in all, and the idle timeout with plain TCP. On top, a
@@ -15,28 +22,36 @@
 //! budget runs out goes on a pending list and is served again on the next
 //! turn, after everyone else.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll};
 use slab::Slab;
 use tracing::{debug, info_span, trace, warn};
 
 use super::clock;
 use super::listener::WorkerListeners;
 use super::out::{OutQueue, Via};
-use super::relay::{RelaySocket, Shared, WorkerDriver};
+use super::relay::UdpRelays;
+use super::report::{IoStats, WorkerReport};
+use super::shared::{Shared, SharedAccounts};
 use super::shutdown::Shutdown;
 use super::sys::{self, RecvBatch};
 use super::tcp::{Closed, Next, ReadStatus, TcpConnection, WRITE_QUEUE_LIMIT};
-use super::tcp_relay::{self, TcpRelays};
+use super::tcp_relay::TcpRelays;
 use super::tls::TlsAcceptor;
+use super::token::Source;
 use crate::proto::allocation::{ClientHandle, RelayId};
 use crate::proto::auth::StaticCredentials;
-use crate::proto::server::{ClientOutcome, IcmpReport, PEER_HEADROOM, PEER_TAILROOM, Server, ServerConfig, Stats};
+use crate::proto::error::RelayOpenError;
+use crate::proto::server::{
+    ClientOutcome, Event, IcmpReport, PEER_HEADROOM, PEER_TAILROOM, RelayProtocol, Server, ServerConfig,
+};
 use crate::proto::{FiveTuple, Now, Transport};
 
 /// Receive slots are large enough for any UDP datagram.
@@ -46,8 +61,9 @@ const UDP_SLOT: usize = 65536;
 const BATCHES_PER_WAKE: usize = 8;
 /// Connections accepted per listener per wake-up.
 const ACCEPTS_PER_WAKE: usize = 64;
-/// Housekeeping period: expiry sweeps and idle checks.
-const TICK: Duration = Duration::from_secs(1);
+/// How long counters may go unpublished after they change: metrics are at
+/// most this old, and an idle worker publishes nothing.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// How soon an RFC 6062 pair waiting for its `max_bps` budget is pumped
 /// again: short enough that a paced stream flows smoothly, long enough that
 /// a throttled pair costs little.
@@ -56,65 +72,10 @@ const THROTTLE_RETRY: Duration = Duration::from_millis(25);
 /// is closed.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-const WAKER: Token = Token(usize::MAX);
-/// Tokens below this are listeners (UDP first, then TCP, then TLS).
-const CONN_BASE: usize = 1 << 32;
-/// Relay socket tokens: this plus the allocation id.
-const RELAY_BASE: usize = 1 << 48;
 /// Marks a [`ClientHandle`] as a TCP connection rather than a UDP listener.
 const HANDLE_TCP: u64 = 1 << 63;
 
 mod splice;
-
-/// Counters the driver keeps beside the core's.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IoStats {
-    /// Datagrams larger than a receive slot.
-    pub truncated: u64,
-    /// Datagrams the kernel refused to send (buffer full, unreachable).
-    pub send_failures: u64,
-    /// Relayed data dropped because a TCP client's queue was full.
-    pub tcp_queue_drops: u64,
-    pub tcp_accepted: u64,
-    pub tcp_closed: u64,
-    /// TCP connections closed at once: a connection limit was reached.
-    pub tcp_refused: u64,
-    /// Connections accepted on TLS listeners (also counted as TCP).
-    pub tls_accepted: u64,
-    /// TLS handshakes completed.
-    pub tls_handshakes: u64,
-    /// TLS connections closed before their handshake finished: a protocol
-    /// error (no common ALPN, version or cipher suite, a bad record) or EOF.
-    pub tls_handshake_failures: u64,
-    /// TLS connections closed because the handshake took too long.
-    pub tls_handshake_timeouts: u64,
-    /// TLS connections closed at once: too many handshakes in progress.
-    pub tls_refused: u64,
-}
-
-/// What a worker reports when it stops.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct WorkerReport {
-    pub server: Stats,
-    pub io: IoStats,
-}
-
-impl WorkerReport {
-    pub fn add(&mut self, other: &Self) {
-        self.server.add(&other.server);
-        self.io.truncated += other.io.truncated;
-        self.io.send_failures += other.io.send_failures;
-        self.io.tcp_queue_drops += other.io.tcp_queue_drops;
-        self.io.tcp_accepted += other.io.tcp_accepted;
-        self.io.tcp_closed += other.io.tcp_closed;
-        self.io.tcp_refused += other.io.tcp_refused;
-        self.io.tls_accepted += other.io.tls_accepted;
-        self.io.tls_handshakes += other.io.tls_handshakes;
-        self.io.tls_handshake_failures += other.io.tls_handshake_failures;
-        self.io.tls_handshake_timeouts += other.io.tls_handshake_timeouts;
-        self.io.tls_refused += other.io.tls_refused;
-    }
-}
 
 /// Where frames for clients go: a client's TCP connection, or the UDP
 /// listener it talks to. Borrows the worker's fields one by one, so a frame
@@ -169,7 +130,10 @@ pub struct Worker {
     /// TLS connections of this worker still in their handshake.
     handshaking: usize,
     connections: Slab<TcpConnection>,
-    relays: Vec<Option<RelaySocket>>,
+    /// When each connection's idle or handshake deadline is checked next;
+    /// an entry counts only while it matches its connection's `timer`.
+    connection_timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    relays: UdpRelays,
     /// RFC 6062 listeners and peer/client data connection pairs.
     tcp_relays: TcpRelays,
     client_batch: RecvBatch,
@@ -178,18 +142,22 @@ pub struct Worker {
     out: OutQueue,
     /// TCP connections with relayed data to write at the end of the turn.
     dirty_connections: Vec<usize>,
-    pending: Vec<Token>,
+    pending: Vec<Source>,
     /// RFC 6062 pairs waiting for bandwidth budget, pumped again at
     /// `next_throttle`.
-    throttled: Vec<Token>,
+    throttled: Vec<Source>,
     next_throttle: Instant,
     /// The credential reloads this worker has taken in.
     credentials_generation: u64,
     /// Relay sockets with ICMP errors queued, to read this turn.
     icmp_pending: Vec<RelayId>,
+    /// A message the core wrote for later, on its way to its client.
+    transmit: Vec<u8>,
+    /// When the counters changed since they were last published are due.
+    publish_at: Option<Instant>,
+    last_published: Instant,
     shutdown: Shutdown,
     stats: IoStats,
-    next_tick: Instant,
 }
 
 impl Worker {
@@ -200,24 +168,27 @@ impl Worker {
         shared: Arc<Shared>,
         shutdown: Shutdown,
         tls: Option<WorkerTls>,
+        seed: [u8; 32],
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
-        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        let waker = Arc::new(mio::Waker::new(poll.registry(), Source::Waker.token())?);
         shared.handoffs.register(id, waker.clone());
         shutdown.register(waker);
         let WorkerListeners { mut udp, mut tcp, tls: mut tls_listeners } = listeners;
         for (index, (socket, _)) in udp.iter_mut().enumerate() {
-            poll.registry().register(socket, Token(index), Interest::READABLE)?;
+            poll.registry().register(socket, Source::Udp(index).token(), Interest::READABLE)?;
         }
         for (index, (listener, _)) in tcp.iter_mut().enumerate() {
-            poll.registry().register(listener, Token(udp.len() + index), Interest::READABLE)?;
+            poll.registry().register(listener, Source::TcpListener(index).token(), Interest::READABLE)?;
         }
         for (index, (listener, _)) in tls_listeners.iter_mut().enumerate() {
-            poll.registry().register(listener, Token(udp.len() + tcp.len() + index), Interest::READABLE)?;
+            poll.registry().register(listener, Source::TlsListener(index).token(), Interest::READABLE)?;
         }
         let gso = udp.first().is_some_and(|(socket, _)| sys::gso_supported(socket.as_raw_fd()));
-        let mut server = Server::new(config);
+        let resources: SharedAccounts = shared.accounts.clone();
+        let mut server = Server::new(config, Box::new(resources), seed);
         server.set_worker(id, shared.handoffs.workers());
+        let now = clock::now();
         Ok(Self {
             id,
             poll,
@@ -229,7 +200,8 @@ impl Worker {
             tls,
             handshaking: 0,
             connections: Slab::new(),
-            relays: Vec::new(),
+            connection_timers: BinaryHeap::new(),
+            relays: UdpRelays::default(),
             tcp_relays: TcpRelays::default(),
             client_batch: RecvBatch::new(UDP_SLOT, 0),
             peer_batch: RecvBatch::new(PEER_HEADROOM + UDP_SLOT + PEER_TAILROOM, PEER_HEADROOM),
@@ -237,12 +209,14 @@ impl Worker {
             dirty_connections: Vec::new(),
             pending: Vec::new(),
             throttled: Vec::new(),
-            next_throttle: clock::now(),
+            next_throttle: now,
             credentials_generation: 0,
             icmp_pending: Vec::new(),
+            transmit: Vec::new(),
+            publish_at: None,
+            last_published: now,
             shutdown,
             stats: IoStats::default(),
-            next_tick: clock::now() + TICK,
         })
     }
 
@@ -254,29 +228,27 @@ impl Worker {
         let mut ready = Vec::with_capacity(1024);
         while !self.shutdown.is_requested() {
             let timeout = if self.pending.is_empty() && self.icmp_pending.is_empty() {
-                let wake =
-                    if self.throttled.is_empty() { self.next_tick } else { self.next_tick.min(self.next_throttle) };
-                wake.saturating_duration_since(clock::now())
+                self.next_wake().map(|wake| wake.saturating_duration_since(clock::now()))
             } else {
-                Duration::ZERO
+                Some(Duration::ZERO)
             };
-            match self.poll.poll(&mut events, Some(timeout)) {
+            match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
             ready.clear();
             ready.append(&mut self.pending);
-            ready.extend(events.iter().map(|event| event.token()));
+            ready.extend(events.iter().filter_map(|event| Source::from_token(event.token())));
             // A relay socket with a queued ICMP error is reported as in
             // error (EPOLLERR); its error queue must be read, or it fills
             // the socket's receive budget.
-            self.icmp_pending.extend(
-                events
-                    .iter()
-                    .filter(|event| event.is_error() && event.token().0 >= RELAY_BASE)
-                    .map(|event| RelayId(event.token().0 - RELAY_BASE)),
-            );
+            self.icmp_pending.extend(events.iter().filter(|event| event.is_error()).filter_map(|event| {
+                match Source::from_token(event.token()) {
+                    Some(Source::Relay(relay)) => Some(relay),
+                    _ => None,
+                }
+            }));
             if self.shutdown.is_draining() && !self.server.is_draining() {
                 self.server.start_draining();
                 debug!("draining: no new allocations");
@@ -295,21 +267,31 @@ impl Worker {
                 self.throttled.dedup();
                 ready.append(&mut self.throttled);
             }
-            for &token in &ready {
-                self.dispatch(token, now);
+            for &source in &ready {
+                self.dispatch(source, now);
+                self.drive(now);
             }
             for relay in std::mem::take(&mut self.icmp_pending) {
                 self.drain_icmp(relay, now);
+                self.drive(now);
             }
-            self.flush(now);
-            if now.instant >= self.next_tick {
-                self.tick(now);
-                self.flush(now);
+            if self.server.poll_timeout().is_some_and(|due| due <= now.instant) {
+                self.server.handle_timeout(now);
+                self.drive(now);
             }
+            self.expire_connections(now);
+            if !ready.is_empty() {
+                self.publish_at.get_or_insert(now.instant.max(self.last_published + PUBLISH_EVERY));
+            }
+            if self.publish_at.is_some_and(|at| at <= now.instant) {
+                self.publish_at = None;
+                self.last_published = now.instant;
+                self.shared.publish(self.id, self.report());
+            }
+            self.flush();
         }
-        let now = clock::reading();
-        let mut driver = driver(&self.poll, &mut self.relays, &mut self.tcp_relays, &self.shared, now.instant);
-        self.server.close_all(&mut driver);
+        self.server.close_all();
+        self.drive(clock::reading());
         debug!(connections = self.connections.len(), "worker stopping");
         self.shared.publish(self.id, self.report());
         Ok(self.report())
@@ -319,18 +301,91 @@ impl Worker {
         WorkerReport { server: *self.server.stats(), io: self.stats }
     }
 
-    fn dispatch(&mut self, token: Token, now: Now) {
-        let udp_count = self.udp.len();
-        let tcp_end = udp_count + self.tcp_listeners.len();
-        match token.0 {
-            _ if token == WAKER => self.take_handoffs(now),
-            index if index >= RELAY_BASE => self.drain_relay(RelayId(index - RELAY_BASE), now),
-            index if (tcp_relay::TOKEN_BASE..tcp_relay::TOKEN_END).contains(&index) => self.serve_tcp_relay(token, now),
-            index if index >= CONN_BASE => self.serve_connection(index - CONN_BASE, now),
-            index if index < udp_count => self.drain_udp(index, now),
-            index if index < tcp_end => self.accept(index, now),
-            index if index < tcp_end + self.tls_listeners.len() => self.accept(index, now),
-            _ => {}
+    /// The earliest moment something is due; `None`: only sockets can wake
+    /// the worker.
+    fn next_wake(&self) -> Option<Instant> {
+        let throttle = (!self.throttled.is_empty()).then_some(self.next_throttle);
+        let connections = self.connection_timers.peek().map(|Reverse((at, _))| *at);
+        [self.server.poll_timeout(), throttle, connections, self.publish_at].into_iter().flatten().min()
+    }
+
+    fn dispatch(&mut self, source: Source, now: Now) {
+        match source {
+            Source::Waker => self.take_handoffs(now),
+            Source::Udp(index) => self.drain_udp(index, now),
+            Source::TcpListener(index) => self.accept(Transport::Tcp, index, now),
+            Source::TlsListener(index) => self.accept(Transport::Tls, index, now),
+            Source::Connection(key) => self.serve_connection(key, now),
+            Source::Relay(relay) => self.drain_relay(relay, now),
+            Source::TcpRelayListener(relay) => self.accept_peers(relay, now),
+            Source::PeerSide(id) | Source::ClientSide(id) => self.serve_pair(id, source, now),
+        }
+    }
+
+    /// Acts on what the core decided and sends what it wrote for later,
+    /// until it has nothing left: an answer to an event (a relay socket
+    /// opened) may bring more.
+    fn drive(&mut self, now: Now) {
+        loop {
+            if let Some(event) = self.server.poll_event() {
+                self.handle_event(event, now);
+                continue;
+            }
+            let mut bytes = std::mem::take(&mut self.transmit);
+            bytes.clear();
+            let transmit = self.server.poll_transmit(&mut bytes);
+            if let Some(transmit) = transmit {
+                self.deliver(transmit.client, &transmit.tuple, &bytes);
+            }
+            self.transmit = bytes;
+            if transmit.is_none() {
+                return;
+            }
+        }
+    }
+
+    fn handle_event(&mut self, event: Event, now: Now) {
+        let registry = self.poll.registry();
+        match event {
+            Event::OpenRelay { relay, addr, protocol, dont_fragment } => {
+                let result = match protocol {
+                    RelayProtocol::Udp => self.relays.open(registry, relay, addr, dont_fragment),
+                    RelayProtocol::Tcp => self.tcp_relays.open_listener(registry, relay, addr).map_err(|e| {
+                        if e.kind() == io::ErrorKind::AddrInUse {
+                            // Another program listens there: the core tries the next port.
+                            debug!(%addr, "TCP relay port in use elsewhere");
+                            RelayOpenError::AddrInUse
+                        } else {
+                            warn!(%addr, error = %e, "cannot open TCP relay socket");
+                            RelayOpenError::Unavailable
+                        }
+                    }),
+                };
+                self.server.handle_relay_opened(now, relay, result);
+            }
+            Event::CloseRelay { relay, addr } => {
+                if !self.relays.close(registry, relay, addr) {
+                    self.tcp_relays.close_listener(registry, relay, addr);
+                }
+            }
+            Event::ConnectPeer { relay, connection, peer } => {
+                if let Err(e) = self.tcp_relays.connect(registry, relay, connection, peer) {
+                    debug!(%peer, error = %e, "TCP connection to peer failed at once");
+                    self.server.handle_peer_connected(now, connection, false);
+                }
+            }
+            Event::ClosePeer { connection } => {
+                self.tcp_relays.close(registry, connection);
+            }
+            // Observers (usage records, the admin API, a kernel fast path)
+            // plug in here; the core has logged and counted these already.
+            Event::AllocationCreated(_)
+            | Event::AllocationRefreshed { .. }
+            | Event::AllocationDeleted { .. }
+            | Event::PermissionInstalled { .. }
+            | Event::PermissionExpired { .. }
+            | Event::ChannelBound { .. }
+            | Event::ChannelExpired { .. } => {}
         }
     }
 
@@ -348,7 +403,6 @@ impl Worker {
                     continue;
                 }
             };
-            let mut driver = driver(&self.poll, &mut self.relays, &mut self.tcp_relays, &self.shared, now.instant);
             for i in 0..received {
                 let meta = *self.client_batch.meta(i);
                 if meta.truncated {
@@ -369,10 +423,10 @@ impl Worker {
                 let start = self.out.bytes_mut().len();
                 let handle = ClientHandle(index as u64);
                 let packet = self.client_batch.payload(i);
-                match self.server.handle_client(now, &tuple, handle, packet, self.out.bytes_mut(), &mut driver) {
-                    ClientOutcome::Dropped => {}
-                    // The core binds data connections on streams only.
-                    ClientOutcome::Replied | ClientOutcome::ConnectionBound { .. } => {
+                match self.server.handle_client(now, &tuple, handle, packet, self.out.bytes_mut()) {
+                    ClientOutcome::Dropped | ClientOutcome::Deferred => {}
+                    // The core binds and hands over data connections on streams only.
+                    ClientOutcome::Replied | ClientOutcome::ConnectionBound { .. } | ClientOutcome::HandOff { .. } => {
                         self.out.push_written(Via::Listener(index), meta.source, source_ip, start)
                     }
                     ClientOutcome::RepliedFrom { source, destination } => {
@@ -392,17 +446,17 @@ impl Worker {
                 }
             }
             if self.out.is_full() {
-                self.flush(now);
+                self.flush();
             }
             if received < sys::BATCH {
                 return;
             }
         }
-        self.pending.push(Token(index));
+        self.pending.push(Source::Udp(index));
     }
 
     fn drain_relay(&mut self, relay: RelayId, now: Now) {
-        let Some(fd) = self.relays.get(relay.0).and_then(Option::as_ref).map(|r| r.socket.as_raw_fd()) else { return };
+        let Some(fd) = self.relays.fd(relay) else { return };
         for _ in 0..BATCHES_PER_WAKE {
             let received = match self.peer_batch.recv(fd) {
                 Ok(n) => n,
@@ -436,19 +490,19 @@ impl Worker {
                 .send(out.client, &out.tuple, frame);
             }
             if self.out.is_full() {
-                self.flush(now);
+                self.flush();
             }
             if received < sys::BATCH {
                 return;
             }
         }
-        self.pending.push(Token(RELAY_BASE + relay.0));
+        self.pending.push(Source::Relay(relay));
     }
 
     /// Queues a frame the core built apart from any receive batch for its
     /// client. (A frame inside a batch borrows it, so `drain_relay` builds
     /// its [`Delivery`] field by field.)
-    pub(super) fn deliver(&mut self, client: ClientHandle, tuple: &FiveTuple, frame: &[u8]) {
+    fn deliver(&mut self, client: ClientHandle, tuple: &FiveTuple, frame: &[u8]) {
         Delivery {
             udp: &self.udp,
             connections: &mut self.connections,
@@ -460,10 +514,10 @@ impl Worker {
     }
 
     /// Reads the relay socket's error queue and passes ICMP errors on to the
-    /// client (RFC 8656 §11.5). Bounded per turn like a receive; what is
-    /// left is read on the next turn.
+    /// core (RFC 8656 §11.5). Bounded per turn like a receive; what is left
+    /// is read on the next turn.
     fn drain_icmp(&mut self, relay: RelayId, now: Now) {
-        let Some(fd) = self.relays.get(relay.0).and_then(Option::as_ref).map(|r| r.socket.as_raw_fd()) else { return };
+        let Some(fd) = self.relays.fd(relay) else { return };
         for _ in 0..sys::BATCH {
             let error = match sys::recv_icmp_error(fd) {
                 Ok(Some(error)) => error,
@@ -481,39 +535,37 @@ impl Worker {
                 icmp_code: error.icmp_code,
                 mtu: error.info,
             };
-            let mut indication = Vec::new();
-            if let Some((client, tuple)) = self.server.handle_icmp(now, relay, &report, &mut indication) {
-                self.deliver(client, &tuple, &indication);
-            }
+            self.server.handle_icmp(now, relay, &report);
         }
         self.icmp_pending.push(relay);
     }
 
     /// Sends what the turn produced: queued datagrams, and relayed data for
     /// TCP clients.
-    fn flush(&mut self, now: Now) {
+    fn flush(&mut self) {
         if !self.out.is_empty() {
             let (udp, relays) = (&self.udp, &self.relays);
             let flushed = self.out.flush(|via| match via {
                 Via::Listener(index) => udp.get(index).map(|(socket, _)| socket.as_raw_fd()),
-                Via::Relay(id) => relays.get(id.0).and_then(Option::as_ref).map(|r| r.socket.as_raw_fd()),
+                Via::Relay(id) => relays.fd(id),
             });
             self.stats.send_failures += flushed.failures;
         }
         for key in std::mem::take(&mut self.dirty_connections) {
-            self.flush_connection(key, now);
+            self.flush_connection(key);
         }
     }
 
-    /// Accepts connections on the listener with token `token`: a TCP
-    /// listener, or a TLS one past them.
-    fn accept(&mut self, token: usize, now: Now) {
-        let tcp_index = token - self.udp.len();
-        let tls_index = tcp_index.checked_sub(self.tcp_listeners.len());
+    /// Accepts connections on the TCP or TLS listener `index`.
+    fn accept(&mut self, transport: Transport, index: usize, now: Now) {
+        let source = match transport {
+            Transport::Tls => Source::TlsListener(index),
+            _ => Source::TcpListener(index),
+        };
         for _ in 0..ACCEPTS_PER_WAKE {
-            let (listener, bound) = match tls_index {
-                Some(index) => &self.tls_listeners[index],
-                None => &self.tcp_listeners[tcp_index],
+            let (listener, bound) = match transport {
+                Transport::Tls => &self.tls_listeners[index],
+                _ => &self.tcp_listeners[index],
             };
             let bound = *bound;
             let (mut stream, client) = match listener.accept() {
@@ -524,13 +576,12 @@ impl Worker {
                     // EMFILE and friends: stop accepting this turn; the
                     // listener is retried on the next.
                     warn!(error = %e, "tcp accept failed");
-                    self.pending.push(Token(token));
+                    self.pending.push(source);
                     return;
                 }
             };
-            let transport = if tls_index.is_some() { Transport::Tls } else { Transport::Tcp };
-            let tls = match (&mut self.tls, tls_index) {
-                (Some(tls), Some(_)) => {
+            let tls = match (&mut self.tls, transport) {
+                (Some(tls), Transport::Tls) => {
                     if self.handshaking >= tls.max_handshakes {
                         // Closing at once keeps a handshake flood from
                         // holding memory and CPU; clients retry.
@@ -548,21 +599,21 @@ impl Worker {
                 }
                 _ => None,
             };
-            if !self.shared.admit_connection(client.ip()) {
+            let server = stream.local_addr().unwrap_or(bound);
+            let tuple = FiveTuple { client, server, transport };
+            if !self.server.handle_connection_opened(&tuple) {
                 // Closing at once; the client sees a reset or EOF.
                 self.stats.tcp_refused += 1;
                 debug!(%client, %transport, "connection refused: connection limit");
                 continue;
             }
-            let server = stream.local_addr().unwrap_or(bound);
             let _ = stream.set_nodelay(true);
             let entry = self.connections.vacant_entry();
-            let conn_token = Token(CONN_BASE + entry.key());
-            if let Err(e) =
-                self.poll.registry().register(&mut stream, conn_token, Interest::READABLE | Interest::WRITABLE)
-            {
+            let key = entry.key();
+            let token = Source::Connection(key).token();
+            if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {
                 warn!(error = %e, "cannot register tcp connection");
-                self.shared.release_connection(client.ip());
+                self.server.handle_connection_closed(&tuple);
                 continue;
             }
             trace!(%client, %transport, "connection accepted");
@@ -570,30 +621,24 @@ impl Worker {
                 self.handshaking += 1;
                 self.stats.tls_accepted += 1;
             }
-            let tuple = FiveTuple { client, server, transport };
             entry.insert(TcpConnection::new(stream, tuple, tls, now.instant));
+            self.schedule_connection(key, now.instant);
             self.stats.tcp_accepted += 1;
         }
-        self.pending.push(Token(token));
+        self.pending.push(source);
     }
 
     fn serve_connection(&mut self, key: usize, now: Now) {
         let Some(connection) = self.connections.get_mut(key) else { return };
         let server = &mut self.server;
-        let mut driver = driver(&self.poll, &mut self.relays, &mut self.tcp_relays, &self.shared, now.instant);
         let handle = ClientHandle(HANDLE_TCP | key as u64);
         let udp_out = &mut self.out;
-        let (worker, workers) = (self.id, self.shared.handoffs.workers());
         let mut unframed = None;
         let read = if connection.peer_closed {
             Ok(ReadStatus::Drained)
         } else {
             connection.read_frames(now.instant, |tuple, frame, replies| {
-                if let Some(owner) = splice::handoff_owner(server, tuple, frame, worker, workers) {
-                    unframed = Some(splice::Unframed::HandOff { owner, frame: frame.to_vec() });
-                    return Next::Unframed;
-                }
-                match server.handle_client(now, tuple, handle, frame, replies, &mut driver) {
+                match server.handle_client(now, tuple, handle, frame, replies) {
                     ClientOutcome::Forward { relay, peer, payload } => {
                         udp_out.push(Via::Relay(relay), peer, None, &frame[payload]);
                     }
@@ -601,8 +646,15 @@ impl Worker {
                         unframed = Some(splice::Unframed::Bound(id));
                         return Next::Unframed;
                     }
+                    ClientOutcome::HandOff { worker } => {
+                        unframed = Some(splice::Unframed::HandOff { owner: worker, frame: frame.to_vec() });
+                        return Next::Unframed;
+                    }
                     // RepliedFrom is for UDP only: over a stream the core answers on it.
-                    ClientOutcome::Dropped | ClientOutcome::Replied | ClientOutcome::RepliedFrom { .. } => {}
+                    ClientOutcome::Dropped
+                    | ClientOutcome::Deferred
+                    | ClientOutcome::Replied
+                    | ClientOutcome::RepliedFrom { .. } => {}
                 }
                 Next::Frame
             })
@@ -639,25 +691,23 @@ impl Worker {
             }
         }
         match result {
-            Ok(_) if finished => self.close_connection(key, &Closed::Eof, now),
+            Ok(_) if finished => self.close_connection(key, &Closed::Eof),
             Ok(ReadStatus::Drained | ReadStatus::Unframed) => {}
-            Ok(ReadStatus::MoreAvailable) => self.pending.push(Token(CONN_BASE + key)),
-            Err(reason) => self.close_connection(key, &reason, now),
+            Ok(ReadStatus::MoreAvailable) => self.pending.push(Source::Connection(key)),
+            Err(reason) => self.close_connection(key, &reason),
         }
     }
 
-    fn flush_connection(&mut self, key: usize, now: Now) {
+    fn flush_connection(&mut self, key: usize) {
         let Some(connection) = self.connections.get_mut(key) else { return };
         match connection.flush() {
-            Err(reason) => self.close_connection(key, &reason, now),
-            Ok(()) if connection.peer_closed && connection.drained() => {
-                self.close_connection(key, &Closed::Eof, now);
-            }
+            Err(reason) => self.close_connection(key, &reason),
+            Ok(()) if connection.peer_closed && connection.drained() => self.close_connection(key, &Closed::Eof),
             Ok(()) => {}
         }
     }
 
-    fn close_connection(&mut self, key: usize, reason: &Closed, now: Now) {
+    fn close_connection(&mut self, key: usize, reason: &Closed) {
         let mut connection = self.connections.remove(key);
         if connection.tls.is_some() && !connection.handshake_done {
             self.handshaking -= 1;
@@ -672,56 +722,54 @@ impl Worker {
             connection.close_notify();
         }
         let _ = self.poll.registry().deregister(&mut connection.stream);
-        let mut driver = driver(&self.poll, &mut self.relays, &mut self.tcp_relays, &self.shared, now.instant);
-        self.server.handle_connection_closed(&connection.tuple, &mut driver);
-        self.shared.release_connection(connection.tuple.client.ip());
+        self.server.handle_connection_closed(&connection.tuple);
         self.stats.tcp_closed += 1;
         trace!(client = %connection.tuple.client, transport = %connection.tuple.transport, %reason, "connection closed");
     }
 
-    fn tick(&mut self, now: Now) {
-        self.next_tick = now.instant + TICK;
-        self.shared.publish(self.id, self.report());
-        let mut driver = driver(&self.poll, &mut self.relays, &mut self.tcp_relays, &self.shared, now.instant);
-        self.server.handle_timeout(now, &mut driver);
-        self.deliver_control();
-        self.shared.expire_reservations(now.instant);
-        let table = self.server.table();
-        let idle: Vec<usize> = self
-            .connections
-            .iter()
-            .filter(|(_, c)| {
-                now.instant.saturating_duration_since(c.last_received) >= TCP_IDLE_TIMEOUT
-                    && table.find(&c.tuple).is_none()
-            })
-            .map(|(key, _)| key)
-            .collect();
-        for key in idle {
-            self.close_connection(key, &Closed::Idle, now);
-        }
-        if let Some(tls) = &self.tls {
-            let timeout = tls.handshake_timeout;
-            let slow: Vec<usize> = self
-                .connections
-                .iter()
-                .filter(|(_, c)| {
-                    c.tls.is_some() && !c.handshake_done && now.instant.saturating_duration_since(c.accepted) >= timeout
-                })
-                .map(|(key, _)| key)
-                .collect();
-            for key in slow {
-                self.close_connection(key, &Closed::HandshakeTimeout, now);
+    /// Schedules the next check of connection `key`'s TLS handshake and idle
+    /// deadlines, from `now`.
+    fn schedule_connection(&mut self, key: usize, now: Instant) {
+        let handshake_timeout = self.tls.as_ref().map(|tls| tls.handshake_timeout);
+        let Some(connection) = self.connections.get_mut(key) else { return };
+        // A connection silent that long has an allocation (or it would have
+        // been closed): it is checked again a whole timeout later.
+        let idle = Some(connection.last_received + TCP_IDLE_TIMEOUT).filter(|at| *at > now).unwrap_or(now + TCP_IDLE_TIMEOUT);
+        let handshake = match handshake_timeout {
+            Some(timeout) if connection.tls.is_some() && !connection.handshake_done => {
+                Some(connection.accepted + timeout)
+            }
+            _ => None,
+        };
+        let at = handshake.map_or(idle, |handshake| handshake.min(idle)).max(now);
+        connection.timer = Some(at);
+        self.connection_timers.push(Reverse((at, key)));
+    }
+
+    /// Closes connections whose handshake took too long, and connections
+    /// without an allocation that have been silent for
+    /// [`TCP_IDLE_TIMEOUT`]; checks the others again later.
+    fn expire_connections(&mut self, now: Now) {
+        while let Some(&Reverse((at, key))) = self.connection_timers.peek() {
+            if at > now.instant {
+                return;
+            }
+            self.connection_timers.pop();
+            let Some(connection) = self.connections.get(key).filter(|c| c.timer == Some(at)) else { continue };
+            let slow_handshake = self.tls.as_ref().is_some_and(|tls| {
+                connection.tls.is_some()
+                    && !connection.handshake_done
+                    && now.instant.saturating_duration_since(connection.accepted) >= tls.handshake_timeout
+            });
+            let idle = now.instant.saturating_duration_since(connection.last_received) >= TCP_IDLE_TIMEOUT
+                && self.server.table().find(&connection.tuple).is_none();
+            if slow_handshake {
+                self.close_connection(key, &Closed::HandshakeTimeout);
+            } else if idle {
+                self.close_connection(key, &Closed::Idle);
+            } else {
+                self.schedule_connection(key, now.instant);
             }
         }
     }
-}
-
-fn driver<'a>(
-    poll: &'a Poll,
-    relays: &'a mut Vec<Option<RelaySocket>>,
-    tcp: &'a mut TcpRelays,
-    shared: &'a Shared,
-    now: Instant,
-) -> WorkerDriver<'a> {
-    WorkerDriver { registry: poll.registry(), relays, tcp, shared, token_base: RELAY_BASE, now }
 }

@@ -77,6 +77,8 @@ struct ChannelBinding {
     number: ChannelNumber,
     peer: SocketAddr,
     expires: Instant,
+    /// Its expiry was reported; a refresh makes it active again.
+    expiry_reported: bool,
 }
 
 impl ChannelBinding {
@@ -154,7 +156,7 @@ pub struct Allocation {
     pub tuple: FiveTuple,
     pub client: ClientHandle,
     /// Relayed addresses by family (IPv4, IPv6): one, or both for a dual
-    /// allocation. Never both empty while the allocation is in the table.
+    /// allocation. Never both empty once the allocation is live.
     relayed: [Option<Relayed>; 2],
     /// Who created it; later requests must come from the same user (441).
     pub username: Box<str>,
@@ -175,45 +177,65 @@ pub struct Allocation {
     /// listening TCP socket and data goes over peer data connections.
     pub tcp_relay: bool,
     pub span: Span,
+    /// Its relay sockets are open and its Allocate answered; until then it
+    /// holds its 5-tuple and its id, and nothing is relayed.
+    live: bool,
+    /// The deadline of its current entry in the server's timers.
+    pub scheduled: Option<Instant>,
     permissions: Vec<Permission>,
     channels: Vec<ChannelBinding>,
 }
 
+/// A permission or channel binding that ran out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expired {
+    Permission(IpAddr),
+    Channel(ChannelNumber, SocketAddr),
+}
+
 impl Allocation {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    /// An allocation whose relay sockets are being opened.
+    pub fn opening(
         tuple: FiveTuple,
         client: ClientHandle,
-        relayed: &[Relayed],
         username: &str,
         quota_key: &str,
         expires: Instant,
         allocate_tid: TransactionId,
-        reservation_token: Option<[u8; 8]>,
-        span: Span,
     ) -> Self {
-        let mut by_family = [None; 2];
-        for relayed in relayed {
-            by_family[usize::from(relayed.addr.is_ipv6())] = Some(*relayed);
-        }
-        debug_assert!(by_family.iter().any(Option::is_some), "an allocation relays through at least one address");
         Self {
             tuple,
             client,
-            relayed: by_family,
+            relayed: [None; 2],
             username: username.into(),
             quota_key: quota_key.into(),
             expires,
             allocate_tid,
-            reservation_token,
+            reservation_token: None,
             refused_family: None,
             traffic: Traffic::default(),
             bandwidth: None,
             tcp_relay: false,
-            span,
+            span: Span::none(),
+            live: false,
+            scheduled: None,
             permissions: Vec::new(),
             channels: Vec::new(),
         }
+    }
+
+    /// Its relay sockets are open: it relays through `relayed` from now on.
+    pub fn go_live(&mut self, relayed: &[Relayed], span: Span) {
+        for relayed in relayed {
+            self.relayed[usize::from(relayed.addr.is_ipv6())] = Some(*relayed);
+        }
+        debug_assert!(self.relayed.iter().any(Option::is_some), "an allocation relays through at least one address");
+        self.span = span;
+        self.live = true;
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live
     }
 
     /// The relayed address of a family, if the allocation has one.
@@ -304,17 +326,43 @@ impl Allocation {
         }
         let expires = now + CHANNEL_LIFETIME;
         match existing {
-            Some(index) => self.channels[index].expires = expires,
-            None => self.channels.push(ChannelBinding { number, peer, expires }),
+            Some(index) => {
+                self.channels[index].expires = expires;
+                self.channels[index].expiry_reported = false;
+            }
+            None => self.channels.push(ChannelBinding { number, peer, expires, expiry_reported: false }),
         }
         self.install_permission(peer.ip(), now);
         Ok(())
     }
 
-    /// Forgets expired permissions and channel bindings past their guard time.
-    pub fn expire_entries(&mut self, now: Instant) {
-        self.permissions.retain(|p| now < p.expires);
+    /// Forgets expired permissions and channel bindings past their guard
+    /// time, and tells `on_expired` of each permission and each binding
+    /// (once) as it runs out.
+    pub fn expire_entries(&mut self, now: Instant, mut on_expired: impl FnMut(Expired)) {
+        self.permissions.retain(|p| {
+            let live = now < p.expires;
+            if !live {
+                on_expired(Expired::Permission(p.ip));
+            }
+            live
+        });
+        for channel in self.channels.iter_mut().filter(|c| !c.is_active(now) && !c.expiry_reported) {
+            channel.expiry_reported = true;
+            on_expired(Expired::Channel(channel.number, channel.peer));
+        }
         self.channels.retain(|c| c.is_guarded(now));
+    }
+
+    /// When something of it next comes due: its lifetime, a permission, a
+    /// channel binding's expiry or the end of its guard time.
+    pub fn next_deadline(&self) -> Instant {
+        let permissions = self.permissions.iter().map(|p| p.expires);
+        let channels = self
+            .channels
+            .iter()
+            .map(|c| if c.expiry_reported { c.expires + CHANNEL_REUSE_GUARD } else { c.expires });
+        permissions.chain(channels).fold(self.expires, Instant::min)
     }
 
     pub fn channel_count(&self) -> usize {
@@ -343,17 +391,16 @@ mod tests {
             transport: Transport::Udp,
         };
         let relayed: SocketAddr = "198.51.100.1:50000".parse().expect("literal");
-        Allocation::new(
+        let mut a = Allocation::opening(
             tuple,
             ClientHandle(0),
-            &[Relayed { addr: relayed, advertised: relayed }],
             "alice",
             "alice",
             now + Duration::from_secs(600),
             TransactionId([0; 12]),
-            None,
-            Span::none(),
-        )
+        );
+        a.go_live(&[Relayed { addr: relayed, advertised: relayed }], Span::none());
+        a
     }
 
     fn channel(n: u16) -> ChannelNumber {
@@ -371,7 +418,7 @@ mod tests {
         a.install_permission(ip, now + Duration::from_secs(200));
         assert!(a.has_permission(ip, now + Duration::from_secs(499)));
         assert_eq!(a.permission_count(), 1);
-        a.expire_entries(now + Duration::from_secs(500));
+        a.expire_entries(now + Duration::from_secs(500), |_| {});
         assert_eq!(a.permission_count(), 0);
     }
 

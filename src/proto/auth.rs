@@ -33,7 +33,7 @@ use subtle::ConstantTimeEq;
 
 use crate::proto::stun::attr::{self, AttrType};
 use crate::proto::stun::integrity::{long_term_key_md5, long_term_key_sha256};
-use crate::proto::stun::{ErrorCode, Message, MessageWriter};
+use crate::proto::stun::{Message, MessageWriter};
 
 /// USERNAME is at most 513 bytes (RFC 8489 §14.3).
 const MAX_USERNAME: usize = 513;
@@ -316,16 +316,6 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    pub fn code(self) -> ErrorCode {
-        match self {
-            Self::MissingAttributes | Self::AlgorithmMismatch => ErrorCode::BAD_REQUEST,
-            Self::StaleNonce => ErrorCode::STALE_NONCE,
-            Self::Challenge | Self::UnknownUser | Self::AlgorithmUnavailable | Self::WrongIntegrity => {
-                ErrorCode::UNAUTHENTICATED
-            }
-        }
-    }
-
     /// Whether the answer carries REALM, a fresh NONCE and PASSWORD-ALGORITHMS.
     pub fn sends_challenge(self) -> bool {
         !matches!(self, Self::MissingAttributes | Self::AlgorithmMismatch)
@@ -546,6 +536,8 @@ pub fn rest_password(secret: &[u8], username: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::error::RequestError;
+    use crate::proto::stun::ErrorCode;
     use crate::proto::stun::integrity as mac;
     use crate::proto::stun::{Class, MessageType, MessageWriter, Method, TransactionId};
 
@@ -781,7 +773,7 @@ mod tests {
         for (what, req) in cases {
             assert_eq!(user(&auth, req, NOW), Err(AuthError::AlgorithmMismatch), "{what}");
         }
-        assert_eq!(AuthError::AlgorithmMismatch.code(), ErrorCode::BAD_REQUEST);
+        assert_eq!(RequestError::from(AuthError::AlgorithmMismatch).code(), ErrorCode::BAD_REQUEST);
         assert!(!AuthError::AlgorithmMismatch.sends_challenge());
         // Stripping both is what an RFC 5389 client sends: MD5, and so the
         // SHA-256 key is the wrong one.
@@ -855,7 +847,7 @@ mod tests {
         assert_eq!(user(&auth, Req::legacy("legacy", &nonce, Some(&key)), NOW), Ok("legacy".into()));
         let sha = sha256("legacy", "old");
         assert_eq!(user(&auth, Req::modern("legacy", &nonce, &sha), NOW), Err(AuthError::AlgorithmUnavailable));
-        assert_eq!(AuthError::AlgorithmUnavailable.code(), ErrorCode::UNAUTHENTICATED);
+        assert_eq!(RequestError::from(AuthError::AlgorithmUnavailable).code(), ErrorCode::UNAUTHENTICATED);
     }
 
     #[test]

@@ -3,8 +3,24 @@
 //! `ParseError` is what the codec reports about bytes from the network. It is
 //! `Copy` and carries only `&'static str` context, so rejecting a packet never
 //! allocates: a flood of junk costs no more than reading it.
+//!
+//! `RequestError` is why a request is refused. The errors of the parts the
+//! server is made of (authentication, relay ports and sockets, channels, RFC
+//! 6062 connections) convert into it, and `From<&RequestError> for
+//! ErrorCode` is the one place that decides what goes on the wire, as
+//! rustls' one mapping from its error to an alert.
 
 use thiserror::Error;
+
+use crate::proto::allocation::ChannelBindError;
+use crate::proto::auth::AuthError;
+use crate::proto::resources::PortError;
+use crate::proto::stun::{AttrType, ErrorCode};
+use crate::proto::tcp_relay::ConnectError;
+
+/// The most unknown attributes listed in one 420 response; more are not
+/// listed, which keeps the answer no larger than the request.
+pub const MAX_UNKNOWN_LISTED: usize = 8;
 
 /// Why a packet could not be read as a STUN message or ChannelData frame.
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
@@ -41,12 +57,17 @@ pub enum ParseError {
     InvalidChannel(u16),
 }
 
-/// Why a TURN request was refused, grouped by fault. [`RequestError::code`]
-/// is the one place that decides what goes on the wire.
+/// Why a request was refused, grouped by fault.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum RequestError {
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// Not authenticated; what the client needs to try again goes with it.
+    #[error("not authenticated: {0:?}")]
+    Unauthenticated(AuthError),
+    /// Comprehension-required attributes tern does not know (RFC 8489 §6.3.1).
+    #[error("unknown comprehension-required attributes")]
+    UnknownAttributes(UnknownAttributes),
     #[error("peer refused by {0}")]
     PeerForbidden(crate::proto::policy::DenyRule),
     /// The request needs something this platform cannot do (DONT-FRAGMENT).
@@ -79,23 +100,115 @@ pub enum RequestError {
     ConnectionFailed,
 }
 
+/// The unknown attribute types a 420 lists, at most [`MAX_UNKNOWN_LISTED`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownAttributes {
+    types: [AttrType; MAX_UNKNOWN_LISTED],
+    count: usize,
+}
+
+impl UnknownAttributes {
+    /// The first [`MAX_UNKNOWN_LISTED`] of `types`, or `None` if there are none.
+    pub fn collect(types: impl Iterator<Item = AttrType>) -> Option<Self> {
+        let mut list = Self { types: [AttrType(0); MAX_UNKNOWN_LISTED], count: 0 };
+        for (slot, typ) in list.types.iter_mut().zip(types) {
+            *slot = typ;
+            list.count += 1;
+        }
+        (list.count > 0).then_some(list)
+    }
+
+    pub fn as_slice(&self) -> &[AttrType] {
+        &self.types[..self.count]
+    }
+}
+
+/// Why the driver could not open a relay socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayOpenError {
+    /// Another program holds the port; the core tries another.
+    AddrInUse,
+    /// DONT-FRAGMENT cannot be honoured on this platform.
+    DontFragmentUnsupported,
+    /// The socket could not be opened (descriptor limit, address gone).
+    Unavailable,
+}
+
+impl From<&RequestError> for ErrorCode {
+    fn from(error: &RequestError) -> Self {
+        match error {
+            RequestError::BadRequest(_) => Self::BAD_REQUEST,
+            RequestError::Unauthenticated(auth) => match auth {
+                AuthError::MissingAttributes | AuthError::AlgorithmMismatch => Self::BAD_REQUEST,
+                AuthError::StaleNonce => Self::STALE_NONCE,
+                AuthError::Challenge
+                | AuthError::UnknownUser
+                | AuthError::AlgorithmUnavailable
+                | AuthError::WrongIntegrity => Self::UNAUTHENTICATED,
+            },
+            RequestError::UnknownAttributes(_) | RequestError::UnsupportedAttribute(_) => Self::UNKNOWN_ATTRIBUTE,
+            RequestError::PeerForbidden(_) => Self::FORBIDDEN,
+            RequestError::NoAllocation | RequestError::AllocationExists => Self::ALLOCATION_MISMATCH,
+            RequestError::WrongCredentials => Self::WRONG_CREDENTIALS,
+            RequestError::UnsupportedTransport(_) => Self::UNSUPPORTED_TRANSPORT_PROTOCOL,
+            RequestError::AddressFamilyNotSupported => Self::ADDRESS_FAMILY_NOT_SUPPORTED,
+            RequestError::PeerAddressFamilyMismatch => Self::PEER_ADDRESS_FAMILY_MISMATCH,
+            RequestError::QuotaReached => Self::ALLOCATION_QUOTA_REACHED,
+            RequestError::InsufficientCapacity(_) => Self::INSUFFICIENT_CAPACITY,
+            RequestError::TryAlternate(_) => Self::TRY_ALTERNATE,
+            RequestError::ConnectionExists => Self::CONNECTION_ALREADY_EXISTS,
+            RequestError::ConnectionFailed => Self::CONNECTION_TIMEOUT_OR_FAILURE,
+        }
+    }
+}
+
 impl RequestError {
-    pub fn code(&self) -> crate::proto::stun::ErrorCode {
-        use crate::proto::stun::ErrorCode;
-        match self {
-            Self::BadRequest(_) => ErrorCode::BAD_REQUEST,
-            Self::PeerForbidden(_) => ErrorCode::FORBIDDEN,
-            Self::UnsupportedAttribute(_) => ErrorCode::UNKNOWN_ATTRIBUTE,
-            Self::NoAllocation | Self::AllocationExists => ErrorCode::ALLOCATION_MISMATCH,
-            Self::WrongCredentials => ErrorCode::WRONG_CREDENTIALS,
-            Self::UnsupportedTransport(_) => ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL,
-            Self::AddressFamilyNotSupported => ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED,
-            Self::PeerAddressFamilyMismatch => ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH,
-            Self::QuotaReached => ErrorCode::ALLOCATION_QUOTA_REACHED,
-            Self::InsufficientCapacity(_) => ErrorCode::INSUFFICIENT_CAPACITY,
-            Self::TryAlternate(_) => ErrorCode::TRY_ALTERNATE,
-            Self::ConnectionExists => ErrorCode::CONNECTION_ALREADY_EXISTS,
-            Self::ConnectionFailed => ErrorCode::CONNECTION_TIMEOUT_OR_FAILURE,
+    /// What goes on the wire for it.
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::from(self)
+    }
+}
+
+impl From<AuthError> for RequestError {
+    fn from(error: AuthError) -> Self {
+        Self::Unauthenticated(error)
+    }
+}
+
+impl From<PortError> for RequestError {
+    fn from(error: PortError) -> Self {
+        match error {
+            PortError::Exhausted => Self::InsufficientCapacity("relay port range exhausted"),
+            PortError::BadToken => Self::InsufficientCapacity("reservation token unknown or expired"),
+        }
+    }
+}
+
+impl From<RelayOpenError> for RequestError {
+    fn from(error: RelayOpenError) -> Self {
+        match error {
+            // Reached once the core has run out of ports to try.
+            RelayOpenError::AddrInUse => PortError::Exhausted.into(),
+            RelayOpenError::DontFragmentUnsupported => Self::UnsupportedAttribute(AttrType::DONT_FRAGMENT.0),
+            RelayOpenError::Unavailable => Self::InsufficientCapacity("relay socket unavailable"),
+        }
+    }
+}
+
+impl From<ChannelBindError> for RequestError {
+    fn from(error: ChannelBindError) -> Self {
+        match error {
+            ChannelBindError::Conflict => Self::BadRequest("channel or peer already bound otherwise"),
+            ChannelBindError::Capacity => Self::InsufficientCapacity("channel or permission limit reached"),
+        }
+    }
+}
+
+impl From<ConnectError> for RequestError {
+    fn from(error: ConnectError) -> Self {
+        match error {
+            ConnectError::Exists => Self::ConnectionExists,
+            ConnectError::Capacity => Self::InsufficientCapacity("peer connection limit of the allocation"),
         }
     }
 }

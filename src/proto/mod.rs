@@ -15,6 +15,7 @@ pub mod error;
 pub mod nat_discovery;
 pub mod policy;
 pub mod port_pool;
+pub mod resources;
 pub mod rate_limit;
 pub mod server;
 pub mod stun;

@@ -14,8 +14,10 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use rand::seq::SliceRandom;
 use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use rand::{Rng, RngExt};
 
 /// How long a reserved port waits for its token (RFC 8656 §7.2: 30 seconds).
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
@@ -36,8 +38,8 @@ pub struct PortPool {
 }
 
 impl PortPool {
-    /// A pool of every port in `min..=max`.
-    pub fn new(min: u16, max: u16) -> Self {
+    /// A pool of every port in `min..=max`, shuffled with `rng`.
+    pub fn new(min: u16, max: u16, rng: &mut impl Rng) -> Self {
         assert!(min <= max, "port range must not be empty");
         let len = usize::from(max - min) + 1;
         let mut pool = Self {
@@ -52,7 +54,7 @@ impl PortPool {
         let mut order: Vec<u16> = (min..=max).collect();
         // RFC 8656 §7.2 and RFC 6056: relay ports should not be guessable.
         // Shuffled once, then FIFO, so a freed port still waits its turn.
-        order.shuffle(&mut rand::rng());
+        order.shuffle(rng);
         for port in order {
             pool.mark_free(port);
             pool.queue.push_back(port);
@@ -80,8 +82,13 @@ impl PortPool {
     }
 
     /// Takes an even port; with `reserve_next`, also reserves port+1 and
-    /// returns the token that claims it.
-    pub fn allocate_even(&mut self, reserve_next: bool, now: Instant) -> Option<(u16, Option<ReservationToken>)> {
+    /// returns the token that claims it, drawn from `rng`.
+    pub fn allocate_even(
+        &mut self,
+        reserve_next: bool,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Option<(u16, Option<ReservationToken>)> {
         let span = u32::from(self.max - self.min) + 1;
         let start = u32::from(self.even_cursor - self.min);
         for step in 0..span {
@@ -99,7 +106,7 @@ impl PortPool {
             self.even_cursor = port.checked_add(2).filter(|next| *next <= self.max).unwrap_or(self.min);
             let token = reserve_next.then(|| {
                 self.mark_used(port + 1);
-                let token: ReservationToken = rand::random();
+                let token: ReservationToken = rng.random();
                 self.reservations.insert(token, (port + 1, now + RESERVATION_LIFETIME));
                 token
             });
@@ -164,9 +171,13 @@ impl PortPool {
 mod tests {
     use super::*;
 
+    fn new_pool(min: u16, max: u16) -> PortPool {
+        PortPool::new(min, max, &mut rand::rng())
+    }
+
     #[test]
     fn released_ports_go_to_the_back_of_the_queue() {
-        let mut pool = PortPool::new(50000, 50003);
+        let mut pool = new_pool(50000, 50003);
         let first = pool.allocate().expect("free");
         let second = pool.allocate().expect("free");
         pool.release(first);
@@ -183,14 +194,14 @@ mod tests {
     #[test]
     fn the_first_ports_are_not_handed_out_in_order() {
         // 1000 ports handed out in ascending order by chance: about 1 in 1000!.
-        let mut pool = PortPool::new(50000, 50999);
+        let mut pool = new_pool(50000, 50999);
         let ports: Vec<u16> = (0..1000).map(|_| pool.allocate().expect("free")).collect();
         assert!(ports.windows(2).any(|w| w[1] != w[0] + 1), "ports came out sequentially");
     }
 
     #[test]
     fn double_release_does_not_duplicate_a_port() {
-        let mut pool = PortPool::new(50000, 50001);
+        let mut pool = new_pool(50000, 50001);
         let a = pool.allocate().expect("free");
         pool.release(a);
         pool.release(a);
@@ -204,7 +215,7 @@ mod tests {
 
     #[test]
     fn churn_never_exhausts_the_pool() {
-        let mut pool = PortPool::new(40000, 40009);
+        let mut pool = new_pool(40000, 40009);
         for _ in 0..100_000 {
             let port = pool.allocate().expect("a port is always free under churn");
             pool.release(port);
@@ -215,15 +226,15 @@ mod tests {
     #[test]
     fn even_port_with_reservation_holds_the_next_port_until_claimed_or_expired() {
         let now = crate::io::clock::now();
-        let mut pool = PortPool::new(50001, 50010);
-        let (port, token) = pool.allocate_even(true, now).expect("even pair free");
+        let mut pool = new_pool(50001, 50010);
+        let (port, token) = pool.allocate_even(true, now, &mut rand::rng()).expect("even pair free");
         assert_eq!(port % 2, 0);
         let token = token.expect("reservation requested");
         assert_eq!(pool.free_ports(), 8);
         assert_eq!(pool.claim(&token, now + Duration::from_secs(29)), Some(port + 1));
         assert_eq!(pool.claim(&token, now), None, "a token claims once");
 
-        let (_, token) = pool.allocate_even(true, now).expect("another pair");
+        let (_, token) = pool.allocate_even(true, now, &mut rand::rng()).expect("another pair");
         let token = token.expect("reservation requested");
         pool.expire_reservations(now + RESERVATION_LIFETIME);
         assert_eq!(pool.claim(&token, now + RESERVATION_LIFETIME), None);
@@ -238,15 +249,15 @@ mod tests {
         // again; the pool must move on, or every EVEN-PORT Allocate fails
         // while that one port stays taken.
         let now = crate::io::clock::now();
-        let mut pool = PortPool::new(50000, 50009);
-        let (first, _) = pool.allocate_even(false, now).expect("even free");
+        let mut pool = new_pool(50000, 50009);
+        let (first, _) = pool.allocate_even(false, now, &mut rand::rng()).expect("even free");
         pool.release(first);
-        let (second, _) = pool.allocate_even(false, now).expect("even free");
+        let (second, _) = pool.allocate_even(false, now, &mut rand::rng()).expect("even free");
         assert_ne!(second, first);
         pool.release(second);
         let mut offered = vec![first, second];
         while offered.len() < 6 {
-            let (port, _) = pool.allocate_even(false, now).expect("even free");
+            let (port, _) = pool.allocate_even(false, now, &mut rand::rng()).expect("even free");
             pool.release(port);
             offered.push(port);
         }
@@ -257,8 +268,8 @@ mod tests {
     #[test]
     fn stale_queue_entries_are_skipped() {
         let now = crate::io::clock::now();
-        let mut pool = PortPool::new(50000, 50003);
-        let (even, _) = pool.allocate_even(false, now).expect("even free");
+        let mut pool = new_pool(50000, 50003);
+        let (even, _) = pool.allocate_even(false, now, &mut rand::rng()).expect("even free");
         let mut seen = vec![even];
         while let Some(port) = pool.allocate() {
             seen.push(port);

@@ -1,22 +1,19 @@
 //! The worker's RFC 6062 glue: events of relay listeners and of peer/client
 //! data connection pairs, a client connection leaving STUN framing after
-//! its ConnectionBind, the hand-over of a ConnectionBind to the worker that
-//! owns its CONNECTION-ID, and the core's late messages to clients.
+//! its ConnectionBind, and the hand-over of a connection whose ConnectionBind
+//! another worker's core must answer.
 //!
 //! Kept apart from the loop itself so that `worker.rs` only routes tokens.
 
-use mio::Token;
 use tracing::{debug, trace, warn};
 
-use super::{ACCEPTS_PER_WAKE, CONN_BASE, THROTTLE_RETRY, Worker};
+use super::{ACCEPTS_PER_WAKE, THROTTLE_RETRY, Worker};
 use crate::io::tcp::{Detached, TcpConnection};
-use crate::io::tcp_relay::{Pumped, Source};
+use crate::io::tcp_relay::Pumped;
+use crate::io::token::Source;
+use crate::proto::Now;
 use crate::proto::allocation::RelayId;
-use crate::proto::server::Server;
-use crate::proto::stun::attr::{self, AttrType};
-use crate::proto::stun::{Class, Message, MessageType, Method};
-use crate::proto::tcp_relay::{self, ConnectionId};
-use crate::proto::{FiveTuple, Now};
+use crate::proto::tcp_relay::ConnectionId;
 
 /// Why a client connection stopped being framed as STUN.
 pub(super) enum Unframed {
@@ -27,39 +24,10 @@ pub(super) enum Unframed {
     HandOff { owner: usize, frame: Vec<u8> },
 }
 
-/// The worker that must handle `frame` when it is not this one: a
-/// ConnectionBind, on a connection without an allocation here, whose
-/// CONNECTION-ID another worker made. The two-byte type is compared before
-/// anything is parsed, so other frames cost one comparison.
-pub(super) fn handoff_owner(
-    server: &Server,
-    tuple: &FiveTuple,
-    frame: &[u8],
-    worker: usize,
-    workers: usize,
-) -> Option<usize> {
-    let bind_request = MessageType::new(Method::CONNECTION_BIND, Class::Request).to_u16().to_be_bytes();
-    if workers < 2 || frame.get(..2) != Some(&bind_request[..]) {
-        return None;
-    }
-    let message = Message::parse(frame).ok()?;
-    let id = attr::read_u32(message.attribute(AttrType::CONNECTION_ID)?).ok()?;
-    let owner = tcp_relay::owner(ConnectionId(id), workers);
-    (owner != worker && server.table().find(tuple).is_none()).then_some(owner)
-}
-
 impl Worker {
-    pub(super) fn serve_tcp_relay(&mut self, token: Token, now: Now) {
-        match Source::from_token(token) {
-            Some(Source::Listener(relay)) => self.accept_peers(relay, token, now),
-            Some(Source::Peer(id) | Source::Data(id)) => self.serve_pair(id, token, now),
-            None => {}
-        }
-    }
-
     /// Peers connecting to a relayed address (RFC 6062 §5.3): kept when the
     /// core welcomes them, closed at once otherwise.
-    fn accept_peers(&mut self, relay: RelayId, token: Token, now: Now) {
+    pub(super) fn accept_peers(&mut self, relay: RelayId, now: Now) {
         let mut exhausted = true;
         for _ in 0..ACCEPTS_PER_WAKE {
             let (stream, peer) = match self.tcp_relays.accept(relay) {
@@ -85,25 +53,23 @@ impl Worker {
             }
         }
         if exhausted {
-            self.pending.push(token);
+            self.pending.push(Source::TcpRelayListener(relay));
         }
-        self.deliver_control();
     }
 
-    fn serve_pair(&mut self, id: ConnectionId, token: Token, now: Now) {
+    pub(super) fn serve_pair(&mut self, id: ConnectionId, source: Source, now: Now) {
         if let Some(established) = self.tcp_relays.connect_result(self.poll.registry(), id) {
             self.server.handle_peer_connected(now, id, established);
-            self.deliver_control();
             return;
         }
         // An unbound peer connection is not read: its bytes wait in the
         // kernel until a client data connection is bound to it.
         if self.tcp_relays.is_bound(id) {
-            self.pump(id, token, now);
+            self.pump(id, source, now);
         }
     }
 
-    fn pump(&mut self, id: ConnectionId, token: Token, now: Now) {
+    fn pump(&mut self, id: ConnectionId, source: Source, now: Now) {
         let mut released = Vec::new();
         let mut moved = [0; 2];
         let allowance = self.server.tcp_relay_allowance(now, id);
@@ -113,26 +79,18 @@ impl Worker {
         }
         match pumped {
             Pumped::Idle => {}
-            Pumped::More => self.pending.push(token),
+            Pumped::More => self.pending.push(source),
             Pumped::Throttled => {
                 if self.throttled.is_empty() {
                     self.next_throttle = now.instant + THROTTLE_RETRY;
                 }
-                self.throttled.push(token);
+                self.throttled.push(source);
             }
             Pumped::Finished => self.server.handle_tcp_relay_closed(id),
         }
-        for ip in released {
-            self.shared.release_connection(ip);
-            self.stats.tcp_closed += 1;
-        }
-    }
-
-    /// Sends what the core produced outside of answers to requests.
-    pub(super) fn deliver_control(&mut self) {
-        while let Some(message) = self.server.poll_control() {
-            self.deliver(message.client, &message.tuple, &message.bytes);
-        }
+        // The core counts the admission of a bound client side and releases
+        // it with the pair; the worker counts the connection closed.
+        self.stats.tcp_closed += released.len() as u64;
     }
 
     /// Takes a client connection out of STUN framing: it becomes the client
@@ -151,27 +109,28 @@ impl Worker {
         match unframed {
             Unframed::Bound(id) => {
                 if self.tcp_relays.attach_client(self.poll.registry(), id, detached, ip) {
-                    self.pump(id, Source::Data(id).token(), now);
+                    self.pump(id, Source::ClientSide(id), now);
                 } else {
-                    // The peer side closed between the bind and now.
+                    // The pair is gone, or the client side could not be
+                    // registered: both sides close.
+                    self.tcp_relays.close(self.poll.registry(), id);
                     self.server.handle_tcp_relay_closed(id);
-                    self.shared.release_connection(ip);
                     self.stats.tcp_closed += 1;
                 }
             }
             Unframed::HandOff { owner, frame } => {
+                let tuple = detached.tuple;
                 if !flushed {
-                    debug!(client = %detached.tuple.client, "connection closed: could not hand it over");
-                    self.shared.release_connection(ip);
+                    debug!(client = %tuple.client, "connection closed: could not hand it over");
+                    self.server.handle_connection_closed(&tuple);
                     self.stats.tcp_closed += 1;
                     return;
                 }
-                let client = detached.tuple.client;
                 let mut unread = frame;
                 unread.extend_from_slice(&detached.unread);
-                trace!(%client, owner, "ConnectionBind handed to its worker");
+                trace!(client = %tuple.client, owner, "ConnectionBind handed to its worker");
                 if !self.shared.handoffs.send(owner, Detached { unread, ..detached }) {
-                    self.shared.release_connection(ip);
+                    self.server.handle_connection_closed(&tuple);
                     self.stats.tcp_closed += 1;
                 }
             }
@@ -179,20 +138,22 @@ impl Worker {
     }
 
     /// Adopts the connections other workers handed over: they are served
-    /// from their unread bytes on, as if accepted here.
+    /// from their unread bytes on, as if accepted here, and keep the
+    /// admission the first worker counted.
     pub(super) fn take_handoffs(&mut self, now: Now) {
         for mut detached in self.shared.handoffs.take(self.id) {
             let entry = self.connections.vacant_entry();
-            let token = Token(CONN_BASE + entry.key());
+            let key = entry.key();
             let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
-            if let Err(e) = self.poll.registry().register(&mut detached.stream, token, interest) {
+            if let Err(e) = self.poll.registry().register(&mut detached.stream, Source::Connection(key).token(), interest) {
                 warn!(error = %e, "cannot register handed-over connection");
-                self.shared.release_connection(detached.tuple.client.ip());
+                self.server.handle_connection_closed(&detached.tuple);
                 self.stats.tcp_closed += 1;
                 continue;
             }
             entry.insert(TcpConnection::handed_over(detached, now.instant));
-            self.pending.push(token);
+            self.schedule_connection(key, now.instant);
+            self.pending.push(Source::Connection(key));
         }
     }
 }

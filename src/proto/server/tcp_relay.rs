@@ -4,19 +4,24 @@
 //!
 //! A Connect is answered when the driver reports the peer's answer, so its
 //! response, like a ConnectionAttempt indication, leaves through
-//! [`Server::poll_control`] rather than the request's reply buffer.
+//! [`Server::poll_transmit`] rather than the request's reply buffer. A
+//! ConnectionBind for another worker's connection is handed to that worker
+//! unanswered.
 
 use std::net::SocketAddr;
 
 use tracing::{debug, trace};
 
-use super::{ClientOutcome, Driver, Identity, Path, Server, next_indication_tid};
+use super::data::next_indication_tid;
+use super::respond::{self, Reply};
+use super::timers::Timer;
+use super::{ClientOutcome, Event, Identity, Path, Server, Transmit};
 use crate::proto::allocation::{AllocationId, RelayId};
 use crate::proto::error::RequestError;
 use crate::proto::policy;
 use crate::proto::stun::attr::{self, AttrType};
-use crate::proto::stun::{Class, ErrorCode, Message, MessageType, MessageWriter, Method, TransactionId};
-use crate::proto::tcp_relay::{ConnectError, ConnectionId, ControlMessage, PendingConnect, State, TcpRelayTable};
+use crate::proto::stun::{Class, Message, MessageType, MessageWriter, Method, TransactionId};
+use crate::proto::tcp_relay::{self as table, ConnectionId, PeerConnection, State};
 use crate::proto::{FiveTuple, Now};
 
 /// RFC 6062 §5.1: TCP relaying needs a stream between client and server,
@@ -39,47 +44,30 @@ pub(super) fn check_tcp_allocate(tuple: &FiveTuple, request: &Message<'_>) -> Re
 }
 
 impl Server {
-    /// Tells the server which worker (of `workers`) it is, so the
-    /// CONNECTION-IDs it hands out are unique in the whole process and name
-    /// their worker ([`crate::proto::tcp_relay::owner`]). Call before the
-    /// first input.
-    pub fn set_worker(&mut self, worker: usize, workers: usize) {
-        self.tcp = TcpRelayTable::new(worker, workers);
-    }
-
-    /// The peer data connections of this worker's allocations.
-    pub fn tcp_connections(&self) -> &TcpRelayTable {
-        &self.tcp
-    }
-
-    /// The next message for a client that no request of this moment
-    /// answers: a Connect's response, a ConnectionAttempt indication.
-    /// Should be polled after `handle_peer_connected`,
-    /// `handle_peer_accepted` and `handle_timeout`.
-    pub fn poll_control(&mut self) -> Option<ControlMessage> {
-        self.tcp.outbox.pop_front()
-    }
-
-    /// The driver's report on the TCP connection a Connect started: it was
-    /// established, or it failed (the driver has closed it then). The
-    /// client's answer follows from [`Self::poll_control`].
+    /// The driver's report on the TCP connection an [`Event::ConnectPeer`]
+    /// started: it was established, or it failed (the driver has closed it
+    /// then). The client's answer follows from [`Self::poll_transmit`].
     pub fn handle_peer_connected(&mut self, now: Now, id: ConnectionId, established: bool) {
         let Some(connection) = self.tcp.get(id) else { return };
-        let State::Connecting(pending) = connection.state else { return };
+        if !matches!(connection.state, State::Connecting) {
+            return;
+        }
         let (allocation_id, peer) = (connection.allocation, connection.peer);
         let answer = if established {
-            self.tcp.connected(id, now.instant);
+            if let Some(deadline) = self.tcp.connected(id, now.instant) {
+                self.timers.schedule(deadline, Timer::Connection(id));
+            }
             self.stats.tcp_peer_connections += 1;
             Ok(id)
         } else {
             self.tcp.remove(id);
             self.stats.tcp_peer_failures += 1;
-            Err(ErrorCode::CONNECTION_TIMEOUT_OR_FAILURE)
+            Err(RequestError::ConnectionFailed)
         };
         if let Some(allocation) = self.table.get(allocation_id) {
             debug!(parent: &allocation.span, %peer, connection = id.0, established, "Connect answered");
         }
-        self.queue_connect_answer(allocation_id, &pending, answer);
+        self.answer_connect(now, id, allocation_id, answer);
     }
 
     /// A peer connected to the relayed address of `relay` (RFC 6062 §5.3).
@@ -94,23 +82,26 @@ impl Server {
             .table
             .get(allocation_id)
             .is_some_and(|a| a.tcp_relay && !a.is_expired(now.instant) && a.has_permission(peer.ip(), now.instant));
-        let accepted = if welcome { self.tcp.accept(allocation_id, peer, now.instant, max).ok() } else { None };
+        let accepted =
+            if welcome { self.tcp.accept(allocation_id, peer, now.instant, max, &mut self.rng).ok() } else { None };
         let (Some(id), Some(allocation)) = (accepted, self.table.get(allocation_id)) else {
             self.stats.tcp_peer_refused += 1;
             trace!(%peer, "inbound peer connection refused: no permission or over the limit");
             return None;
         };
+        if let Some(connection) = self.tcp.get(id) {
+            self.timers.schedule(connection.deadline, Timer::Connection(id));
+        }
         let tid = next_indication_tid(&self.indication_prefix, &mut self.indication_counter);
-        let mut bytes = Vec::with_capacity(64);
-        let mut w = MessageWriter::new(
-            &mut bytes,
-            MessageType::new(Method::CONNECTION_ATTEMPT, Class::Indication),
-            TransactionId(tid),
-        );
-        w.xor_address(AttrType::XOR_PEER_ADDRESS, &peer).attr_u32(AttrType::CONNECTION_ID, id.0);
-        w.finish();
         debug!(parent: &allocation.span, %peer, connection = id.0, "peer connected");
-        self.tcp.outbox.push_back(ControlMessage { client: allocation.client, tuple: allocation.tuple, bytes });
+        self.outbox.push(Transmit { client: allocation.client, tuple: allocation.tuple }, |out| {
+            let mut w = MessageWriter::new(
+                out,
+                MessageType::new(Method::CONNECTION_ATTEMPT, Class::Indication),
+                TransactionId(tid),
+            );
+            w.xor_address(AttrType::XOR_PEER_ADDRESS, &peer).attr_u32(AttrType::CONNECTION_ID, id.0);
+        });
         self.stats.tcp_peer_connections += 1;
         Some(id)
     }
@@ -142,12 +133,14 @@ impl Server {
         }
     }
 
-    /// A bound peer data connection ended (either side closed, or failed);
-    /// the driver has closed both sides.
+    /// A peer data connection ended (either side closed, or failed, or its
+    /// client side could not be attached); the driver has closed both
+    /// sides. A bound client data connection no longer counts against the
+    /// connection limits.
     pub fn handle_tcp_relay_closed(&mut self, id: ConnectionId) {
-        if let Some(connection) = self.tcp.remove(id)
-            && let Some(allocation) = self.table.get(connection.allocation)
-        {
+        let Some(connection) = self.tcp.remove(id) else { return };
+        self.release_client_side(&connection);
+        if let Some(allocation) = self.table.get(connection.allocation) {
             debug!(parent: &allocation.span, peer = %connection.peer, connection = id.0, "peer connection closed");
         }
     }
@@ -161,9 +154,8 @@ impl Server {
         tuple: &FiveTuple,
         request: &Message<'_>,
         identity: &Identity<'_>,
-        driver: &mut dyn Driver,
     ) -> Result<ClientOutcome, RequestError> {
-        let id = self.live_allocation(now, tuple, identity, driver)?;
+        let id = self.live_allocation(now, tuple, identity)?;
         if !self.table.get(id).is_some_and(|a| a.tcp_relay) {
             return Err(RequestError::BadRequest("Connect on a UDP allocation"));
         }
@@ -172,25 +164,22 @@ impl Server {
             .ok_or(RequestError::BadRequest("XOR-PEER-ADDRESS missing"))?;
         let peer = self.checked_peer(id, peer, request, Path::Request)?;
         let max = self.config.turn.as_ref().map_or(0, |t| t.max_tcp_peer_connections);
-        let pending =
-            PendingConnect { tid: request.transaction_id(), key: identity.key, fingerprint: request.has_fingerprint() };
-        let connection = self.tcp.start_connect(id, peer, pending, now.instant, max).map_err(|e| match e {
-            ConnectError::Exists => RequestError::ConnectionExists,
-            ConnectError::Capacity => RequestError::InsufficientCapacity("peer connection limit of the allocation"),
-        })?;
-        if driver.connect_peer(RelayId::new(id, peer.is_ipv6()), connection, peer).is_err() {
-            self.tcp.remove(connection);
-            self.stats.tcp_peer_failures += 1;
-            return Err(RequestError::ConnectionFailed);
+        let connection = self.tcp.start_connect(id, peer, now.instant, max, &mut self.rng)?;
+        if let Some(started) = self.tcp.get(connection) {
+            self.timers.schedule(started.deadline, Timer::Connection(connection));
         }
+        self.connecting.insert(connection, Reply::to(request, identity.key));
+        self.events.push_back(Event::ConnectPeer { relay: RelayId::new(id, peer.is_ipv6()), connection, peer });
         if let Some(allocation) = self.table.get(id) {
             debug!(parent: &allocation.span, %peer, connection = connection.0, "connecting to peer");
         }
-        Ok(ClientOutcome::Dropped)
+        Ok(ClientOutcome::Deferred)
     }
 
     /// RFC 6062 §5.4: on a new connection, by the allocation's user, for a
-    /// connection waiting for its bind.
+    /// connection waiting for its bind. A CONNECTION-ID of another worker
+    /// (the kernel spreads connections over workers by their 5-tuple) sends
+    /// the connection there, where its allocation is.
     pub(super) fn connection_bind(
         &mut self,
         now: Now,
@@ -210,6 +199,11 @@ impl Server {
         let value =
             request.attribute(AttrType::CONNECTION_ID).ok_or(RequestError::BadRequest("CONNECTION-ID missing"))?;
         let id = ConnectionId(attr::read_u32(value).map_err(|_| RequestError::BadRequest("CONNECTION-ID malformed"))?);
+        let (worker, workers) = self.tcp.worker();
+        let owner = table::owner(id, workers);
+        if owner != worker {
+            return Ok(ClientOutcome::HandOff { worker: owner });
+        }
         let allocation_id = self
             .tcp
             .get(id)
@@ -218,75 +212,66 @@ impl Server {
             .ok_or(RequestError::BadRequest("CONNECTION-ID unknown, expired or bound"))?;
         self.check_owner(now, allocation_id, identity)?;
         let connection =
-            self.tcp.bind(id, now.instant).ok_or(RequestError::BadRequest("CONNECTION-ID not bindable"))?;
+            self.tcp.bind(id, *tuple, now.instant).ok_or(RequestError::BadRequest("CONNECTION-ID not bindable"))?;
         let peer = connection.peer;
         if let Some(allocation) = self.table.get(allocation_id) {
             debug!(parent: &allocation.span, %peer, connection = id.0, client = %tuple.client, "connection bound");
         }
-        self.success_response(request, identity.key.as_ref(), reply, |_| {});
+        respond::success(&self.config, reply, &Reply::to(request, identity.key), |_| {});
         Ok(ClientOutcome::ConnectionBound { id })
     }
 
-    /// Closes the connections whose Connect or ConnectionBind did not come
-    /// in time; an unanswered Connect gets 447.
-    pub(super) fn expire_tcp_connections(&mut self, now: Now, driver: &mut dyn Driver) {
-        for (id, connection) in self.tcp.expire(now.instant) {
-            driver.close_peer(id);
-            self.stats.tcp_peer_failures += 1;
-            if let Some(allocation) = self.table.get(connection.allocation) {
-                debug!(parent: &allocation.span, peer = %connection.peer, connection = id.0, "peer connection expired");
-            }
-            if let State::Connecting(pending) = connection.state {
-                self.queue_connect_answer(
-                    connection.allocation,
-                    &pending,
-                    Err(ErrorCode::CONNECTION_TIMEOUT_OR_FAILURE),
-                );
-            }
+    /// A connection's timer came due: closed if its Connect or
+    /// ConnectionBind did not come in time; an unanswered Connect gets 447.
+    pub(super) fn expire_tcp_connection(&mut self, now: Now, id: ConnectionId) {
+        let Some(connection) = self.tcp.expire(id, now.instant) else { return };
+        self.events.push_back(Event::ClosePeer { connection: id });
+        self.stats.tcp_peer_failures += 1;
+        if let Some(allocation) = self.table.get(connection.allocation) {
+            debug!(parent: &allocation.span, peer = %connection.peer, connection = id.0, "peer connection expired");
+        }
+        if matches!(connection.state, State::Connecting) {
+            self.answer_connect(now, id, connection.allocation, Err(RequestError::ConnectionFailed));
         }
     }
 
     /// A deleted allocation's connections close with it (RFC 6062 §5.5),
     /// and what was queued for its client is not sent: the driver may
     /// already have given its handle to another client.
-    pub(super) fn close_tcp_connections(&mut self, id: AllocationId, tuple: &FiveTuple, driver: &mut dyn Driver) {
-        for (connection, _) in self.tcp.remove_allocation(id) {
-            driver.close_peer(connection);
+    pub(super) fn close_tcp_connections(&mut self, id: AllocationId, tuple: &FiveTuple) {
+        for (connection, peer_connection) in self.tcp.remove_allocation(id) {
+            self.connecting.remove(&connection);
+            self.release_client_side(&peer_connection);
+            self.events.push_back(Event::ClosePeer { connection });
         }
-        self.tcp.outbox.retain(|message| message.tuple != *tuple);
+        self.outbox.forget(tuple);
+    }
+
+    /// A bound pair's client data connection ends with the pair.
+    fn release_client_side(&mut self, connection: &PeerConnection) {
+        if let State::Bound(client) = connection.state {
+            self.resources.release_connection(client.client.ip());
+        }
     }
 
     /// Writes a Connect's response, signed and fingerprinted as its request
     /// was, for the client of `allocation`.
-    fn queue_connect_answer(
+    fn answer_connect(
         &mut self,
+        now: Now,
+        id: ConnectionId,
         allocation: AllocationId,
-        pending: &PendingConnect,
-        answer: Result<ConnectionId, ErrorCode>,
+        answer: Result<ConnectionId, RequestError>,
     ) {
+        let Some(reply) = self.connecting.remove(&id) else { return };
         let Some(allocation) = self.table.get(allocation) else { return };
-        let class = if answer.is_ok() { Class::Success } else { Class::Error };
-        let mut bytes = Vec::with_capacity(96);
-        let mut w = MessageWriter::new(&mut bytes, MessageType::new(Method::CONNECT, class), pending.tid);
-        match answer {
-            Ok(id) => {
+        let transmit = Transmit { client: allocation.client, tuple: allocation.tuple };
+        let (config, stats) = (&self.config, &mut self.stats);
+        self.outbox.push(transmit, |out| match answer {
+            Ok(id) => respond::success(config, out, &reply, |w| {
                 w.attr_u32(AttrType::CONNECTION_ID, id.0);
-            }
-            Err(code) => {
-                w.error_code(code, self.config.reason_phrases.then(|| code.reason()));
-                self.stats.error_responses += 1;
-            }
-        }
-        if let Some(software) = &self.config.software {
-            w.attr(AttrType::SOFTWARE, software.as_bytes());
-        }
-        if let Some(key) = &pending.key {
-            key.sign(&mut w);
-        }
-        if pending.fingerprint {
-            w.fingerprint();
-        }
-        w.finish();
-        self.tcp.outbox.push_back(ControlMessage { client: allocation.client, tuple: allocation.tuple, bytes });
+            }),
+            Err(error) => respond::refusal(config, stats, now, &transmit.tuple, out, &reply, &error),
+        });
     }
 }
