@@ -21,3 +21,4 @@ pub mod config;
 pub mod io;
 pub mod proto;
 pub mod telemetry;
+pub mod testing;

@@ -118,6 +118,12 @@ impl Accounts {
         self.limits
     }
 
+    /// New limits for what is counted from now on; what is counted stays,
+    /// even above them.
+    pub fn set_limits(&mut self, limits: QuotaLimits) {
+        self.limits = limits;
+    }
+
     /// Allocations counted now, in all.
     pub fn allocations(&self) -> u32 {
         self.allocations
