@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use crate::io::shared::SharedAccounts;
 use crate::proto::Now;
 use crate::proto::allocation::RelayId;
-use crate::proto::error::RelayOpenError;
 use crate::proto::resources::QuotaLimits;
+use crate::proto::server::RelayOpenError;
 use crate::proto::server::{Event, RelayProtocol, Server, Transmit};
 use crate::proto::tcp_relay::ConnectionId;
 

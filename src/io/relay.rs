@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use super::sys;
 use super::token::Source;
 use crate::proto::allocation::RelayId;
-use crate::proto::error::RelayOpenError;
+use crate::proto::server::RelayOpenError;
 
 /// One allocation's relay socket.
 struct RelaySocket {

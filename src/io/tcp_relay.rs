@@ -352,7 +352,10 @@ impl TcpRelays {
     ) -> bool {
         let Some(pair) = self.pairs.get_mut(&id) else { return false };
         let Detached { mut stream, tls, unread, unsent, .. } = client;
-        if registry.register(&mut stream, Source::ClientSide(id).token(), Interest::READABLE | Interest::WRITABLE).is_err() {
+        if registry
+            .register(&mut stream, Source::ClientSide(id).token(), Interest::READABLE | Interest::WRITABLE)
+            .is_err()
+        {
             return false;
         }
         // Both are at most one read's worth: a frame and what followed it.

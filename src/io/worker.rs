@@ -48,7 +48,7 @@ use super::tls::TlsAcceptor;
 use super::token::Source;
 use crate::proto::allocation::{ClientHandle, RelayId};
 use crate::proto::auth::StaticCredentials;
-use crate::proto::error::RelayOpenError;
+use crate::proto::server::RelayOpenError;
 use crate::proto::server::{
     ClientOutcome, Event, IcmpReport, PEER_HEADROOM, PEER_TAILROOM, RelayProtocol, Server, ServerConfig,
 };
@@ -734,7 +734,8 @@ impl Worker {
         let Some(connection) = self.connections.get_mut(key) else { return };
         // A connection silent that long has an allocation (or it would have
         // been closed): it is checked again a whole timeout later.
-        let idle = Some(connection.last_received + TCP_IDLE_TIMEOUT).filter(|at| *at > now).unwrap_or(now + TCP_IDLE_TIMEOUT);
+        let idle =
+            Some(connection.last_received + TCP_IDLE_TIMEOUT).filter(|at| *at > now).unwrap_or(now + TCP_IDLE_TIMEOUT);
         let handshake = match handshake_timeout {
             Some(timeout) if connection.tls.is_some() && !connection.handshake_done => {
                 Some(connection.accepted + timeout)

@@ -358,10 +358,8 @@ impl Allocation {
     /// channel binding's expiry or the end of its guard time.
     pub fn next_deadline(&self) -> Instant {
         let permissions = self.permissions.iter().map(|p| p.expires);
-        let channels = self
-            .channels
-            .iter()
-            .map(|c| if c.expiry_reported { c.expires + CHANNEL_REUSE_GUARD } else { c.expires });
+        let channels =
+            self.channels.iter().map(|c| if c.expiry_reported { c.expires + CHANNEL_REUSE_GUARD } else { c.expires });
         permissions.chain(channels).fold(self.expires, Instant::min)
     }
 

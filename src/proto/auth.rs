@@ -536,8 +536,6 @@ pub fn rest_password(secret: &[u8], username: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::error::RequestError;
-    use crate::proto::stun::ErrorCode;
     use crate::proto::stun::integrity as mac;
     use crate::proto::stun::{Class, MessageType, MessageWriter, Method, TransactionId};
 
@@ -773,7 +771,6 @@ mod tests {
         for (what, req) in cases {
             assert_eq!(user(&auth, req, NOW), Err(AuthError::AlgorithmMismatch), "{what}");
         }
-        assert_eq!(RequestError::from(AuthError::AlgorithmMismatch).code(), ErrorCode::BAD_REQUEST);
         assert!(!AuthError::AlgorithmMismatch.sends_challenge());
         // Stripping both is what an RFC 5389 client sends: MD5, and so the
         // SHA-256 key is the wrong one.
@@ -847,7 +844,6 @@ mod tests {
         assert_eq!(user(&auth, Req::legacy("legacy", &nonce, Some(&key)), NOW), Ok("legacy".into()));
         let sha = sha256("legacy", "old");
         assert_eq!(user(&auth, Req::modern("legacy", &nonce, &sha), NOW), Err(AuthError::AlgorithmUnavailable));
-        assert_eq!(RequestError::from(AuthError::AlgorithmUnavailable).code(), ErrorCode::UNAUTHENTICATED);
     }
 
     #[test]

@@ -10,10 +10,14 @@
 
 use std::net::SocketAddr;
 
-use crate::proto::error::RequestError;
 use crate::proto::stun::Message;
 use crate::proto::stun::attr::{self, AttrType, ChangeRequest};
 use crate::proto::{FiveTuple, Transport};
+
+/// A Binding request discovery cannot honour as asked (a 400), and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadDiscoveryRequest(pub &'static str);
 
 /// The primary and alternate transport addresses, A1:P1 and A2:P2. The two
 /// others, A1:P2 and A2:P1, follow from them.
@@ -85,7 +89,7 @@ impl NatDiscovery {
     /// RESPONSE-PORT (§6.1), or a change of source or destination asked over
     /// a connection, on which an answer can only go back the way the request
     /// came (§3: these tests apply only to UDP).
-    pub fn plan(&self, tuple: &FiveTuple, request: &Message<'_>) -> Result<Option<ResponsePlan>, RequestError> {
+    pub fn plan(&self, tuple: &FiveTuple, request: &Message<'_>) -> Result<Option<ResponsePlan>, BadDiscoveryRequest> {
         if !self.serves(tuple.server) {
             return Ok(None);
         }
@@ -93,32 +97,32 @@ impl NatDiscovery {
             .attribute(AttrType::CHANGE_REQUEST)
             .map(attr::read_change_request)
             .transpose()
-            .map_err(|_| RequestError::BadRequest("CHANGE-REQUEST malformed"))?
+            .map_err(|_| BadDiscoveryRequest("CHANGE-REQUEST malformed"))?
             .unwrap_or_default();
         let response_port = request
             .attribute(AttrType::RESPONSE_PORT)
             .map(attr::read_response_port)
             .transpose()
-            .map_err(|_| RequestError::BadRequest("RESPONSE-PORT malformed"))?;
+            .map_err(|_| BadDiscoveryRequest("RESPONSE-PORT malformed"))?;
         let padding = request.attribute(AttrType::PADDING).is_some();
         if padding && response_port.is_some() {
-            return Err(RequestError::BadRequest("PADDING with RESPONSE-PORT"));
+            return Err(BadDiscoveryRequest("PADDING with RESPONSE-PORT"));
         }
         let datagram = tuple.transport == Transport::Udp;
         if !datagram && change.is_change() {
-            return Err(RequestError::BadRequest("CHANGE-REQUEST over a connection"));
+            return Err(BadDiscoveryRequest("CHANGE-REQUEST over a connection"));
         }
         if !datagram && response_port.is_some() {
-            return Err(RequestError::BadRequest("RESPONSE-PORT over a connection"));
+            return Err(BadDiscoveryRequest("RESPONSE-PORT over a connection"));
         }
         if response_port == Some(0) {
-            return Err(RequestError::BadRequest("RESPONSE-PORT 0"));
+            return Err(BadDiscoveryRequest("RESPONSE-PORT 0"));
         }
         let destination = response_port.map_or(tuple.client, |port| SocketAddr::new(tuple.client.ip(), port));
-        let origin = self.origin(tuple.server, change).ok_or(RequestError::BadRequest("not a discovery address"))?;
+        let origin = self.origin(tuple.server, change).ok_or(BadDiscoveryRequest("not a discovery address"))?;
         let other = self
             .origin(tuple.server, ChangeRequest { change_ip: true, change_port: true })
-            .ok_or(RequestError::BadRequest("not a discovery address"))?;
+            .ok_or(BadDiscoveryRequest("not a discovery address"))?;
         Ok(Some(ResponsePlan { origin, destination, other, padding }))
     }
 
@@ -160,7 +164,7 @@ mod tests {
         buf
     }
 
-    fn plan(server: &str, transport: Transport, packet: &[u8]) -> Result<Option<ResponsePlan>, RequestError> {
+    fn plan(server: &str, transport: Transport, packet: &[u8]) -> Result<Option<ResponsePlan>, BadDiscoveryRequest> {
         let tuple = FiveTuple { client: addr("198.51.100.7:5000"), server: addr(server), transport };
         discovery().plan(&tuple, &Message::parse(packet).expect("well-formed"))
     }
@@ -220,7 +224,7 @@ mod tests {
         let change = request(|w| {
             w.attr(AttrType::CHANGE_REQUEST, &ChangeRequest { change_ip: false, change_port: true }.to_bytes());
         });
-        assert!(matches!(plan("192.0.2.1:3478", Transport::Tcp, &change), Err(RequestError::BadRequest(_))));
+        assert!(matches!(plan("192.0.2.1:3478", Transport::Tcp, &change), Err(BadDiscoveryRequest(_))));
         let no_change = request(|w| {
             w.attr(AttrType::CHANGE_REQUEST, &ChangeRequest::default().to_bytes());
         });
@@ -228,7 +232,7 @@ mod tests {
         let port = request(|w| {
             w.attr(AttrType::RESPONSE_PORT, &[0x13, 0x88, 0, 0]);
         });
-        assert!(matches!(plan("192.0.2.1:3478", Transport::Tcp, &port), Err(RequestError::BadRequest(_))));
+        assert!(matches!(plan("192.0.2.1:3478", Transport::Tcp, &port), Err(BadDiscoveryRequest(_))));
     }
 
     #[test]
@@ -245,7 +249,7 @@ mod tests {
                 w.attr(AttrType::RESPONSE_PORT, &[0x13, 0x88, 0, 0]);
             }),
         ] {
-            assert!(matches!(plan("192.0.2.1:3478", Transport::Udp, &packet), Err(RequestError::BadRequest(_))));
+            assert!(matches!(plan("192.0.2.1:3478", Transport::Udp, &packet), Err(BadDiscoveryRequest(_))));
         }
     }
 }

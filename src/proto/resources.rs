@@ -269,7 +269,8 @@ mod tests {
     #[test]
     fn connections_count_per_ip_and_in_all() {
         let mut a = accounts(QuotaLimits { tcp_per_ip: 1, tcp_total: 2, ..QuotaLimits::default() });
-        let (x, y, z) = ("192.0.2.1".parse().expect("ip"), "192.0.2.2".parse().expect("ip"), "192.0.2.3".parse().expect("ip"));
+        let (x, y, z) =
+            ("192.0.2.1".parse().expect("ip"), "192.0.2.2".parse().expect("ip"), "192.0.2.3".parse().expect("ip"));
         assert!(a.admit_connection(x));
         assert!(!a.admit_connection(x), "per-IP limit");
         assert!(a.admit_connection(y));
@@ -285,8 +286,7 @@ mod tests {
         let now = crate::io::clock::now();
         let mut a = accounts(QuotaLimits::default());
         let ip: IpAddr = "192.0.2.1".parse().expect("ip");
-        let taken: Vec<SocketAddr> =
-            (0..4).map(|_| a.take_port(ip, PortRequest::Any, now).expect("free").0).collect();
+        let taken: Vec<SocketAddr> = (0..4).map(|_| a.take_port(ip, PortRequest::Any, now).expect("free").0).collect();
         assert_eq!(a.take_port(ip, PortRequest::Any, now), Err(PortError::Exhausted));
         assert_eq!(a.free_ports(ip), 0);
         a.return_port(taken[0]);

@@ -247,11 +247,19 @@ mod tests {
     }
 
     fn client() -> FiveTuple {
-        FiveTuple { client: peer("192.0.2.1:5000"), server: peer("192.0.2.10:3478"), transport: crate::proto::Transport::Tcp }
+        FiveTuple {
+            client: peer("192.0.2.1:5000"),
+            server: peer("192.0.2.10:3478"),
+            transport: crate::proto::Transport::Tcp,
+        }
     }
 
     /// What the server's timers expire at `now` among `ids`.
-    fn expire_due(table: &mut TcpRelayTable, ids: &[ConnectionId], now: Instant) -> Vec<(ConnectionId, PeerConnection)> {
+    fn expire_due(
+        table: &mut TcpRelayTable,
+        ids: &[ConnectionId],
+        now: Instant,
+    ) -> Vec<(ConnectionId, PeerConnection)> {
         ids.iter().filter_map(|id| table.expire(*id, now).map(|c| (*id, c))).collect()
     }
 
@@ -342,7 +350,11 @@ mod tests {
         assert_eq!(table.bind(inbound, client(), now).map(|c| c.peer), Some(peer("203.0.113.1:3")));
         assert!(table.bind(inbound, client(), now).is_none(), "bound once only");
         // Bound connections stay however long they live.
-        assert!(expire_due(&mut table, &[connecting, inbound], now + Duration::from_secs(3600)).iter().all(|(id, _)| *id != inbound));
+        assert!(
+            expire_due(&mut table, &[connecting, inbound], now + Duration::from_secs(3600))
+                .iter()
+                .all(|(id, _)| *id != inbound)
+        );
         assert!(table.get(inbound).is_some());
     }
 }

@@ -145,7 +145,9 @@ impl Worker {
             let entry = self.connections.vacant_entry();
             let key = entry.key();
             let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
-            if let Err(e) = self.poll.registry().register(&mut detached.stream, Source::Connection(key).token(), interest) {
+            if let Err(e) =
+                self.poll.registry().register(&mut detached.stream, Source::Connection(key).token(), interest)
+            {
                 warn!(error = %e, "cannot register handed-over connection");
                 self.server.handle_connection_closed(&detached.tuple);
                 self.stats.tcp_closed += 1;

@@ -22,12 +22,12 @@ use std::time::Duration;
 use tracing::{debug, info, info_span};
 
 use super::config::advertise;
+use super::error::{RelayOpenError, RequestError};
 use super::respond::{self, Reply};
 use super::tcp_relay::check_tcp_allocate;
 use super::timers::Timer;
 use super::{ClientOutcome, DeleteReason, Event, Identity, RelayProtocol, Server, Transmit};
 use crate::proto::allocation::{Allocation, AllocationId, ByteBucket, ClientHandle, LOG_TARGET, RelayId, Relayed};
-use crate::proto::error::{RelayOpenError, RequestError};
 use crate::proto::port_pool::{RESERVATION_LIFETIME, ReservationToken};
 use crate::proto::resources::{PortError, PortRequest, QuotaError};
 use crate::proto::stun::attr::{self, AttrType, FAMILY_IPV4, FAMILY_IPV6};
@@ -61,7 +61,10 @@ enum Family {
     /// Not asked for, or settled for an abandoned allocation.
     Unused,
     /// The driver is opening a socket on `addr`, the `attempts`-th port tried.
-    Pending { addr: SocketAddr, attempts: usize },
+    Pending {
+        addr: SocketAddr,
+        attempts: usize,
+    },
     Opened(SocketAddr),
     Refused(RequestError),
 }

@@ -4,9 +4,10 @@
 
 use tracing::{debug, trace};
 
+use super::error::RequestError;
 use super::respond::{self, Reply};
 use super::{ClientOutcome, Server};
-use crate::proto::error::{ParseError, RequestError};
+use crate::proto::error::ParseError;
 use crate::proto::stun::attr::{self, AttrType};
 use crate::proto::stun::{ATTR_HEADER_LEN, Class, ErrorCode, Message, MessageType, MessageWriter, Method};
 use crate::proto::{FiveTuple, Now, Transport};
@@ -30,7 +31,7 @@ impl Server {
             Ok(plan) => plan.flatten(),
             Err(error) => {
                 debug!(client = %tuple.client, %error, "Binding request refused");
-                respond::refusal(&self.config, &mut self.stats, now, tuple, reply, &answer, &error);
+                respond::refusal(&self.config, &mut self.stats, now, tuple, reply, &answer, &error.into());
                 return ClientOutcome::Replied;
             }
         };

@@ -5,12 +5,12 @@
 
 use tracing::debug;
 
+use super::error::RequestError;
 use super::respond::{self, Reply};
 use super::{ClientOutcome, Event, Identity, Path, Server};
 use crate::proto::channel_data::ChannelNumber;
-use crate::proto::error::RequestError;
-use crate::proto::stun::attr::{self, AttrType};
 use crate::proto::stun::Message;
+use crate::proto::stun::attr::{self, AttrType};
 use crate::proto::{FiveTuple, Now};
 
 impl Server {

@@ -15,7 +15,9 @@ use crate::proto::allocation::RelayId;
 use crate::proto::channel_data::{self, ChannelData, ChannelNumber};
 use crate::proto::policy;
 use crate::proto::stun::attr::{self, AttrType};
-use crate::proto::stun::{ATTR_HEADER_LEN, Class, HEADER_LEN, MAGIC_COOKIE, Message, MessageType, MessageWriter, Method, TransactionId};
+use crate::proto::stun::{
+    ATTR_HEADER_LEN, Class, HEADER_LEN, MAGIC_COOKIE, Message, MessageType, MessageWriter, Method, TransactionId,
+};
 use crate::proto::{FiveTuple, Now};
 
 /// Room a driver must leave in front of a peer's payload: the largest Data

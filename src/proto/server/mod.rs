@@ -32,6 +32,7 @@ mod binding;
 mod channel;
 mod config;
 mod data;
+mod error;
 mod expiry;
 mod output;
 mod permission;
@@ -50,21 +51,21 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tracing::{debug, info, trace};
 
+use self::allocate::Opening;
 pub use self::config::{ExternalIp, ServerConfig, TurnConfig};
 pub use self::data::{PEER_HEADROOM, PEER_TAILROOM};
+pub use self::error::{MAX_UNKNOWN_LISTED, RelayOpenError, RequestError, UnknownAttributes};
+use self::output::Outbox;
 pub use self::output::{
     AllocationInfo, ClientOutcome, DeleteReason, Event, IcmpReport, PeerOutcome, RelayProtocol, Transmit,
 };
-pub use self::stats::Stats;
-use self::allocate::Opening;
-use self::output::Outbox;
 use self::respond::Reply;
+pub use self::stats::Stats;
 use self::timers::{Timer, Timers};
 use crate::proto::allocation::{AllocationId, ClientHandle, LOG_TARGET, RelayId};
 use crate::proto::auth::{SigningKey, StaticCredentials};
 use crate::proto::demux::{self, PacketKind};
-use crate::proto::error::{ParseError, RequestError, UnknownAttributes};
-pub use crate::proto::error::RelayOpenError;
+use crate::proto::error::ParseError;
 use crate::proto::policy;
 use crate::proto::rate_limit::SourceLimiter;
 use crate::proto::resources::Resources;

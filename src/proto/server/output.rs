@@ -137,26 +137,62 @@ pub struct AllocationInfo {
 pub enum Event {
     /// Open a relay socket bound to `addr`, then report with
     /// [`super::Server::handle_relay_opened`]; the id is not reused before.
-    OpenRelay { relay: RelayId, addr: SocketAddr, protocol: RelayProtocol, dont_fragment: bool },
+    OpenRelay {
+        relay: RelayId,
+        addr: SocketAddr,
+        protocol: RelayProtocol,
+        dont_fragment: bool,
+    },
     /// Close the relay socket of `relay` (UDP or TCP); its port is already
     /// back in the pool.
-    CloseRelay { relay: RelayId, addr: SocketAddr },
+    CloseRelay {
+        relay: RelayId,
+        addr: SocketAddr,
+    },
     /// Start a TCP connection from the relayed address of `relay` to
     /// `peer` (RFC 6062 §5.2), then report with
     /// [`super::Server::handle_peer_connected`].
-    ConnectPeer { relay: RelayId, connection: ConnectionId, peer: SocketAddr },
+    ConnectPeer {
+        relay: RelayId,
+        connection: ConnectionId,
+        peer: SocketAddr,
+    },
     /// Close a peer data connection and the client data connection bound
     /// to it.
-    ClosePeer { connection: ConnectionId },
+    ClosePeer {
+        connection: ConnectionId,
+    },
     AllocationCreated(AllocationInfo),
-    AllocationRefreshed { id: AllocationId, lifetime: Duration },
-    AllocationDeleted { id: AllocationId, tuple: FiveTuple, reason: DeleteReason, traffic: Traffic },
+    AllocationRefreshed {
+        id: AllocationId,
+        lifetime: Duration,
+    },
+    AllocationDeleted {
+        id: AllocationId,
+        tuple: FiveTuple,
+        reason: DeleteReason,
+        traffic: Traffic,
+    },
     /// Installed or refreshed, for 300 seconds (RFC 8656 §9).
-    PermissionInstalled { id: AllocationId, peer: IpAddr },
-    PermissionExpired { id: AllocationId, peer: IpAddr },
+    PermissionInstalled {
+        id: AllocationId,
+        peer: IpAddr,
+    },
+    PermissionExpired {
+        id: AllocationId,
+        peer: IpAddr,
+    },
     /// Bound or refreshed, for 600 seconds (RFC 8656 §12).
-    ChannelBound { id: AllocationId, channel: ChannelNumber, peer: SocketAddr },
-    ChannelExpired { id: AllocationId, channel: ChannelNumber, peer: SocketAddr },
+    ChannelBound {
+        id: AllocationId,
+        channel: ChannelNumber,
+        peer: SocketAddr,
+    },
+    ChannelExpired {
+        id: AllocationId,
+        channel: ChannelNumber,
+        peer: SocketAddr,
+    },
 }
 
 /// Messages written for later, in one byte arena so none costs an

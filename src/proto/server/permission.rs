@@ -3,9 +3,9 @@
 
 use tracing::debug;
 
+use super::error::RequestError;
 use super::respond::{self, Reply};
 use super::{ClientOutcome, Event, Identity, Path, Server};
-use crate::proto::error::RequestError;
 use crate::proto::stun::{AttrType, Message};
 use crate::proto::{FiveTuple, Now};
 

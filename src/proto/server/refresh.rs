@@ -7,12 +7,12 @@ use std::time::Duration;
 use tracing::{debug, info};
 
 use super::allocate::initial_lifetime;
+use super::error::RequestError;
 use super::respond::{self, Reply};
 use super::{ClientOutcome, DeleteReason, Event, Identity, Server};
 use crate::proto::allocation::{LOG_TARGET, RelayId};
-use crate::proto::error::RequestError;
-use crate::proto::stun::attr::{self, AttrType, FAMILY_IPV4, FAMILY_IPV6};
 use crate::proto::stun::Message;
+use crate::proto::stun::attr::{self, AttrType, FAMILY_IPV4, FAMILY_IPV6};
 use crate::proto::{FiveTuple, Now};
 
 impl Server {

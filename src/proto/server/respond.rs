@@ -12,10 +12,12 @@
 use tracing::debug;
 
 use super::config::ServerConfig;
+use super::error::RequestError;
 use super::stats::Stats;
 use crate::proto::auth::{AuthError, SigningKey};
-use crate::proto::error::RequestError;
-use crate::proto::stun::{ATTR_HEADER_LEN, AttrType, Class, ErrorCode, Message, MessageType, MessageWriter, Method, TransactionId};
+use crate::proto::stun::{
+    ATTR_HEADER_LEN, AttrType, Class, ErrorCode, Message, MessageType, MessageWriter, Method, TransactionId,
+};
 use crate::proto::{FiveTuple, Now, Transport};
 
 /// What an answer owes its request, kept for answers written later (an

@@ -13,11 +13,11 @@ use std::net::SocketAddr;
 use tracing::{debug, trace};
 
 use super::data::next_indication_tid;
+use super::error::RequestError;
 use super::respond::{self, Reply};
 use super::timers::Timer;
 use super::{ClientOutcome, Event, Identity, Path, Server, Transmit};
 use crate::proto::allocation::{AllocationId, RelayId};
-use crate::proto::error::RequestError;
 use crate::proto::policy;
 use crate::proto::stun::attr::{self, AttrType};
 use crate::proto::stun::{Class, Message, MessageType, MessageWriter, Method, TransactionId};
