@@ -88,7 +88,7 @@ pub(super) fn refusal(
             reply.key = None;
             stats.auth_failures += 1;
             if *auth_error != AuthError::Challenge {
-                debug!(client = %tuple.client, method = reply.method.name(), ?auth_error, "authentication failed");
+                debug!(client = %tuple.client, method = reply.method.name(), error = ?auth_error, "authentication failed");
             }
             if let Some(auth) = turn.and_then(|t| t.auth.as_ref())
                 && auth_error.sends_challenge()
