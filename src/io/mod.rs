@@ -11,6 +11,7 @@ mod listener;
 mod out;
 pub mod relay;
 pub mod shutdown;
+#[allow(unsafe_code)]
 pub mod sys;
 mod tcp;
 mod tcp_relay;
@@ -40,7 +41,7 @@ pub struct RuntimeConfig {
     /// SO_RCVBUF/SO_SNDBUF of each UDP listen socket, in bytes; 0 keeps the kernel's.
     pub udp_buffer: usize,
     /// Who to become once the listen sockets are bound.
-    pub run_as: Option<sys::Identity>,
+    pub run_as: Option<sys::process::Identity>,
     pub relay_ports: (u16, u16),
     pub quotas: QuotaLimits,
     pub server: ServerConfig,
@@ -169,7 +170,7 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
         listening.extend(first.tls.iter().map(|(_, addr)| (Transport::Tls, *addr)));
     }
     if let Some(identity) = config.run_as {
-        sys::drop_privileges(identity).map_err(StartError::Privileges)?;
+        sys::process::drop_privileges(identity).map_err(StartError::Privileges)?;
         info!(uid = identity.uid, gid = identity.gid, "dropped privileges");
     }
     let shared = Arc::new(relay::Shared::new(config.relay_ports, config.quotas, per_worker.len()));

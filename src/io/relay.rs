@@ -17,7 +17,7 @@ use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, warn};
 
-use super::sys;
+use super::sys::sockopt;
 use super::tcp_relay::{Handoffs, TcpRelays};
 use super::worker::WorkerReport;
 use crate::proto::allocation::RelayId;
@@ -342,11 +342,11 @@ fn bind_relay(addr: SocketAddr, dont_fragment: bool) -> Result<mio::net::UdpSock
     socket.set_nonblocking(true).map_err(BindFailure::Io)?;
     // ICMP errors reach the client where the kernel reports them; relaying
     // works without them.
-    if let Err(e) = sys::enable_recv_err(socket.as_raw_fd(), addr.is_ipv6()) {
+    if let Err(e) = sockopt::enable_recv_err(socket.as_raw_fd(), addr.is_ipv6()) {
         debug!(%addr, error = %e, "no ICMP errors for this relay socket");
     }
     if dont_fragment {
-        sys::set_dont_fragment(socket.as_raw_fd(), addr.is_ipv6()).map_err(|_| BindFailure::DontFragment)?;
+        sockopt::set_dont_fragment(socket.as_raw_fd(), addr.is_ipv6()).map_err(|_| BindFailure::DontFragment)?;
     }
     socket.bind(&addr.into()).map_err(BindFailure::Io)?;
     Ok(mio::net::UdpSocket::from_std(socket.into()))

@@ -30,7 +30,8 @@ use super::listener::WorkerListeners;
 use super::out::{OutQueue, Via};
 use super::relay::{RelaySocket, Shared, WorkerDriver};
 use super::shutdown::Shutdown;
-use super::sys::{self, RecvBatch};
+use super::sys::batch::{BATCH, RecvBatch};
+use super::sys::{icmp, sockopt};
 use super::tcp::{Closed, Next, ReadStatus, TcpConnection, WRITE_QUEUE_LIMIT};
 use super::tcp_relay::{self, TcpRelays};
 use super::tls::TlsAcceptor;
@@ -215,7 +216,7 @@ impl Worker {
         for (index, (listener, _)) in tls_listeners.iter_mut().enumerate() {
             poll.registry().register(listener, Token(udp.len() + tcp.len() + index), Interest::READABLE)?;
         }
-        let gso = udp.first().is_some_and(|(socket, _)| sys::gso_supported(socket.as_raw_fd()));
+        let gso = udp.first().is_some_and(|(socket, _)| sockopt::gso_supported(socket.as_raw_fd()));
         let mut server = Server::new(config);
         server.set_worker(id, shared.handoffs.workers());
         Ok(Self {
@@ -394,7 +395,7 @@ impl Worker {
             if self.out.is_full() {
                 self.flush(now);
             }
-            if received < sys::BATCH {
+            if received < BATCH {
                 return;
             }
         }
@@ -438,7 +439,7 @@ impl Worker {
             if self.out.is_full() {
                 self.flush(now);
             }
-            if received < sys::BATCH {
+            if received < BATCH {
                 return;
             }
         }
@@ -464,8 +465,8 @@ impl Worker {
     /// left is read on the next turn.
     fn drain_icmp(&mut self, relay: RelayId, now: Now) {
         let Some(fd) = self.relays.get(relay.0).and_then(Option::as_ref).map(|r| r.socket.as_raw_fd()) else { return };
-        for _ in 0..sys::BATCH {
-            let error = match sys::recv_icmp_error(fd) {
+        for _ in 0..BATCH {
+            let error = match icmp::recv_icmp_error(fd) {
                 Ok(Some(error)) => error,
                 Ok(None) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
