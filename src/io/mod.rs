@@ -11,6 +11,7 @@ mod listener;
 mod out;
 pub mod relay;
 pub mod shutdown;
+mod stream;
 #[allow(unsafe_code)]
 pub mod sys;
 mod tcp;

@@ -30,6 +30,7 @@ use super::listener::WorkerListeners;
 use super::out::{OutQueue, Via};
 use super::relay::{RelaySocket, Shared, WorkerDriver};
 use super::shutdown::Shutdown;
+use super::stream::Stream;
 use super::sys::batch::{BATCH, RecvBatch};
 use super::sys::{icmp, sockopt};
 use super::tcp::{Closed, Next, ReadStatus, TcpConnection, WRITE_QUEUE_LIMIT};
@@ -572,7 +573,7 @@ impl Worker {
                 self.stats.tls_accepted += 1;
             }
             let tuple = FiveTuple { client, server, transport };
-            entry.insert(TcpConnection::new(stream, tuple, tls, now.instant));
+            entry.insert(TcpConnection::new(Stream::new(stream, tls), tuple, now.instant));
             self.stats.tcp_accepted += 1;
         }
         self.pending.push(Token(token));
@@ -625,11 +626,11 @@ impl Worker {
         };
         let result = read.and_then(|status| connection.flush().map(|()| status));
         let finished = connection.peer_closed && connection.drained();
-        if connection.tls.is_some() && !connection.handshake_done && !connection.handshaking() && result.is_ok() {
+        if connection.stream.is_tls() && !connection.handshake_done && !connection.handshaking() && result.is_ok() {
             connection.handshake_done = true;
             self.handshaking -= 1;
             self.stats.tls_handshakes += 1;
-            if let Some(tls) = &connection.tls {
+            if let Some(tls) = connection.stream.tls() {
                 debug!(
                     client = %connection.tuple.client,
                     alpn = tls.alpn_protocol().map(String::from_utf8_lossy).as_deref(),
@@ -660,7 +661,7 @@ impl Worker {
 
     fn close_connection(&mut self, key: usize, reason: &Closed, now: Now) {
         let mut connection = self.connections.remove(key);
-        if connection.tls.is_some() && !connection.handshake_done {
+        if connection.stream.is_tls() && !connection.handshake_done {
             self.handshaking -= 1;
             if matches!(reason, Closed::HandshakeTimeout) {
                 self.stats.tls_handshake_timeouts += 1;
@@ -706,7 +707,9 @@ impl Worker {
                 .connections
                 .iter()
                 .filter(|(_, c)| {
-                    c.tls.is_some() && !c.handshake_done && now.instant.saturating_duration_since(c.accepted) >= timeout
+                    c.stream.is_tls()
+                        && !c.handshake_done
+                        && now.instant.saturating_duration_since(c.accepted) >= timeout
                 })
                 .map(|(key, _)| key)
                 .collect();
