@@ -37,7 +37,7 @@ use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 use tern::io::clock;
 use tern::io::shutdown::Shutdown;
-use tern::io::sys::{self, RecvBatch, SendScratch, Transmit};
+use tern::io::sys::batch::{BATCH, RecvBatch, SendScratch, Transmit, send_batch};
 
 /// Receive slots hold any UDP datagram.
 const SLOT: usize = 65536;
@@ -195,7 +195,7 @@ impl Forwarder {
             by_client: HashMap::new(),
             batch: RecvBatch::new(SLOT, 0),
             scratch: SendScratch::default(),
-            outbound: Vec::with_capacity(sys::BATCH),
+            outbound: Vec::with_capacity(BATCH),
             pending: Vec::new(),
             shutdown: shutdown.clone(),
             counters: Counters::default(),
@@ -259,7 +259,7 @@ impl Forwarder {
             for run in self.outbound.chunk_by(|a, b| a.0 == b.0) {
                 let upstream = &mut self.upstreams[run[0].0];
                 upstream.last_active = self.now;
-                let mut transmits = [UNUSED; sys::BATCH];
+                let mut transmits = [UNUSED; BATCH];
                 for (transmit, &(_, slot)) in transmits.iter_mut().zip(run) {
                     *transmit = Transmit::new(self.peer, None, self.batch.payload(slot));
                 }
@@ -267,7 +267,7 @@ impl Forwarder {
                 self.counters.to_peer += run.len() as u64 - dropped;
                 self.counters.dropped += dropped;
             }
-            if received < sys::BATCH {
+            if received < BATCH {
                 return;
             }
         }
@@ -286,7 +286,7 @@ impl Forwarder {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => continue,
             };
-            let mut transmits = [UNUSED; sys::BATCH];
+            let mut transmits = [UNUSED; BATCH];
             let mut count = 0;
             for slot in 0..received {
                 // Only the peer may reach a client, as only permitted peers reach a TURN client.
@@ -300,7 +300,7 @@ impl Forwarder {
             let dropped = send_all(self.listener.as_raw_fd(), &transmits[..count], &mut self.scratch);
             self.counters.to_clients += count as u64 - dropped;
             self.counters.dropped += dropped;
-            if received < sys::BATCH {
+            if received < BATCH {
                 return;
             }
         }
@@ -355,7 +355,7 @@ impl Forwarder {
 fn send_all(fd: RawFd, transmits: &[Transmit<'_>], scratch: &mut SendScratch) -> u64 {
     let (mut sent, mut dropped) = (0, 0);
     while sent < transmits.len() {
-        match sys::send_batch(fd, &transmits[sent..], scratch) {
+        match send_batch(fd, &transmits[sent..], scratch) {
             Ok(n) => sent += n.max(1),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => {

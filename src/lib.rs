@@ -14,6 +14,11 @@
 //! Threat model: every byte from the network is hostile. Parsing never panics
 //! and never allocates; unauthenticated packets cost no server memory and are
 //! never answered with more than a small fixed overhead.
+//!
+//! `unsafe` is denied everywhere but `io::sys`, the one module of system
+//! calls.
+
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod client;

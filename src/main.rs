@@ -1,6 +1,8 @@
 //! The `tern` binary: parse the command line, load the configuration, set up
 //! logging, run the subcommand. Errors end as one readable line and exit 1.
 
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -19,6 +21,7 @@ use tern::client::tls::{self as client_tls, TlsClient, TlsOptions};
 use tern::client::turn::{AuthMode, AuthOptions, Credentials};
 use tern::client::{self, stun::StunProbe};
 use tern::config::Config;
+use tern::io::sys::{interfaces, process};
 use tern::io::{self, shutdown::Shutdown};
 use tern::proto::Transport;
 use tern::telemetry;
@@ -74,7 +77,7 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
     }
     if config.turn_enabled() {
         warn_about_ephemeral_overlap(config.relay_ports);
-        match tern::io::sys::raise_fd_limit(tern::io::sys::fd_ceiling()) {
+        match process::raise_fd_limit(process::fd_ceiling()) {
             Ok(limit) => {
                 let ports = u64::from(config.relay_ports.1 - config.relay_ports.0) + 1;
                 let relay_ips = config.relay_ips.len().max(1) as u64;
@@ -90,10 +93,10 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
             Err(e) => warn!(error = %e, "cannot read the open-file limit"),
         }
     }
-    if config.user.is_none() && tern::io::sys::running_as_root() {
+    if config.user.is_none() && process::running_as_root() {
         warn!("running as root: set `user` (or --run-as-user) to drop privileges once listening");
     }
-    let local_addresses = tern::io::sys::local_addresses().map_err(|e| format!("cannot list local addresses: {e}"))?;
+    let local_addresses = interfaces::local_addresses().map_err(|e| format!("cannot list local addresses: {e}"))?;
     // Caught before anything listens: once "listening" is logged, SIGHUP
     // must not hit its default action, which would end tern.
     let hangups = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
@@ -458,7 +461,7 @@ fn load_test(args: &LoadArgs) -> Result<ExitCode, String> {
         timeout: args.timeout,
     };
     // A socket per allocation, on this side too.
-    let _ = tern::io::sys::raise_fd_limit(tern::io::sys::fd_ceiling());
+    let _ = process::raise_fd_limit(process::fd_ceiling());
     let report = load::run(&config)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);

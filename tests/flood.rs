@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::{SplitMix64, TernServer, run_tern};
-use tern::io::sys::{self, SendScratch, Transmit};
+use tern::io::sys::batch::{BATCH, SendScratch, Transmit, send_batch};
 use tern::proto::stun::attr::AttrType;
 use tern::proto::stun::{Class, MessageType, MessageWriter, Method, TransactionId};
 
@@ -40,11 +40,11 @@ fn flood(server: SocketAddr, count: usize, mut make: impl FnMut(usize) -> Vec<u8
     let mut scratch = SendScratch::default();
     let mut sent = 0;
     while sent < count {
-        let batch: Vec<Vec<u8>> = (0..sys::BATCH.min(count - sent)).map(|i| make(sent + i)).collect();
+        let batch: Vec<Vec<u8>> = (0..BATCH.min(count - sent)).map(|i| make(sent + i)).collect();
         let transmits: Vec<Transmit<'_>> = batch.iter().map(|p| Transmit::new(server, None, p)).collect();
-        let socket = &sockets[(sent / sys::BATCH) % sockets.len()];
+        let socket = &sockets[(sent / BATCH) % sockets.len()];
         // A full socket buffer drops datagrams: that is part of a flood.
-        let _ = sys::send_batch(socket.as_raw_fd(), &transmits, &mut scratch);
+        let _ = send_batch(socket.as_raw_fd(), &transmits, &mut scratch);
         sent += batch.len();
     }
 }

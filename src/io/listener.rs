@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::sys;
+use super::sys::sockopt;
 use crate::proto::Transport;
 
 /// Pending connections the kernel queues per TCP listener.
@@ -163,7 +163,7 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    sys::enable_pktinfo(socket.as_raw_fd(), addr.is_ipv6())?;
+    sockopt::enable_pktinfo(socket.as_raw_fd(), addr.is_ipv6())?;
     Ok(socket.into())
 }
 

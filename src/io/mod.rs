@@ -13,6 +13,8 @@ mod relay;
 mod report;
 pub mod shared;
 pub mod shutdown;
+mod stream;
+#[allow(unsafe_code)]
 pub mod sys;
 mod tcp;
 mod tcp_relay;
@@ -45,7 +47,7 @@ pub struct RuntimeConfig {
     /// SO_RCVBUF/SO_SNDBUF of each UDP listen socket, in bytes; 0 keeps the kernel's.
     pub udp_buffer: usize,
     /// Who to become once the listen sockets are bound.
-    pub run_as: Option<sys::Identity>,
+    pub run_as: Option<sys::process::Identity>,
     pub relay_ports: (u16, u16),
     pub quotas: QuotaLimits,
     pub server: ServerConfig,
@@ -174,7 +176,7 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
         listening.extend(first.tls.iter().map(|(_, addr)| (Transport::Tls, *addr)));
     }
     if let Some(identity) = config.run_as {
-        sys::drop_privileges(identity).map_err(StartError::Privileges)?;
+        sys::process::drop_privileges(identity).map_err(StartError::Privileges)?;
         info!(uid = identity.uid, gid = identity.gid, "dropped privileges");
     }
     let accounts = SharedAccounts::new(config.relay_ports, config.quotas, rand::random());

@@ -19,7 +19,7 @@ use std::os::fd::RawFd;
 
 use tracing::{trace, warn};
 
-use super::sys::{self, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, SendScratch, Transmit};
+use super::sys::batch::{BATCH, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, SendScratch, Transmit, send_batch};
 use crate::proto::allocation::RelayId;
 
 /// Flush before the turn ends once this many datagrams are queued, which
@@ -106,7 +106,7 @@ impl OutQueue {
         }
         self.entries.sort_by_key(|e| e.via);
         let unused = Transmit::new(SocketAddr::from(([0, 0, 0, 0], 0)), None, &[]);
-        let mut transmits = [unused; sys::BATCH];
+        let mut transmits = [unused; BATCH];
         let mut index = 0;
         while index < self.entries.len() {
             let via = self.entries[index].via;
@@ -126,7 +126,7 @@ impl OutQueue {
                     Transmit { destination: first.destination, source_ip: first.source_ip, payload, segment_size };
                 count += 1;
                 index += run;
-                if count == sys::BATCH || index == group_end {
+                if count == BATCH || index == group_end {
                     flushed.failures += send_all(fd, &transmits[..count], &mut self.scratch, &mut self.gso);
                     count = 0;
                 }
@@ -175,7 +175,7 @@ fn send_all(fd: RawFd, transmits: &[Transmit<'_>], scratch: &mut SendScratch, gs
     let mut failures = 0;
     let mut retried = None;
     while sent < transmits.len() {
-        match sys::send_batch(fd, &transmits[sent..], scratch) {
+        match send_batch(fd, &transmits[sent..], scratch) {
             Ok(n) => sent += n.max(1),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // A relay socket reports an ICMP error about an earlier datagram
@@ -213,6 +213,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     use super::*;
+    use crate::io::sys::sockopt;
 
     fn receive_all(socket: &UdpSocket, expected: usize) -> Vec<Vec<u8>> {
         socket.set_read_timeout(Some(std::time::Duration::from_secs(2))).expect("timeout");
@@ -226,7 +227,7 @@ mod tests {
             let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
             let a = UdpSocket::bind("127.0.0.1:0").expect("bind");
             let b = UdpSocket::bind("127.0.0.1:0").expect("bind");
-            let gso = gso && sys::gso_supported(sender.as_raw_fd());
+            let gso = gso && sockopt::gso_supported(sender.as_raw_fd());
             let mut queue = OutQueue::new(gso);
             // Equal-size runs to `a`, interleaved with `b`, and a short last one.
             for i in 0..10u8 {

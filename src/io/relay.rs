@@ -11,7 +11,7 @@ use mio::{Interest, Registry};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, warn};
 
-use super::sys;
+use super::sys::sockopt;
 use super::token::Source;
 use crate::proto::allocation::RelayId;
 use crate::proto::server::RelayOpenError;
@@ -80,11 +80,11 @@ fn bind(addr: SocketAddr, dont_fragment: bool) -> Result<mio::net::UdpSocket, Re
     socket.set_nonblocking(true).map_err(failed)?;
     // ICMP errors reach the client where the kernel reports them; relaying
     // works without them.
-    if let Err(e) = sys::enable_recv_err(socket.as_raw_fd(), addr.is_ipv6()) {
+    if let Err(e) = sockopt::enable_recv_err(socket.as_raw_fd(), addr.is_ipv6()) {
         debug!(%addr, error = %e, "no ICMP errors for this relay socket");
     }
     if dont_fragment {
-        sys::set_dont_fragment(socket.as_raw_fd(), addr.is_ipv6())
+        sockopt::set_dont_fragment(socket.as_raw_fd(), addr.is_ipv6())
             .map_err(|_| RelayOpenError::DontFragmentUnsupported)?;
     }
     socket.bind(&addr.into()).map_err(failed)?;

@@ -1,15 +1,14 @@
 //! One client TCP or TLS connection: a read buffer cut into frames by the
 //! STUN or ChannelData length (RFC 8656 §12.5), and a write queue. Over TLS
-//! the same framing runs on the decrypted stream (`tls.rs` does the rest).
+//! the same framing runs on the decrypted stream (`stream.rs` and `tls.rs`
+//! do the rest).
 //!
 //! Buffers start empty and grow to the largest frame seen, at most one
 //! 64 KiB STUN message plus a read chunk, so idle connections stay cheap.
 
-use std::io::{self, Read, Write};
+use std::io;
 
-use rustls::ServerConnection;
-
-use super::tls;
+use super::stream::Stream;
 use crate::proto::FiveTuple;
 use crate::proto::demux;
 
@@ -40,11 +39,8 @@ pub enum Closed {
 }
 
 pub struct TcpConnection {
-    pub stream: mio::net::TcpStream,
+    pub stream: Stream,
     pub tuple: FiveTuple,
-    /// The TLS state machine, for a connection accepted on a TLS listener.
-    /// Boxed: it is large, and plain TCP connections do without.
-    pub tls: Option<Box<ServerConnection>>,
     /// When the connection was accepted, for the TLS handshake timeout.
     pub accepted: std::time::Instant,
     /// The worker counted the end of this connection's TLS handshake.
@@ -64,8 +60,7 @@ pub struct TcpConnection {
 /// A connection out of STUN framing: its socket and TLS session, the
 /// bytes read but not framed, and the bytes queued but not written.
 pub struct Detached {
-    pub stream: mio::net::TcpStream,
-    pub tls: Option<Box<ServerConnection>>,
+    pub stream: Stream,
     pub tuple: FiveTuple,
     pub unread: Vec<u8>,
     pub unsent: Vec<u8>,
@@ -91,16 +86,10 @@ pub enum Next {
 }
 
 impl TcpConnection {
-    pub fn new(
-        stream: mio::net::TcpStream,
-        tuple: FiveTuple,
-        tls: Option<Box<ServerConnection>>,
-        now: std::time::Instant,
-    ) -> Self {
+    pub fn new(stream: Stream, tuple: FiveTuple, now: std::time::Instant) -> Self {
         Self {
             stream,
             tuple,
-            tls,
             accepted: now,
             handshake_done: false,
             inbuf: Vec::new(),
@@ -116,9 +105,9 @@ impl TcpConnection {
     /// that handed it over, which also counted its TLS handshake); they are
     /// framed before anything else is read.
     pub fn handed_over(detached: Detached, now: std::time::Instant) -> Self {
-        let Detached { stream, tls, tuple, unread, .. } = detached;
-        let handshake_done = tls.is_some();
-        Self { inbuf: unread, handshake_done, ..Self::new(stream, tuple, tls, now) }
+        let Detached { stream, tuple, unread, .. } = detached;
+        let handshake_done = stream.is_tls();
+        Self { inbuf: unread, handshake_done, ..Self::new(stream, tuple, now) }
     }
 
     /// Reads what the socket has and hands each complete frame to `on_frame`
@@ -146,10 +135,7 @@ impl TcpConnection {
                 Err(_) => return Err(Closed::Framing),
             };
             self.inbuf.resize(filled + need.max(READ_CHUNK).min(budget), 0);
-            let read = match &mut self.tls {
-                Some(tls) => tls::read(tls, &mut self.stream, &mut self.inbuf[filled..]),
-                None => self.stream.read(&mut self.inbuf[filled..]),
-            };
+            let read = self.stream.read(&mut self.inbuf[filled..]);
             match read {
                 Ok(0) => {
                     self.inbuf.truncate(filled);
@@ -203,7 +189,7 @@ impl TcpConnection {
     /// or another worker once it is handed over.
     pub fn detach(mut self) -> Detached {
         self.outbuf.drain(..self.out_pos);
-        Detached { stream: self.stream, tls: self.tls, tuple: self.tuple, unread: self.inbuf, unsent: self.outbuf }
+        Detached { stream: self.stream, tuple: self.tuple, unread: self.inbuf, unsent: self.outbuf }
     }
 
     /// Bytes waiting to be written.
@@ -213,40 +199,35 @@ impl TcpConnection {
 
     /// Nothing left to send: no queued bytes and no TLS record pending.
     pub fn drained(&self) -> bool {
-        self.queued() == 0 && self.tls.as_ref().is_none_or(|tls| !tls.wants_write())
+        self.queued() == 0 && !self.stream.wants_write()
     }
 
     /// Whether this is a TLS connection still in its handshake.
     pub fn handshaking(&self) -> bool {
-        self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+        self.stream.is_handshaking()
     }
 
-    /// Before closing a TLS connection: queue close_notify and send what the
-    /// socket takes, so the client sees a clean end rather than a truncation.
+    /// Before closing a TLS connection: close_notify, so the client sees a
+    /// clean end rather than a truncation.
     pub fn close_notify(&mut self) {
-        if let Some(tls) = &mut self.tls {
-            tls.send_close_notify();
-            let _ = tls::write_pending(tls, &mut self.stream);
-        }
+        self.stream.close_notify();
     }
 
     /// Writes as much of the queue as the socket takes.
     pub fn flush(&mut self) -> Result<(), Closed> {
         while self.out_pos < self.outbuf.len() {
             let pending = &self.outbuf[self.out_pos..];
-            let written = match &mut self.tls {
-                Some(tls) => {
-                    // The queue holds whole frames, so this cuts at the next
-                    // boundary; TLS writes a message per record (see tls.rs).
-                    let frame = match demux::stream_frame_len(pending) {
-                        Ok(Some(len)) if len <= pending.len() => len,
-                        _ => pending.len(),
-                    };
-                    tls::write(tls, &mut self.stream, &pending[..frame])
+            let message = if self.stream.is_tls() {
+                // The queue holds whole frames, so this cuts at the next
+                // boundary; TLS writes a message per record (see tls.rs).
+                match demux::stream_frame_len(pending) {
+                    Ok(Some(len)) if len <= pending.len() => len,
+                    _ => pending.len(),
                 }
-                None => self.stream.write(pending),
+            } else {
+                pending.len()
             };
-            match written {
+            match self.stream.write(&pending[..message]) {
                 Ok(0) => return Err(Closed::Eof),
                 Ok(n) => self.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -255,9 +236,7 @@ impl TcpConnection {
             }
         }
         // Records from the handshake, or left over when the socket was full.
-        if let Some(tls) = &mut self.tls {
-            tls::write_pending(tls, &mut self.stream).map_err(Closed::Io)?;
-        }
+        self.stream.write_pending().map_err(Closed::Io)?;
         if self.out_pos == self.outbuf.len() {
             self.outbuf.clear();
             self.out_pos = 0;

@@ -15,17 +15,15 @@
 //! by their 5-tuple) to the worker whose allocation it binds to.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use mio::{Interest, Registry, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use rustls::ServerConnection;
-
+use super::stream::Stream;
 use super::tcp::Detached;
-use super::tls;
 use super::token::Source;
 use crate::proto::allocation::RelayId;
 use crate::proto::tcp_relay::ConnectionId;
@@ -85,12 +83,7 @@ impl Pipe {
     /// (read and written: the pair's progress) and the bytes read from
     /// `from` (what it sent through the relay), or the error that ends the
     /// pair.
-    fn transfer(
-        &mut self,
-        from: &mut impl Side,
-        to: &mut impl Side,
-        allowance: &mut usize,
-    ) -> io::Result<(usize, usize)> {
+    fn transfer(&mut self, from: &mut Stream, to: &mut Stream, allowance: &mut usize) -> io::Result<(usize, usize)> {
         let mut moved = 0;
         let mut read = 0;
         if !self.eof && self.buf.len() < PIPE_CAPACITY && *allowance > 0 {
@@ -118,7 +111,7 @@ impl Pipe {
             }
         }
         // A TLS side may still hold records of an earlier write.
-        let mut flushed = to.flush()?;
+        let mut flushed = to.write_pending()?;
         while flushed && !self.is_empty() {
             match to.write(&self.buf[self.pos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -130,7 +123,7 @@ impl Pipe {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
-            flushed = to.flush()?;
+            flushed = to.write_pending()?;
         }
         if self.is_empty() {
             self.buf.clear();
@@ -150,84 +143,15 @@ impl Pipe {
     }
 }
 
-/// One end of a pair, as the copying sees it: a byte stream that reads and
-/// writes like a nonblocking socket.
-trait Side {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
-    /// Sends what was written but is still held above the socket (TLS
-    /// records); whether nothing is held any more.
-    fn flush(&mut self) -> io::Result<bool>;
-    /// Ends the sending direction.
-    fn shutdown_write(&mut self);
-}
-
-impl Side for mio::net::TcpStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        Read::read(self, buf)
-    }
-
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Write::write(self, buf)
-    }
-
-    fn flush(&mut self) -> io::Result<bool> {
-        Ok(true)
-    }
-
-    fn shutdown_write(&mut self) {
-        let _ = self.shutdown(Shutdown::Write);
-    }
-}
-
-/// The client side of a bound pair: the data connection, over TLS when the
-/// client connected over TLS (its session carries on past the
-/// ConnectionBind, and the peer's bytes travel inside it).
-pub struct ClientSide {
-    stream: mio::net::TcpStream,
-    tls: Option<Box<ServerConnection>>,
-}
-
-impl Side for ClientSide {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &mut self.tls {
-            Some(tls) => tls::read(tls, &mut self.stream, buf),
-            None => Read::read(&mut self.stream, buf),
-        }
-    }
-
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut self.tls {
-            Some(tls) => tls::write(tls, &mut self.stream, buf),
-            None => Write::write(&mut self.stream, buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<bool> {
-        match &mut self.tls {
-            Some(tls) => tls::write_pending(tls, &mut self.stream).map(|()| !tls.wants_write()),
-            None => Ok(true),
-        }
-    }
-
-    fn shutdown_write(&mut self) {
-        // close_notify first, so the client tells an end from a truncation;
-        // it is a few bytes after a flushed stream, so the socket takes it.
-        if let Some(tls) = &mut self.tls {
-            tls.send_close_notify();
-            let _ = tls::write_pending(tls, &mut self.stream);
-        }
-        let _ = self.stream.shutdown(Shutdown::Write);
-    }
-}
-
 /// A peer data connection, and once bound, the client data connection.
 struct Pair {
-    peer: mio::net::TcpStream,
+    /// Plain TCP, always.
+    peer: Stream,
     /// The Connect's SYN is out, no answer yet.
     connecting: bool,
-    /// The client side and the IP its admission was counted under.
-    client: Option<(ClientSide, IpAddr)>,
+    /// The client side and the IP its admission was counted under: the
+    /// data connection, over TLS when the client connected over TLS.
+    client: Option<(Stream, IpAddr)>,
     to_peer: Pipe,
     to_client: Pipe,
 }
@@ -322,9 +246,9 @@ impl TcpRelays {
     /// progress or if it is not connecting.
     pub fn connect_result(&mut self, registry: &Registry, id: ConnectionId) -> Option<bool> {
         let pair = self.pairs.get_mut(&id).filter(|p| p.connecting)?;
-        let failed = match pair.peer.take_error() {
+        let failed = match pair.peer.socket().take_error() {
             Ok(Some(_)) | Err(_) => true,
-            Ok(None) => match pair.peer.peer_addr() {
+            Ok(None) => match pair.peer.socket().peer_addr() {
                 Ok(_) => false,
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return None,
                 Err(_) => true,
@@ -351,7 +275,7 @@ impl TcpRelays {
         admitted_ip: IpAddr,
     ) -> bool {
         let Some(pair) = self.pairs.get_mut(&id) else { return false };
-        let Detached { mut stream, tls, unread, unsent, .. } = client;
+        let Detached { mut stream, unread, unsent, .. } = client;
         if registry
             .register(&mut stream, Source::ClientSide(id).token(), Interest::READABLE | Interest::WRITABLE)
             .is_err()
@@ -361,7 +285,7 @@ impl TcpRelays {
         // Both are at most one read's worth: a frame and what followed it.
         pair.to_peer.buf = unread;
         pair.to_client.buf = unsent;
-        pair.client = Some((ClientSide { stream, tls }, admitted_ip));
+        pair.client = Some((stream, admitted_ip));
         true
     }
 
@@ -422,14 +346,20 @@ impl TcpRelays {
         let mut pair = self.pairs.remove(&id)?;
         let _ = registry.deregister(&mut pair.peer);
         let (mut client, ip) = pair.client?;
-        let _ = registry.deregister(&mut client.stream);
+        let _ = registry.deregister(&mut client);
         Some(ip)
     }
 }
 
 impl Pair {
     fn new(peer: mio::net::TcpStream, connecting: bool) -> Self {
-        Self { peer, connecting, client: None, to_peer: Pipe::default(), to_client: Pipe::default() }
+        Self {
+            peer: Stream::new(peer, None),
+            connecting,
+            client: None,
+            to_peer: Pipe::default(),
+            to_client: Pipe::default(),
+        }
     }
 }
 

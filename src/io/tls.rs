@@ -184,7 +184,7 @@ impl TlsAcceptor {
 /// messages and alerts that the records read call for are written on the
 /// way. A TLS protocol error comes back as `InvalidData`, after the alert
 /// that tells the client was queued and, as far as the socket takes it, sent.
-pub fn read(tls: &mut ServerConnection, socket: &mut mio::net::TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn read(tls: &mut ServerConnection, socket: &mut mio::net::TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     for _ in 0..RECORDS_WITHOUT_DATA {
         match tls.reader().read(buf) {
             Ok(n) => return Ok(n),
@@ -220,7 +220,7 @@ pub fn read(tls: &mut ServerConnection, socket: &mut mio::net::TcpStream, buf: &
 /// reached the socket, so rustls holds at most one message and the write
 /// queue in `tcp.rs` stays the one measure of backlog. `WouldBlock` when
 /// the socket has not taken the previous message yet.
-pub fn write(tls: &mut ServerConnection, socket: &mut mio::net::TcpStream, message: &[u8]) -> io::Result<usize> {
+pub(super) fn write(tls: &mut ServerConnection, socket: &mut mio::net::TcpStream, message: &[u8]) -> io::Result<usize> {
     write_pending(tls, socket)?;
     if tls.wants_write() {
         return Err(io::Error::from(io::ErrorKind::WouldBlock));
@@ -234,7 +234,7 @@ pub fn write(tls: &mut ServerConnection, socket: &mut mio::net::TcpStream, messa
 }
 
 /// Writes queued TLS records until the socket would block.
-pub fn write_pending(tls: &mut ServerConnection, socket: &mut mio::net::TcpStream) -> io::Result<()> {
+pub(super) fn write_pending(tls: &mut ServerConnection, socket: &mut mio::net::TcpStream) -> io::Result<()> {
     while tls.wants_write() {
         match tls.write_tls(socket) {
             Ok(_) => {}

@@ -41,16 +41,17 @@ use super::relay::UdpRelays;
 use super::report::{IoStats, WorkerReport};
 use super::shared::{Shared, SharedAccounts};
 use super::shutdown::Shutdown;
-use super::sys::{self, RecvBatch};
+use super::stream::Stream;
+use super::sys::batch::{BATCH, RecvBatch};
+use super::sys::{icmp, sockopt};
 use super::tcp::{Closed, Next, ReadStatus, TcpConnection, WRITE_QUEUE_LIMIT};
 use super::tcp_relay::TcpRelays;
 use super::tls::TlsAcceptor;
 use super::token::Source;
 use crate::proto::allocation::{ClientHandle, RelayId};
 use crate::proto::auth::StaticCredentials;
-use crate::proto::server::RelayOpenError;
 use crate::proto::server::{
-    ClientOutcome, Event, IcmpReport, PEER_HEADROOM, PEER_TAILROOM, RelayProtocol, Server, ServerConfig,
+    ClientOutcome, Event, IcmpReport, PEER_HEADROOM, PEER_TAILROOM, RelayOpenError, RelayProtocol, Server, ServerConfig,
 };
 use crate::proto::{FiveTuple, Now, Transport};
 
@@ -184,7 +185,7 @@ impl Worker {
         for (index, (listener, _)) in tls_listeners.iter_mut().enumerate() {
             poll.registry().register(listener, Source::TlsListener(index).token(), Interest::READABLE)?;
         }
-        let gso = udp.first().is_some_and(|(socket, _)| sys::gso_supported(socket.as_raw_fd()));
+        let gso = udp.first().is_some_and(|(socket, _)| sockopt::gso_supported(socket.as_raw_fd()));
         let resources: SharedAccounts = shared.accounts.clone();
         let mut server = Server::new(config, Box::new(resources), seed);
         server.set_worker(id, shared.handoffs.workers());
@@ -448,7 +449,7 @@ impl Worker {
             if self.out.is_full() {
                 self.flush();
             }
-            if received < sys::BATCH {
+            if received < BATCH {
                 return;
             }
         }
@@ -492,7 +493,7 @@ impl Worker {
             if self.out.is_full() {
                 self.flush();
             }
-            if received < sys::BATCH {
+            if received < BATCH {
                 return;
             }
         }
@@ -518,8 +519,8 @@ impl Worker {
     /// is read on the next turn.
     fn drain_icmp(&mut self, relay: RelayId, now: Now) {
         let Some(fd) = self.relays.fd(relay) else { return };
-        for _ in 0..sys::BATCH {
-            let error = match sys::recv_icmp_error(fd) {
+        for _ in 0..BATCH {
+            let error = match icmp::recv_icmp_error(fd) {
                 Ok(Some(error)) => error,
                 Ok(None) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -621,7 +622,7 @@ impl Worker {
                 self.handshaking += 1;
                 self.stats.tls_accepted += 1;
             }
-            entry.insert(TcpConnection::new(stream, tuple, tls, now.instant));
+            entry.insert(TcpConnection::new(Stream::new(stream, tls), tuple, now.instant));
             self.schedule_connection(key, now.instant);
             self.stats.tcp_accepted += 1;
         }
@@ -676,11 +677,11 @@ impl Worker {
         };
         let result = read.and_then(|status| connection.flush().map(|()| status));
         let finished = connection.peer_closed && connection.drained();
-        if connection.tls.is_some() && !connection.handshake_done && !connection.handshaking() && result.is_ok() {
+        if connection.stream.is_tls() && !connection.handshake_done && !connection.handshaking() && result.is_ok() {
             connection.handshake_done = true;
             self.handshaking -= 1;
             self.stats.tls_handshakes += 1;
-            if let Some(tls) = &connection.tls {
+            if let Some(tls) = connection.stream.tls() {
                 debug!(
                     client = %connection.tuple.client,
                     alpn = tls.alpn_protocol().map(String::from_utf8_lossy).as_deref(),
@@ -709,7 +710,7 @@ impl Worker {
 
     fn close_connection(&mut self, key: usize, reason: &Closed) {
         let mut connection = self.connections.remove(key);
-        if connection.tls.is_some() && !connection.handshake_done {
+        if connection.stream.is_tls() && !connection.handshake_done {
             self.handshaking -= 1;
             if matches!(reason, Closed::HandshakeTimeout) {
                 self.stats.tls_handshake_timeouts += 1;
@@ -737,7 +738,7 @@ impl Worker {
         let idle =
             Some(connection.last_received + TCP_IDLE_TIMEOUT).filter(|at| *at > now).unwrap_or(now + TCP_IDLE_TIMEOUT);
         let handshake = match handshake_timeout {
-            Some(timeout) if connection.tls.is_some() && !connection.handshake_done => {
+            Some(timeout) if connection.stream.is_tls() && !connection.handshake_done => {
                 Some(connection.accepted + timeout)
             }
             _ => None,
@@ -758,7 +759,7 @@ impl Worker {
             self.connection_timers.pop();
             let Some(connection) = self.connections.get(key).filter(|c| c.timer == Some(at)) else { continue };
             let slow_handshake = self.tls.as_ref().is_some_and(|tls| {
-                connection.tls.is_some()
+                connection.stream.is_tls()
                     && !connection.handshake_done
                     && now.instant.saturating_duration_since(connection.accepted) >= tls.handshake_timeout
             });

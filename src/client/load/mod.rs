@@ -173,7 +173,7 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, String> {
     let ticks = |index: usize| fields.get(index).and_then(|f| f.parse::<u64>().ok()).ok_or("malformed /proc stat");
     // utime and stime are fields 14 and 15 of stat(5); after ')' they are 12th and 13th.
     let total = ticks(11)? + ticks(12)?;
-    Ok(total as f64 / crate::io::sys::clock_ticks_per_second() as f64)
+    Ok(total as f64 / crate::io::sys::process::clock_ticks_per_second() as f64)
 }
 
 /// Measures the server's CPU over a run.

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::io::sys::{self, RecvBatch, SendScratch, Transmit};
+use crate::io::sys::batch::{BATCH, RecvBatch, SendScratch, Transmit, send_batch};
+use crate::io::sys::poll::{PollFd, wait_readable};
 
 /// How often a blocked peer thread looks at the stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(50);
@@ -72,26 +73,26 @@ fn echo(socket: &UdpSocket, received: &AtomicU64, stop: &AtomicBool) {
     let fd = socket.as_raw_fd();
     let mut batch = RecvBatch::new(65536, 0);
     let mut scratch = SendScratch::default();
-    let mut pollfd = sys::PollFd::new(fd);
+    let mut pollfd = PollFd::new(fd);
     while !stop.load(Ordering::Relaxed) {
         let count = match batch.recv(fd) {
             Ok(count) => count,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Blocks up to STOP_CHECK for the next datagram.
-                let _ = sys::wait_readable(&mut pollfd, STOP_CHECK);
+                let _ = wait_readable(&mut pollfd, STOP_CHECK);
                 continue;
             }
             Err(_) => continue,
         };
         received.fetch_add(count as u64, Ordering::Relaxed);
         let unused = Transmit::new(SocketAddr::from(([0, 0, 0, 0], 0)), None, &[]);
-        let mut transmits = [unused; sys::BATCH];
+        let mut transmits = [unused; BATCH];
         for (i, transmit) in transmits.iter_mut().enumerate().take(count) {
             *transmit = Transmit::new(batch.meta(i).source, None, batch.payload(i));
         }
         let mut sent = 0;
         while sent < count {
-            match sys::send_batch(fd, &transmits[sent..count], &mut scratch) {
+            match send_batch(fd, &transmits[sent..count], &mut scratch) {
                 Ok(n) => sent += n.max(1),
                 Err(_) => sent += 1,
             }

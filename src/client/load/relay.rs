@@ -20,7 +20,7 @@ use super::{
 use crate::client::ClientSocket;
 use crate::client::turn::{AuthState, TurnSession};
 use crate::io::clock;
-use crate::io::sys::{self, RecvBatch, SendScratch, Transmit};
+use crate::io::sys::batch::{BATCH, RecvBatch, SendScratch, Transmit, send_batch};
 use crate::proto::channel_data::{self, ChannelData, ChannelNumber};
 use crate::proto::demux::{self, PacketKind};
 use crate::proto::stun::attr::{self, AttrType};
@@ -412,8 +412,8 @@ fn client_thread(shared: &Shared, prepared: Vec<Prepared>) -> Result<ThreadResul
             sent_since_report: 0,
             received_since_report: 0,
         },
-        frame: Vec::with_capacity((shared.size + 64) * sys::BATCH),
-        frame_ends: Vec::with_capacity(sys::BATCH),
+        frame: Vec::with_capacity((shared.size + 64) * BATCH),
+        frame_ends: Vec::with_capacity(BATCH),
         payload: vec![0; shared.size],
         batch: RecvBatch::new(65536 + PEER_HEADROOM, 0),
         scratch: SendScratch::default(),
@@ -500,7 +500,7 @@ impl ThreadState {
         for _ in 0..count {
             let timestamp = shared.now_ns();
             self.write_frame(shared, flow, timestamp);
-            if self.frame_ends.len() == sys::BATCH {
+            if self.frame_ends.len() == BATCH {
                 self.send_frames(shared, flow);
             }
         }
@@ -542,15 +542,15 @@ impl ThreadState {
         let sent = match &mut flow.conn {
             Conn::Udp(socket) => {
                 let unused = Transmit::new(shared.config.server, None, &[]);
-                let mut transmits = [unused; sys::BATCH];
+                let mut transmits = [unused; BATCH];
                 let mut start = 0;
                 for (transmit, &end) in transmits.iter_mut().zip(&self.frame_ends) {
                     *transmit = Transmit::new(shared.config.server, None, &self.frame[start..end]);
                     start = end;
                 }
-                let count = self.frame_ends.len().min(sys::BATCH);
+                let count = self.frame_ends.len().min(BATCH);
                 // What the socket did not take is a client-side drop.
-                sys::send_batch(socket.as_raw_fd(), &transmits[..count], &mut self.scratch).unwrap_or(0)
+                send_batch(socket.as_raw_fd(), &transmits[..count], &mut self.scratch).unwrap_or(0)
             }
             Conn::Tcp { stream, outbuf, .. } => {
                 outbuf.extend_from_slice(&self.frame);
@@ -586,7 +586,7 @@ impl ThreadState {
                     }
                     // A short batch emptied the socket; asking again would
                     // only hear "would block".
-                    if count < sys::BATCH {
+                    if count < BATCH {
                         break;
                     }
                 }
