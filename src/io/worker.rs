@@ -276,12 +276,13 @@ impl Worker {
                 self.drain_icmp(relay, now);
                 self.drive(now);
             }
-            if self.server.poll_timeout().is_some_and(|due| due <= now.instant) {
+            let due = self.server.poll_timeout().is_some_and(|due| due <= now.instant);
+            if due {
                 self.server.handle_timeout(now);
                 self.drive(now);
             }
             self.expire_connections(now);
-            if !ready.is_empty() {
+            if due || !ready.is_empty() {
                 self.publish_at.get_or_insert(now.instant.max(self.last_published + PUBLISH_EVERY));
             }
             if self.publish_at.is_some_and(|at| at <= now.instant) {
