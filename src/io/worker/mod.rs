@@ -21,6 +21,10 @@
 //! Readiness is edge-triggered, so a socket that still has data when its
 //! budget runs out goes on a pending list and is served again on the next
 //! turn, after everyone else.
+//!
+//! This file is the loop and the core's outputs; `datagrams.rs` serves the
+//! UDP listeners and relay sockets, `connections.rs` the TCP and TLS
+//! clients, and `splice.rs` RFC 6062's relay listeners and data connections.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -32,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll};
 use slab::Slab;
-use tracing::{debug, info_span, trace, warn};
+use tracing::{debug, info_span, warn};
 
 use super::clock;
 use super::listener::WorkerListeners;
@@ -41,18 +45,15 @@ use super::relay::UdpRelays;
 use super::report::{IoStats, WorkerReport};
 use super::shared::{Shared, SharedAccounts};
 use super::shutdown::Shutdown;
-use super::stream::Stream;
-use super::sys::batch::{BATCH, RecvBatch};
-use super::sys::{icmp, sockopt};
-use super::tcp::{Closed, Next, ReadStatus, TcpConnection, WRITE_QUEUE_LIMIT};
+use super::sys::batch::RecvBatch;
+use super::sys::sockopt;
+use super::tcp::{TcpConnection, WRITE_QUEUE_LIMIT};
 use super::tcp_relay::TcpRelays;
 use super::tls::TlsAcceptor;
 use super::token::Source;
 use crate::proto::allocation::{ClientHandle, RelayId};
 use crate::proto::auth::StaticCredentials;
-use crate::proto::server::{
-    ClientOutcome, Event, IcmpReport, PEER_HEADROOM, PEER_TAILROOM, RelayOpenError, RelayProtocol, Server, ServerConfig,
-};
+use crate::proto::server::{Event, PEER_HEADROOM, PEER_TAILROOM, RelayOpenError, RelayProtocol, Server, ServerConfig};
 use crate::proto::{FiveTuple, Now, Transport};
 
 /// Receive slots are large enough for any UDP datagram.
@@ -76,6 +77,8 @@ const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Marks a [`ClientHandle`] as a TCP connection rather than a UDP listener.
 const HANDLE_TCP: u64 = 1 << 63;
 
+mod connections;
+mod datagrams;
 mod splice;
 
 /// Where frames for clients go: a client's TCP connection, or the UDP
@@ -391,116 +394,6 @@ impl Worker {
         }
     }
 
-    fn drain_udp(&mut self, index: usize, now: Now) {
-        let fd = self.udp[index].0.as_raw_fd();
-        let bound = self.udp[index].1;
-        for _ in 0..BATCHES_PER_WAKE {
-            let received = match self.client_batch.recv(fd) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    // ICMP errors queued on the socket surface here; the next
-                    // datagram is unaffected.
-                    trace!(error = %e, "udp receive error");
-                    continue;
-                }
-            };
-            for i in 0..received {
-                let meta = *self.client_batch.meta(i);
-                if meta.truncated {
-                    self.stats.truncated += 1;
-                    continue;
-                }
-                // On a wildcard listener the server address is the one the
-                // datagram was sent to, and answers must leave from it.
-                let (local_ip, source_ip) = match meta.local_ip {
-                    Some(ip) if bound.ip().is_unspecified() => (ip, Some(ip)),
-                    _ => (bound.ip(), None),
-                };
-                let tuple = FiveTuple {
-                    client: meta.source,
-                    server: SocketAddr::new(local_ip, bound.port()),
-                    transport: Transport::Udp,
-                };
-                let start = self.out.bytes_mut().len();
-                let handle = ClientHandle(index as u64);
-                let packet = self.client_batch.payload(i);
-                match self.server.handle_client(now, &tuple, handle, packet, self.out.bytes_mut()) {
-                    ClientOutcome::Dropped | ClientOutcome::Deferred => {}
-                    // The core binds and hands over data connections on streams only.
-                    ClientOutcome::Replied | ClientOutcome::ConnectionBound { .. } | ClientOutcome::HandOff { .. } => {
-                        self.out.push_written(Via::Listener(index), meta.source, source_ip, start)
-                    }
-                    ClientOutcome::RepliedFrom { source, destination } => {
-                        // RFC 5780: the core names one of the discovery
-                        // addresses, and every worker listens on all four.
-                        match self.udp.iter().position(|(_, bound)| *bound == source) {
-                            Some(from) => self.out.push_written(Via::Listener(from), destination, None, start),
-                            None => {
-                                self.out.bytes_mut().truncate(start);
-                                self.stats.send_failures += 1;
-                            }
-                        }
-                    }
-                    ClientOutcome::Forward { relay, peer, payload } => {
-                        self.out.push(Via::Relay(relay), peer, None, &packet[payload]);
-                    }
-                }
-            }
-            if self.out.is_full() {
-                self.flush();
-            }
-            if received < BATCH {
-                return;
-            }
-        }
-        self.pending.push(Source::Udp(index));
-    }
-
-    fn drain_relay(&mut self, relay: RelayId, now: Now) {
-        let Some(fd) = self.relays.fd(relay) else { return };
-        for _ in 0..BATCHES_PER_WAKE {
-            let received = match self.peer_batch.recv(fd) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    // The socket's pending error: an ICMP error about
-                    // something it sent, queued in full on its error queue.
-                    trace!(error = %e, "relay receive error");
-                    self.icmp_pending.push(relay);
-                    continue;
-                }
-            };
-            for i in 0..received {
-                let meta = *self.peer_batch.meta(i);
-                if meta.truncated {
-                    self.stats.truncated += 1;
-                    continue;
-                }
-                let slot = self.peer_batch.slot_mut(i);
-                let Some(out) = self.server.handle_peer(now, relay, meta.source, slot, PEER_HEADROOM, meta.len) else {
-                    continue;
-                };
-                let frame = &self.peer_batch.slot(i)[out.frame.0..out.frame.1];
-                Delivery {
-                    udp: &self.udp,
-                    connections: &mut self.connections,
-                    dirty: &mut self.dirty_connections,
-                    out: &mut self.out,
-                    stats: &mut self.stats,
-                }
-                .send(out.client, &out.tuple, frame);
-            }
-            if self.out.is_full() {
-                self.flush();
-            }
-            if received < BATCH {
-                return;
-            }
-        }
-        self.pending.push(Source::Relay(relay));
-    }
-
     /// Queues a frame the core built apart from any receive batch for its
     /// client. (A frame inside a batch borrows it, so `drain_relay` builds
     /// its [`Delivery`] field by field.)
@@ -513,33 +406,6 @@ impl Worker {
             stats: &mut self.stats,
         }
         .send(client, tuple, frame);
-    }
-
-    /// Reads the relay socket's error queue and passes ICMP errors on to the
-    /// core (RFC 8656 §11.5). Bounded per turn like a receive; what is left
-    /// is read on the next turn.
-    fn drain_icmp(&mut self, relay: RelayId, now: Now) {
-        let Some(fd) = self.relays.fd(relay) else { return };
-        for _ in 0..BATCH {
-            let error = match icmp::recv_icmp_error(fd) {
-                Ok(Some(error)) => error,
-                Ok(None) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    trace!(error = %e, "relay error queue");
-                    return;
-                }
-            };
-            let report = IcmpReport {
-                peer: error.destination,
-                ipv6: error.ipv6,
-                icmp_type: error.icmp_type,
-                icmp_code: error.icmp_code,
-                mtu: error.info,
-            };
-            self.server.handle_icmp(now, relay, &report);
-        }
-        self.icmp_pending.push(relay);
     }
 
     /// Sends what the turn produced: queued datagrams, and relayed data for
@@ -555,224 +421,6 @@ impl Worker {
         }
         for key in std::mem::take(&mut self.dirty_connections) {
             self.flush_connection(key);
-        }
-    }
-
-    /// Accepts connections on the TCP or TLS listener `index`.
-    fn accept(&mut self, transport: Transport, index: usize, now: Now) {
-        let source = match transport {
-            Transport::Tls => Source::TlsListener(index),
-            _ => Source::TcpListener(index),
-        };
-        for _ in 0..ACCEPTS_PER_WAKE {
-            let (listener, bound) = match transport {
-                Transport::Tls => &self.tls_listeners[index],
-                _ => &self.tcp_listeners[index],
-            };
-            let bound = *bound;
-            let (mut stream, client) = match listener.accept() {
-                Ok(accepted) => accepted,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE and friends: stop accepting this turn; the
-                    // listener is retried on the next.
-                    warn!(error = %e, "tcp accept failed");
-                    self.pending.push(source);
-                    return;
-                }
-            };
-            let tls = match (&mut self.tls, transport) {
-                (Some(tls), Transport::Tls) => {
-                    if self.handshaking >= tls.max_handshakes {
-                        // Closing at once keeps a handshake flood from
-                        // holding memory and CPU; clients retry.
-                        self.stats.tls_refused += 1;
-                        debug!(%client, "tls connection refused: too many handshakes in progress");
-                        continue;
-                    }
-                    match tls.acceptor.accept() {
-                        Ok(connection) => Some(Box::new(connection)),
-                        Err(e) => {
-                            warn!(error = %e, "cannot start a tls connection");
-                            continue;
-                        }
-                    }
-                }
-                _ => None,
-            };
-            let server = stream.local_addr().unwrap_or(bound);
-            let tuple = FiveTuple { client, server, transport };
-            if !self.server.handle_connection_opened(&tuple) {
-                // Closing at once; the client sees a reset or EOF.
-                self.stats.tcp_refused += 1;
-                debug!(%client, %transport, "connection refused: connection limit");
-                continue;
-            }
-            let _ = stream.set_nodelay(true);
-            let entry = self.connections.vacant_entry();
-            let key = entry.key();
-            let token = Source::Connection(key).token();
-            if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {
-                warn!(error = %e, "cannot register tcp connection");
-                self.server.handle_connection_closed(&tuple);
-                continue;
-            }
-            trace!(%client, %transport, "connection accepted");
-            if tls.is_some() {
-                self.handshaking += 1;
-                self.stats.tls_accepted += 1;
-            }
-            entry.insert(TcpConnection::new(Stream::new(stream, tls), tuple, now.instant));
-            self.schedule_connection(key, now.instant);
-            self.stats.tcp_accepted += 1;
-        }
-        self.pending.push(source);
-    }
-
-    fn serve_connection(&mut self, key: usize, now: Now) {
-        let Some(connection) = self.connections.get_mut(key) else { return };
-        let server = &mut self.server;
-        let handle = ClientHandle(HANDLE_TCP | key as u64);
-        let udp_out = &mut self.out;
-        let mut unframed = None;
-        let read = if connection.peer_closed {
-            Ok(ReadStatus::Drained)
-        } else {
-            connection.read_frames(now.instant, |tuple, frame, replies| {
-                match server.handle_client(now, tuple, handle, frame, replies) {
-                    ClientOutcome::Forward { relay, peer, payload } => {
-                        udp_out.push(Via::Relay(relay), peer, None, &frame[payload]);
-                    }
-                    ClientOutcome::ConnectionBound { id } => {
-                        unframed = Some(splice::Unframed::Bound(id));
-                        return Next::Unframed;
-                    }
-                    ClientOutcome::HandOff { worker } => {
-                        unframed = Some(splice::Unframed::HandOff { owner: worker, frame: frame.to_vec() });
-                        return Next::Unframed;
-                    }
-                    // RepliedFrom is for UDP only: over a stream the core answers on it.
-                    ClientOutcome::Dropped
-                    | ClientOutcome::Deferred
-                    | ClientOutcome::Replied
-                    | ClientOutcome::RepliedFrom { .. } => {}
-                }
-                Next::Frame
-            })
-        };
-        if let Some(unframed) = unframed {
-            // RFC 6062 data connection: no longer a STUN connection.
-            self.unframe_connection(key, unframed, now);
-            return;
-        }
-        // A client that shuts down its sending side after its requests still
-        // reads: answers to what it sent are written before the connection
-        // is closed.
-        let read = match read {
-            Err(Closed::Eof) => {
-                connection.peer_closed = true;
-                Ok(ReadStatus::Drained)
-            }
-            other => other,
-        };
-        let result = read.and_then(|status| connection.flush().map(|()| status));
-        let finished = connection.peer_closed && connection.drained();
-        if connection.stream.is_tls() && !connection.handshake_done && !connection.handshaking() && result.is_ok() {
-            connection.handshake_done = true;
-            self.handshaking -= 1;
-            self.stats.tls_handshakes += 1;
-            if let Some(tls) = connection.stream.tls() {
-                debug!(
-                    client = %connection.tuple.client,
-                    alpn = tls.alpn_protocol().map(String::from_utf8_lossy).as_deref(),
-                    sni = tls.server_name(),
-                    version = ?tls.protocol_version(),
-                    "tls handshake complete"
-                );
-            }
-        }
-        match result {
-            Ok(_) if finished => self.close_connection(key, &Closed::Eof),
-            Ok(ReadStatus::Drained | ReadStatus::Unframed) => {}
-            Ok(ReadStatus::MoreAvailable) => self.pending.push(Source::Connection(key)),
-            Err(reason) => self.close_connection(key, &reason),
-        }
-    }
-
-    fn flush_connection(&mut self, key: usize) {
-        let Some(connection) = self.connections.get_mut(key) else { return };
-        match connection.flush() {
-            Err(reason) => self.close_connection(key, &reason),
-            Ok(()) if connection.peer_closed && connection.drained() => self.close_connection(key, &Closed::Eof),
-            Ok(()) => {}
-        }
-    }
-
-    fn close_connection(&mut self, key: usize, reason: &Closed) {
-        let mut connection = self.connections.remove(key);
-        if connection.stream.is_tls() && !connection.handshake_done {
-            self.handshaking -= 1;
-            if matches!(reason, Closed::HandshakeTimeout) {
-                self.stats.tls_handshake_timeouts += 1;
-            } else {
-                self.stats.tls_handshake_failures += 1;
-            }
-            debug!(client = %connection.tuple.client, %reason, "tls handshake failed");
-        }
-        if matches!(reason, Closed::Eof | Closed::Idle | Closed::HandshakeTimeout) {
-            connection.close_notify();
-        }
-        let _ = self.poll.registry().deregister(&mut connection.stream);
-        self.server.handle_connection_closed(&connection.tuple);
-        self.stats.tcp_closed += 1;
-        trace!(client = %connection.tuple.client, transport = %connection.tuple.transport, %reason, "connection closed");
-    }
-
-    /// Schedules the next check of connection `key`'s TLS handshake and idle
-    /// deadlines, from `now`.
-    fn schedule_connection(&mut self, key: usize, now: Instant) {
-        let handshake_timeout = self.tls.as_ref().map(|tls| tls.handshake_timeout);
-        let Some(connection) = self.connections.get_mut(key) else { return };
-        // A connection silent that long has an allocation (or it would have
-        // been closed): it is checked again a whole timeout later.
-        let idle =
-            Some(connection.last_received + TCP_IDLE_TIMEOUT).filter(|at| *at > now).unwrap_or(now + TCP_IDLE_TIMEOUT);
-        let handshake = match handshake_timeout {
-            Some(timeout) if connection.stream.is_tls() && !connection.handshake_done => {
-                Some(connection.accepted + timeout)
-            }
-            _ => None,
-        };
-        let at = handshake.map_or(idle, |handshake| handshake.min(idle)).max(now);
-        connection.timer = Some(at);
-        self.connection_timers.push(Reverse((at, key)));
-    }
-
-    /// Closes connections whose handshake took too long, and connections
-    /// without an allocation that have been silent for
-    /// [`TCP_IDLE_TIMEOUT`]; checks the others again later.
-    fn expire_connections(&mut self, now: Now) {
-        while let Some(&Reverse((at, key))) = self.connection_timers.peek() {
-            if at > now.instant {
-                return;
-            }
-            self.connection_timers.pop();
-            let Some(connection) = self.connections.get(key).filter(|c| c.timer == Some(at)) else { continue };
-            let slow_handshake = self.tls.as_ref().is_some_and(|tls| {
-                connection.stream.is_tls()
-                    && !connection.handshake_done
-                    && now.instant.saturating_duration_since(connection.accepted) >= tls.handshake_timeout
-            });
-            let idle = now.instant.saturating_duration_since(connection.last_received) >= TCP_IDLE_TIMEOUT
-                && self.server.table().find(&connection.tuple).is_none();
-            if slow_handshake {
-                self.close_connection(key, &Closed::HandshakeTimeout);
-            } else if idle {
-                self.close_connection(key, &Closed::Idle);
-            } else {
-                self.schedule_connection(key, now.instant);
-            }
         }
     }
 }
