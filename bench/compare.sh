@@ -3,11 +3,19 @@
 #
 #   bash bench/compare.sh [--rounds 3] [--duration 10s] [--out DIR] [--quiet-wait 60]
 #                         [--scenarios S1,S2,S3,S5] [--servers tern,coturn,forwarder] [--no-build]
+#                         [--workers 1] [--tern-base BIN] [--coturn417 BIN]
+#
+# Servers: tern (target/release/tern); tern-base (another tern binary, --tern-base,
+# e.g. one built from an earlier commit, for before/after rows); coturn (the
+# turnserver on PATH: Debian's 4.6.1); coturn417 and coturn417-mux (coturn 4.17.1
+# built by ../shared/peers/build-coturn.sh, --coturn417, default
+# target/coturn-4.17.1/bin/turnserver: its default configuration, and its fastest,
+# --multiplex-peer --udp-gso); forwarder (examples/forwarder.rs).
 #
 # Brings target/release/tern and the forwarder example up to date first
 # (`cargo build --release --bins --examples`; --no-build skips that). Then
-# starts the three servers once, each with one worker / relay thread and
-# 2 MiB listen-socket buffers (coturn's built-in size), and runs the same
+# starts the servers once, each with --workers workers / relay threads (default
+# 1) and 2 MiB listen-socket buffers (coturn's built-in size), and runs the same
 # `tern load` scenarios against each, interleaved (S1 tern, S1 coturn,
 # S1 forwarder, S2 tern, ...) and repeated --rounds times, with --server-pid
 # so every run reports packets (or allocations) per second of server CPU.
@@ -22,7 +30,7 @@
 # fails the script. See BENCHMARKS.md.
 set -euo pipefail
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
 
 rounds=3
 duration=10s
@@ -31,8 +39,14 @@ scenarios=S1,S2,S3,S5
 servers=tern,coturn,forwarder
 quiet_wait=60
 build=yes
+workers=1
+tern_base=""
+coturn417=""
 while [[ $# -gt 0 ]]; do
     case $1 in
+        --workers) workers=$2; shift 2 ;;
+        --tern-base) tern_base=$2; shift 2 ;;
+        --coturn417) coturn417=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
         --duration) duration=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
@@ -46,6 +60,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --rounds takes a positive number" >&2; exit 2; }
 [[ $quiet_wait =~ ^[0-9]+$ ]] || { echo "compare.sh: --quiet-wait takes whole seconds" >&2; exit 2; }
+[[ $workers =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --workers takes a positive number" >&2; exit 2; }
 
 # The scenarios of issue 4, as `tern load` arguments.
 scenario_args() {
@@ -61,7 +76,10 @@ for scenario in ${scenarios//,/ }; do
     scenario_args "$scenario" >/dev/null || { echo "compare.sh: unknown scenario $scenario (S1, S2, S3, S5)" >&2; exit 2; }
 done
 for name in ${servers//,/ }; do
-    [[ $name =~ ^(tern|coturn|forwarder)$ ]] || { echo "compare.sh: unknown server $name (tern, coturn, forwarder)" >&2; exit 2; }
+    [[ $name =~ ^(tern|tern-base|coturn|coturn417|coturn417-mux|forwarder)$ ]] || {
+        echo "compare.sh: unknown server $name (tern, tern-base, coturn, coturn417, coturn417-mux, forwarder)" >&2
+        exit 2
+    }
 done
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -75,6 +93,15 @@ for binary in "$tern" "$forwarder"; do
 done
 if [[ ,$servers, == *,coturn,* ]] && ! command -v turnserver >/dev/null; then
     echo "compare.sh: turnserver (coturn) not found; install it or pass --servers tern,forwarder" >&2
+    exit 1
+fi
+if [[ ,$servers, == *,tern-base,* ]] && [[ ! -x $tern_base ]]; then
+    echo "compare.sh: tern-base needs --tern-base BIN, an executable tern" >&2
+    exit 1
+fi
+coturn417=${coturn417:-$root/target/coturn-4.17.1/bin/turnserver}
+if [[ ,$servers, == *,coturn417* ]] && [[ ! -x $coturn417 ]]; then
+    echo "compare.sh: $coturn417 missing; run: bash ../shared/peers/build-coturn.sh (or pass --coturn417 BIN)" >&2
     exit 1
 fi
 
@@ -174,16 +201,18 @@ wait_listening() {
 }
 
 # Relay port ranges: disjoint, and below the ephemeral range the load
-# generator's own sockets come from.
+# generator's own sockets come from: 12000-31999, split between the servers.
 read -r ephemeral_low _ </proc/sys/net/ipv4/ip_local_port_range
 if ((ephemeral_low < 32000)); then
     echo "compare.sh: the ephemeral port range starts at $ephemeral_low; the relay ranges 12000-31999 need it above" >&2
     exit 1
 fi
-tern_relay=12000-21999
-coturn_relay=(22000 31999)
 udp_buffer=$((2 * 1024 * 1024)) # coturn's fixed listen-socket buffer (UR_SERVER_SOCK_BUF_SIZE)
-read -r tern_port coturn_port forwarder_port peer_port <<<"$(free_ports 4)"
+server_list=(${servers//,/ })
+read -r -a ports <<<"$(free_ports $((${#server_list[@]} + 2)))"
+peer_port=${ports[0]}
+mux_peer_port=${ports[1]}
+range_size=$((20000 / ${#server_list[@]}))
 
 declare -A server_pid server_addr
 start_server() {
@@ -195,27 +224,41 @@ start_server() {
     pids+=("$!")
 }
 
+# coturn with the options both versions share; $1 is the binary, the rest
+# is added.
+start_coturn() {
+    local name=$1 binary=$2 port=$3 low=$4 high=$5
+    shift 5
+    start_server "$name" "$binary" -c /dev/null -n --listening-ip 127.0.0.1 --listening-port "$port" \
+        --relay-ip 127.0.0.1 --min-port "$low" --max-port "$high" --relay-threads "$workers" --lt-cred-mech \
+        --user alice:pw --realm tern.test --allow-loopback-peers --no-cli --no-tls --no-dtls \
+        --no-software-attribute --log-file stdout --simple-log --pidfile "$out/logs/$name.pid" "$@"
+}
+
 : >"$out/commands.txt"
-for name in ${servers//,/ }; do
+for i in "${!server_list[@]}"; do
+    name=${server_list[$i]}
+    port=${ports[$((i + 2))]}
+    low=$((12000 + i * range_size))
+    high=$((low + range_size - 1))
+    server_addr[$name]=127.0.0.1:$port
     case $name in
-        tern)
-            start_server tern "$tern" serve --listen "127.0.0.1:$tern_port" --workers 1 --user alice:pw \
-                --realm tern.test --allow-peer 127.0.0.0/8 --user-quota 0 --relay-ports "$tern_relay" \
+        tern | tern-base)
+            binary=$tern
+            [[ $name == tern-base ]] && binary=$tern_base
+            start_server "$name" "$binary" serve --listen "127.0.0.1:$port" --workers "$workers" --user alice:pw \
+                --realm tern.test --allow-peer 127.0.0.0/8 --user-quota 0 --relay-ports "$low-$high" \
                 --udp-buffer "$udp_buffer" --rate-limit 0
-            server_addr[tern]=127.0.0.1:$tern_port
             ;;
-        coturn)
-            start_server coturn turnserver -n --listening-ip 127.0.0.1 --listening-port "$coturn_port" \
-                --relay-ip 127.0.0.1 --min-port "${coturn_relay[0]}" --max-port "${coturn_relay[1]}" \
-                --relay-threads 1 --lt-cred-mech --user alice:pw --realm tern.test --allow-loopback-peers \
-                --no-cli --no-tls --no-dtls --no-software-attribute --log-file stdout --simple-log \
-                --pidfile "$out/logs/coturn.pid"
-            server_addr[coturn]=127.0.0.1:$coturn_port
+        coturn) start_coturn coturn turnserver "$port" "$low" "$high" ;;
+        coturn417) start_coturn coturn417 "$coturn417" "$port" "$low" "$high" ;;
+        coturn417-mux)
+            start_coturn coturn417-mux "$coturn417" "$port" "$low" "$high" --multiplex-peer \
+                --multiplex-peer-port "$mux_peer_port" --udp-gso
             ;;
         forwarder)
-            start_server forwarder "$forwarder" --listen "127.0.0.1:$forwarder_port" \
-                --peer "127.0.0.1:$peer_port" --threads 1 --udp-buffer "$udp_buffer"
-            server_addr[forwarder]=127.0.0.1:$forwarder_port
+            start_server forwarder "$forwarder" --listen "127.0.0.1:$port" \
+                --peer "127.0.0.1:$peer_port" --threads "$workers" --udp-buffer "$udp_buffer"
             ;;
     esac
 done
@@ -261,7 +304,7 @@ wait_quiet() {
     return 1
 }
 
-python3 - "$out/meta.json" "$rounds" "$duration" "$scenarios" "$servers" "$root" <<'EOF'
+COTURN417=$coturn417 WORKERS=$workers python3 - "$out/meta.json" "$rounds" "$duration" "$scenarios" "$servers" "$root" <<'EOF'
 import json, os, platform, subprocess, sys
 path, rounds, duration, scenarios, servers, root = sys.argv[1:]
 def run(*cmd):
@@ -277,6 +320,8 @@ json.dump({
     "rmem_max": open("/proc/sys/net/core/rmem_max").read().strip(),
     "wmem_max": open("/proc/sys/net/core/wmem_max").read().strip(),
     "coturn": run("turnserver", "--version"),
+    "coturn417": run(os.environ.get("COTURN417", "false"), "--version"),
+    "workers": int(os.environ.get("WORKERS", "1")),
     "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
 }, open(path, "w"), indent=2)
 EOF

@@ -109,7 +109,8 @@ def summarize(directory):
         f"tern benchmark: {meta['rounds']} round(s) of {meta['duration']}, commit {meta['commit']}",
         f"machine: {meta['nproc']} cores, {meta['cpu']}, kernel {meta['kernel']}, "
         f"rmem_max {meta['rmem_max']}, load average at start {' '.join(meta['loadavg_at_start'])}",
-        f"coturn: {meta['coturn'] or 'not found'}",
+        f"coturn on PATH: {meta['coturn'] or 'not found'}; coturn417: {meta.get('coturn417') or 'not found'}; "
+        f"workers / relay threads: {meta.get('workers', 1)}",
         "",
     ]
     others = [s for s in servers if s != "tern"]
