@@ -5,10 +5,6 @@
 use super::*;
 use crate::proto::nat_discovery::NatDiscovery;
 
-// ---------------------------------------------------------------------------
-// RFC 5780 NAT behaviour discovery
-// ---------------------------------------------------------------------------
-
 /// The alternate of [`SERVER`]: another IP and port.
 const ALTERNATE: &str = "192.0.2.11:3479";
 

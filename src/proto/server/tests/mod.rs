@@ -352,6 +352,10 @@ impl Harness {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Clients and their checks
+// ---------------------------------------------------------------------------
+
 /// A response, parsed and checked for what every response must be.
 struct Response(Vec<u8>);
 

@@ -4,10 +4,6 @@
 
 use super::*;
 
-// ---------------------------------------------------------------------------
-// CreatePermission (RFC 8656 §9, §10)
-// ---------------------------------------------------------------------------
-
 #[test]
 fn create_permission_installs_every_peer_of_the_request() {
     let mut h = Harness::authenticated();

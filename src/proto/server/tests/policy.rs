@@ -55,10 +55,6 @@ const BYPASS_V6: &[&str] = &[
     "[100::1]:9",
 ];
 
-// ---------------------------------------------------------------------------
-// Peer policy on every path (RFC 8656 §21.3)
-// ---------------------------------------------------------------------------
-
 #[test]
 fn the_default_policy_refuses_special_peers_on_every_path() {
     let mut h = Harness::authenticated();
@@ -81,12 +77,12 @@ fn the_default_policy_refuses_special_peers_on_every_path() {
 /// Send, for IPv4 and IPv6 relays.
 #[test]
 fn every_known_bypass_encoding_is_refused_on_every_path() {
-    for (server, family, peers) in [(SERVER, 0x01, BYPASS_V4), (SERVER_V6, 0x02, BYPASS_V6)] {
+    for (server, requested, peers) in [(SERVER, 0x01, BYPASS_V4), (SERVER_V6, 0x02, BYPASS_V6)] {
         let mut h = Harness::authenticated();
-        let client = if family == 0x01 { "198.51.100.1:40000" } else { "[2001:db8::1]:40000" };
+        let client = if requested == 0x01 { "198.51.100.1:40000" } else { "[2001:db8::1]:40000" };
         let mut alice = Client::new(client, server, Transport::Udp, Some(("alice", USERS[0].1)));
         assert_success(&alice.request(&mut h, Method::ALLOCATE, &|w| {
-            w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family_value(family));
+            w.attr(AttrType::REQUESTED_TRANSPORT, &UDP).attr(AttrType::REQUESTED_ADDRESS_FAMILY, &family(requested));
         }));
         for (i, peer) in peers.iter().map(|p| addr(p)).enumerate() {
             let before = h.stats();
@@ -105,10 +101,6 @@ fn every_known_bypass_encoding_is_refused_on_every_path() {
         let allocation = h.server.table().get(id).expect("alive");
         assert_eq!((allocation.permission_count(), allocation.channel_count()), (0, 0));
     }
-}
-
-fn family_value(family: u8) -> [u8; 4] {
-    [family, 0, 0, 0]
 }
 
 /// Issue 6 item 3: no answer to an unauthenticated request is more than a

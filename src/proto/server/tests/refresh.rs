@@ -5,10 +5,6 @@
 
 use super::*;
 
-// ---------------------------------------------------------------------------
-// Refresh (RFC 8656 §7.3)
-// ---------------------------------------------------------------------------
-
 #[test]
 fn refresh_lifetime_sets_the_new_expiry_exactly() {
     let mut h = Harness::authenticated();

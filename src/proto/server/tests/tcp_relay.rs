@@ -8,10 +8,6 @@ use super::*;
 use crate::proto::server::RelayProtocol;
 use crate::proto::tcp_relay::owner;
 
-// ---------------------------------------------------------------------------
-// RFC 6062: TCP allocations, Connect, ConnectionAttempt, ConnectionBind
-// ---------------------------------------------------------------------------
-
 fn tcp_transport(w: &mut MessageWriter<'_>) {
     w.attr(AttrType::REQUESTED_TRANSPORT, &TCP);
 }
