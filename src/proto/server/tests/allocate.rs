@@ -515,7 +515,7 @@ fn a_connection_closed_while_its_relay_opens_leaves_nothing_and_its_id_waits_for
         "only bob's allocation is created: {observed:?}"
     );
     // Answered, the id is free: the table hands it to the next allocation.
-    let mut carol = Client::alice("198.51.100.1:40001");
-    carol.allocated(&mut h);
-    assert_eq!(carol.id(&h), opening);
+    let mut next = Client::alice("198.51.100.1:40001");
+    next.allocated(&mut h);
+    assert_eq!(next.id(&h), opening);
 }
