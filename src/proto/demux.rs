@@ -66,10 +66,11 @@ pub fn first_frame(stream: &[u8]) -> Result<Option<&[u8]>, ParseError> {
 /// Bytes go in through [`Self::spare`] and [`Self::commit`] (read straight
 /// into the buffer) or [`Self::extend`]; frames come out of
 /// [`Self::next_frame`] as slices of the buffer, so nothing is copied or
-/// allocated per frame. The buffer starts empty and grows only to the
-/// frame in progress plus one read: consumed frames are dropped lazily, by
-/// moving the incomplete rest to the front when a read needs the room, so
-/// an idle connection stays cheap.
+/// allocated per frame. Frames handed out are dropped lazily, by moving
+/// what is left to the front only when a read needs the room. For a caller
+/// that takes every frame after each read, what is left is less than a
+/// frame, and the buffer, empty at first, grows only to the largest frame
+/// in progress plus one read, so an idle connection stays cheap.
 #[derive(Debug, Default)]
 pub struct StreamFramer {
     buf: Vec<u8>,
@@ -153,8 +154,8 @@ impl StreamFramer {
     }
 
     /// Makes `len` bytes of room after the bytes buffered: first by dropping
-    /// the frames handed out (moving the incomplete rest, less than a frame,
-    /// to the front), then by growing the buffer.
+    /// the frames handed out (moving the bytes left to the front), then by
+    /// growing the buffer.
     fn make_room(&mut self, len: usize) {
         if self.start == self.end {
             self.start = 0;
