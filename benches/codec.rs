@@ -36,12 +36,10 @@ fn binding_request() -> Vec<u8> {
 }
 
 fn channel_data_frame(frame_len: usize) -> Vec<u8> {
-    let payload_len = frame_len - channel_data::HEADER_LEN;
-    let mut header = [0u8; channel_data::HEADER_LEN];
+    let payload = vec![0xAB; frame_len - channel_data::HEADER_LEN];
     let channel = ChannelNumber::new(0x4001).expect("in range");
-    channel_data::write_header(&mut header, channel, u16::try_from(payload_len).expect("small"));
-    let mut frame = header.to_vec();
-    frame.resize(frame_len, 0xAB);
+    let mut frame = Vec::new();
+    channel_data::append(&mut frame, channel, &payload, false).expect("small");
     frame
 }
 

@@ -148,11 +148,9 @@ fn addr(text: &str) -> SocketAddr {
 }
 
 fn channel_data_frame() -> Vec<u8> {
-    let mut frame = vec![0xAB; channel_data::HEADER_LEN + PAYLOAD];
+    let mut frame = Vec::new();
     let channel = ChannelNumber::new(CHANNEL).expect("in range");
-    let header: &mut [u8; channel_data::HEADER_LEN] =
-        (&mut frame[..channel_data::HEADER_LEN]).try_into().expect("header length");
-    channel_data::write_header(header, channel, PAYLOAD as u16);
+    channel_data::append(&mut frame, channel, &[0xAB; PAYLOAD], false).expect("small payload");
     frame
 }
 

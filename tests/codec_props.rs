@@ -14,7 +14,7 @@ use sha1::Sha1;
 use sha2::Sha256;
 
 use tern::proto::channel_data::{self, ChannelData, ChannelNumber};
-use tern::proto::demux::stream_frame_len;
+use tern::proto::demux::{StreamFramer, stream_frame_len};
 use tern::proto::error::ParseError;
 use tern::proto::stun::attr::{self, AttrType};
 use tern::proto::stun::{Class, MAGIC_COOKIE, Message, MessageType, MessageWriter, Method, TransactionId};
@@ -570,12 +570,8 @@ fn push_frame(stream: &mut Vec<u8>, frame: &Frame) -> usize {
             spec.write_into(stream);
         }
         Frame::ChannelData(channel, payload) => {
-            let mut header = [0u8; channel_data::HEADER_LEN];
             let channel = ChannelNumber::new(*channel).expect("generated in range");
-            channel_data::write_header(&mut header, channel, u16::try_from(payload.len()).expect("small"));
-            stream.extend_from_slice(&header);
-            stream.extend_from_slice(payload);
-            stream.resize(start + channel_data::padded_frame_len(payload.len()), 0);
+            channel_data::append(stream, channel, payload, true).expect("small");
         }
     }
     stream.len() - start
@@ -611,11 +607,10 @@ proptest! {
     ) {
         let number = ChannelNumber::new(channel).expect("in range");
         prop_assert_eq!(number.get(), channel);
-        let mut header = [0u8; channel_data::HEADER_LEN];
-        channel_data::write_header(&mut header, number, u16::try_from(payload.len()).expect("small"));
-        let mut frame = header.to_vec();
-        frame.extend_from_slice(&payload);
+        let mut frame = Vec::new();
+        channel_data::append(&mut frame, number, &payload, false).expect("small");
         frame.resize(frame.len() + padding, 0);
+        let header = &frame[..channel_data::HEADER_LEN];
 
         let data = ChannelData::parse(&frame).expect("a written frame parses");
         prop_assert_eq!((data.channel, data.payload), (number, &payload[..]));
@@ -629,7 +624,7 @@ proptest! {
         let padded = channel_data::padded_frame_len(payload.len());
         prop_assert_eq!(padded % 4, 0);
         prop_assert!(padded >= 4 + payload.len() && padded < 4 + payload.len() + 4);
-        prop_assert_eq!(stream_frame_len(&header), Ok(Some(padded)));
+        prop_assert_eq!(stream_frame_len(header), Ok(Some(padded)));
         prop_assert_eq!(stream_frame_len(&frame), Ok(Some(padded)));
     }
 
@@ -659,7 +654,8 @@ proptest! {
     /// the next frame is STUN (length at bytes 2..4, plus the 20-byte header)
     /// or ChannelData (length at bytes 2..4, plus its 4-byte header, padded to
     /// four). Cutting a stream of such frames by `stream_frame_len` gives back
-    /// exactly the frames, however the stream is split into reads.
+    /// exactly the frames, and so does `StreamFramer`, however the stream is
+    /// split into reads.
     #[test]
     fn stream_framing_recovers_frames(
         frames in vec(frame(), 1..8),
@@ -682,22 +678,20 @@ proptest! {
         prop_assert_eq!(stream_frame_len(rest), Ok(None));
 
         // Split into reads of arbitrary sizes, as a connection would deliver it.
-        let mut buffer = Vec::new();
+        let mut framer = StreamFramer::new();
         let mut got = Vec::new();
         let mut fed = 0;
         let mut reads = reads.iter().cycle();
         while fed < stream.len() {
             let n = (*reads.next().expect("cycle")).min(stream.len() - fed);
-            buffer.extend_from_slice(&stream[fed..fed + n]);
+            framer.spare(n).copy_from_slice(&stream[fed..fed + n]);
+            framer.commit(n);
             fed += n;
-            while let Some(len) = stream_frame_len(&buffer).expect("stream stays framed") {
-                if buffer.len() < len {
-                    break;
-                }
-                got.push(buffer.drain(..len).collect::<Vec<u8>>());
+            while let Some(frame) = framer.next_frame().expect("stream stays framed") {
+                got.push(frame.to_vec());
             }
         }
-        prop_assert!(buffer.is_empty());
+        prop_assert!(framer.buffered().is_empty());
         prop_assert_eq!(got.len(), frames.len());
         for (bytes, frame) in got.iter().zip(&frames) {
             check_frame(bytes, frame)?;

@@ -4,8 +4,10 @@
 //! Checks that neither panics; that an accepted frame has a channel number
 //! in RFC 5766's range, a payload that is exactly the announced bytes after
 //! the header, and a first byte that `classify` calls ChannelData; that
-//! writing the header back reproduces the frame; and that the stream length
-//! `demux::stream_frame_len` gives for it covers the payload and its padding.
+//! writing the frame back (`channel_data::append`) reproduces it; that
+//! written in place around its payload it is the same bytes; and that the
+//! stream length `demux::stream_frame_len` gives for it covers the payload
+//! and its padding, which is what the encoder writes on a stream.
 
 #![no_main]
 
@@ -37,13 +39,24 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(usize::from(u16::from_be_bytes([data[2], data[3]])), len);
     assert_eq!(frame.payload, &data[channel_data::HEADER_LEN..channel_data::HEADER_LEN + len]);
 
-    let mut header = [0u8; channel_data::HEADER_LEN];
-    channel_data::write_header(&mut header, frame.channel, len as u16);
-    assert_eq!(header, data[..channel_data::HEADER_LEN]);
+    let mut written = Vec::new();
+    channel_data::append(&mut written, frame.channel, frame.payload, false).expect("a parsed payload fits 16 bits");
+    assert_eq!(written, data[..channel_data::HEADER_LEN + len]);
+    let mut padded = Vec::new();
+    let padded_len =
+        channel_data::append(&mut padded, frame.channel, frame.payload, true).expect("a parsed payload fits 16 bits");
+    assert_eq!(padded_len, padded.len());
+    let headroom = channel_data::HEADER_LEN;
+    let mut slot = vec![0xAA; headroom + len + channel_data::MAX_PADDING];
+    slot[headroom..headroom + len].copy_from_slice(frame.payload);
+    let (start, end) =
+        channel_data::write_in_place(&mut slot, headroom, len, frame.channel, true).expect("room was left");
+    assert_eq!(slot[start..end], padded[..], "in place and appended frames differ");
 
     let stream_len = demux::stream_frame_len(data).expect("a ChannelData header is a valid stream frame");
     let stream_len = stream_len.expect("four header bytes are enough to measure");
     assert_eq!(stream_len, channel_data::padded_frame_len(len));
+    assert_eq!(stream_len, padded_len, "the encoder pads to what the framer measures");
     assert!(
         stream_len.is_multiple_of(4)
             && stream_len >= channel_data::HEADER_LEN + len

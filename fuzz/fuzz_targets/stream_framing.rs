@@ -1,23 +1,27 @@
 //! `stream_framing`: cutting a TCP/TLS byte stream into frames with
-//! `demux::stream_frame_len`, as src/io/tcp.rs does, with the stream
-//! arriving in arbitrary chunk sizes.
+//! `demux::StreamFramer`, as src/io/tcp.rs and the client do, with the
+//! stream arriving in reads of arbitrary sizes.
 //!
-//! Input: byte 0 is a count `n`, the next `n` bytes are chunk sizes (each
+//! Input: byte 0 is a count `n`, the next `n` bytes are read sizes (each
 //! byte `b` means `b + 1` bytes, used in turn and repeated), and the rest is
-//! the stream; `n = 0` delivers the stream in one piece.
+//! the stream; `n = 0` delivers the stream in one piece. Each read offers the
+//! framer's spare room of what it says is missing or the read size, whichever
+//! is more, and fills only the read size, as a short read from a socket does.
 //!
-//! Checks that the loop never panics; that every frame is at most a whole
-//! STUN message (65535 + 20 bytes); that a STUN frame is never refused for
-//! its length by `Message::parse` and a ChannelData frame always parses,
-//! padded to four bytes; that the bytes kept waiting never exceed one
-//! frame; and that the frames and the point where framing is lost do not
-//! depend on how the stream was chunked.
+//! Checks that the framer never panics; that every frame is at most a whole
+//! STUN message (65535 + 20 bytes) and is exactly the stream's bytes at its
+//! place; that a STUN frame is never refused for its length by
+//! `Message::parse` and a ChannelData frame always parses, padded to four
+//! bytes; that the bytes kept waiting never exceed one frame; and that the
+//! frames, the point where framing is lost and the unframed rest agree with
+//! a one-shot cut of the whole stream by `demux::first_frame`, however the
+//! stream was read.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tern::proto::channel_data::{self, ChannelData};
-use tern::proto::demux::{self, PacketKind};
+use tern::proto::demux::{self, PacketKind, StreamFramer};
 use tern::proto::error::ParseError;
 use tern::proto::stun::{HEADER_LEN, Message};
 
@@ -40,9 +44,9 @@ fuzz_target!(|data: &[u8]| {
     let Some((&n, rest)) = data.split_first() else { return };
     let n = usize::from(n).min(rest.len());
     let (sizes, stream) = rest.split_at(n);
-    let chunked = reassemble(stream, sizes);
-    let whole = reassemble(stream, &[]);
-    assert_eq!(chunked, whole, "framing depends on chunk boundaries");
+    let framed = reassemble(stream, sizes);
+    let whole = cut_whole(stream);
+    assert_eq!(framed, whole, "the framer disagrees with a one-shot cut");
 
     let mut at = 0;
     for &len in &whole.frames {
@@ -55,44 +59,73 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-/// The read loop of a connection: append a chunk, then cut every complete
-/// frame from the front of the buffer.
+/// The read loop of a connection: read into the framer, then take every
+/// complete frame it has.
 fn reassemble(stream: &[u8], sizes: &[u8]) -> Reassembly {
     let mut result = Reassembly { frames: Vec::new(), closed_at: None, leftover: 0 };
-    let mut inbuf: Vec<u8> = Vec::new();
-    let mut consumed = 0;
+    let mut framer = StreamFramer::new();
+    let mut framed = 0;
     let mut pos = 0;
     let mut turn = 0;
     while pos < stream.len() {
         let size = if sizes.is_empty() { stream.len() } else { usize::from(sizes[turn % sizes.len()]) + 1 };
         turn += 1;
-        let end = (pos + size).min(stream.len());
-        inbuf.extend_from_slice(&stream[pos..end]);
-        pos = end;
-        assert!(inbuf.len() < MAX_FRAME + size, "buffered more than one frame and one chunk");
+        let Ok(missing) = framer.missing() else {
+            result.closed_at = Some(framed);
+            return result;
+        };
+        let read = size.min(stream.len() - pos);
+        let spare = framer.spare(missing.max(size));
+        spare[..read].copy_from_slice(&stream[pos..pos + read]);
+        framer.commit(read);
+        pos += read;
+        assert!(framer.buffered().len() < MAX_FRAME + size, "buffered more than one frame and one read");
 
-        let mut start = 0;
         loop {
-            let rest = &inbuf[start..];
-            match demux::stream_frame_len(rest) {
-                Ok(Some(len)) if len <= rest.len() => {
+            match framer.next_frame() {
+                Ok(Some(frame)) => {
+                    let len = frame.len();
                     assert!(len <= MAX_FRAME, "frame of {len} bytes");
+                    assert_eq!(frame, &stream[framed..framed + len], "a frame is not the stream's bytes");
                     result.frames.push(len);
-                    start += len;
+                    framed += len;
                 }
-                Ok(_) => break,
+                Ok(None) => break,
                 Err(_) => {
-                    result.closed_at = Some(consumed + start);
+                    result.closed_at = Some(framed);
                     return result;
                 }
             }
         }
-        consumed += start;
-        inbuf.drain(..start);
-        assert!(inbuf.len() < MAX_FRAME, "kept {} bytes waiting", inbuf.len());
+        assert!(framer.buffered().len() < MAX_FRAME, "kept {} bytes waiting", framer.buffered().len());
     }
-    result.leftover = inbuf.len();
+    let unframed = framer.take_unframed();
+    assert_eq!(unframed, &stream[framed..], "the unframed rest is not the stream's tail");
+    assert!(framer.buffered().is_empty());
+    result.leftover = unframed.len();
     result
+}
+
+/// The whole stream cut at once, frame after frame.
+fn cut_whole(stream: &[u8]) -> Reassembly {
+    let mut result = Reassembly { frames: Vec::new(), closed_at: None, leftover: 0 };
+    let mut rest = stream;
+    loop {
+        match demux::first_frame(rest) {
+            Ok(Some(frame)) => {
+                result.frames.push(frame.len());
+                rest = &rest[frame.len()..];
+            }
+            Ok(None) => {
+                result.leftover = rest.len();
+                return result;
+            }
+            Err(_) => {
+                result.closed_at = Some(stream.len() - rest.len());
+                return result;
+            }
+        }
+    }
 }
 
 /// What a frame cut by its own length must be.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::io::clock;
 use crate::proto::Transport;
-use crate::proto::demux;
+use crate::proto::demux::StreamFramer;
 use crate::proto::stun::{HEADER_LEN, Message, TransactionId};
 use rustls::{ClientConnection, StreamOwned};
 use tls::TlsClient;
@@ -87,8 +87,8 @@ pub struct ClientSocket {
 
 enum Kind {
     Udp(UdpSocket),
-    Tcp { stream: TcpStream, inbuf: Vec<u8> },
-    Tls { stream: Box<StreamOwned<ClientConnection, TcpStream>>, inbuf: Vec<u8> },
+    Tcp { stream: TcpStream, inbuf: StreamFramer },
+    Tls { stream: Box<StreamOwned<ClientConnection, TcpStream>>, inbuf: StreamFramer },
 }
 
 impl ClientSocket {
@@ -109,7 +109,7 @@ impl ClientSocket {
         let local = SocketAddr::new(local.unwrap_or(unspecified), 0);
         let kind = match transport {
             Transport::Udp => Kind::Udp(UdpSocket::bind(local)?),
-            Transport::Tcp => Kind::Tcp { stream: tcp_connect(local, server, timeout)?, inbuf: Vec::new() },
+            Transport::Tcp => Kind::Tcp { stream: tcp_connect(local, server, timeout)?, inbuf: StreamFramer::new() },
             Transport::Tls => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -126,7 +126,7 @@ impl ClientSocket {
         let unspecified = if server.is_ipv4() { IpAddr::from([0, 0, 0, 0]) } else { IpAddr::from([0u16; 8]) };
         let stream = tcp_connect(SocketAddr::new(unspecified, 0), server, timeout)?;
         let stream = tls.connect(stream, timeout)?;
-        Ok(Self { server, kind: Kind::Tls { stream: Box::new(stream), inbuf: Vec::new() } })
+        Ok(Self { server, kind: Kind::Tls { stream: Box::new(stream), inbuf: StreamFramer::new() } })
     }
 
     /// Opens a socket over `transport`; `tls` is required for TLS.
@@ -179,8 +179,8 @@ impl ClientSocket {
         }
     }
 
-    /// The TCP stream and any bytes already read from it.
-    pub fn into_tcp(self) -> Option<(TcpStream, Vec<u8>)> {
+    /// The TCP stream and its framer, holding any bytes already read from it.
+    pub fn into_tcp(self) -> Option<(TcpStream, StreamFramer)> {
         match self.kind {
             Kind::Tcp { stream, inbuf } => Some((stream, inbuf)),
             Kind::Udp(_) | Kind::Tls { .. } => None,
@@ -295,20 +295,17 @@ impl ClientSocket {
 /// One step of reading a stream: a whole frame buffered in `inbuf` goes to
 /// `out` (true); otherwise one read into `inbuf` (false), where a timeout is
 /// no error.
-fn read_frame(stream: &mut impl Read, inbuf: &mut Vec<u8>, out: &mut Vec<u8>) -> io::Result<bool> {
-    if let Some(len) = demux::stream_frame_len(inbuf).map_err(io::Error::other)?
-        && len <= inbuf.len()
-    {
+fn read_frame(stream: &mut impl Read, inbuf: &mut StreamFramer, out: &mut Vec<u8>) -> io::Result<bool> {
+    if let Some(frame) = inbuf.next_frame().map_err(io::Error::other)? {
         out.clear();
-        out.extend_from_slice(&inbuf[..len]);
-        inbuf.drain(..len);
+        out.extend_from_slice(frame);
         return Ok(true);
     }
     let mut chunk = [0u8; 16384];
     match stream.read(&mut chunk) {
         Ok(0) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection")),
         Ok(n) => {
-            inbuf.extend_from_slice(&chunk[..n]);
+            inbuf.extend(&chunk[..n]);
             Ok(false)
         }
         Err(e) if is_timeout(&e) => Ok(false),

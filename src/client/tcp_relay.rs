@@ -19,8 +19,10 @@ use super::tls::TlsClient;
 use super::turn::{AuthState, Credentials, TurnError, TurnSession};
 use crate::io::clock;
 use crate::proto::Transport;
+use crate::proto::demux::StreamFramer;
+use crate::proto::error::ParseError;
 use crate::proto::stun::attr::{self, AttrType};
-use crate::proto::stun::{Class, ErrorCode, HEADER_LEN, Message, MessageType, MessageWriter, Method, TransactionId};
+use crate::proto::stun::{Class, ErrorCode, Message, MessageType, MessageWriter, Method, TransactionId};
 
 /// Tries of one ConnectionBind: a stale nonce (438) gets one more.
 const BIND_ATTEMPTS: usize = 2;
@@ -95,14 +97,18 @@ fn bind(stream: &mut (impl Read + Write), auth: &mut AuthState, connection_id: u
     Err(TurnError::Rejected { code: ErrorCode::STALE_NONCE.0, reason: "nonce refused twice".into() })
 }
 
-/// Reads one STUN message, exactly: its header, then the length it gives.
+/// Reads one frame, exactly: never a byte past it, which belongs to the peer.
 fn read_message(stream: &mut impl Read) -> Result<Vec<u8>, TurnError> {
-    let mut message = vec![0u8; HEADER_LEN];
-    stream.read_exact(&mut message)?;
-    let body = usize::from(u16::from_be_bytes([message[2], message[3]]));
-    message.resize(HEADER_LEN + body, 0);
-    stream.read_exact(&mut message[HEADER_LEN..])?;
-    Ok(message)
+    let mut framer = StreamFramer::new();
+    let invalid = |e: ParseError| TurnError::Invalid(e.to_string());
+    loop {
+        if let Some(frame) = framer.next_frame().map_err(invalid)? {
+            return Ok(frame.to_vec());
+        }
+        let missing = framer.missing().map_err(invalid)?;
+        stream.read_exact(framer.spare(missing))?;
+        framer.commit(missing);
+    }
 }
 
 /// `tern turn --relay-transport tcp`.

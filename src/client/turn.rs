@@ -24,7 +24,7 @@ use crate::proto::channel_data::{self, ChannelData};
 use crate::proto::demux::{self, PacketKind};
 use crate::proto::error::ParseError;
 use crate::proto::stun::attr::{self, AttrType, FAMILY_IPV6};
-use crate::proto::stun::{Class, ErrorCode, Message, MessageType, MessageWriter, Method, TransactionId};
+use crate::proto::stun::{Class, ErrorCode, Message, MessageType, MessageWriter, Method, TransactionId, indication};
 
 /// Retries of one request after 401 or 438: enough for "challenge, then
 /// stale nonce once", not enough to loop on a server that never accepts.
@@ -518,10 +518,9 @@ impl TurnSession {
 
     /// A Send indication (RFC 8656 §11.1).
     pub fn send_indication(&mut self, peer: SocketAddr, data: &[u8]) -> Result<(), TurnError> {
-        let mut frame = Vec::with_capacity(data.len() + 64);
-        let mut w =
-            MessageWriter::new(&mut frame, MessageType::new(Method::SEND, Class::Indication), TransactionId::random());
-        w.xor_address(AttrType::XOR_PEER_ADDRESS, &peer).attr(AttrType::DATA, data);
+        let mut frame = Vec::with_capacity(data.len() + indication::MAX_HEADER_LEN + indication::MAX_PADDING);
+        indication::append(&mut frame, indication::Kind::Send, &peer, TransactionId::random(), data)
+            .ok_or_else(|| TurnError::Invalid("data over 64 KiB".into()))?;
         self.socket.send(&frame)?;
         Ok(())
     }
@@ -530,14 +529,9 @@ impl TurnSession {
     pub fn send_channel_data(&mut self, channel: u16, data: &[u8]) -> Result<(), TurnError> {
         let number = channel_data::ChannelNumber::new_rfc5766(channel)
             .ok_or_else(|| TurnError::Invalid(format!("channel {channel:#06x} outside 0x4000-0x7FFF")))?;
-        let len = u16::try_from(data.len()).map_err(|_| TurnError::Invalid("data over 64 KiB".into()))?;
-        let mut header = [0u8; channel_data::HEADER_LEN];
-        channel_data::write_header(&mut header, number, len);
-        let mut frame = header.to_vec();
-        frame.extend_from_slice(data);
-        if self.socket.transport().is_stream() {
-            frame.resize(channel_data::padded_frame_len(data.len()), 0);
-        }
+        let mut frame = Vec::with_capacity(channel_data::HEADER_LEN + data.len() + channel_data::MAX_PADDING);
+        channel_data::append(&mut frame, number, data, self.socket.transport().is_stream())
+            .ok_or_else(|| TurnError::Invalid("data over 64 KiB".into()))?;
         self.socket.send(&frame)?;
         Ok(())
     }

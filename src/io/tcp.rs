@@ -10,7 +10,7 @@ use std::io;
 
 use super::stream::Stream;
 use crate::proto::FiveTuple;
-use crate::proto::demux;
+use crate::proto::demux::{self, StreamFramer};
 
 /// Bytes asked of the socket per read when no larger frame is in progress.
 const READ_CHUNK: usize = 4096;
@@ -45,7 +45,7 @@ pub struct TcpConnection {
     pub accepted: std::time::Instant,
     /// The worker counted the end of this connection's TLS handshake.
     pub handshake_done: bool,
-    inbuf: Vec<u8>,
+    inbuf: StreamFramer,
     pub outbuf: Vec<u8>,
     out_pos: usize,
     /// Wall time of the last byte received, for the idle timeout.
@@ -92,7 +92,7 @@ impl TcpConnection {
             tuple,
             accepted: now,
             handshake_done: false,
-            inbuf: Vec::new(),
+            inbuf: StreamFramer::new(),
             outbuf: Vec::new(),
             out_pos: 0,
             last_received: now,
@@ -107,7 +107,7 @@ impl TcpConnection {
     pub fn handed_over(detached: Detached, now: std::time::Instant) -> Self {
         let Detached { stream, tuple, unread, .. } = detached;
         let handshake_done = stream.is_tls();
-        Self { inbuf: unread, handshake_done, ..Self::new(stream, tuple, now) }
+        Self { inbuf: StreamFramer::with_bytes(unread), handshake_done, ..Self::new(stream, tuple, now) }
     }
 
     /// Reads what the socket has and hands each complete frame to `on_frame`
@@ -126,34 +126,23 @@ impl TcpConnection {
             if budget == 0 {
                 return Ok(ReadStatus::MoreAvailable);
             }
-            let filled = self.inbuf.len();
             // Read at least what completes the frame in progress, so a large
             // STUN message arrives in one pass.
-            let need = match demux::stream_frame_len(&self.inbuf) {
-                Ok(Some(frame)) => frame.saturating_sub(filled),
-                Ok(None) => 0,
-                Err(_) => return Err(Closed::Framing),
-            };
-            self.inbuf.resize(filled + need.max(READ_CHUNK).min(budget), 0);
-            let read = self.stream.read(&mut self.inbuf[filled..]);
+            let need = self.inbuf.missing().map_err(|_| Closed::Framing)?;
+            let spare = self.inbuf.spare(need.max(READ_CHUNK).min(budget));
+            let read = self.stream.read(spare);
             match read {
-                Ok(0) => {
-                    self.inbuf.truncate(filled);
-                    return Err(Closed::Eof);
-                }
+                Ok(0) => return Err(Closed::Eof),
                 Ok(n) => {
-                    self.inbuf.truncate(filled + n);
+                    self.inbuf.commit(n);
                     budget = budget.saturating_sub(n);
                     self.last_received = now;
                     if self.consume_frames(&mut on_frame)? {
                         return Ok(ReadStatus::Unframed);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.inbuf.truncate(filled);
-                    return Ok(ReadStatus::Drained);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.inbuf.truncate(filled),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadStatus::Drained),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Closed::Io(e)),
             }
             if self.queued() > WRITE_QUEUE_LIMIT {
@@ -168,28 +157,20 @@ impl TcpConnection {
         &mut self,
         on_frame: &mut impl FnMut(&FiveTuple, &[u8], &mut Vec<u8>) -> Next,
     ) -> Result<bool, Closed> {
-        let mut start = 0;
-        let mut unframed = false;
-        while !unframed {
-            let rest = &self.inbuf[start..];
-            match demux::stream_frame_len(rest) {
-                Ok(Some(len)) if len <= rest.len() => {
-                    unframed = matches!(on_frame(&self.tuple, &rest[..len], &mut self.outbuf), Next::Unframed);
-                    start += len;
-                }
-                Ok(_) => break,
-                Err(_) => return Err(Closed::Framing),
+        while let Some(frame) = self.inbuf.next_frame().map_err(|_| Closed::Framing)? {
+            if matches!(on_frame(&self.tuple, frame, &mut self.outbuf), Next::Unframed) {
+                return Ok(true);
             }
         }
-        self.inbuf.drain(..start);
-        Ok(unframed)
+        Ok(false)
     }
 
     /// What an RFC 6062 data connection carries on with once it is bound,
     /// or another worker once it is handed over.
     pub fn detach(mut self) -> Detached {
         self.outbuf.drain(..self.out_pos);
-        Detached { stream: self.stream, tuple: self.tuple, unread: self.inbuf, unsent: self.outbuf }
+        let unread = self.inbuf.take_unframed();
+        Detached { stream: self.stream, tuple: self.tuple, unread, unsent: self.outbuf }
     }
 
     /// Bytes waiting to be written.
@@ -220,14 +201,14 @@ impl TcpConnection {
             let message = if self.stream.is_tls() {
                 // The queue holds whole frames, so this cuts at the next
                 // boundary; TLS writes a message per record (see tls.rs).
-                match demux::stream_frame_len(pending) {
-                    Ok(Some(len)) if len <= pending.len() => len,
-                    _ => pending.len(),
+                match demux::first_frame(pending) {
+                    Ok(Some(frame)) => frame,
+                    _ => pending,
                 }
             } else {
-                pending.len()
+                pending
             };
-            match self.stream.write(&pending[..message]) {
+            match self.stream.write(message) {
                 Ok(0) => return Err(Closed::Eof),
                 Ok(n) => self.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

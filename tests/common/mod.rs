@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use tern::io::clock;
 use tern::proto::Transport;
+use tern::proto::demux::StreamFramer;
 use tern::proto::stun::attr::{self, AttrType};
 use tern::proto::stun::{Class, HEADER_LEN, MAGIC_COOKIE, Message, MessageType, MessageWriter, Method, TransactionId};
 
@@ -788,7 +789,7 @@ impl UdpClient {
 /// A TCP client: frames are cut from the stream by the STUN length.
 pub struct TcpClient {
     pub stream: TcpStream,
-    inbuf: Vec<u8>,
+    inbuf: StreamFramer,
 }
 
 /// What reading a frame from a TCP connection found.
@@ -807,7 +808,7 @@ impl TcpClient {
         let stream = TcpStream::connect_timeout(&server, ANSWER_TIMEOUT)
             .unwrap_or_else(|e| panic!("connecting to {server}: {e}"));
         stream.set_nodelay(true).expect("TCP_NODELAY");
-        Self { stream, inbuf: Vec::new() }
+        Self { stream, inbuf: StreamFramer::new() }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -822,11 +823,12 @@ impl TcpClient {
     pub fn read(&mut self, wait: Duration) -> TcpRead {
         let deadline = clock::now() + wait;
         for _ in 0..MAX_TURNS {
-            if self.inbuf.len() >= 4 {
-                assert!(self.inbuf[0] < 0x40, "the server sent a non-STUN frame: {:02x?}", self.inbuf);
-                let len = HEADER_LEN + usize::from(u16::from_be_bytes([self.inbuf[2], self.inbuf[3]]));
-                if self.inbuf.len() >= len {
-                    return TcpRead::Frame(self.inbuf.drain(..len).collect());
+            let buffered = self.inbuf.buffered();
+            if buffered.len() >= 4 {
+                assert!(buffered[0] < 0x40, "the server sent a non-STUN frame: {buffered:02x?}");
+                let frame = self.inbuf.next_frame().unwrap_or_else(|e| panic!("the server lost the framing: {e}"));
+                if let Some(frame) = frame {
+                    return TcpRead::Frame(frame.to_vec());
                 }
             }
             let now = clock::now();
@@ -836,12 +838,12 @@ impl TcpClient {
             self.stream.set_read_timeout(Some(deadline - now)).expect("set_read_timeout");
             let mut chunk = [0u8; 4096];
             match self.stream.read(&mut chunk) {
-                Ok(0) => return TcpRead::Closed(std::mem::take(&mut self.inbuf)),
-                Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
+                Ok(0) => return TcpRead::Closed(self.inbuf.take_unframed()),
+                Ok(n) => self.inbuf.extend(&chunk[..n]),
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted) => {
-                    return TcpRead::Closed(std::mem::take(&mut self.inbuf));
+                    return TcpRead::Closed(self.inbuf.take_unframed());
                 }
                 Err(e) => panic!("reading from the server: {e}"),
             }

@@ -22,9 +22,11 @@ use crate::client::turn::{AuthState, TurnSession};
 use crate::io::clock;
 use crate::io::sys::batch::{BATCH, RecvBatch, SendScratch, Transmit, send_batch};
 use crate::proto::channel_data::{self, ChannelData, ChannelNumber};
-use crate::proto::demux::{self, PacketKind};
+use crate::proto::demux::{self, PacketKind, StreamFramer};
 use crate::proto::stun::attr::{self, AttrType};
-use crate::proto::stun::{Class, ErrorCode, Message, MessageType, MessageWriter, Method, TransactionId};
+use crate::proto::stun::{
+    Class, ErrorCode, HEADER_LEN, Message, MessageType, MessageWriter, Method, TransactionId, indication,
+};
 use crate::proto::{Transport, server::PEER_HEADROOM};
 
 /// The channel every allocation binds (channels are per allocation).
@@ -50,6 +52,9 @@ const DELETE_ATTEMPTS: usize = 5;
 const DELETE_WAIT: Duration = Duration::from_millis(300);
 /// RTTs above this are recorded as this (the histogram's range).
 const MAX_RTT_NS: u64 = 60_000_000_000;
+/// The largest payload every frame can carry: a Send indication to an IPv6
+/// peer, whose padded attributes must fit STUN's 16-bit length.
+const MAX_PAYLOAD: usize = (u16::MAX as usize - (indication::MAX_HEADER_LEN - HEADER_LEN)) & !3;
 
 /// An allocation ready to carry data.
 struct Prepared {
@@ -61,7 +66,7 @@ struct Prepared {
 
 enum PreparedConn {
     Udp(std::net::UdpSocket),
-    Tcp(std::net::TcpStream, Vec<u8>),
+    Tcp(std::net::TcpStream, StreamFramer),
 }
 
 pub fn run(config: &LoadConfig, report: &mut Report) -> Result<(), String> {
@@ -73,6 +78,11 @@ pub fn run(config: &LoadConfig, report: &mut Report) -> Result<(), String> {
     if size < MIN_PAYLOAD {
         return Err(format!(
             "--size must be at least {MIN_PAYLOAD} bytes (the payload carries a sequence number and timestamp)"
+        ));
+    }
+    if size > MAX_PAYLOAD {
+        return Err(format!(
+            "--size must be at most {MAX_PAYLOAD} bytes (what a ChannelData frame or Send indication holds)"
         ));
     }
     report.mode = match pacing {
@@ -376,7 +386,7 @@ struct Flow {
 
 enum Conn {
     Udp(mio::net::UdpSocket),
-    Tcp { stream: mio::net::TcpStream, inbuf: Vec<u8>, outbuf: Vec<u8> },
+    Tcp { stream: mio::net::TcpStream, inbuf: StreamFramer, outbuf: Vec<u8> },
 }
 
 /// A client thread: an event loop over its flows.
@@ -414,7 +424,6 @@ fn client_thread(shared: &Shared, prepared: Vec<Prepared>) -> Result<ThreadResul
         },
         frame: Vec::with_capacity((shared.size + 64) * BATCH),
         frame_ends: Vec::with_capacity(BATCH),
-        payload: vec![0; shared.size],
         batch: RecvBatch::new(65536 + PEER_HEADROOM, 0),
         scratch: SendScratch::default(),
         chunk: vec![0; 65536],
@@ -481,7 +490,6 @@ struct ThreadState {
     /// Frames about to be sent on one flow, back to back, and where each ends.
     frame: Vec<u8>,
     frame_ends: Vec<usize>,
-    payload: Vec<u8>,
     batch: RecvBatch,
     scratch: SendScratch,
     chunk: Vec<u8>,
@@ -514,24 +522,22 @@ impl ThreadState {
         if shared.raw {
             self.frame.resize(start + size, 0);
             write_payload(&mut self.frame[start..], flow.index, flow.sequence, timestamp_ns);
-        } else if shared.send_indication {
-            write_payload(&mut self.payload, flow.index, flow.sequence, timestamp_ns);
-            let mut w = MessageWriter::new(
-                &mut self.frame,
-                MessageType::new(Method::SEND, Class::Indication),
-                TransactionId::random(),
-            );
-            w.xor_address(AttrType::XOR_PEER_ADDRESS, &flow.peer).attr(AttrType::DATA, &self.payload);
         } else {
-            let stream = matches!(flow.conn, Conn::Tcp { .. });
-            let len = if stream { channel_data::padded_frame_len(size) } else { channel_data::HEADER_LEN + size };
-            self.frame.resize(start + len, 0);
-            let mut header = [0u8; channel_data::HEADER_LEN];
-            let channel = ChannelNumber::new(CHANNEL).expect("0x4000 is a valid channel");
-            channel_data::write_header(&mut header, channel, u16::try_from(size).unwrap_or(u16::MAX));
-            let frame = &mut self.frame[start..];
-            frame[..channel_data::HEADER_LEN].copy_from_slice(&header);
-            write_payload(&mut frame[channel_data::HEADER_LEN..], flow.index, flow.sequence, timestamp_ns);
+            let fill = |payload: &mut [u8]| write_payload(payload, flow.index, flow.sequence, timestamp_ns);
+            let written = if shared.send_indication {
+                indication::append_with(
+                    &mut self.frame,
+                    indication::Kind::Send,
+                    &flow.peer,
+                    TransactionId::random(),
+                    size,
+                    fill,
+                )
+            } else {
+                let channel = ChannelNumber::new(CHANNEL).expect("0x4000 is a valid channel");
+                channel_data::append_with(&mut self.frame, channel, size, matches!(flow.conn, Conn::Tcp { .. }), fill)
+            };
+            written.expect("--size is checked against MAX_PAYLOAD");
         }
         flow.sequence += 1;
         self.frame_ends.push(self.frame.len());
@@ -596,23 +602,16 @@ impl ThreadState {
                 loop {
                     match stream.read(&mut self.chunk) {
                         Ok(0) | Err(_) => break,
-                        Ok(n) => inbuf.extend_from_slice(&self.chunk[..n]),
+                        Ok(n) => inbuf.extend(&self.chunk[..n]),
                     }
                 }
-                let mut start = 0;
-                while let Ok(Some(len)) = demux::stream_frame_len(&inbuf[start..]) {
-                    if start + len > inbuf.len() {
-                        break;
-                    }
-                    let frame = &inbuf[start..start + len];
-                    start += len;
+                while let Ok(Some(frame)) = inbuf.next_frame() {
                     match self.counters.read_frame(shared, frame) {
                         FrameKind::Echo => echoes += 1,
                         FrameKind::Response(bytes) => responses.push(bytes),
                         FrameKind::Other => {}
                     }
                 }
-                inbuf.drain(..start);
             }
         }
         for response in responses {
@@ -774,13 +773,10 @@ fn drain_frames(conn: &mut Conn, buf: &mut [u8]) -> Vec<Vec<u8>> {
                 if n == 0 {
                     break;
                 }
-                inbuf.extend_from_slice(&buf[..n]);
+                inbuf.extend(&buf[..n]);
             }
-            while let Ok(Some(len)) = demux::stream_frame_len(inbuf) {
-                if len > inbuf.len() {
-                    break;
-                }
-                frames.push(inbuf.drain(..len).collect());
+            while let Ok(Some(frame)) = inbuf.next_frame() {
+                frames.push(frame.to_vec());
             }
         }
     }

@@ -2,12 +2,15 @@
 //!
 //! Owns the wire format only: reading a message as a zero-copy view over a
 //! byte slice ([`Message`]), writing one into a reusable buffer
-//! ([`MessageWriter`]), and the integrity and fingerprint computations over the
-//! exact bytes on the wire. It decides nothing about what a message means and
-//! never allocates while reading.
+//! ([`MessageWriter`]) or, for the Send and Data indications that carry
+//! relayed data, around a payload in place ([`indication`]), and the
+//! integrity and fingerprint computations over the exact bytes on the wire.
+//! It decides nothing about what a message means and never allocates while
+//! reading.
 
 pub mod attr;
 pub mod error_code;
+pub mod indication;
 pub mod integrity;
 pub mod message;
 pub mod writer;
