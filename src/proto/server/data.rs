@@ -12,20 +12,20 @@ use tracing::{debug, trace};
 
 use super::{ClientOutcome, IcmpReport, Path, PeerOutcome, Server, Transmit};
 use crate::proto::allocation::RelayId;
-use crate::proto::channel_data::{self, ChannelData, ChannelNumber};
+use crate::proto::channel_data::{self, ChannelData};
 use crate::proto::policy;
-use crate::proto::stun::attr::{self, AttrType};
+use crate::proto::stun::indication;
 use crate::proto::stun::{
-    ATTR_HEADER_LEN, Class, HEADER_LEN, MAGIC_COOKIE, Message, MessageType, MessageWriter, Method, TransactionId,
+    ATTR_HEADER_LEN, AttrType, Class, Message, MessageType, MessageWriter, Method, TransactionId,
 };
 use crate::proto::{FiveTuple, Now};
 
 /// Room a driver must leave in front of a peer's payload: the largest Data
 /// indication header (STUN header, XOR-PEER-ADDRESS with an IPv6 address,
 /// DATA attribute header).
-pub const PEER_HEADROOM: usize = HEADER_LEN + ATTR_HEADER_LEN + 20 + ATTR_HEADER_LEN;
+pub const PEER_HEADROOM: usize = indication::MAX_HEADER_LEN;
 /// Room a driver must leave after a peer's payload for padding to four bytes.
-pub const PEER_TAILROOM: usize = 3;
+pub const PEER_TAILROOM: usize = indication::MAX_PADDING;
 
 impl Server {
     /// Handles a datagram a peer sent to the relay socket of `id`. The
@@ -54,10 +54,10 @@ impl Server {
         }
         let stream = allocation.tuple.transport.is_stream();
         let frame = match allocation.peer_channel(peer, now.instant) {
-            Some(channel) => write_channel_data(slot, headroom, len, channel, stream)?,
+            Some(channel) => channel_data::write_in_place(slot, headroom, len, channel, stream)?,
             None => {
                 let tid = next_indication_tid(&self.indication_prefix, &mut self.indication_counter);
-                write_data_indication(slot, headroom, len, peer, tid)?
+                indication::write_in_place(slot, headroom, len, indication::Kind::Data, &peer, TransactionId(tid))?
             }
         };
         allocation.traffic.packets_to_client += 1;
@@ -163,57 +163,6 @@ impl Server {
             payload: start..start + data.payload.len(),
         }
     }
-}
-
-/// Writes a ChannelData header before the payload (and, on streams, padding
-/// after it). Returns the frame's bounds in the slot.
-fn write_channel_data(
-    slot: &mut [u8],
-    headroom: usize,
-    len: usize,
-    channel: ChannelNumber,
-    stream: bool,
-) -> Option<(usize, usize)> {
-    let start = headroom.checked_sub(channel_data::HEADER_LEN)?;
-    let mut header = [0u8; channel_data::HEADER_LEN];
-    channel_data::write_header(&mut header, channel, u16::try_from(len).ok()?);
-    slot[start..headroom].copy_from_slice(&header);
-    let end = if stream { start + channel_data::padded_frame_len(len) } else { headroom + len };
-    slot.get_mut(headroom + len..end)?.fill(0);
-    Some((start, end))
-}
-
-/// Writes a Data indication (RFC 8656 §11.4) around the payload: STUN
-/// header, XOR-PEER-ADDRESS, DATA header before it, padding after it.
-fn write_data_indication(
-    slot: &mut [u8],
-    headroom: usize,
-    len: usize,
-    peer: SocketAddr,
-    tid: [u8; 12],
-) -> Option<(usize, usize)> {
-    let address_len = attr::address_value_len(&peer);
-    let header_len = HEADER_LEN + ATTR_HEADER_LEN + address_len + ATTR_HEADER_LEN;
-    let start = headroom.checked_sub(header_len)?;
-    let padded = (len + 3) & !3;
-    let message_len = u16::try_from(header_len - HEADER_LEN + padded).ok()?;
-    let data_len = u16::try_from(len).ok()?;
-    let out = slot.get_mut(start..headroom + padded)?;
-    out[..2].copy_from_slice(&MessageType::new(Method::DATA, Class::Indication).to_u16().to_be_bytes());
-    out[2..4].copy_from_slice(&message_len.to_be_bytes());
-    out[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-    out[8..20].copy_from_slice(&tid);
-    let mut at = HEADER_LEN;
-    out[at..at + 2].copy_from_slice(&AttrType::XOR_PEER_ADDRESS.0.to_be_bytes());
-    out[at + 2..at + 4].copy_from_slice(&(address_len as u16).to_be_bytes());
-    at += ATTR_HEADER_LEN;
-    let tid = crate::proto::stun::TransactionId(tid);
-    attr::write_address(&mut out[at..at + address_len], &peer, Some(&tid));
-    at += address_len;
-    out[at..at + 2].copy_from_slice(&AttrType::DATA.0.to_be_bytes());
-    out[at + 2..at + 4].copy_from_slice(&data_len.to_be_bytes());
-    out[header_len + len..].fill(0);
-    Some((start, headroom + padded))
 }
 
 /// A Data indication's transaction ID: the server's random prefix and a
