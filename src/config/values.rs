@@ -52,6 +52,27 @@ pub trait Rule {
     fn render(value: &Self::Value) -> Self::Input;
 }
 
+/// A [`Rule`] for a value written as text that its `Display` writes back.
+pub trait TextRule {
+    type Value: fmt::Display;
+
+    /// The value `text` stands for, or what is wrong with it.
+    fn parse(text: String) -> Result<Self::Value, String>;
+}
+
+impl<R: TextRule> Rule for R {
+    type Input = String;
+    type Value = R::Value;
+
+    fn check(text: String) -> Result<R::Value, String> {
+        R::parse(text)
+    }
+
+    fn render(value: &R::Value) -> String {
+        value.to_string()
+    }
+}
+
 /// Parses a flag's text by rule `R`, for clap's `value_parser`.
 pub fn flag<R: Rule<Input = String>>(text: &str) -> Result<R::Value, String> {
     R::check(text.to_owned())
@@ -179,17 +200,12 @@ pub fn table<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) ->
 /// `IP:PORT`, any address: where to listen.
 pub struct Address;
 
-impl Rule for Address {
-    type Input = String;
+impl TextRule for Address {
     type Value = SocketAddr;
 
-    fn check(text: String) -> Result<SocketAddr, String> {
+    fn parse(text: String) -> Result<SocketAddr, String> {
         SocketAddr::from_str(&text)
             .map_err(|_| format!("{text:?} is not an IP:port address (like 0.0.0.0:3478 or [::]:3478)"))
-    }
-
-    fn render(addr: &SocketAddr) -> String {
-        addr.to_string()
     }
 }
 
@@ -216,52 +232,37 @@ impl Rule for ListenAddresses {
 /// reach it, so no wildcard address and no port 0.
 pub struct AlternateServer;
 
-impl Rule for AlternateServer {
-    type Input = String;
+impl TextRule for AlternateServer {
     type Value = SocketAddr;
 
-    fn check(text: String) -> Result<SocketAddr, String> {
-        let addr = Address::check(text.clone())?;
+    fn parse(text: String) -> Result<SocketAddr, String> {
+        let addr = Address::parse(text.clone())?;
         if addr.ip().is_unspecified() || addr.port() == 0 {
             return Err(format!("{text:?} is not an address a client can reach (no wildcard IP, no port 0)"));
         }
         Ok(addr)
-    }
-
-    fn render(addr: &SocketAddr) -> String {
-        addr.to_string()
     }
 }
 
 /// A relay address: concrete, since it is bound and advertised.
 pub struct RelayIp;
 
-impl Rule for RelayIp {
-    type Input = String;
+impl TextRule for RelayIp {
     type Value = IpAddr;
 
-    fn check(text: String) -> Result<IpAddr, String> {
+    fn parse(text: String) -> Result<IpAddr, String> {
         concrete_ip(&text, "relay addresses must be concrete")
-    }
-
-    fn render(ip: &IpAddr) -> String {
-        ip.to_string()
     }
 }
 
 /// RFC 5780's second address: concrete, since OTHER-ADDRESS names it.
 pub struct AlternateIp;
 
-impl Rule for AlternateIp {
-    type Input = String;
+impl TextRule for AlternateIp {
     type Value = IpAddr;
 
-    fn check(text: String) -> Result<IpAddr, String> {
+    fn parse(text: String) -> Result<IpAddr, String> {
         concrete_ip(&text, "the alternate address must be concrete")
-    }
-
-    fn render(ip: &IpAddr) -> String {
-        ip.to_string()
     }
 }
 
@@ -298,18 +299,13 @@ impl Rule for PortRange {
 /// A CIDR block, or a single address.
 pub struct PeerRange;
 
-impl Rule for PeerRange {
-    type Input = String;
+impl TextRule for PeerRange {
     type Value = IpNet;
 
-    fn check(text: String) -> Result<IpNet, String> {
+    fn parse(text: String) -> Result<IpNet, String> {
         IpNet::from_str(&text)
             .or_else(|_| IpAddr::from_str(&text).map(IpNet::from))
             .map_err(|_| format!("{text:?} is not an address or CIDR block like 10.0.0.0/8"))
-    }
-
-    fn render(range: &IpNet) -> String {
-        range.to_string()
     }
 }
 
@@ -346,11 +342,10 @@ impl Rule for ExternalAddress {
 /// digits, hyphens and dots, under 256 bytes (RFC 8489 §14.16).
 pub struct Domain;
 
-impl Rule for Domain {
-    type Input = String;
+impl TextRule for Domain {
     type Value = String;
 
-    fn check(domain: String) -> Result<String, String> {
+    fn parse(domain: String) -> Result<String, String> {
         let valid = !domain.is_empty()
             && domain.len() < 256
             && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
@@ -360,20 +355,15 @@ impl Rule for Domain {
             Err(format!("{domain:?} is not a domain name (ASCII letters, digits, '-' and '.')"))
         }
     }
-
-    fn render(domain: &String) -> String {
-        domain.clone()
-    }
 }
 
 /// REALM: what every long-term key is made with, sent in quotes.
 pub struct Realm;
 
-impl Rule for Realm {
-    type Input = String;
+impl TextRule for Realm {
     type Value = String;
 
-    fn check(realm: String) -> Result<String, String> {
+    fn parse(realm: String) -> Result<String, String> {
         if realm.is_empty() {
             return Err("must not be empty".into());
         }
@@ -385,44 +375,30 @@ impl Rule for Realm {
         }
         Ok(realm)
     }
-
-    fn render(realm: &String) -> String {
-        realm.clone()
-    }
 }
 
 /// SOFTWARE, sent with every answer.
 pub struct Software;
 
-impl Rule for Software {
-    type Input = String;
+impl TextRule for Software {
     type Value = String;
 
-    fn check(software: String) -> Result<String, String> {
+    fn parse(software: String) -> Result<String, String> {
         if software.len() > MAX_REALM_LEN {
             return Err(format!("is {} bytes; at most {MAX_REALM_LEN}", software.len()));
         }
         Ok(software)
-    }
-
-    fn render(software: &String) -> String {
-        software.clone()
     }
 }
 
 /// A user or group name, looked up once the configuration is whole.
 pub struct Name;
 
-impl Rule for Name {
-    type Input = String;
+impl TextRule for Name {
     type Value = String;
 
-    fn check(name: String) -> Result<String, String> {
+    fn parse(name: String) -> Result<String, String> {
         Ok(name)
-    }
-
-    fn render(name: &String) -> String {
-        name.clone()
     }
 }
 
