@@ -6,6 +6,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+
 use tern::cli::{
     Cli, ClientTransport, Command, CredentialsArgs, KeyArgs, LoadArgs, LoadMode, NatArgs, PasswordAlgorithmArg,
     ServerArgs, StunArgs, TlsClientArgs, TurnArgs,

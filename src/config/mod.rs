@@ -8,7 +8,7 @@
 //! silent default) and every error names the file (or the command line),
 //! the key and what is wrong. Rules that involve several keys (TURN needs
 //! credentials) are checked last, over the merged result, by
-//! [`Config::new`], which keeps what they work out (the RFC 5780 addresses,
+//! `Config::new`, which keeps what they work out (the RFC 5780 addresses,
 //! the identity to run as, the TLS listeners), so [`Config::runtime`] only
 //! assembles.
 

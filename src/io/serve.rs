@@ -182,13 +182,13 @@ impl Serving {
     }
 
     /// What SIGHUP does: reads the users, the REST secrets and the TLS
-    /// certificate again (see [`Control::reload`]).
+    /// certificate again (see `Control::reload`).
     pub fn reload(&self) {
         self.control.reload();
     }
 
     /// What SIGUSR1 does: drains, then stops once no allocation is left
-    /// (see [`Control::drain`]).
+    /// (see `Control::drain`).
     pub fn drain(&self) {
         self.control.drain();
     }
