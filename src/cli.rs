@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use ipnet::IpNet;
 
-use crate::config::{self, LogFormat, LogLevel, Overrides};
+use crate::config::{self, LogFormat, LogLevel, UserSecret};
 use crate::proto::server::ExternalIp;
 
 #[derive(Debug, Parser)]
@@ -46,8 +46,24 @@ pub struct ServerArgs {
     /// TOML configuration file; without it, the embedded defaults apply.
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+impl ServerArgs {
+    /// The file (or the defaults) with these flags over it.
+    pub fn source(&self) -> config::Source {
+        config::Source::new(self.config.clone(), self.overrides.clone())
+    }
+}
+
+/// The flags that override configuration keys; `config`'s settings table
+/// says which key each one sets. Lists replace the file's lists, except
+/// users and secrets, which are added to the file's.
+#[derive(Clone, Debug, Default, Args)]
+pub struct Overrides {
     /// Address to listen on, UDP and TCP (repeatable; replaces `listen`).
-    #[arg(long = "listen", value_name = "ADDR", value_parser = config::parse_listen_flag)]
+    #[arg(long = "listen", value_name = "ADDR", value_parser = config::flag::<config::Address>)]
     pub listen: Vec<SocketAddr>,
     /// Realm for long-term credentials (replaces `realm`).
     #[arg(long)]
@@ -71,14 +87,14 @@ pub struct ServerArgs {
     #[arg(long)]
     pub rfc5780: bool,
     /// The second IP for RFC 5780 (replaces `alternate_ip`).
-    #[arg(long, value_name = "IP", value_parser = config::parse_alternate_ip_flag)]
+    #[arg(long, value_name = "IP", value_parser = config::flag::<config::AlternateIp>)]
     pub alternate_ip: Option<IpAddr>,
     /// The second port for RFC 5780, default the listen port + 1 (replaces `alternate_port`).
     #[arg(long, value_name = "PORT")]
     pub alternate_port: Option<u16>,
     /// A TURN user (repeatable; added to `auth.users`).
-    #[arg(long = "user", value_name = "NAME:PASSWORD", value_parser = config::parse_user_flag)]
-    pub users: Vec<(String, String)>,
+    #[arg(long = "user", value_name = "NAME:PASSWORD", value_parser = config::user_flag)]
+    pub users: Vec<(String, UserSecret)>,
     /// A TURN REST API shared secret (repeatable; added to `auth.secrets`).
     #[arg(long = "secret", value_name = "SECRET")]
     pub secrets: Vec<String>,
@@ -86,19 +102,19 @@ pub struct ServerArgs {
     #[arg(long)]
     pub allow_anonymous: bool,
     /// Relay address (repeatable; replaces `relay_ips`).
-    #[arg(long = "relay-ip", value_name = "IP", value_parser = config::parse_relay_ip_flag)]
+    #[arg(long = "relay-ip", value_name = "IP", value_parser = config::flag::<config::RelayIp>)]
     pub relay_ips: Vec<IpAddr>,
     /// Relay port range (replaces `relay_ports`).
-    #[arg(long, value_name = "MIN-MAX", value_parser = config::parse_port_range)]
+    #[arg(long, value_name = "MIN-MAX", value_parser = config::flag::<config::PortRange>)]
     pub relay_ports: Option<(u16, u16)>,
     /// Public address advertised for a private relay address (repeatable; replaces `external_ip`).
-    #[arg(long = "external-ip", value_name = "PUBLIC[/PRIVATE]", value_parser = config::parse_external_ip)]
+    #[arg(long = "external-ip", value_name = "PUBLIC[/PRIVATE]", value_parser = config::flag::<config::ExternalAddress>)]
     pub external_ips: Vec<ExternalIp>,
     /// Peer range to allow despite the default deny list (repeatable; replaces `allow_peers`).
-    #[arg(long = "allow-peer", value_name = "CIDR", value_parser = config::parse_cidr)]
+    #[arg(long = "allow-peer", value_name = "CIDR", value_parser = config::flag::<config::PeerRange>)]
     pub allow_peers: Vec<IpNet>,
     /// Peer range to refuse (repeatable; replaces `deny_peers`).
-    #[arg(long = "deny-peer", value_name = "CIDR", value_parser = config::parse_cidr)]
+    #[arg(long = "deny-peer", value_name = "CIDR", value_parser = config::flag::<config::PeerRange>)]
     pub deny_peers: Vec<IpNet>,
     /// Allocations per user, 0 for no limit (replaces `user_quota`).
     #[arg(long, value_name = "N")]
@@ -108,7 +124,7 @@ pub struct ServerArgs {
     pub total_quota: Option<u32>,
     /// Server to send new allocations to once the total quota is reached,
     /// with 300 Try Alternate (repeatable; replaces `alternate_servers`).
-    #[arg(long = "alternate-server", value_name = "ADDR", value_parser = config::parse_alternate_server)]
+    #[arg(long = "alternate-server", value_name = "ADDR", value_parser = config::flag::<config::AlternateServer>)]
     pub alternate_servers: Vec<SocketAddr>,
     /// The alternates' domain, sent to TLS clients with ALTERNATE-DOMAIN (replaces `alternate_domain`).
     #[arg(long, value_name = "NAME")]
@@ -138,7 +154,7 @@ pub struct ServerArgs {
     #[arg(long, value_name = "NAME")]
     pub run_as_group: Option<String>,
     /// Address to serve TLS on (repeatable; replaces `tls.listen`; default 0.0.0.0:5349 with a certificate).
-    #[arg(long = "tls-listen", value_name = "ADDR", value_parser = config::parse_listen_flag)]
+    #[arg(long = "tls-listen", value_name = "ADDR", value_parser = config::flag::<config::Address>)]
     pub tls_listen: Vec<SocketAddr>,
     /// PEM certificate chain for TLS, leaf first (replaces `tls.cert`).
     #[arg(long, value_name = "FILE")]
@@ -147,49 +163,8 @@ pub struct ServerArgs {
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
     /// Address to serve Prometheus metrics on, at /metrics (replaces `metrics.listen`).
-    #[arg(long, value_name = "ADDR", value_parser = config::parse_listen_flag)]
+    #[arg(long, value_name = "ADDR", value_parser = config::flag::<config::Address>)]
     pub metrics_listen: Option<SocketAddr>,
-}
-
-impl ServerArgs {
-    pub fn overrides(&self) -> Overrides {
-        Overrides {
-            listen: self.listen.clone(),
-            realm: self.realm.clone(),
-            workers: self.workers,
-            log_level: self.log_level,
-            log_format: self.log_format,
-            log_allocations: self.log_allocations,
-            stun_only: self.stun_only,
-            rfc5780: self.rfc5780,
-            alternate_ip: self.alternate_ip,
-            alternate_port: self.alternate_port,
-            users: self.users.clone(),
-            secrets: self.secrets.clone(),
-            allow_anonymous: self.allow_anonymous,
-            relay_ips: self.relay_ips.clone(),
-            relay_ports: self.relay_ports,
-            external_ips: self.external_ips.clone(),
-            allow_peers: self.allow_peers.clone(),
-            deny_peers: self.deny_peers.clone(),
-            user_quota: self.user_quota,
-            total_quota: self.total_quota,
-            alternate_servers: self.alternate_servers.clone(),
-            alternate_domain: self.alternate_domain.clone(),
-            max_tcp_per_ip: self.max_tcp_per_ip,
-            max_bps: self.max_bps,
-            rfc5766_channels: self.rfc5766_channels,
-            udp_buffer: self.udp_buffer,
-            rate_limit: self.rate_limit,
-            rate_limit_loopback: self.rate_limit_loopback,
-            user: self.run_as_user.clone(),
-            group: self.run_as_group.clone(),
-            tls_listen: self.tls_listen.clone(),
-            tls_cert: self.tls_cert.clone(),
-            tls_key: self.tls_key.clone(),
-            metrics_listen: self.metrics_listen,
-        }
-    }
 }
 
 /// How the client tools talk TLS.

@@ -1,0 +1,382 @@
+//! `tern serve` from a loaded configuration to its exit: the signals it
+//! answers, the open-file limit, the metrics listener, the workers
+//! ([`start`]), reloads and drains, and the line that reports what the
+//! workers did.
+//!
+//! [`serve`] catches SIGINT and SIGTERM (stop), SIGHUP (reload) and SIGUSR1
+//! (drain) before anything listens: once "listening" is logged, a SIGHUP
+//! must not meet its default action, which would end tern. The [`Serving`]
+//! handle does what the signals do for a caller in the process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use signal_hook::consts::{SIGHUP, SIGUSR1};
+use signal_hook::iterator::{Handle, Signals};
+use tracing::{error, info, warn};
+
+use super::shutdown::Shutdown;
+use super::sys::{interfaces, process};
+use super::{MetricsSource, Reloader, Running, StartError, WorkerReport, start};
+use crate::config::{Config, Source};
+use crate::proto::Transport;
+use crate::telemetry;
+
+/// Why `tern serve` could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot install signal handlers: {0}")]
+    StopSignals(#[source] std::io::Error),
+    #[error("cannot install the {signal} handler: {source}")]
+    InstallSignal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the {signal} handler: {source}")]
+    SignalThread {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot list local addresses: {0}")]
+    LocalAddresses(#[source] std::io::Error),
+    #[error("cannot listen for metrics on {addr} (metrics.listen): {source}")]
+    MetricsListen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the metrics thread: {0}")]
+    MetricsThread(#[source] std::io::Error),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("server failed: {0}")]
+    Failed(#[source] std::io::Error),
+}
+
+/// A serving tern: its workers, its metrics, and what the signals drive.
+pub struct Serving {
+    running: Running,
+    control: Arc<Control>,
+    metrics_addr: Option<SocketAddr>,
+    signals: SignalHandles,
+}
+
+/// What reload, drain and stop act on, shared with the signal threads.
+struct Control {
+    reload: Reload,
+    shutdown: Shutdown,
+    metrics: MetricsSource,
+    drain_started: AtomicBool,
+}
+
+/// What a reload reads the credentials from: the source tern started
+/// with, and the realm and mode it runs in.
+struct Reload {
+    source: Source,
+    realm: String,
+    /// Whether tern authenticates at all (not STUN only, not anonymous).
+    authenticates: bool,
+    reloader: Reloader,
+}
+
+/// The signal threads' handles; dropping them stops the threads.
+#[derive(Default)]
+struct SignalHandles(Vec<Handle>);
+
+impl Drop for SignalHandles {
+    fn drop(&mut self) {
+        for handle in &self.0 {
+            handle.close();
+        }
+    }
+}
+
+/// Starts serving `config`; a reload reads `source` again. `shutdown`
+/// stops it (SIGINT and SIGTERM trigger it).
+pub fn serve(config: &Config, source: Source, shutdown: Shutdown) -> Result<Serving, ServeError> {
+    let mut signals = SignalHandles::default();
+    signals.0.push(shutdown.on_signals().map_err(ServeError::StopSignals)?);
+    info!(version = env!("CARGO_PKG_VERSION"), "tern starting");
+    log_mode(config);
+    if config.turn_enabled() {
+        warn_about_ephemeral_overlap(config.relay_ports);
+        raise_fd_limit(config);
+    }
+    if config.user.is_none() && process::running_as_root() {
+        warn!("running as root: set `user` (or --run-as-user) to drop privileges once listening");
+    }
+    let local_addresses = interfaces::local_addresses().map_err(ServeError::LocalAddresses)?;
+    // Caught before anything listens: once "listening" is logged, SIGHUP
+    // must not hit its default action, which would end tern.
+    let install =
+        |signal, name| Signals::new([signal]).map_err(|source| ServeError::InstallSignal { signal: name, source });
+    let hangups = install(SIGHUP, "SIGHUP")?;
+    let drain_requests = install(SIGUSR1, "SIGUSR1")?;
+    // Bound before `start` drops privileges, served once the workers run.
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => {
+            Some(telemetry::metrics::bind(addr).map_err(|source| ServeError::MetricsListen { addr, source })?)
+        }
+        None => None,
+    };
+    let running = start(&config.runtime(rand::random(), &local_addresses), &shutdown)?;
+    let control = Arc::new(Control {
+        reload: Reload {
+            source,
+            realm: config.realm.clone(),
+            authenticates: config.turn_enabled() && config.auth.has_credentials(),
+            reloader: running.reloader(),
+        },
+        shutdown,
+        metrics: running.metrics(),
+        drain_started: AtomicBool::new(false),
+    });
+    let mut serving = Serving { running, control, metrics_addr: None, signals };
+    if let Err(e) = serving.run_extras(metrics_listener, hangups, drain_requests) {
+        serving.stop();
+        // The start error is the one to report; the workers only stopped.
+        let _ = serving.running.join();
+        return Err(e);
+    }
+    Ok(serving)
+}
+
+impl Serving {
+    /// Starts what runs beside the workers: the metrics thread and the
+    /// signal threads.
+    fn run_extras(
+        &mut self,
+        metrics_listener: Option<std::net::TcpListener>,
+        hangups: Signals,
+        drain_requests: Signals,
+    ) -> Result<(), ServeError> {
+        if let Some(listener) = metrics_listener {
+            self.metrics_addr = listener.local_addr().ok();
+            telemetry::metrics::serve(listener, self.running.metrics()).map_err(ServeError::MetricsThread)?;
+        }
+        let thread = |signal| move |source| ServeError::SignalThread { signal, source };
+        let reload = Arc::clone(&self.control);
+        self.signals.0.push(on_signal("tern-reload", hangups, move || reload.reload()).map_err(thread("SIGHUP"))?);
+        let drain = Arc::clone(&self.control);
+        self.signals.0.push(on_signal("tern-drain", drain_requests, move || drain.drain()).map_err(thread("SIGUSR1"))?);
+        Ok(())
+    }
+
+    /// The addresses listened on, with port 0 resolved.
+    pub fn listening(&self) -> &[(Transport, SocketAddr)] {
+        self.running.listening()
+    }
+
+    /// Where metrics are served, when they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// What a metrics scrape reads.
+    pub fn metrics(&self) -> MetricsSource {
+        self.running.metrics()
+    }
+
+    /// What SIGHUP does: reads the users, the REST secrets and the TLS
+    /// certificate again (see `Control::reload`).
+    pub fn reload(&self) {
+        self.control.reload();
+    }
+
+    /// What SIGUSR1 does: drains, then stops once no allocation is left
+    /// (see `Control::drain`).
+    pub fn drain(&self) {
+        self.control.drain();
+    }
+
+    /// What SIGTERM does: stops the workers; [`Serving::join`] waits for them.
+    pub fn stop(&self) {
+        self.control.shutdown.trigger();
+    }
+
+    /// Waits for the workers to stop, then logs and returns what they did.
+    pub fn join(self) -> Result<WorkerReport, ServeError> {
+        let report = self.running.join().map_err(ServeError::Failed)?;
+        drop(self.signals);
+        info!(
+            requests = report.server.requests,
+            binding_responses = report.server.binding_responses,
+            error_responses = report.server.error_responses,
+            malformed = report.server.malformed,
+            allocations = report.server.allocations_created,
+            relayed_to_peer = report.server.relayed_to_peer,
+            relayed_to_client = report.server.relayed_to_client,
+            rate_limited = report.server.rate_limited,
+            tcp_connections = report.io.tcp_accepted,
+            tcp_refused = report.io.tcp_refused,
+            tls_connections = report.io.tls_accepted,
+            tls_handshakes = report.io.tls_handshakes,
+            tls_handshake_failures = report.io.tls_handshake_failures,
+            tls_handshake_timeouts = report.io.tls_handshake_timeouts,
+            tls_refused = report.io.tls_refused,
+            over_bandwidth = report.server.over_bandwidth,
+            icmp_relayed = report.server.icmp_relayed,
+            tcp_relayed_bytes = report.server.tcp_relayed_bytes,
+            "tern stopped"
+        );
+        Ok(report)
+    }
+}
+
+impl Control {
+    /// SIGHUP (`systemctl reload`) reads the configuration's users and REST
+    /// secrets and the TLS certificate and key again.
+    ///
+    /// Credentials: the file is read and checked as at start (with the same
+    /// command-line flags over it); the users and secrets of a valid one
+    /// replace the old ones in every worker, so a secret can be rotated or a
+    /// user revoked without cutting calls. A file that does not load, has
+    /// no credentials left, or changes the realm leaves the old ones in
+    /// place.
+    ///
+    /// TLS: new handshakes use the new pair, established connections keep
+    /// theirs, and a pair that does not load leaves the old one in place.
+    fn reload(&self) {
+        self.reload.credentials();
+        let Some(store) = self.reload.reloader.tls() else {
+            info!("SIGHUP: no TLS certificate configured");
+            return;
+        };
+        let (cert, key) = store.files();
+        match store.reload() {
+            Ok(()) => info!(cert = %cert.display(), key = %key.display(), "tls certificate reloaded"),
+            Err(e) => error!(error = %e, "tls certificate reload failed; keeping the previous certificate"),
+        }
+    }
+
+    /// SIGUSR1 drains the server, for a restart that cuts no call: new
+    /// allocations go to the alternate servers (or get 508), existing ones
+    /// carry on, and tern stops as on SIGTERM once the last one has ended
+    /// (SIGTERM still stops it at any time). A second request changes
+    /// nothing.
+    fn drain(self: &Arc<Self>) {
+        const CHECK_EVERY: Duration = Duration::from_secs(1);
+        if self.drain_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.shutdown.drain();
+        info!(
+            allocations = self.metrics.allocations(),
+            "draining: no new allocations; tern stops once the last one ends"
+        );
+        let control = Arc::clone(self);
+        let watch = std::thread::Builder::new().name("tern-drained".into()).spawn(move || {
+            while !control.shutdown.is_requested() {
+                if control.metrics.allocations() == 0 {
+                    info!("drained: no allocation left");
+                    control.shutdown.trigger();
+                    break;
+                }
+                std::thread::sleep(CHECK_EVERY);
+            }
+        });
+        if let Err(e) = watch {
+            error!(error = %e, "cannot watch the drain; tern stops on SIGTERM only");
+        }
+    }
+}
+
+impl Reload {
+    fn credentials(&self) {
+        if !self.authenticates {
+            info!("SIGHUP: no credentials in use; authenticating takes a restart");
+            return;
+        }
+        let Some(file) = self.source.file() else {
+            info!("SIGHUP: credentials come from the command line only; nothing to reload");
+            return;
+        };
+        let config = match self.source.load() {
+            Ok(config) => config,
+            Err(e) => {
+                error!(error = %e, "configuration reload failed; keeping the current users and secrets");
+                return;
+            }
+        };
+        if config.realm != self.realm {
+            error!(
+                realm = %config.realm,
+                running = %self.realm,
+                "the realm changed (it is in every key); keeping the current users and secrets until a restart"
+            );
+        } else if !config.auth.has_credentials() {
+            error!("the reloaded configuration has no auth.users or auth.secrets; keeping the current ones");
+        } else {
+            let (users, secrets) = (config.auth.users.len(), config.auth.secrets.len());
+            self.reloader.reload_credentials(config.credentials());
+            info!(file = %file.display(), users, secrets, "credentials reloaded");
+        }
+    }
+}
+
+/// Runs `action` on a thread of its own each time one of `signals` arrives.
+/// A signal that arrives before the thread runs is queued in `signals`.
+fn on_signal(name: &str, mut signals: Signals, action: impl Fn() + Send + 'static) -> std::io::Result<Handle> {
+    let handle = signals.handle();
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        for _ in signals.forever() {
+            action();
+        }
+    })?;
+    Ok(handle)
+}
+
+/// Says what tern serves when that is not plain from the configuration.
+fn log_mode(config: &Config) {
+    if config.turn_enabled() {
+        if config.auth.allow_anonymous {
+            warn!("TURN relays for anyone: allow_anonymous = true and no credentials are configured");
+        }
+    } else if config.turn.is_none() {
+        info!("serving STUN only: no TURN credentials configured ([auth] users or secrets)");
+    }
+}
+
+/// A relay socket per allocation: the open-file limit is raised as far as
+/// the process may, with a warning when it still cannot cover the relay
+/// ports.
+fn raise_fd_limit(config: &Config) {
+    match process::raise_fd_limit(process::fd_ceiling()) {
+        Ok(limit) => {
+            let ports = u64::from(config.relay_ports.1 - config.relay_ports.0) + 1;
+            let relay_ips = config.relay_ips.len().max(1) as u64;
+            if limit < ports * relay_ips {
+                warn!(
+                    limit,
+                    relay_ports = ports * relay_ips,
+                    "the open-file limit is below the number of relay ports; allocations will fail before the \
+                     ports run out (raise LimitNOFILE or ulimit -n)"
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
+/// Relay ports inside the kernel's ephemeral range can be taken by any
+/// program's outgoing sockets; tern skips those, but a busy host can run a
+/// relay out of ports that way.
+fn warn_about_ephemeral_overlap((min, max): (u16, u16)) {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else { return };
+    let bounds: Vec<u16> = text.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    if let [low, high] = bounds[..]
+        && min <= high
+        && low <= max
+    {
+        info!(
+            relay_ports = %format!("{min}-{max}"),
+            ephemeral = %format!("{low}-{high}"),
+            "the relay port range overlaps the kernel's ephemeral port range; other programs may take relay ports \
+             (move one of them: relay_ports, or sysctl net.ipv4.ip_local_port_range)"
+        );
+    }
+}
