@@ -34,5 +34,6 @@ pub mod client;
 pub mod config;
 pub mod io;
 pub mod proto;
+pub mod serve;
 pub mod telemetry;
 pub mod testing;

@@ -19,9 +19,10 @@ use tern::client::tcp_relay::TcpRelayProbe;
 use tern::client::tls::{self as client_tls, TlsClient, TlsOptions};
 use tern::client::turn::{AuthMode, AuthOptions, Credentials};
 use tern::client::{self, stun::StunProbe};
+use tern::io::shutdown::Shutdown;
 use tern::io::sys::process;
-use tern::io::{self, shutdown::Shutdown};
 use tern::proto::Transport;
+use tern::serve;
 use tern::telemetry;
 
 fn main() -> ExitCode {
@@ -49,7 +50,7 @@ fn serve(args: &ServerArgs) -> Result<ExitCode, String> {
     let source = args.source();
     let config = source.load().map_err(|e| e.to_string())?;
     telemetry::init(&config.log);
-    let serving = io::serve(&config, source, Shutdown::new()).map_err(|e| e.to_string())?;
+    let serving = serve::serve(&config, source, Shutdown::new()).map_err(|e| e.to_string())?;
     serving.join().map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
 }

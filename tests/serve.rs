@@ -1,4 +1,4 @@
-//! `io::serve` in the test process: the `Serving` handle reloads the
+//! `tern::serve` in the test process: the `Serving` handle reloads the
 //! credentials from the source tern started with, drains and stops it, as
 //! SIGHUP, SIGUSR1 and SIGTERM do for the binary.
 
@@ -8,12 +8,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{LOOPBACK_V4, scratch_file};
-use tern::cli::Overrides;
 use tern::client::ClientSocket;
 use tern::client::turn::{Credentials, TurnSession};
+use tern::config::Overrides;
 use tern::config::Source;
-use tern::io::{self, Serving, shutdown::Shutdown};
+use tern::io::shutdown::Shutdown;
 use tern::proto::Transport;
+use tern::serve::{self, Serving};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -23,7 +24,7 @@ fn serve(file: Option<std::path::PathBuf>) -> (Serving, SocketAddr) {
         Overrides { listen: vec![LOOPBACK_V4.parse().expect("literal")], workers: Some(1), ..Overrides::default() };
     let source = Source::new(file, overrides);
     let config = source.load().expect("a valid configuration");
-    let serving = io::serve(&config, source, Shutdown::new()).expect("tern serves");
+    let serving = serve::serve(&config, source, Shutdown::new()).expect("tern serves");
     let udp = serving.listening().iter().find(|(transport, _)| *transport == Transport::Udp).expect("a UDP address");
     let udp = udp.1;
     (serving, udp)

@@ -12,6 +12,7 @@
 //! the identity to run as, the TLS listeners), so [`Config::runtime`] only
 //! assembles.
 
+mod flags;
 mod settings;
 mod values;
 
@@ -21,6 +22,7 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use flags::Overrides;
 pub use settings::{
     AuthConfig, DEFAULT_LISTEN, DEFAULT_RATE_LIMIT, DEFAULT_REALM, DEFAULT_RELAY_PORTS, DEFAULT_TCP_PER_IP,
     DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_LISTEN, DEFAULT_TLS_MAX_HANDSHAKES, DEFAULT_UDP_BUFFER, LogConfig,
@@ -31,7 +33,6 @@ pub use values::{
     UserSecret, flag, user_flag,
 };
 
-use crate::cli::Overrides;
 use crate::io::sys::{self, process::Identity};
 use crate::io::{QuotaLimits, RuntimeConfig, TlsSettings};
 use crate::proto::auth::{Authenticator, StaticCredentials, UserKeys};

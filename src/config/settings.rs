@@ -22,12 +22,12 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::Overrides;
 use super::values::{
     Address, AlternateIp, AlternateServer, BlankOr, Credential, Domain, ExternalAddress, FilePath, List,
     ListenAddresses, LogFormat, LogLevel, Map, Maybe, Name, One, PeerRange, PortRange, Positive, Realm, RelayIp, Rule,
     Secret, Software, UserSecret, Workers, positive, table,
 };
-use crate::cli::Overrides;
 use crate::proto::server::ExternalIp;
 
 /// The listen address when neither the file nor a flag gives one.

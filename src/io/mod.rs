@@ -11,7 +11,6 @@ mod listener;
 mod out;
 mod relay;
 mod report;
-mod serve;
 pub mod shared;
 pub mod shutdown;
 mod stream;
@@ -34,7 +33,6 @@ use crate::proto::Transport;
 use crate::proto::server::ServerConfig;
 pub use listener::{BindError, size_buffers};
 pub use report::{IoStats, WorkerReport};
-pub use serve::{ServeError, Serving, serve};
 use shared::{Shared, SharedAccounts};
 use shutdown::Shutdown;
 

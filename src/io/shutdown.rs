@@ -5,7 +5,7 @@
 //!
 //! Draining is the gentle way out: a second flag, after which the workers
 //! take no new allocation but serve the ones they have (see
-//! `Server::start_draining`); `io::serve` stops the process once none is left.
+//! `Server::start_draining`); `crate::serve` stops the process once none is left.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,6 +1,6 @@
 //! `tern serve` from a loaded configuration to its exit: the signals it
 //! answers, the open-file limit, the metrics listener, the workers
-//! ([`start`]), reloads and drains, and the line that reports what the
+//! ([`crate::io::start`]), reloads and drains, and the line that reports what the
 //! workers did.
 //!
 //! [`serve`] catches SIGINT and SIGTERM (stop), SIGHUP (reload) and SIGUSR1
@@ -17,10 +17,10 @@ use signal_hook::consts::{SIGHUP, SIGUSR1};
 use signal_hook::iterator::{Handle, Signals};
 use tracing::{error, info, warn};
 
-use super::shutdown::Shutdown;
-use super::sys::{interfaces, process};
-use super::{MetricsSource, Reloader, Running, StartError, WorkerReport, start};
 use crate::config::{Config, Source};
+use crate::io::shutdown::Shutdown;
+use crate::io::sys::{interfaces, process};
+use crate::io::{MetricsSource, Reloader, Running, StartError, WorkerReport, start};
 use crate::proto::Transport;
 use crate::telemetry;
 
