@@ -13,6 +13,7 @@
 //! assembles.
 
 mod flags;
+mod reload;
 mod settings;
 mod values;
 
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use flags::Overrides;
+pub use reload::{Credentials, RELOADABLE, RESTART_ONLY, Reloaded};
 pub use settings::{
     AuthConfig, DEFAULT_LISTEN, DEFAULT_RATE_LIMIT, DEFAULT_REALM, DEFAULT_RELAY_PORTS, DEFAULT_TCP_PER_IP,
     DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_LISTEN, DEFAULT_TLS_MAX_HANDSHAKES, DEFAULT_UDP_BUFFER, LogConfig,
@@ -205,6 +207,12 @@ impl Config {
     /// credentials (or anonymous relaying) are configured.
     pub fn turn_enabled(&self) -> bool {
         self.turn.unwrap_or(self.auth.has_credentials() || self.auth.allow_anonymous)
+    }
+
+    /// Whether tern authenticates: it relays, with users or secrets (not
+    /// STUN only, not anonymous relaying).
+    pub fn authenticates(&self) -> bool {
+        self.turn_enabled() && self.auth.has_credentials()
     }
 
     /// The users' keys and the REST secrets, as the authenticator takes

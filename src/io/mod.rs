@@ -33,6 +33,7 @@ use crate::proto::Transport;
 use crate::proto::server::ServerConfig;
 pub use listener::{BindError, size_buffers};
 pub use report::{IoStats, WorkerReport};
+pub use shared::ReloadStatus;
 use shared::{Shared, SharedAccounts};
 use shutdown::Shutdown;
 
@@ -98,10 +99,20 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Gives every worker new users and secrets; each takes them in on its
-    /// next loop turn.
-    pub fn reload_credentials(&self, store: crate::proto::auth::StaticCredentials) {
-        self.shared.publish_credentials(store);
+    /// Puts `config` in force and returns its generation: the quotas at
+    /// once for the whole process, the core's configuration and the TLS
+    /// limits in every worker on its next loop turn. What binds a socket
+    /// or changes the process (listen addresses, workers, relay ports,
+    /// the identity to run as) is not read: it takes a restart, and
+    /// `config::Config::reloaded` keeps it at its running value.
+    pub fn reload(&self, config: &RuntimeConfig) -> u64 {
+        self.shared.accounts.lock().set_limits(config.quotas);
+        self.shared.publish_config(config.server.clone(), config.tls.clone())
+    }
+
+    /// Counts a reload that changed nothing, and says how the reloads stand.
+    pub fn reload_failed(&self) -> ReloadStatus {
+        self.shared.record_reload_failure()
     }
 
     /// The certificate store, when TLS is served.
@@ -128,6 +139,8 @@ pub struct MetricsSnapshot {
     pub workers: usize,
     /// SIGUSR1 was received: no new allocations.
     pub draining: bool,
+    /// The configuration in force, and how its reloads went.
+    pub reloads: ReloadStatus,
 }
 
 impl MetricsSource {
@@ -138,6 +151,7 @@ impl MetricsSource {
             connections: self.shared.accounts.lock().connections(),
             workers: self.workers,
             draining: self.shutdown.is_draining(),
+            reloads: self.shared.reload_status(),
         }
     }
 
@@ -230,7 +244,8 @@ impl Running {
         &self.shared
     }
 
-    /// A handle for SIGHUP: the certificate store and the workers' credentials.
+    /// A handle for SIGHUP: the certificate store, and the configuration
+    /// the workers and the accounts run with.
     pub fn reloader(&self) -> Reloader {
         Reloader { shared: Arc::clone(&self.shared), tls: self.tls.clone() }
     }

@@ -122,6 +122,33 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         registry.register(name, help, gauge);
     }
 
+    let reloads = &snapshot.reloads;
+    let reload_gauges: [(&str, &str, u64); 3] = [
+        (
+            "config_generation",
+            "Generation of the configuration in force: 1 at start, one more per reload that applied",
+            reloads.generation,
+        ),
+        (
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last reload that applied (the start, before any)",
+            reloads.last_success,
+        ),
+        (
+            "config_last_reload_failure_timestamp_seconds",
+            "Unix time of the last reload that failed and changed nothing; 0 before any",
+            reloads.last_failure,
+        ),
+    ];
+    for (name, help, value) in reload_gauges {
+        let gauge: Gauge = Gauge::default();
+        gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        registry.register(name, help, gauge);
+    }
+    let failures: Counter = Counter::default();
+    failures.inc_by(reloads.failures);
+    registry.register("config_reload_failures", "Reloads whose configuration did not load: nothing changed", failures);
+
     let mut text = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut text, &registry);
@@ -213,7 +240,7 @@ fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::WorkerReport;
+    use crate::io::{ReloadStatus, WorkerReport};
 
     #[test]
     fn the_snapshot_renders_as_openmetrics_text() {
@@ -223,7 +250,10 @@ mod tests {
         counters.server.relayed_bytes_to_client = 1200;
         counters.server.dropped_no_permission = 2;
         counters.io.tcp_accepted = 5;
-        let snapshot = MetricsSnapshot { counters, allocations: 4, connections: 1, workers: 2, draining: false };
+        let reloads =
+            ReloadStatus { generation: 3, failures: 1, last_success: 1_800_000_000, last_failure: 1_700_000_000 };
+        let snapshot =
+            MetricsSnapshot { counters, allocations: 4, connections: 1, workers: 2, draining: false, reloads };
         let text = render(&snapshot);
         for line in [
             "tern_stun_requests_total 7",
@@ -235,6 +265,10 @@ mod tests {
             "tern_open_connections 1",
             "tern_workers 2",
             "tern_draining 0",
+            "tern_config_generation 3",
+            "tern_config_reload_failures_total 1",
+            "tern_config_last_reload_success_timestamp_seconds 1800000000",
+            "tern_config_last_reload_failure_timestamp_seconds 1700000000",
             "# TYPE tern_allocations gauge",
             "# EOF",
         ] {

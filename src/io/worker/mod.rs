@@ -52,7 +52,6 @@ use super::tcp_relay::TcpRelays;
 use super::tls::TlsAcceptor;
 use super::token::Source;
 use crate::proto::allocation::{ClientHandle, RelayId};
-use crate::proto::auth::StaticCredentials;
 use crate::proto::server::{Event, PEER_HEADROOM, PEER_TAILROOM, RelayOpenError, RelayProtocol, Server, ServerConfig};
 use crate::proto::{FiveTuple, Now, Transport};
 
@@ -151,8 +150,8 @@ pub struct Worker {
     /// `next_throttle`.
     throttled: Vec<Source>,
     next_throttle: Instant,
-    /// The credential reloads this worker has taken in.
-    credentials_generation: u64,
+    /// The generation of the configuration this worker runs.
+    config_generation: u64,
     /// Relay sockets with ICMP errors queued, to read this turn.
     icmp_pending: Vec<RelayId>,
     /// A message the core wrote for later, on its way to its client.
@@ -192,6 +191,7 @@ impl Worker {
         let resources: SharedAccounts = shared.accounts.clone();
         let mut server = Server::new(config, Box::new(resources), seed);
         server.set_worker(id, shared.handoffs.workers());
+        let config_generation = shared.config_generation();
         let now = clock::now();
         Ok(Self {
             id,
@@ -214,7 +214,7 @@ impl Worker {
             pending: Vec::new(),
             throttled: Vec::new(),
             next_throttle: now,
-            credentials_generation: 0,
+            config_generation,
             icmp_pending: Vec::new(),
             transmit: Vec::new(),
             publish_at: None,
@@ -257,12 +257,8 @@ impl Worker {
                 self.server.start_draining();
                 debug!("draining: no new allocations");
             }
-            let reloads = self.shared.credentials_generation();
-            if reloads != self.credentials_generation {
-                self.credentials_generation = reloads;
-                if let Some(store) = self.shared.credentials() {
-                    self.server.replace_credentials(StaticCredentials::clone(&store));
-                }
+            if self.shared.config_generation() != self.config_generation {
+                self.take_config();
             }
             let now = clock::reading();
             if !self.throttled.is_empty() && now.instant >= self.next_throttle {
@@ -300,6 +296,26 @@ impl Worker {
         debug!(connections = self.connections.len(), "worker stopping");
         self.shared.publish(self.id, self.report());
         Ok(self.report())
+    }
+
+    /// Takes the configuration of the latest reload: the core's, for what
+    /// comes next (see [`Server::replace_config`]), and the TLS limits, for
+    /// the handshakes from now on.
+    fn take_config(&mut self) {
+        let Some(reloaded) = self.shared.config() else { return };
+        self.config_generation = reloaded.generation;
+        if !self.server.replace_config(reloaded.server.clone()) {
+            warn!(
+                generation = reloaded.generation,
+                "the reloaded configuration changes whether tern relays or authenticates; keeping the running one"
+            );
+            return;
+        }
+        if let (Some(tls), Some(limits)) = (&mut self.tls, &reloaded.tls) {
+            tls.max_handshakes = limits.max_handshakes;
+            tls.handshake_timeout = limits.handshake_timeout;
+        }
+        debug!(generation = reloaded.generation, "configuration taken");
     }
 
     fn report(&self) -> WorkerReport {

@@ -63,7 +63,7 @@ use self::respond::Reply;
 pub use self::stats::Stats;
 use self::timers::{Timer, Timers};
 use crate::proto::allocation::{AllocationId, ClientHandle, LOG_TARGET, RelayId};
-use crate::proto::auth::{SigningKey, StaticCredentials};
+use crate::proto::auth::SigningKey;
 use crate::proto::demux::{self, PacketKind};
 use crate::proto::error::ParseError;
 use crate::proto::policy;
@@ -171,20 +171,42 @@ impl Server {
         self.draining
     }
 
-    /// Swaps in the users and secrets of a reloaded configuration; requests
-    /// from now on are checked against them, so an allocation of a user or
-    /// secret that is gone cannot be refreshed and ends with its lifetime
-    /// (or its deletion). False, and nothing changes, when this server does
-    /// not authenticate (STUN only, or anonymous relaying): that takes a
-    /// restart to change.
-    pub fn replace_credentials(&mut self, store: StaticCredentials) -> bool {
-        match self.config.turn.as_mut().and_then(|turn| turn.auth.as_mut()) {
-            Some(auth) => {
-                auth.replace_store(store);
-                true
-            }
-            None => false,
+    /// Takes a reloaded configuration for what comes next, keeping what
+    /// the server holds. The new rules apply as things are asked for:
+    /// an Allocate or Refresh gets the new lifetimes, caps and quotas,
+    /// a new allocation the new `max_bps` and external addresses, a
+    /// CreatePermission, ChannelBind or Send the new peer policy and caps,
+    /// an unauthenticated answer the new rate limit. What exists stays as
+    /// it was granted: an allocation keeps its lifetime and its bandwidth,
+    /// and a permission or channel installed under the old policy or above
+    /// a lowered cap lives until it expires (refreshing it is checked
+    /// anew). The rate limiter keeps each source's tokens, and the
+    /// authenticator its realm and nonce key (see [`Authenticator::renew`]),
+    /// so the nonces handed out stay valid while the users and secrets
+    /// are the new ones.
+    ///
+    /// Whether the server relays, and whether it authenticates, are fixed
+    /// when it starts: false, and nothing changes, when `config` would
+    /// change either.
+    ///
+    /// [`Authenticator::renew`]: crate::proto::auth::Authenticator::renew
+    pub fn replace_config(&mut self, mut config: ServerConfig) -> bool {
+        let same_mode = match (&self.config.turn, &config.turn) {
+            (None, None) => true,
+            (Some(running), Some(fresh)) => running.auth.is_some() == fresh.auth.is_some(),
+            _ => false,
+        };
+        if !same_mode {
+            return false;
         }
+        let running_auth = self.config.turn.as_mut().and_then(|turn| turn.auth.take());
+        if let (Some(mut auth), Some(turn)) = (running_auth, config.turn.as_mut()) {
+            auth.renew(turn.auth.take().expect("the same mode: both authenticate"));
+            turn.auth = Some(auth);
+        }
+        self.limiter.set_limit(config.rate_limit);
+        self.config = config;
+        true
     }
 
     pub fn stats(&self) -> &Stats {

@@ -31,6 +31,7 @@ mod permission;
 mod policy;
 mod quota;
 mod refresh;
+mod reload;
 mod tcp_relay;
 
 use std::collections::{BTreeMap, VecDeque};
