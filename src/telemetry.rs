@@ -11,12 +11,12 @@
 //! thousands of allocations a second their formatting would cost more than
 //! the allocations themselves.
 //!
-//! A reload ([`reload`]) swaps the filter through tracing-subscriber's
+//! A reload ([`reload()`]) swaps the filter through tracing-subscriber's
 //! reload layer and switches the format. Both formats are installed from
-//! the start and one of them writes: each formatter keeps the fields of
-//! every open span in its own form (the worker's span lives as long as the
-//! worker), and the JSON one cannot write an event inside a span it has
-//! not seen open.
+//! the start and one of them writes events, while both see every span: a
+//! formatter keeps each open span's fields in its own form and writes an
+//! event inside the spans it saw open, and the worker's span lives as long
+//! as the worker, so a formatter that joined later would leave it out.
 
 pub mod metrics;
 

@@ -8,13 +8,16 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
     SILENCE, TcpClient, TcpRead, TernServer, UdpClient, binding_request, error_code, parse_response, request_with,
-    scratch_file,
+    scratch_file, tern_command,
 };
 use tern::client::ClientSocket;
 use tern::client::turn::{Credentials, TurnError, TurnSession};
@@ -106,6 +109,15 @@ fn received(peer: &UdpSocket, max: usize) -> usize {
     let count = (0..max).take_while(|_| peer.recv_from(&mut buf).is_ok()).count();
     peer.set_read_timeout(Some(TIMEOUT)).expect("timeout");
     count
+}
+
+/// A Binding request answered 420 and logged at debug: CHANGE-REQUEST
+/// without RFC 5780 (RFC 5780 §6).
+fn refused_binding() -> Vec<u8> {
+    request_with(Method::BINDING, |w| {
+        w.attr(AttrType::CHANGE_REQUEST, &[0, 0, 0, 0]);
+    })
+    .1
 }
 
 #[test]
@@ -265,17 +277,10 @@ fn new_alternate_servers_are_named_in_the_300() {
 fn software_and_reason_phrases_appear_and_go_with_the_file() {
     let mut tern = Reloading::start("software.toml", &config("", ""));
     let mut client = UdpClient::new(tern.server.udp_addr());
-    // CHANGE-REQUEST without RFC 5780 is answered 420 (RFC 5780 §6).
-    let refused_request = || {
-        request_with(Method::BINDING, |w| {
-            w.attr(AttrType::CHANGE_REQUEST, &[0, 0, 0, 0]);
-        })
-        .1
-    };
     let look = |client: &mut UdpClient| {
         let binding = client.transact(&binding_request(false).1);
         let software = parse_response(&binding).attribute(AttrType::SOFTWARE).map(<[u8]>::to_vec);
-        let error = client.transact(&refused_request());
+        let error = client.transact(&refused_binding());
         let response = parse_response(&error);
         assert_eq!(error_code(&response), 420);
         let value = response.attribute(AttrType::ERROR_CODE).expect("ERROR-CODE");
@@ -297,30 +302,88 @@ fn software_and_reason_phrases_appear_and_go_with_the_file() {
 fn a_raised_log_level_shows_debug_lines() {
     let mut tern = Reloading::start("log-level.toml", &config("", ""));
     let mut client = UdpClient::new(tern.server.udp_addr());
-    let refused_request = || {
-        request_with(Method::BINDING, |w| {
-            w.attr(AttrType::CHANGE_REQUEST, &[0, 0, 0, 0]);
-        })
-        .1
-    };
     let debug_lines = |tern: &Reloading| {
         let lines = tern.server.stderr_lines();
         lines.iter().filter(|l| l.contains("\"request refused\"")).count()
     };
-    client.transact(&refused_request());
+    client.transact(&refused_binding());
     client.assert_binding_works();
     assert_eq!(debug_lines(&tern), 0, "request outcomes are debug lines; the default level is info");
 
     tern.reload(&config("", "[log]\nlevel = \"debug\""));
-    client.transact(&refused_request());
+    client.transact(&refused_binding());
     tern.server.wait_for_log("request refused", 1, RELOAD_WAIT);
 
     tern.reload(&config("", ""));
     let seen = debug_lines(&tern);
-    client.transact(&refused_request());
+    client.transact(&refused_binding());
     client.assert_binding_works();
     std::thread::sleep(SILENCE);
     assert_eq!(debug_lines(&tern), seen, "back to info");
+}
+
+/// Text to JSON and back: both formatters see every span from the start, so
+/// an allocation logged inside the worker's span (open since before the
+/// switch) comes out whole in the new format.
+#[test]
+fn the_log_format_switches_between_text_and_json() {
+    let text = |format: &str| config("", &format!("[log]\nformat = \"{format}\"\nallocations = true"));
+    let file = scratch_file("log-format.toml", &text("text"));
+    let mut child = tern_command(&["serve", "--listen", "127.0.0.1:0", "--config", file.to_str().expect("utf-8")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tern serve");
+    let (sender, lines) = mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let next = |wanted: &dyn Fn(&str) -> bool| {
+        let deadline = clock::now() + RELOAD_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(clock::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if wanted(&line) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no such log line within {RELOAD_WAIT:?}: {e}"),
+            }
+        }
+    };
+    let listening = next(&|line| line.contains("listening") && line.contains("transport=udp"));
+    let udp: SocketAddr = listening
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("addr="))
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("a text line with the address: {listening}"));
+    let session = || {
+        let socket = ClientSocket::open(udp, Transport::Udp, TIMEOUT).expect("UDP socket");
+        TurnSession::new(socket, Credentials { username: "alice".into(), password: "wonderland".into() }, TIMEOUT)
+    };
+
+    for (format, json) in [("json", true), ("text", false)] {
+        std::fs::write(&file, text(format)).expect("rewrite the config");
+        let pid = libc::pid_t::try_from(child.id()).expect("PIDs fit in pid_t");
+        // SAFETY: kill(2) with the PID of our own child, not reaped yet.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+        next(&|line| line.contains("configuration reloaded"));
+        let mut allocation = session();
+        allocation.allocate(None).expect("allocation");
+        let created = next(&|line| line.contains("allocation created"));
+        // Inside the worker's span, opened before the switch.
+        match serde_json::from_str::<serde_json::Value>(&created) {
+            Ok(parsed) => {
+                assert!(json, "{format}: {created}");
+                assert_eq!(parsed["spans"][0]["name"], "worker", "{created}");
+            }
+            Err(_) => assert!(!json && created.contains(" worker{id="), "{format}: {created}"),
+        }
+        allocation.refresh(0).expect("delete");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]

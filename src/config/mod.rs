@@ -10,7 +10,8 @@
 //! credentials) are checked last, over the merged result, by
 //! `Config::new`, which keeps what they work out (the RFC 5780 addresses,
 //! the identity to run as, the TLS listeners), so [`Config::runtime`] only
-//! assembles.
+//! assembles. On SIGHUP, [`Config::reloaded`] lays a freshly loaded file over
+//! the running configuration: `reload` says which keys a reload may change.
 
 mod flags;
 mod reload;
