@@ -11,7 +11,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -329,13 +329,14 @@ fn a_raised_log_level_shows_debug_lines() {
 fn the_log_format_switches_between_text_and_json() {
     let text = |format: &str| config("", &format!("[log]\nformat = \"{format}\"\nallocations = true"));
     let file = scratch_file("log-format.toml", &text("text"));
-    let mut child = tern_command(&["serve", "--listen", "127.0.0.1:0", "--config", file.to_str().expect("utf-8")])
+    let child = tern_command(&["serve", "--listen", "127.0.0.1:0", "--config", file.to_str().expect("utf-8")])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("tern serve");
+    let mut child = KillOnDrop(child);
     let (sender, lines) = mpsc::channel();
-    let stderr = child.stderr.take().expect("stderr is piped");
+    let stderr = child.0.stderr.take().expect("stderr is piped");
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = sender.send(line);
@@ -365,7 +366,7 @@ fn the_log_format_switches_between_text_and_json() {
 
     for (format, json) in [("json", true), ("text", false)] {
         std::fs::write(&file, text(format)).expect("rewrite the config");
-        let pid = libc::pid_t::try_from(child.id()).expect("PIDs fit in pid_t");
+        let pid = libc::pid_t::try_from(child.0.id()).expect("PIDs fit in pid_t");
         // SAFETY: kill(2) with the PID of our own child, not reaped yet.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
         next(&|line| line.contains("configuration reloaded"));
@@ -382,8 +383,17 @@ fn the_log_format_switches_between_text_and_json() {
         }
         allocation.refresh(0).expect("delete");
     }
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+/// A child process killed (by its PID, not reaped before) and reaped when
+/// the test ends, failed or not.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = common::wait_bounded(&mut self.0, common::STOP_TIMEOUT);
+    }
 }
 
 #[test]
