@@ -10,9 +10,10 @@
 //!   permission (Data indication written around it).
 //!
 //! The allocations are made with real STUN requests through `handle_client`
-//! (anonymous Allocate, then ChannelBind), with a [`Driver`] that hands out
-//! relay addresses without opening sockets. Allocations are visited in a
-//! fixed pseudo-random order so the table is not walked in cache order.
+//! (anonymous Allocate, then ChannelBind), answered by the fake sockets of
+//! [`tern::testing`], which open relays without sockets, and counted in real
+//! accounts. Allocations are visited in a fixed pseudo-random order so the
+//! table is not walked in cache order.
 //!
 //! Run with `cargo bench --bench relay` (add `-- --quick` for a fast pass).
 
@@ -25,13 +26,12 @@ use tern::io::clock;
 use tern::proto::allocation::{ClientHandle, RelayId};
 use tern::proto::channel_data::{self, ChannelNumber};
 use tern::proto::policy::PeerPolicy;
-use tern::proto::server::{
-    ClientOutcome, Driver, PEER_HEADROOM, PEER_TAILROOM, QuotaError, RelayError, RelayOpened, RelayRequest, Server,
-    ServerConfig, TurnConfig,
-};
+use tern::proto::resources::QuotaLimits;
+use tern::proto::server::{ClientOutcome, PEER_HEADROOM, PEER_TAILROOM, Server, ServerConfig, TurnConfig};
 use tern::proto::stun::attr::AttrType;
 use tern::proto::stun::{Class, Message, MessageType, MessageWriter, Method, TransactionId};
 use tern::proto::{FiveTuple, Now, Transport};
+use tern::testing::{self, Sockets};
 
 const TABLE_SIZES: [usize; 2] = [10_000, 100_000];
 /// Payload bytes per packet, as in the S2 and S3 load scenarios.
@@ -47,34 +47,14 @@ const CLIENT: ClientHandle = ClientHandle(0);
 /// Length of the visiting order (a power of two).
 const ORDER_LEN: usize = 1 << 16;
 
-/// Relay addresses without sockets: the core only stores them.
-#[derive(Default)]
-struct NoSockets {
-    opened: u32,
-}
-
-impl Driver for NoSockets {
-    fn open_relay(&mut self, _relay: RelayId, _request: &RelayRequest) -> Result<RelayOpened, RelayError> {
-        // 60 000 ports per address, over as many addresses as needed.
-        let (block, port) = (self.opened / 60_000, self.opened % 60_000);
-        self.opened += 1;
-        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 0)) + block);
-        Ok(RelayOpened { addr: SocketAddr::new(IpAddr::V4(ip), 1024 + port as u16), reservation: None })
-    }
-
-    fn close_relay(&mut self, _relay: RelayId) {}
-
-    fn acquire_quota(&mut self, _user: &str) -> Result<(), QuotaError> {
-        Ok(())
-    }
-
-    fn release_quota(&mut self, _user: &str) {}
-}
+/// Relay ports per relay IP: 60 000, over as many IPs as the largest table
+/// needs.
+const RELAY_PORTS: (u16, u16) = (1024, 61_023);
+const PORTS_PER_IP: usize = 60_000;
 
 /// A server holding `n` allocations, each with a channel to [`PEER`].
 struct Fixture {
     server: Server,
-    driver: NoSockets,
     now: Now,
     tuples: Vec<FiveTuple>,
     ids: Vec<RelayId>,
@@ -85,10 +65,17 @@ struct Fixture {
 impl Fixture {
     fn new(n: usize) -> Self {
         let all = vec!["0.0.0.0/0".parse().expect("CIDR"), "::/0".parse().expect("CIDR")];
-        let turn = TurnConfig { auth: None, policy: PeerPolicy::new(all, vec![], vec![]), ..TurnConfig::default() };
+        // Relay IPs 10.64.0.0, 10.64.0.1, ...: the allocations take turns.
+        let relay_ips = (0..n.div_ceil(PORTS_PER_IP) as u32)
+            .map(|block| IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 0)) + block)))
+            .collect();
+        let turn =
+            TurnConfig { auth: None, relay_ips, policy: PeerPolicy::new(all, vec![], vec![]), ..TurnConfig::default() };
+        let accounts = testing::accounts(RELAY_PORTS, QuotaLimits::default());
+        let config = ServerConfig { turn: Some(turn), ..ServerConfig::default() };
+        let mut sockets = Sockets::default();
         let mut fixture = Self {
-            server: Server::new(ServerConfig { turn: Some(turn), ..ServerConfig::default() }),
-            driver: NoSockets::default(),
+            server: Server::new(config, Box::new(accounts), [0x42; 32]),
             now: clock::reading(),
             tuples: Vec::with_capacity(n),
             ids: Vec::with_capacity(n),
@@ -98,22 +85,33 @@ impl Fixture {
         for index in 0..n {
             let client = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + index as u32)), 40_000);
             let tuple = FiveTuple { client, server: addr(SERVER), transport: Transport::Udp };
-            fixture.request(&tuple, Method::ALLOCATE, index, |w| {
+            fixture.request(&mut sockets, &tuple, Method::ALLOCATE, index, |w| {
                 w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
             });
-            fixture.request(&tuple, Method::CHANNEL_BIND, index, |w| {
+            fixture.request(&mut sockets, &tuple, Method::CHANNEL_BIND, index, |w| {
                 w.attr(AttrType::CHANNEL_NUMBER, &[(CHANNEL >> 8) as u8, CHANNEL as u8, 0, 0]);
                 w.xor_address(AttrType::XOR_PEER_ADDRESS, &peer);
             });
             fixture.ids.push(RelayId::new(fixture.server.table().find(&tuple).expect("allocated"), false));
             fixture.tuples.push(tuple);
+            // Only the answers matter here, not what observers would see.
+            sockets.observed.clear();
         }
         assert_eq!(fixture.server.table().len(), n);
+        sockets.check(&fixture.server);
         fixture
     }
 
-    /// Sends one request from `tuple` and checks that it succeeded.
-    fn request(&mut self, tuple: &FiveTuple, method: Method, index: usize, attrs: impl FnOnce(&mut MessageWriter<'_>)) {
+    /// Sends one request from `tuple`, lets the sockets answer what the
+    /// core asks of them, and checks that the request succeeded.
+    fn request(
+        &mut self,
+        sockets: &mut Sockets,
+        tuple: &FiveTuple,
+        method: Method,
+        index: usize,
+        attrs: impl FnOnce(&mut MessageWriter<'_>),
+    ) {
         let mut tid = [0u8; 12];
         tid[..8].copy_from_slice(&(index as u64).to_be_bytes());
         tid[8] = method.0 as u8;
@@ -122,8 +120,16 @@ impl Fixture {
         attrs(&mut w);
         w.finish();
         let mut reply = Vec::new();
-        let outcome = self.server.handle_client(self.now, tuple, CLIENT, &request, &mut reply, &mut self.driver);
-        assert_eq!(outcome, ClientOutcome::Replied);
+        let outcome = self.server.handle_client(self.now, tuple, CLIENT, &request, &mut reply);
+        let transmits = sockets.drive(&mut self.server, self.now);
+        // An Allocate is answered once its relay is open, the rest at once.
+        let reply = match (outcome, transmits.as_slice()) {
+            (ClientOutcome::Replied, []) => reply,
+            (ClientOutcome::Deferred, [(transmit, answer)]) if transmit.tuple == *tuple => answer.clone(),
+            (outcome, transmits) => {
+                panic!("{} for allocation {index}: {outcome:?}, {} later messages", method.name(), transmits.len())
+            }
+        };
         let response = Message::parse(&reply).expect("a STUN response");
         assert_eq!(response.class(), Class::Success, "{} for allocation {index} failed", method.name());
     }
@@ -161,16 +167,16 @@ fn client_to_peer(c: &mut Criterion, fixtures: &mut [Fixture]) {
     let mut group = c.benchmark_group("client to peer: ChannelData");
     group.throughput(Throughput::Elements(1));
     for fixture in fixtures {
-        let Fixture { server, driver, now, tuples, order, .. } = fixture;
+        let Fixture { server, now, tuples, order, .. } = fixture;
         let mut reply = Vec::new();
-        let outcome = server.handle_client(*now, &tuples[0], CLIENT, &frame, &mut reply, driver);
+        let outcome = server.handle_client(*now, &tuples[0], CLIENT, &frame, &mut reply);
         assert!(matches!(outcome, ClientOutcome::Forward { peer, .. } if peer == addr(PEER)), "{outcome:?}");
         group.bench_function(BenchmarkId::from_parameter(format!("{} allocations", tuples.len())), |b| {
             let mut next = 0;
             b.iter(|| {
                 let tuple = &tuples[order[next & (ORDER_LEN - 1)] as usize];
                 next += 1;
-                black_box(server.handle_client(*now, tuple, CLIENT, black_box(&frame), &mut reply, driver))
+                black_box(server.handle_client(*now, tuple, CLIENT, black_box(&frame), &mut reply))
             })
         });
     }
