@@ -154,7 +154,9 @@ use tern::proto::server::{
 };
 use tern::proto::stun::attr::{self, FAMILY_IPV4, FAMILY_IPV6};
 use tern::proto::stun::integrity::long_term_key_md5;
-use tern::proto::stun::{AttrType, Class, ErrorCode, Message, MessageType, MessageWriter, Method, TransactionId};
+use tern::proto::stun::{
+    AttrType, Class, ErrorCode, HEADER_LEN, Message, MessageType, MessageWriter, Method, TransactionId,
+};
 use tern::proto::tcp_relay::{BIND_TIMEOUT, CONNECT_TIMEOUT, ConnectionId, State};
 use tern::proto::{FiveTuple, Now, Transport};
 use tern::testing::{self, Sockets};
@@ -205,9 +207,11 @@ const CLIENTS: [(&str, &str, Transport); 8] = [
     ("[2001:db8:1::1]:40001", "[2001:db8::10]:5349", Transport::Tls),
 ];
 
-/// Every IP a relay can be opened on: the listeners' (relaying on the
-/// address the Allocate arrived on) and the configured relay IPs.
+/// Every IP a relay can be opened on: first the listeners' (relaying on the
+/// address the Allocate arrived on), then the relay IPs a setup configures
+/// (IPv4 first).
 const RELAY_IPS: [&str; 4] = ["192.0.2.10", "2001:db8::10", "192.0.2.20", "2001:db8::20"];
+const LISTENER_IPS: usize = 2;
 
 /// Peers: public ones the default policy allows, an IPv4-mapped public one,
 /// and loopback, private, metadata and mapped-loopback ones it refuses.
@@ -660,9 +664,10 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 fn one_message(bytes: &[u8]) -> Message<'_> {
     let message = Message::parse(bytes).unwrap_or_else(|e| panic!("message for later is not STUN: {e}"));
     let length = bytes.get(2..4).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])));
-    assert_eq!(length.map(|l| l + 20), Some(bytes.len()), "message for later is not one STUN message");
+    assert_eq!(length.map(|l| HEADER_LEN + l), Some(bytes.len()), "message for later is not one STUN message");
     message
 }
+
 fn peer_addr(peer: Peer) -> SocketAddr {
     match peer {
         Peer::Known(i) => addr(PEERS[usize::from(i) % PEERS.len()]),
@@ -725,10 +730,11 @@ impl Harness {
             let store = StaticCredentials::new(REALM, users, vec![REST_SECRET.to_vec()]);
             Authenticator::new(REALM.to_owned(), store, [7; 32], NONCE_LIFETIME)
         });
+        let configured = relay_ips().skip(LISTENER_IPS);
         let relay_ips = match setup.relay_ips {
             RelayIps::Listener => vec![],
-            RelayIps::V4 => vec![addr("192.0.2.20:0").ip()],
-            RelayIps::Both => vec![addr("192.0.2.20:0").ip(), addr("[2001:db8::20]:0").ip()],
+            RelayIps::V4 => configured.take(1).collect(),
+            RelayIps::Both => configured.collect(),
         };
         let max_permissions = usize::from(setup.max_permissions % 5);
         let max_channels = usize::from(setup.max_channels % 5);
@@ -1091,18 +1097,18 @@ impl Harness {
     /// A client opens a TCP or TLS connection; whether it was admitted.
     fn open_stream(&mut self, tuple: &FiveTuple) -> bool {
         let admitted = self.server.handle_connection_opened(tuple);
-        let accounts = self.accounts.lock();
-        let (all, from_ip) = (accounts.connections(), accounts.connections_from(tuple.client.ip()));
+        let (all, from_ip) = {
+            let accounts = self.accounts.lock();
+            (accounts.connections(), accounts.connections_from(tuple.client.ip()))
+        };
         let (per_ip, total) = (self.limits.tcp_per_ip, self.limits.tcp_total);
         if admitted {
             assert!(total == 0 || all <= total, "{all} connections admitted, over the limit of {total}");
             assert!(per_ip == 0 || from_ip <= per_ip, "{from_ip} connections admitted from an IP, over {per_ip}");
-            drop(accounts);
             self.streams.push(*tuple);
         } else {
             let at_limit = (total != 0 && all >= total) || (per_ip != 0 && from_ip >= per_ip);
             assert!(at_limit, "connection refused under the limits ({all} in all, {from_ip} from its IP)");
-            drop(accounts);
             self.counts.connections_refused += 1;
         }
         admitted
