@@ -114,6 +114,7 @@ CHANNEL_DATA = {
 OP = [
     "Request", "Datagram", "ChannelData", "Peer", "LargePeer", "Icmp", "Advance", "Timeout", "ConnectionClosed",
     "PeerConnected", "PeerAccepted", "PairClosed", "PairTraffic", "PortInUse",
+    "Wake",
 ]
 RELAY_IPS = ["Listener", "V4", "Both"]
 STEP = ["Millis", "Seconds", "Minutes"]
@@ -245,6 +246,10 @@ def icmp(known, icmp_type, icmp_code, mtu=0, allocation=0):
     )
 
 
+def lifetime(seconds):
+    return variant(ATTR, "Lifetime", struct.pack("<I", seconds))
+
+
 def channel_number(number):
     return variant(ATTR, "ChannelNumber", variant(CHANNEL, "Raw", u16(number)))
 
@@ -300,7 +305,7 @@ def udp_expiry():
         peer_datagram(PEER_8888, b"data"),
         peer_datagram(PEER_1111, b"channel"),
         icmp(PEER_8888, 3, 4, mtu=1200),
-        request(UDP_CLIENT, "Refresh", [variant(ATTR, "Lifetime", struct.pack("<I", 3600))], unsigned()),
+        request(UDP_CLIENT, "Refresh", [lifetime(3600)], unsigned()),
         advance_seconds(301),
         variant(OP, "Timeout"),
         advance_seconds(300),
@@ -309,6 +314,20 @@ def udp_expiry():
         variant(OP, "Timeout"),
         advance_seconds(3000),
         variant(OP, "Timeout"),
+    ]
+
+
+def refresh_shorter():
+    """An allocation for an hour refreshed to the default ten minutes, a
+    permission, then the driver sleeping from deadline to deadline: the
+    permission expires, then the allocation, at the refreshed time."""
+    return [
+        request(UDP_CLIENT, "Allocate", [requested_transport("Udp"), lifetime(3600)], unsigned()),
+        request(UDP_CLIENT, "Refresh", [], unsigned()),
+        request(UDP_CLIENT, "CreatePermission", [xor_peer(PEER_8888)], unsigned()),
+        variant(OP, "Wake"),
+        variant(OP, "Wake"),
+        variant(OP, "Wake"),
     ]
 
 
@@ -328,6 +347,7 @@ def refused_relays():
 
 OPERATION_SEQUENCES = {
     "ops-udp-expiry": sequence(False, udp_expiry()),
+    "ops-refresh-shorter": sequence(False, refresh_shorter()),
     "ops-refused-relays": sequence(False, refused_relays(), tcp_per_ip=1, dont_fragment_unsupported=True),
     "ops-tcp-relay": sequence(False, rfc6062(unsigned())),
     "ops-tcp-relay-paced": sequence(False, rfc6062(unsigned()), max_bps=2000),

@@ -8,7 +8,8 @@
 //! and password algorithms learnt from an earlier 401/438, so the
 //! authenticated paths are reached) from a few client 5-tuples over UDP, TCP
 //! and TLS; ChannelData; peer datagrams through `handle_peer`; ICMP errors
-//! through `handle_icmp`; clock steps; `handle_timeout`; client connections
+//! through `handle_icmp`; clock steps; `handle_timeout`, at any time or at
+//! the deadline `poll_timeout` names, as the driver sleeps; client connections
 //! closing; relay ports another program takes (`Sockets::in_use`, so a
 //! relay that cannot open is retried on the next port). Requests are signed
 //! as an RFC 5389 client does (USERNAME, MD5 key, MESSAGE-INTEGRITY) or as
@@ -85,6 +86,9 @@
 //!   expired since; the permissions reported live are as many as the
 //!   allocation holds, and a channel number changes peer only through its
 //!   expiry;
+//! - `poll_timeout` is at or before the next deadline of every allocation
+//!   (its lifetime, a permission's or channel's expiry, a channel's guard)
+//!   and of every peer connection waiting for its peer or its bind;
 //! - after `handle_timeout(now)`, `poll_timeout` is not in the past, no
 //!   expired allocation is left, and every permission and channel binding
 //!   observers were told is live is live (`has_permission`,
@@ -306,6 +310,7 @@ enum Op {
         mtu: u32,
     },
     Advance(Step),
+    /// `handle_timeout` now, whatever `poll_timeout` says.
     Timeout,
     /// A client connection closed (TCP and TLS clients only).
     ConnectionClosed {
@@ -338,6 +343,9 @@ enum Op {
         ip: u8,
         port: u8,
     },
+    /// The driver sleeps until `poll_timeout` (if it is later than now) and
+    /// calls `handle_timeout` then.
+    Wake,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -852,10 +860,15 @@ impl Harness {
                     Step::Seconds(s) => Duration::from_secs(u64::from(*s)),
                     Step::Minutes(m) => Duration::from_secs(60 * u64::from(*m)),
                 };
-                self.now.instant += by;
-                self.now.unix = UNIX_START + (self.now.instant - self.start).as_secs();
+                self.advance(by);
             }
             Op::Timeout => self.timeout(),
+            Op::Wake => {
+                if let Some(at) = self.server.poll_timeout() {
+                    self.advance(at.saturating_duration_since(self.now.instant));
+                    self.timeout();
+                }
+            }
             Op::ConnectionClosed { client } => self.connection_closed(*client),
             Op::PeerConnected { connection, established } => self.peer_connected(*connection, *established),
             Op::PeerAccepted { allocation, peer } => self.peer_accepted(*allocation, *peer),
@@ -1301,6 +1314,11 @@ impl Harness {
                 assert_eq!(message.attribute(AttrType::DATA), Some(payload));
             }
         }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now.instant += by;
+        self.now.unix = UNIX_START + (self.now.instant - self.start).as_secs();
     }
 
     /// `handle_timeout`: Connects past their deadline are owed a 447, unless
@@ -1817,6 +1835,13 @@ impl Harness {
         let ids: Vec<AllocationId> = table.iter().map(|(id, _)| id).collect();
         assert_eq!(created, ids, "the allocations observers know differ from the table's");
 
+        // The driver sleeps until poll_timeout: it must wake in time for
+        // every deadline the server holds.
+        let wake = self.server.poll_timeout();
+        for (id, a) in table.iter() {
+            assert!(wake.is_some_and(|at| at <= a.next_deadline()), "poll_timeout after a deadline of {id:?}");
+        }
+
         assert_eq!(tcp.len(), self.sockets.live.len(), "the server and the driver hold different peer connections");
         for id in &self.sockets.live {
             let connection = tcp.get(*id).unwrap_or_else(|| panic!("the driver holds {id:?}, unknown to the server"));
@@ -1839,6 +1864,7 @@ impl Harness {
             };
             if let Some(wait) = wait {
                 assert!(connection.deadline <= now + wait, "{id:?} waits past its 30 seconds");
+                assert!(wake.is_some_and(|at| at <= connection.deadline), "poll_timeout after {id:?}'s deadline");
             }
         }
         assert_eq!(self.owed.len(), self.sockets.connecting.len(), "answers owed for connections not connecting");
