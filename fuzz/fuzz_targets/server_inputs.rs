@@ -634,7 +634,8 @@ struct Counts {
     sha256_signed_replies: u64,
     allocate_answers: u64,
     tcp_relays: u64,
-    open_retries: u64,
+    /// Relays asked for on a port in use, each retried or refused.
+    addr_in_use: u64,
     connect_answers: u64,
     connections_bound: u64,
     connections_refused: u64,
@@ -1533,7 +1534,7 @@ impl Harness {
             *tried += 1;
             assert!(*tried <= OPEN_ATTEMPTS, "relay {:?} asked for more than {OPEN_ATTEMPTS} times", call.relay);
             if self.sockets.in_use.contains(&call.addr) {
-                self.counts.open_retries += 1;
+                self.counts.addr_in_use += 1;
             }
         }
         self.read.open_calls = self.sockets.open_calls.len();
@@ -1911,7 +1912,7 @@ fuzz_target!(|input: Input| {
         let stats = harness.server.stats();
         let counts = &harness.counts;
         eprintln!(
-            "authenticated={} created={} allocate_answers={} open_retries={} deleted={} relayed_to_peer={} \
+            "authenticated={} created={} allocate_answers={} addr_in_use={} deleted={} relayed_to_peer={} \
              relayed_to_client={} icmp_indications={} auth_failures={} signed_replies={} sha256_signed_replies={} \
              permissions_expired={} channels_expired={} tcp_relays={} tcp_peer_connections={} tcp_peer_refused={} \
              tcp_peer_failures={} connect_answers={} connections_bound={} connections_refused={} \
@@ -1919,7 +1920,7 @@ fuzz_target!(|input: Input| {
             input.setup.authenticated,
             stats.allocations_created,
             counts.allocate_answers,
-            counts.open_retries,
+            counts.addr_in_use,
             counts.allocations_deleted,
             stats.relayed_to_peer,
             stats.relayed_to_client,
