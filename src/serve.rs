@@ -138,7 +138,6 @@ pub fn serve(config: &Config, source: Source, shutdown: Shutdown) -> Result<Serv
         None => None,
     };
     let running = start(&config.runtime(rand::random(), &local_addresses), &shutdown)?;
-    let liveness = Arc::clone(&running.shared().liveness);
     let control = Arc::new(Control {
         reload: Reload {
             source,
@@ -154,14 +153,7 @@ pub fn serve(config: &Config, source: Source, shutdown: Shutdown) -> Result<Serv
         systemd: systemd::Systemd::new(running.metrics()),
     });
     let mut serving = Serving { running, control, metrics_addr: None, signals };
-    let started = systemd::hold_worker_for_tests(&liveness)
-        .map_err(ServeError::TestHook)
-        .and_then(|()| serving.run_extras(metrics_listener, hangups, drain_requests))
-        .and_then(|()| {
-            let shutdown = serving.control.shutdown.clone();
-            serving.control.systemd.start(liveness, shutdown).map_err(ServeError::SystemdThread)
-        });
-    if let Err(e) = started {
+    if let Err(e) = serving.run_extras(metrics_listener, hangups, drain_requests) {
         serving.stop();
         // The start error is the one to report; the workers only stopped.
         let _ = serving.running.join();
@@ -171,8 +163,8 @@ pub fn serve(config: &Config, source: Source, shutdown: Shutdown) -> Result<Serv
 }
 
 impl Serving {
-    /// Starts what runs beside the workers: the metrics thread and the
-    /// signal threads.
+    /// Starts what runs beside the workers: the metrics thread, the signal
+    /// threads and the systemd notifier.
     fn run_extras(
         &mut self,
         metrics_listener: Option<std::net::TcpListener>,
@@ -189,7 +181,10 @@ impl Serving {
         let drain = Arc::clone(&self.control);
         let drain_on_signal = move || drain.drain(drain.drain_timeout);
         self.signals.0.push(on_signal("tern-drain", drain_requests, drain_on_signal).map_err(thread("SIGUSR1"))?);
-        Ok(())
+        let liveness = Arc::clone(&self.running.shared().liveness);
+        systemd::hold_worker_for_tests(&liveness).map_err(ServeError::TestHook)?;
+        let shutdown = self.control.shutdown.clone();
+        self.control.systemd.start(liveness, shutdown).map_err(ServeError::SystemdThread)
     }
 
     /// The addresses listened on, with port 0 resolved.

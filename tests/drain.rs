@@ -1,12 +1,13 @@
-//! A drain with a deadline (`drain_timeout`): an allocation that outlives it
-//! is ended, and tern exits by itself with status 0. Without a deadline a
-//! drain waits for the last allocation (tests/turn_e2e.rs).
+//! A drain with a deadline (`drain_timeout`, `--drain-timeout`): an
+//! allocation that outlives it is ended, and tern exits by itself with
+//! status 0. Without a deadline a drain waits for the last allocation
+//! (tests/turn_e2e.rs).
 
 mod common;
 
 use std::time::Duration;
 
-use common::{TernServer, find_log};
+use common::{TernServer, find_log, run_tern, scratch_file};
 use tern::client::ClientSocket;
 use tern::client::turn::{Credentials, TurnSession};
 use tern::proto::Transport;
@@ -28,4 +29,23 @@ fn a_drain_timeout_ends_the_allocations_left_and_tern_exits_cleanly() {
     assert_eq!(deleted["reason"], "server shutting down", "{deleted}");
     assert!(find_log(&log, "drained: no allocation left").is_none(), "the allocation did not end by itself");
     assert!(alice.refresh(600).is_err(), "the client is no longer served");
+}
+
+#[test]
+fn drain_timeout_is_whole_seconds_from_the_file_or_the_flag() {
+    let file = scratch_file("drain.toml", "drain_timeout = 30\n");
+    let path = file.to_str().expect("utf-8 path");
+    let output = run_tern(&["check", "--config", path]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("\ndrain_timeout = 30\n"), "{output:?}");
+    let output = run_tern(&["check", "--config", path, "--drain-timeout", "45"]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("\ndrain_timeout = 45\n"), "{output:?}");
+
+    let output = run_tern(&["check", "--drain-timeout", "0"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end(), "tern: command line: key `--drain-timeout`: must be at least 1", "{output:?}");
+    let file = scratch_file("drain-zero.toml", "drain_timeout = 0\n");
+    let output = run_tern(&["check", "--config", file.to_str().expect("utf-8 path")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("key `drain_timeout`: must be at least 1"), "{output:?}");
 }

@@ -144,7 +144,13 @@ impl Systemd {
     /// Says `STOPPING=1`, unless it was said for the stop already: the
     /// process may exit before the `tern-systemd` thread gets to it.
     pub fn stopping(&self) {
-        self.enter(Phase::Stopping, true);
+        self.wind_down(Phase::Stopping, None);
+    }
+
+    /// Says `STOPPING=1` for a drain, which asks systemd for time while the
+    /// workers turn (`alive`).
+    fn draining(&self, alive: bool) {
+        self.wind_down(Phase::Draining, alive.then(drain_extension));
     }
 
     fn run(&self, mut poll: Poll, liveness: &Liveness, shutdown: &Shutdown, watchdog: Option<Duration>) {
@@ -163,7 +169,7 @@ impl Systemd {
         let started = vec![0; liveness.workers()];
         while liveness.turned_since(&started).is_err() {
             if shutdown.is_requested() {
-                self.enter(Phase::Stopping, true);
+                self.stopping();
                 return;
             }
             wait(clock::now() + FIRST_TURN_CHECK);
@@ -180,11 +186,11 @@ impl Systemd {
         let mut next_status = now + STATUS_EVERY;
         loop {
             if shutdown.is_requested() {
-                self.enter(Phase::Stopping, probe.stalled.is_none());
+                self.stopping();
                 return;
             }
             if shutdown.is_draining() {
-                self.enter(Phase::Draining, probe.stalled.is_none());
+                self.draining(probe.stalled.is_none());
             }
             wait(next_probe.map_or(next_status, |at| at.min(next_status)));
             let now = clock::now();
@@ -207,13 +213,13 @@ impl Systemd {
         let mut phase = self.phase();
         if *phase == Phase::Starting {
             *phase = Phase::Serving;
+            self.send(&[NotifyState::Ready, self.status(Phase::Serving).as_state()]);
         }
-        self.send(&[NotifyState::Ready, self.status(*phase).as_state()]);
     }
 
-    /// Moves to `Draining` or `Stopping`, with `STOPPING=1`; a drain asks
-    /// systemd for time while the workers turn.
-    fn enter(&self, next: Phase, alive: bool) {
+    /// Moves to `Draining` or `Stopping` with `STOPPING=1`, and asks for
+    /// `extension` microseconds more when given.
+    fn wind_down(&self, next: Phase, extension: Option<u32>) {
         let mut phase = self.phase();
         if *phase == next || *phase == Phase::Stopping {
             return;
@@ -221,9 +227,7 @@ impl Systemd {
         *phase = next;
         let status = self.status(next);
         let mut states = vec![NotifyState::Stopping, status.as_state()];
-        if next == Phase::Draining && alive {
-            states.push(NotifyState::ExtendTimeoutUsec(drain_extension()));
-        }
+        states.extend(extension.map(NotifyState::ExtendTimeoutUsec));
         self.send(&states);
     }
 
