@@ -121,7 +121,7 @@ fn value<'a>(message: &'a str, key: &str) -> Option<&'a str> {
 }
 
 fn start(args: &[&str], env: &[(&str, &str)]) -> TernServer {
-    TernServer::start_with_env(args, env).unwrap_or_else(|failure| panic!("{failure}"))
+    TernServer::try_start_with_env(args, env).unwrap_or_else(|failure| panic!("{failure}"))
 }
 
 #[test]

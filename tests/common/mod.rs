@@ -345,12 +345,12 @@ impl TernServer {
 
     /// Like [`TernServer::start`] but returns the failure.
     pub fn try_start(args: &[&str]) -> Result<Self, StartFailure> {
-        Self::start_with_env(args, &[])
+        Self::try_start_with_env(args, &[])
     }
 
     /// Like [`TernServer::try_start`], with `env` added to the server's
     /// environment.
-    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Self, StartFailure> {
+    pub fn try_start_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Self, StartFailure> {
         Self::spawn(args, !args.iter().any(|a| is_listen_flag(a)), env)
     }
 
