@@ -58,7 +58,8 @@ restart_only! {
 
 /// Keys a reload applies. The core takes most of them (see
 /// `Server::replace_config` for what applies to what), the shared accounts
-/// the quotas, each worker the TLS limits, and the log subscriber `[log]`.
+/// the quotas, each worker the TLS limits, the log subscriber `[log]`, and
+/// the next drain its `drain_timeout`.
 pub const RELOADABLE: &[&str] = &[
     "software",
     "rfc3489",
@@ -90,6 +91,7 @@ pub const RELOADABLE: &[&str] = &[
     "log.allocations",
     "tls.max_handshakes",
     "tls.handshake_timeout",
+    "drain_timeout",
 ];
 
 /// What a reload puts in force.
@@ -174,6 +176,7 @@ mod tests {
             rate_limit_burst: Some(crate::config::values::positive(5)),
             user: Some("tern".into()),
             group: Some("tern".into()),
+            drain_timeout: Some(crate::config::values::positive(30)),
             ..Settings::default()
         };
         settings.tls.cert = Some("cert.pem".into());

@@ -435,16 +435,6 @@ impl Handoffs {
         true
     }
 
-    /// Wakes every worker, for news that is not a connection (a reload).
-    pub fn wake_all(&self) {
-        for (_, waker) in self.lock().iter() {
-            if let Some(waker) = waker {
-                // A worker that exited has nothing left to take.
-                let _ = waker.wake();
-            }
-        }
-    }
-
     /// Takes what was handed to `worker`.
     pub fn take(&self, worker: usize) -> Vec<Detached> {
         self.lock().get_mut(worker).map(|inbox| std::mem::take(&mut inbox.0)).unwrap_or_default()
