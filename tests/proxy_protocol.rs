@@ -273,14 +273,8 @@ fn the_per_ip_cap_counts_the_client_the_header_names() {
 #[test]
 fn a_tls_listener_reads_the_header_before_the_handshake() {
     let cert = TestCert::new("proxy-tls");
-    let server = start(&[
-        "--tls-cert",
-        cert.cert_path(),
-        "--tls-key",
-        cert.key_path(),
-        "--proxy-tls-listen",
-        "127.0.0.1:0",
-    ]);
+    let server =
+        start(&["--tls-cert", cert.cert_path(), "--tls-key", cert.key_path(), "--proxy-tls-listen", "127.0.0.1:0"]);
     assert!(server.addrs(Transport::Tls).is_empty(), "no direct TLS listener unless asked: {:?}", server.listening());
     let listener = server.proxy_addr(Transport::Tls);
     let client = addr("192.0.2.10:50000");
@@ -320,14 +314,8 @@ fn stun_through_haproxy_reports_the_clients_own_address() {
         return;
     }
     let cert = TestCert::new("haproxy");
-    let server = start(&[
-        "--tls-cert",
-        cert.cert_path(),
-        "--tls-key",
-        cert.key_path(),
-        "--proxy-tls-listen",
-        "127.0.0.1:0",
-    ]);
+    let server =
+        start(&["--tls-cert", cert.cert_path(), "--tls-key", cert.key_path(), "--proxy-tls-listen", "127.0.0.1:0"]);
     for version in [SendProxy::V1, SendProxy::V2] {
         let haproxy = Haproxy::start(server.proxy_addr(Transport::Tcp), version, BALANCER);
         let mut client = TcpClient::connect_from(CLIENT, haproxy.addr());

@@ -428,13 +428,11 @@ impl TernServer {
                 return Err(format!("no complete \"listening\" log within {START_TIMEOUT:?}"));
             }
             match lines.recv_timeout((deadline - now).min(Duration::from_millis(100))) {
-                Ok(line) => {
-                    match parse_listening(&line)? {
-                        Some((listening, true)) => self.proxied.push(listening),
-                        Some((listening, false)) => self.listening.push(listening),
-                        None => {}
-                    }
-                }
+                Ok(line) => match parse_listening(&line)? {
+                    Some((listening, true)) => self.proxied.push(listening),
+                    Some((listening, false)) => self.listening.push(listening),
+                    None => {}
+                },
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err("stderr closed: the server exited".into()),
             }
