@@ -18,10 +18,10 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::haproxy::{Haproxy, SendProxy};
+use common::haproxy::{self, Haproxy, SendProxy};
 use common::{
     ANSWER_TIMEOUT, TcpClient, TcpRead, TernServer, TestCert, assert_binding_success, binding_request, find_log,
-    parse_response, require_tool, run_tern, scratch_file,
+    parse_response, run_tern, scratch_file,
 };
 use serde_json::Value;
 use tern::client::tls::{ALPN_STUN, TlsClient, TlsOptions};
@@ -310,7 +310,7 @@ fn proxy_configuration_mistakes_name_the_key_and_the_file() {
 
 #[test]
 fn stun_through_haproxy_reports_the_clients_own_address() {
-    if !require_tool("haproxy", "haproxy") {
+    if !haproxy::installed() {
         return;
     }
     let cert = TestCert::new("haproxy");

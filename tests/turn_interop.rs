@@ -30,7 +30,7 @@ use std::process::{Command, ExitStatus};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use common::haproxy::{Haproxy, SendProxy};
+use common::haproxy::{self, Haproxy, SendProxy};
 use common::{PeerProcess, TernServer, TestCert, find_log, require_tool, run_bounded};
 use serde_json::Value;
 use tern::io::clock;
@@ -641,7 +641,7 @@ fn uclient_gets_an_ipv6_relay_over_ipv4() {
 fn uclient_relays_through_haproxy_without_loss() {
     const BALANCER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
     const UCLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-    if !tools() || !require_tool("haproxy", "haproxy") {
+    if !tools() || !haproxy::installed() {
         return;
     }
     let cert = TestCert::new("haproxy-interop");

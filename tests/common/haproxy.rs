@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use tern::io::clock;
 
-use super::{STOP_TIMEOUT, scratch_file, wait_bounded};
+use super::{STOP_TIMEOUT, find_on_path, require_tool, scratch_file, wait_bounded};
 
+/// Where Debian installs it, off the `PATH` of users other than root.
+const SBIN: &str = "/usr/sbin/haproxy";
 /// How many free ports [`Haproxy::start`] tries before it gives up.
 const ATTEMPTS: usize = 5;
 /// How long HAProxy may take to listen.
@@ -35,6 +37,17 @@ impl SendProxy {
             Self::V2 => "send-proxy-v2",
         }
     }
+}
+
+/// The `haproxy` binary: on the `PATH`, or in /usr/sbin.
+fn binary() -> Option<std::path::PathBuf> {
+    find_on_path("haproxy").or_else(|| Some(std::path::PathBuf::from(SBIN)).filter(|path| path.is_file()))
+}
+
+/// True when HAProxy is installed; otherwise what [`require_tool`] does
+/// (the test fails in CI, and is skipped elsewhere).
+pub fn installed() -> bool {
+    binary().is_some() || require_tool("haproxy", "haproxy")
 }
 
 /// A running HAProxy. Dropping it kills the process (by PID) and reaps it.
@@ -63,7 +76,7 @@ impl Haproxy {
             let log = scratch_file("haproxy.log", "");
             let output = File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
             let errors = output.try_clone().expect("a second handle on the log");
-            let mut child = Command::new("haproxy")
+            let mut child = Command::new(binary().expect("haproxy is installed (see `installed`)"))
                 .arg("-db")
                 .arg("-f")
                 .arg(&file)

@@ -429,8 +429,8 @@ impl TernServer {
             }
             match lines.recv_timeout((deadline - now).min(Duration::from_millis(100))) {
                 Ok(line) => match parse_listening(&line)? {
-                    Some((listening, true)) => self.proxied.push(listening),
-                    Some((listening, false)) => self.listening.push(listening),
+                    Some(Listening { at, proxied: true }) => self.proxied.push(at),
+                    Some(Listening { at, proxied: false }) => self.listening.push(at),
                     None => {}
                 },
                 Err(RecvTimeoutError::Timeout) => {}
@@ -616,10 +616,16 @@ fn is_proxy_listen_flag(arg: &str) -> bool {
     ["--proxy-listen", "--proxy-tls-listen"].iter().any(|flag| arg == *flag || arg.starts_with(&format!("{flag}=")))
 }
 
-/// `Some` for a `"message":"listening"` line, with whether the listener
-/// speaks the PROXY protocol; an error for one whose fields are not what
-/// the harness relies on.
-fn parse_listening(line: &str) -> Result<Option<((Transport, SocketAddr), bool)>, String> {
+/// What a `"message":"listening"` line announces.
+struct Listening {
+    at: (Transport, SocketAddr),
+    /// The listener speaks the PROXY protocol.
+    proxied: bool,
+}
+
+/// `Some` for a `"message":"listening"` line; an error for one whose fields
+/// are not what the harness relies on.
+fn parse_listening(line: &str) -> Result<Option<Listening>, String> {
     let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else { return Ok(None) };
     if value["message"] != "listening" {
         return Ok(None);
@@ -634,7 +640,7 @@ fn parse_listening(line: &str) -> Result<Option<((Transport, SocketAddr), bool)>
         .as_str()
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| format!("\"listening\" line without a usable addr: {line}"))?;
-    Ok(Some(((transport, addr), value["proxy_protocol"] == true)))
+    Ok(Some(Listening { at: (transport, addr), proxied: value["proxy_protocol"] == true }))
 }
 
 /// The JSON object of the last stderr line whose message is `message`.
