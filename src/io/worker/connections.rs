@@ -126,8 +126,8 @@ impl Worker {
     }
 
     pub(super) fn serve_connection(&mut self, key: usize, now: Now) {
-        if self.connections.get(key).is_some_and(|connection| !connection.admitted) && !self.read_proxy_header(key, now)
-        {
+        let admitted = self.connections.get(key).is_some_and(|connection| connection.admitted);
+        if !admitted && !self.read_proxy_header(key, now) {
             return;
         }
         let Some(connection) = self.connections.get_mut(key) else { return };
