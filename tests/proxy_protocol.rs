@@ -20,11 +20,10 @@ use std::time::Duration;
 
 use common::haproxy::{self, Haproxy, SendProxy};
 use common::{
-    ANSWER_TIMEOUT, TcpClient, TcpRead, TernServer, TestCert, assert_binding_success, binding_request, find_log,
-    parse_response, run_tern, scratch_file,
+    ANSWER_TIMEOUT, TcpClient, TcpRead, TernServer, TestCert, assert_binding_success, binding_request, count, find_log,
+    logged, parse_response, run_tern, scratch_file,
 };
-use serde_json::Value;
-use tern::client::tls::{ALPN_STUN, TlsClient, TlsOptions};
+use tern::client::tls::ALPN_STUN;
 use tern::io::clock;
 use tern::proto::Transport;
 use tern::proto::demux::StreamFramer;
@@ -42,18 +41,6 @@ fn start(extra: &[&str]) -> TernServer {
     let mut args = vec!["--proxy-listen", "127.0.0.1:0", "--proxy-trusted", TRUSTED, "--log-level", "debug"];
     args.extend_from_slice(extra);
     TernServer::start(&args)
-}
-
-/// Stops tern; its "tern stopped" summary and every log line.
-fn stop(server: TernServer) -> (Value, Vec<String>) {
-    let (status, lines) = server.stop_with_log();
-    assert!(status.success(), "tern exits 0 on SIGTERM: {status}\n{}", lines.join("\n"));
-    let stopped = find_log(&lines, "tern stopped").unwrap_or_else(|| panic!("summary line:\n{}", lines.join("\n")));
-    (stopped, lines)
-}
-
-fn count(value: &Value, field: &str) -> u64 {
-    value[field].as_u64().unwrap_or_else(|| panic!("{field} is a count in {value}"))
 }
 
 fn addr(text: &str) -> SocketAddr {
@@ -111,21 +98,10 @@ fn assert_closed(connection: &mut TcpClient, what: &str) {
     }
 }
 
-/// A TLS client trusting `cert`, offering `stun.nat-discovery`.
-fn tls_client(cert: &TestCert) -> TlsClient {
-    TlsClient::new(&TlsOptions {
-        server_name: "localhost".into(),
-        ca: Some(cert.cert.clone()),
-        insecure: false,
-        alpn: vec![ALPN_STUN.to_vec()],
-    })
-    .expect("client config")
-}
-
 /// Runs a TLS handshake over `stream` and a Binding inside it; returns the
 /// XOR-MAPPED-ADDRESS.
 fn tls_binding(cert: &TestCert, stream: TcpStream) -> SocketAddr {
-    let mut tls = tls_client(cert).connect(stream, ANSWER_TIMEOUT).expect("TLS handshake after the header");
+    let mut tls = cert.client(&[ALPN_STUN]).connect(stream, ANSWER_TIMEOUT).expect("TLS handshake after the header");
     let (tid, request) = binding_request(false);
     tls.write_all(&request).expect("request sent");
     let mut framer = StreamFramer::new();
@@ -180,13 +156,9 @@ fn the_header_names_the_client_for_the_binding() {
     TcpClient::connect(server.tcp_addr()).assert_binding_works();
 
     drop((v2_connection, v1_connection, check));
-    let (stopped, lines) = stop(server);
+    let (stopped, lines) = server.stop_with_summary();
     assert_eq!(count(&stopped, "proxy_headers"), 3, "{stopped}");
-    let read: Vec<Value> = lines
-        .iter()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|value| value["message"] == "PROXY header read")
-        .collect();
+    let read = logged(&lines, "PROXY header read");
     assert_eq!(read.len(), 3, "{read:?}");
     assert_eq!(read[0]["client"], "192.0.2.10:50000", "{read:?}");
     assert_eq!(read[0]["version"], "v2", "{read:?}");
@@ -232,7 +204,7 @@ fn connections_without_a_usable_header_are_closed_and_counted() {
     assert_eq!(binding_after(&mut good, &v1(client, listener)), client);
     drop(good);
 
-    let (stopped, lines) = stop(server);
+    let (stopped, lines) = server.stop_with_summary();
     for (field, expected) in [
         ("proxy_untrusted", 1),
         ("proxy_missing", 1),
@@ -265,7 +237,7 @@ fn the_per_ip_cap_counts_the_client_the_header_names() {
     let mut c = TcpClient::connect_from(BALANCER, listener);
     assert_eq!(binding_after(&mut c, &v1(other, listener)), other);
     drop((a, c));
-    let (stopped, _) = stop(server);
+    let (stopped, _) = server.stop_with_summary();
     assert_eq!(count(&stopped, "tcp_refused"), 1, "{stopped}");
     assert_eq!(count(&stopped, "proxy_headers"), 3, "{stopped}");
 }
@@ -281,7 +253,7 @@ fn a_tls_listener_reads_the_header_before_the_handshake() {
     let mut stream = connect_from(BALANCER, listener);
     stream.write_all(&v2(client, listener)).expect("header sent");
     assert_eq!(tls_binding(&cert, stream), client);
-    let (stopped, _) = stop(server);
+    let (stopped, _) = server.stop_with_summary();
     assert_eq!(count(&stopped, "tls_handshakes"), 1, "{stopped}");
     assert_eq!(count(&stopped, "proxy_headers"), 1, "{stopped}");
 }
@@ -330,14 +302,10 @@ fn stun_through_haproxy_reports_the_clients_own_address() {
     assert_eq!(tls_binding(&cert, stream), local, "over TLS: the client's own address");
     drop(haproxy);
 
-    let (stopped, lines) = stop(server);
+    let (stopped, lines) = server.stop_with_summary();
     assert!(count(&stopped, "proxy_headers") >= 3, "{stopped}");
     assert_eq!(count(&stopped, "proxy_untrusted"), 0, "{stopped}");
-    let read: Vec<Value> = lines
-        .iter()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|value| value["message"] == "PROXY header read")
-        .collect();
+    let read = logged(&lines, "PROXY header read");
     let versions: Vec<&str> = read.iter().filter_map(|line| line["version"].as_str()).collect();
     assert!(versions.contains(&"v1") && versions.contains(&"v2"), "{read:?}");
     for line in &read {

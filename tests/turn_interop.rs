@@ -31,7 +31,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::haproxy::{self, Haproxy, SendProxy};
-use common::{PeerProcess, TernServer, TestCert, find_log, require_tool, run_bounded};
+use common::{PeerProcess, TernServer, TestCert, count, find_log, logged, require_tool, run_bounded};
 use serde_json::Value;
 use tern::io::clock;
 use tern::proto::Transport;
@@ -211,15 +211,6 @@ fn number_after(line: &str, prefix: &str) -> Option<u64> {
 // ---------------------------------------------------------------------------
 // tern's log
 
-/// Every JSON log line whose message is `message`.
-fn logged(lines: &[String], message: &str) -> Vec<Value> {
-    lines
-        .iter()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|value| value["message"] == message)
-        .collect()
-}
-
 /// Waits until the log holds `count` lines with `message` for which `matches`
 /// holds, and returns them. Fails the test after [`LOG_TIMEOUT`].
 fn wait_for_logged(server: &TernServer, message: &str, count: usize, matches: impl Fn(&Value) -> bool) -> Vec<Value> {
@@ -244,10 +235,6 @@ fn stop(server: TernServer) -> (Value, Vec<String>) {
     assert_eq!(last.as_ref().map(|v| &v["message"]), Some(&"tern stopped".into()), "{}", lines.join("\n"));
     let stopped = find_log(&lines, "tern stopped").expect("checked above");
     (stopped, lines)
-}
-
-fn count(value: &Value, field: &str) -> u64 {
-    value[field].as_u64().unwrap_or_else(|| panic!("{field} is a count in {value}"))
 }
 
 // ---------------------------------------------------------------------------

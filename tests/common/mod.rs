@@ -290,6 +290,17 @@ impl TestCert {
         self.key.to_str().expect("utf-8 path")
     }
 
+    /// A client trusting this certificate only, offering `alpn`.
+    pub fn client(&self, alpn: &[&[u8]]) -> tern::client::tls::TlsClient {
+        tern::client::tls::TlsClient::new(&tern::client::tls::TlsOptions {
+            server_name: "localhost".into(),
+            ca: Some(self.cert.clone()),
+            insecure: false,
+            alpn: alpn.iter().map(|id| id.to_vec()).collect(),
+        })
+        .expect("client config")
+    }
+
     /// `--tls-listen 127.0.0.1:0 --tls-cert CERT --tls-key KEY`.
     pub fn serve_args(&self) -> Vec<&str> {
         vec!["--tls-listen", LOOPBACK_V4, "--tls-cert", self.cert_path(), "--tls-key", self.key_path()]
@@ -537,6 +548,15 @@ impl TernServer {
         self.stop_with_signal(libc::SIGTERM)
     }
 
+    /// Like [`TernServer::stop_with_log`], checking that tern exits 0 and
+    /// returning its "tern stopped" summary with the log.
+    pub fn stop_with_summary(self) -> (serde_json::Value, Vec<String>) {
+        let (status, lines) = self.stop_with_log();
+        assert!(status.success(), "tern exits 0 on SIGTERM: {status}\n{}", lines.join("\n"));
+        let stopped = find_log(&lines, "tern stopped").unwrap_or_else(|| panic!("summary line:\n{}", lines.join("\n")));
+        (stopped, lines)
+    }
+
     /// Sends `signal` and waits (bounded) for the process to exit; returns
     /// its status and every stderr line.
     pub fn stop_with_signal(mut self, signal: libc::c_int) -> (ExitStatus, Vec<String>) {
@@ -641,6 +661,20 @@ fn parse_listening(line: &str) -> Result<Option<Listening>, String> {
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| format!("\"listening\" line without a usable addr: {line}"))?;
     Ok(Some(Listening { at: (transport, addr), proxied: value["proxy_protocol"] == true }))
+}
+
+/// Every JSON log line whose message is `message`.
+pub fn logged(lines: &[String], message: &str) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|value| value["message"] == message)
+        .collect()
+}
+
+/// The count `field` of a log line, failing the test when it is not one.
+pub fn count(value: &serde_json::Value, field: &str) -> u64 {
+    value[field].as_u64().unwrap_or_else(|| panic!("{field} is a count in {value}"))
 }
 
 /// The JSON object of the last stderr line whose message is `message`.
