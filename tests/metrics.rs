@@ -74,6 +74,11 @@ fn metrics_follow_the_servers_work() {
     let first = scrape(metrics);
     assert_eq!(value(&first, "tern_workers"), Some(2), "{first}");
     assert_eq!(value(&first, "tern_allocations"), Some(0), "{first}");
+    assert_eq!(value(&first, "tern_proxy_headers_total"), Some(0), "{first}");
+    for reason in ["untrusted", "missing", "malformed", "closed", "timeout"] {
+        let sample = format!("tern_proxy_failures_total{{reason=\"{reason}\"}}");
+        assert_eq!(value(&first, &sample), Some(0), "{first}");
+    }
     assert!(first.ends_with("# EOF\n"), "{first}");
 
     // A live allocation shows in the gauge at once.

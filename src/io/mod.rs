@@ -10,6 +10,7 @@ pub mod clock;
 mod listener;
 pub mod liveness;
 mod out;
+pub mod proxy;
 mod relay;
 mod report;
 pub mod shared;
@@ -55,6 +56,8 @@ pub struct RuntimeConfig {
     pub server: ServerConfig,
     /// TLS listeners, when a certificate is configured.
     pub tls: Option<TlsSettings>,
+    /// Listeners behind a load balancer that sends PROXY headers.
+    pub proxy: Option<proxy::ProxySettings>,
 }
 
 /// Where to serve TLS, with which certificate, and its limits.
@@ -87,6 +90,7 @@ pub enum StartError {
 /// A running server.
 pub struct Running {
     listening: Vec<(Transport, SocketAddr)>,
+    proxied: Vec<(Transport, SocketAddr)>,
     workers: Vec<JoinHandle<std::io::Result<WorkerReport>>>,
     shutdown: Shutdown,
     shared: Arc<Shared>,
@@ -172,7 +176,8 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
         None => None,
     };
     let tls_listen = config.tls.as_ref().map_or(&[][..], |t| &t.listen[..]);
-    let per_worker = listener::bind_all(&config.listen, tls_listen, config.workers, config.udp_buffer)?;
+    let per_worker =
+        listener::bind_all(&config.listen, tls_listen, config.proxy.as_ref(), config.workers, config.udp_buffer)?;
     if let Some((socket, _)) = per_worker.first().and_then(|w| w.udp.first()) {
         let granted = socket2::SockRef::from(socket).recv_buffer_size().map(|b| b / 2).unwrap_or(0);
         if config.udp_buffer > 0 && granted < config.udp_buffer {
@@ -185,10 +190,12 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
         }
     }
     let mut listening = Vec::new();
+    let mut proxied = Vec::new();
     if let Some(first) = per_worker.first() {
         listening.extend(first.udp.iter().map(|(_, addr)| (Transport::Udp, *addr)));
         listening.extend(first.tcp.iter().map(|(_, addr)| (Transport::Tcp, *addr)));
         listening.extend(first.tls.iter().map(|(_, addr)| (Transport::Tls, *addr)));
+        proxied.extend(first.proxy.iter().flat_map(|proxy| proxy.listeners()).copied());
     }
     if let Some(identity) = config.run_as {
         sys::process::drop_privileges(identity).map_err(StartError::Privileges)?;
@@ -229,15 +236,24 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
         workers.push(handle);
     }
     for (transport, addr) in &listening {
-        info!(%transport, %addr, workers = config.workers, "listening");
+        if proxied.contains(&(*transport, *addr)) {
+            info!(%transport, %addr, workers = config.workers, proxy_protocol = true, "listening");
+        } else {
+            info!(%transport, %addr, workers = config.workers, "listening");
+        }
     }
-    Ok(Running { listening, workers, shutdown: shutdown.clone(), shared, tls: tls.map(|(_, store)| store) })
+    Ok(Running { listening, proxied, workers, shutdown: shutdown.clone(), shared, tls: tls.map(|(_, store)| store) })
 }
 
 impl Running {
     /// The addresses listened on, with port 0 resolved.
     pub fn listening(&self) -> &[(Transport, SocketAddr)] {
         &self.listening
+    }
+
+    /// The listening addresses that speak the PROXY protocol.
+    pub fn proxied(&self) -> &[(Transport, SocketAddr)] {
+        &self.proxied
     }
 
     /// The state shared by the workers: port pools and quotas.

@@ -15,6 +15,7 @@ pub mod error;
 pub mod nat_discovery;
 pub mod policy;
 pub mod port_pool;
+pub mod proxy;
 pub mod rate_limit;
 pub mod resources;
 pub mod server;

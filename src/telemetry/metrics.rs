@@ -37,7 +37,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
     let server = &snapshot.counters.server;
     let io = &snapshot.counters.io;
 
-    let counters: [(&str, &str, u64); 24] = [
+    let counters: [(&str, &str, u64); 25] = [
         ("stun_requests", "STUN requests received and parsed", server.requests),
         ("binding_responses", "Binding success responses sent", server.binding_responses),
         ("error_responses", "STUN error responses sent, challenges included", server.error_responses),
@@ -70,6 +70,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         ("tls_refused", "TLS connections closed at once: too many handshakes in progress", io.tls_refused),
         ("tls_connections_accepted", "Connections accepted on TLS listeners", io.tls_accepted),
         ("tcp_relayed_bytes", "Bytes RFC 6062 data connections carried, both ways", server.tcp_relayed_bytes),
+        ("proxy_headers", "PROXY headers read: connections that went on as the client they named", io.proxy_headers),
     ];
     for (name, help, value) in counters {
         let counter: Counter = Counter::default();
@@ -110,6 +111,22 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         connections.get_or_create(&vec![("event", event)]).inc_by(value);
     }
     registry.register("tcp_connections", "Client TCP and TLS connections, by event", connections);
+
+    let proxy_failures = Family::<Labels, Counter>::default();
+    for (reason, value) in [
+        ("untrusted", io.proxy_untrusted),
+        ("missing", io.proxy_missing),
+        ("malformed", io.proxy_malformed),
+        ("closed", io.proxy_closed),
+        ("timeout", io.proxy_timeouts),
+    ] {
+        proxy_failures.get_or_create(&vec![("reason", reason)]).inc_by(value);
+    }
+    registry.register(
+        "proxy_failures",
+        "Connections to PROXY listeners closed before their header named a client, by reason",
+        proxy_failures,
+    );
 
     let gauges: [(&str, &str, u64); 4] = [
         ("allocations", "TURN allocations now", u64::from(snapshot.allocations)),
@@ -251,6 +268,8 @@ mod tests {
         counters.server.relayed_bytes_to_client = 1200;
         counters.server.dropped_no_permission = 2;
         counters.io.tcp_accepted = 5;
+        counters.io.proxy_headers = 6;
+        counters.io.proxy_timeouts = 1;
         let reloads =
             ReloadStatus { generation: 3, failures: 1, last_success: 1_800_000_000, last_failure: 1_700_000_000 };
         let snapshot =
@@ -262,6 +281,9 @@ mod tests {
             "tern_relayed_bytes_total{direction=\"to_client\"} 1200",
             "tern_dropped_packets_total{reason=\"no_permission\"} 2",
             "tern_tcp_connections_total{event=\"accepted\"} 5",
+            "tern_proxy_headers_total 6",
+            "tern_proxy_failures_total{reason=\"timeout\"} 1",
+            "tern_proxy_failures_total{reason=\"untrusted\"} 0",
             "tern_allocations 4",
             "tern_open_connections 1",
             "tern_workers 2",

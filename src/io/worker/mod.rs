@@ -24,7 +24,8 @@
 //!
 //! This file is the loop and the core's outputs; `datagrams.rs` serves the
 //! UDP listeners and relay sockets, `connections.rs` the TCP and TLS
-//! clients, and `splice.rs` RFC 6062's relay listeners and data connections.
+//! clients, `proxied.rs` the PROXY headers that come first on some of them,
+//! and `splice.rs` RFC 6062's relay listeners and data connections.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -41,6 +42,7 @@ use tracing::{debug, info_span, warn};
 use super::clock;
 use super::listener::WorkerListeners;
 use super::out::{OutQueue, Via};
+use super::proxy::ProxyListeners;
 use super::relay::UdpRelays;
 use super::report::{IoStats, WorkerReport};
 use super::shared::{Shared, SharedAccounts};
@@ -78,6 +80,7 @@ const HANDLE_TCP: u64 = 1 << 63;
 
 mod connections;
 mod datagrams;
+mod proxied;
 mod splice;
 
 /// Where frames for clients go: a client's TCP connection, or the UDP
@@ -130,6 +133,8 @@ pub struct Worker {
     tcp_listeners: Vec<(mio::net::TcpListener, SocketAddr)>,
     tls_listeners: Vec<(mio::net::TcpListener, SocketAddr)>,
     tls: Option<WorkerTls>,
+    /// Which stream listeners speak the PROXY protocol, when any do.
+    proxy: Option<ProxyListeners>,
     /// TLS connections of this worker still in their handshake.
     handshaking: usize,
     connections: Slab<TcpConnection>,
@@ -178,7 +183,7 @@ impl Worker {
         shared.handoffs.register(id, waker.clone());
         shared.liveness.register(id, waker.clone());
         shutdown.register(waker);
-        let WorkerListeners { mut udp, mut tcp, tls: mut tls_listeners } = listeners;
+        let WorkerListeners { mut udp, mut tcp, tls: mut tls_listeners, proxy } = listeners;
         for (index, (socket, _)) in udp.iter_mut().enumerate() {
             poll.registry().register(socket, Source::Udp(index).token(), Interest::READABLE)?;
         }
@@ -203,6 +208,7 @@ impl Worker {
             tcp_listeners: tcp,
             tls_listeners,
             tls,
+            proxy,
             handshaking: 0,
             connections: Slab::new(),
             connection_timers: BinaryHeap::new(),
