@@ -16,7 +16,7 @@ use super::report::WorkerReport;
 use super::tcp_relay::Handoffs;
 use crate::proto::auth::StaticCredentials;
 use crate::proto::port_pool::ReservationToken;
-use crate::proto::resources::{Accounts, PortError, PortRequest, QuotaError, QuotaLimits, Resources};
+use crate::proto::resources::{Accounts, ConnectionLimit, PortError, PortRequest, QuotaError, QuotaLimits, Resources};
 
 /// One process's [`Accounts`], shared by every worker's core.
 #[derive(Clone)]
@@ -59,7 +59,7 @@ impl Resources for SharedAccounts {
         self.lock().release_allocation(quota_key);
     }
 
-    fn admit_connection(&mut self, ip: IpAddr) -> bool {
+    fn admit_connection(&mut self, ip: IpAddr) -> Result<(), ConnectionLimit> {
         self.lock().admit_connection(ip)
     }
 

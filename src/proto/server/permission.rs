@@ -38,6 +38,7 @@ impl Server {
         let allocation = self.table.get_mut(id).expect("found above");
         let added = peers.iter().filter(|ip| allocation.would_add_permission(**ip)).count();
         if allocation.permission_count() + added > max_permissions {
+            self.notices.max_permissions(max_permissions);
             return Err(RequestError::InsufficientCapacity("permission limit of the allocation reached"));
         }
         for peer in peers {
