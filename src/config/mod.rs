@@ -12,6 +12,7 @@
 //! the identity to run as, the TLS listeners), so [`Config::runtime`] only
 //! assembles.
 
+pub mod coturn;
 mod flags;
 mod settings;
 mod values;
@@ -30,7 +31,7 @@ pub use settings::{
 };
 pub use values::{
     Address, AlternateIp, AlternateServer, ExternalAddress, LogFormat, LogLevel, PeerRange, PortRange, RelayIp,
-    UserSecret, flag, user_flag,
+    UserSecret, flag, toml_key, user_flag,
 };
 
 use crate::io::sys::{self, process::Identity};
