@@ -43,10 +43,13 @@ const COTURN_MIN_PORT: u16 = 49152;
 const COTURN_MAX_PORT: u16 = 65535;
 /// Allocation, channel and permission lifetimes, and the nonce's, seconds.
 const COTURN_LIFETIME: u32 = 600;
+const COTURN_MAX_LIFETIME: u32 = 3600;
 const COTURN_CHANNEL_LIFETIME: u32 = 600;
 const COTURN_PERMISSION_LIFETIME: u32 = 300;
 const COTURN_STALE_NONCE: u32 = 600;
 const COTURN_PROMETHEUS_PORT: u16 = 9641;
+/// coturn's most relay threads.
+const COTURN_MAX_RELAY_THREADS: u32 = 128;
 /// 401 answers per second per source with `unauthorized-ratelimit`.
 const COTURN_RATELIMIT_RPS: u32 = 10;
 
@@ -354,14 +357,14 @@ struct Note {
 #[derive(Default)]
 struct Coturn {
     listening_ips: Vec<IpAddr>,
-    listening_port: Option<u16>,
+    listening_port: Option<(usize, u16)>,
     tls_listening_port: Option<(usize, u16)>,
     alt_listening_port: Option<(usize, u16)>,
     aux_servers: Vec<SocketAddr>,
     relay_ips: Vec<IpAddr>,
     external_ips: Vec<ExternalIp>,
-    /// The line of a single-address `external-ip`, which coturn takes once.
-    sole_external_ip: Option<usize>,
+    /// An `external-ip` without a private address was read; coturn takes one.
+    sole_external_ip: bool,
     min_port: Option<u16>,
     max_port: Option<u16>,
     /// The line of the later of the two.
@@ -415,7 +418,7 @@ impl Coturn {
         }
         match option.name {
             "listening-ip" => self.listening_ips.push(ip(value)?),
-            "listening-port" => self.listening_port = Some(port(value)?),
+            "listening-port" => self.listening_port = Some((option.line, port(value)?)),
             "tls-listening-port" => self.tls_listening_port = Some((option.line, port(value)?)),
             "alt-listening-port" => self.alt_listening_port = Some((option.line, port(value)?)),
             "aux-server" => self
@@ -425,12 +428,12 @@ impl Coturn {
             "external-ip" => {
                 let external = ExternalAddress::check(required(value)?.to_owned())?;
                 if external.private.is_none() {
-                    if self.sole_external_ip.is_some() {
+                    if self.sole_external_ip {
                         return Err("a second address without /PRIVATE: coturn takes only one; map each relay \
                                     address as PUBLIC/PRIVATE"
                             .into());
                     }
-                    self.sole_external_ip = Some(option.line);
+                    self.sole_external_ip = true;
                 }
                 self.external_ips.push(external);
             }
@@ -467,7 +470,7 @@ impl Coturn {
                 self.stale_nonce = Some(if value.is_empty() { COTURN_STALE_NONCE } else { number(value)? })
             }
             "max-allocate-lifetime" => {
-                self.max_allocate_lifetime = Some(if value.is_empty() { 3600 } else { number(value)? })
+                self.max_allocate_lifetime = Some(if value.is_empty() { COTURN_MAX_LIFETIME } else { number(value)? })
             }
             "channel-lifetime" => {
                 let lifetime = if value.is_empty() { COTURN_CHANNEL_LIFETIME } else { number(value)? };
@@ -687,11 +690,12 @@ impl Coturn {
             );
         }
         let workers = match (self.relay_threads, self.cpus) {
-            (Some(threads), _) => Some((threads.max(1), "relay-threads (0 in coturn: one thread)")),
-            (None, Some(cpus)) => Some((cpus.max(1), "cpus")),
+            (Some(threads), _) => Some((threads, "relay-threads (0 in coturn: one thread)")),
+            (None, Some(cpus)) => Some((cpus, "cpus")),
             (None, None) => None,
         };
         if let Some((workers, from)) = workers {
+            let workers = workers.clamp(1, COTURN_MAX_RELAY_THREADS);
             out.top.key("workers", workers.to_string(), &format!("{from}: worker threads, each with its own sockets."));
         }
         if self.software {
@@ -749,7 +753,7 @@ impl Coturn {
 
     /// `listen`, and RFC 5780's second address when coturn had one.
     fn listen(&self, out: &mut Toml) {
-        let port = self.listening_port.unwrap_or(COTURN_PORT);
+        let port = self.listening_port.map_or(COTURN_PORT, |(_, port)| port);
         let mut ips = self.listening_ips.clone();
         let mut comment = String::from("listening-ip and listening-port: each address serves UDP and TCP.");
         if ips.is_empty() {
@@ -1104,9 +1108,10 @@ impl Coturn {
             out.tls.comment("no-tls: TLS is off, so cert and pkey are not carried.");
             return Ok(());
         }
-        let port = self.listening_port.unwrap_or(COTURN_PORT);
+        let port = self.listening_port.map_or(COTURN_PORT, |(_, port)| port);
         let (line, tls_port) = self.tls_listening_port.unwrap_or((0, COTURN_TLS_PORT));
         if tls_port == port {
+            let line = if line == 0 { self.listening_port.map_or(0, |(line, _)| line) } else { line };
             return Err((
                 line,
                 format!("tls-listening-port is listening-port ({port}): tern serves TLS on a port of its own"),
