@@ -113,7 +113,8 @@ CHANNEL_DATA = {
 
 OP = [
     "Request", "Datagram", "ChannelData", "Peer", "LargePeer", "Icmp", "Advance", "Timeout", "ConnectionClosed",
-    "PeerConnected", "PeerAccepted", "PairClosed", "PairTraffic",
+    "PeerConnected", "PeerAccepted", "PairClosed", "PairTraffic", "PortInUse",
+    "Wake",
 ]
 RELAY_IPS = ["Listener", "V4", "Both"]
 STEP = ["Millis", "Seconds", "Minutes"]
@@ -127,14 +128,16 @@ ATTR = [
 ]
 PROTOCOL = ["Udp", "Tcp", "Other"]
 PEER = ["Known", "V4", "V6"]
+CHANNEL = ["Low", "Raw"]
 CONNECTION_ID = ["Known", "Raw"]
 AUTH = ["Unsigned", "Signed", "WrongKey", "ForgedNonce"]
 WHO = ["Static", "Rest"]
 SCHEME = ["Rfc5389", "Sha256", "Md5"]
 
-# Indices into server_inputs.rs's CLIENTS and PEERS.
-TCP_CONTROL, TLS_DATA, TCP_DATA = 2, 3, 6
+# Indices into server_inputs.rs's CLIENTS, PEERS and RELAY_IPS.
+UDP_CLIENT, TCP_CONTROL, TLS_DATA, TCP_DATA = 0, 2, 3, 6
 PEER_8888, PEER_1111 = 0, 1
+LISTENER_V4 = 0
 
 
 def u8(value):
@@ -159,7 +162,7 @@ def elements(items):
     return b"".join(b"\x01" + item for item in items) + b"\x00"
 
 
-def setup(authenticated, max_bps=None, max_tcp_peer_connections=3):
+def setup(authenticated, max_bps=None, max_tcp_peer_connections=3, tcp_per_ip=0, dont_fragment_unsupported=False):
     bps = flag(False) if max_bps is None else flag(True) + u16(max_bps)
     return (
         flag(authenticated)
@@ -173,6 +176,9 @@ def setup(authenticated, max_bps=None, max_tcp_peer_connections=3):
         + u8(4)  # max_channels
         + bps
         + u8(max_tcp_peer_connections)
+        + u8(tcp_per_ip)  # 0: no limit
+        + u8(0)  # tcp_total: no limit
+        + flag(dont_fragment_unsupported)
     )
 
 
@@ -229,6 +235,29 @@ def pair_traffic(to_peer, to_client, connection=0):
     return variant(OP, "PairTraffic", u8(connection), u16(to_peer), u16(to_client))
 
 
+def peer_datagram(known, payload, allocation=0):
+    return variant(OP, "Peer", u8(allocation), variant(PEER, "Known", u8(known)), elements(bytes([b]) for b in payload))
+
+
+def icmp(known, icmp_type, icmp_code, mtu=0, allocation=0):
+    return variant(
+        OP, "Icmp", u8(allocation), variant(PEER, "Known", u8(known)), flag(False), u8(icmp_type), u8(icmp_code),
+        struct.pack("<I", mtu),
+    )
+
+
+def lifetime(seconds):
+    return variant(ATTR, "Lifetime", struct.pack("<I", seconds))
+
+
+def channel_number(number):
+    return variant(ATTR, "ChannelNumber", variant(CHANNEL, "Raw", u16(number)))
+
+
+def port_in_use(ip, port):
+    return variant(OP, "PortInUse", u8(ip), u8(port))
+
+
 def sequence(authenticated, ops, **limits):
     return setup(authenticated, **limits) + elements(ops)
 
@@ -263,7 +292,63 @@ def challenge_then(ops):
     return [request(TCP_CONTROL, "Allocate", [requested_transport("Tcp")], unsigned())] + ops
 
 
+def udp_expiry():
+    """Seven of the eight ports of the listener's pool in use, so the
+    Allocate gets the eighth, retrying unless the pool offers it first; a
+    permission and a channel, peer data both ways, an ICMP error relayed, a
+    Refresh to an hour; then the permissions expire, the channel, its
+    five-minute guard, and at last the allocation."""
+    return [port_in_use(LISTENER_V4, port) for port in range(7)] + [
+        request(UDP_CLIENT, "Allocate", [requested_transport("Udp")], unsigned()),
+        request(UDP_CLIENT, "CreatePermission", [xor_peer(PEER_8888)], unsigned()),
+        request(UDP_CLIENT, "ChannelBind", [channel_number(0x4000), xor_peer(PEER_1111)], unsigned()),
+        peer_datagram(PEER_8888, b"data"),
+        peer_datagram(PEER_1111, b"channel"),
+        icmp(PEER_8888, 3, 4, mtu=1200),
+        request(UDP_CLIENT, "Refresh", [lifetime(3600)], unsigned()),
+        advance_seconds(301),
+        variant(OP, "Timeout"),
+        advance_seconds(300),
+        variant(OP, "Timeout"),
+        advance_seconds(300),
+        variant(OP, "Timeout"),
+        advance_seconds(3000),
+        variant(OP, "Timeout"),
+    ]
+
+
+def refresh_shorter():
+    """An allocation for an hour refreshed to the default ten minutes, a
+    permission, then the driver sleeping from deadline to deadline: the
+    permission expires, then the allocation, at the refreshed time."""
+    return [
+        request(UDP_CLIENT, "Allocate", [requested_transport("Udp"), lifetime(3600)], unsigned()),
+        request(UDP_CLIENT, "Refresh", [], unsigned()),
+        request(UDP_CLIENT, "CreatePermission", [xor_peer(PEER_8888)], unsigned()),
+        variant(OP, "Wake"),
+        variant(OP, "Wake"),
+        variant(OP, "Wake"),
+    ]
+
+
+def refused_relays():
+    """An Allocate whose only free port is taken too (the core gives up
+    after 16 tries), one with DONT-FRAGMENT where it cannot be set, and a
+    data connection over the per-IP connection limit."""
+    return [port_in_use(LISTENER_V4, port) for port in range(8)] + [
+        request(UDP_CLIENT, "Allocate", [requested_transport("Udp")], unsigned()),
+        port_in_use(LISTENER_V4, 0),
+        request(1, "Allocate", [requested_transport("Udp"), variant(ATTR, "DontFragment")], unsigned()),
+        request(1, "Allocate", [requested_transport("Udp")], unsigned()),
+        request(TCP_CONTROL, "Allocate", [requested_transport("Tcp")], unsigned()),
+        request(TCP_DATA, "ConnectionBind", [learnt_connection_id(0)], unsigned()),
+    ]
+
+
 OPERATION_SEQUENCES = {
+    "ops-udp-expiry": sequence(False, udp_expiry()),
+    "ops-refresh-shorter": sequence(False, refresh_shorter()),
+    "ops-refused-relays": sequence(False, refused_relays(), tcp_per_ip=1, dont_fragment_unsupported=True),
     "ops-tcp-relay": sequence(False, rfc6062(unsigned())),
     "ops-tcp-relay-paced": sequence(False, rfc6062(unsigned()), max_bps=2000),
     "ops-tcp-relay-sha256": sequence(True, challenge_then(rfc6062(signed("Sha256", userhash=True)))),

@@ -6,18 +6,23 @@
 //! [`serve`] catches SIGINT and SIGTERM (stop), SIGHUP (reload) and SIGUSR1
 //! (drain) before anything listens: once "listening" is logged, a SIGHUP
 //! must not meet its default action, which would end tern. The [`Serving`]
-//! handle does what the signals do for a caller in the process.
+//! handle does what the signals do for a caller in the process. Under
+//! systemd, `systemd` tells the service manager about all of it.
+
+mod systemd;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGUSR1};
 use signal_hook::iterator::{Handle, Signals};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, Source};
+use crate::io::clock;
 use crate::io::shutdown::Shutdown;
 use crate::io::sys::{interfaces, process};
 use crate::io::{MetricsSource, Reloader, Running, StartError, WorkerReport, start};
@@ -51,6 +56,10 @@ pub enum ServeError {
     },
     #[error("cannot start the metrics thread: {0}")]
     MetricsThread(#[source] std::io::Error),
+    #[error("cannot start the systemd notifier: {0}")]
+    SystemdThread(#[source] std::io::Error),
+    #[error("{0}")]
+    TestHook(String),
     #[error(transparent)]
     Start(#[from] StartError),
     #[error("server failed: {0}")]
@@ -71,6 +80,11 @@ struct Control {
     shutdown: Shutdown,
     metrics: MetricsSource,
     drain_started: AtomicBool,
+    /// When a drain ends what is left, if it has a deadline.
+    drain_deadline: Mutex<Option<Instant>>,
+    /// `drain_timeout`: the deadline SIGUSR1 gives a drain.
+    drain_timeout: Option<Duration>,
+    systemd: Arc<systemd::Systemd>,
 }
 
 /// What a reload reads the credentials from: the source tern started
@@ -134,6 +148,9 @@ pub fn serve(config: &Config, source: Source, shutdown: Shutdown) -> Result<Serv
         shutdown,
         metrics: running.metrics(),
         drain_started: AtomicBool::new(false),
+        drain_deadline: Mutex::new(None),
+        drain_timeout: config.drain_timeout.map(|seconds| Duration::from_secs(u64::from(seconds.get()))),
+        systemd: systemd::Systemd::new(running.metrics()),
     });
     let mut serving = Serving { running, control, metrics_addr: None, signals };
     if let Err(e) = serving.run_extras(metrics_listener, hangups, drain_requests) {
@@ -146,8 +163,8 @@ pub fn serve(config: &Config, source: Source, shutdown: Shutdown) -> Result<Serv
 }
 
 impl Serving {
-    /// Starts what runs beside the workers: the metrics thread and the
-    /// signal threads.
+    /// Starts what runs beside the workers: the metrics thread, the signal
+    /// threads and the systemd notifier.
     fn run_extras(
         &mut self,
         metrics_listener: Option<std::net::TcpListener>,
@@ -162,8 +179,12 @@ impl Serving {
         let reload = Arc::clone(&self.control);
         self.signals.0.push(on_signal("tern-reload", hangups, move || reload.reload()).map_err(thread("SIGHUP"))?);
         let drain = Arc::clone(&self.control);
-        self.signals.0.push(on_signal("tern-drain", drain_requests, move || drain.drain()).map_err(thread("SIGUSR1"))?);
-        Ok(())
+        let drain_on_signal = move || drain.drain(drain.drain_timeout);
+        self.signals.0.push(on_signal("tern-drain", drain_requests, drain_on_signal).map_err(thread("SIGUSR1"))?);
+        let liveness = Arc::clone(&self.running.shared().liveness);
+        systemd::hold_worker_for_tests(&liveness).map_err(ServeError::TestHook)?;
+        let shutdown = self.control.shutdown.clone();
+        self.control.systemd.start(liveness, shutdown).map_err(ServeError::SystemdThread)
     }
 
     /// The addresses listened on, with port 0 resolved.
@@ -187,10 +208,12 @@ impl Serving {
         self.control.reload();
     }
 
-    /// What SIGUSR1 does: drains, then stops once no allocation is left
-    /// (see `Control::drain`).
-    pub fn drain(&self) {
-        self.control.drain();
+    /// What SIGUSR1 does, with `deadline` in place of `drain_timeout`:
+    /// drains, then stops once no allocation is left, or once `deadline`
+    /// has passed, ending what is left (see `Control::drain`). `None` waits
+    /// for the last allocation, however long it lasts.
+    pub fn drain(&self, deadline: Option<Duration>) {
+        self.control.drain(deadline);
     }
 
     /// What SIGTERM does: stops the workers; [`Serving::join`] waits for them.
@@ -200,7 +223,9 @@ impl Serving {
 
     /// Waits for the workers to stop, then logs and returns what they did.
     pub fn join(self) -> Result<WorkerReport, ServeError> {
-        let report = self.running.join().map_err(ServeError::Failed)?;
+        let report = self.running.join();
+        self.control.systemd.stopping();
+        let report = report.map_err(ServeError::Failed)?;
         drop(self.signals);
         info!(
             requests = report.server.requests,
@@ -241,6 +266,7 @@ impl Control {
     /// TLS: new handshakes use the new pair, established connections keep
     /// theirs, and a pair that does not load leaves the old one in place.
     fn reload(&self) {
+        let _reloading = self.systemd.reloading();
         self.reload.credentials();
         let Some(store) = self.reload.reloader.tls() else {
             info!("SIGHUP: no TLS certificate configured");
@@ -256,32 +282,55 @@ impl Control {
     /// SIGUSR1 drains the server, for a restart that cuts no call: new
     /// allocations go to the alternate servers (or get 508), existing ones
     /// carry on, and tern stops as on SIGTERM once the last one has ended
-    /// (SIGTERM still stops it at any time). A second request changes
-    /// nothing.
-    fn drain(self: &Arc<Self>) {
+    /// (SIGTERM still stops it at any time). With a `deadline`, tern stops
+    /// when it passes too: the allocations left are deleted, and their
+    /// clients are no longer served. A second request can only bring the
+    /// deadline forward.
+    fn drain(self: &Arc<Self>, deadline: Option<Duration>) {
         const CHECK_EVERY: Duration = Duration::from_secs(1);
+        if let Some(deadline) = deadline {
+            let at = clock::now() + deadline;
+            let mut current = self.drain_deadline();
+            if current.is_none_or(|current| at < current) {
+                *current = Some(at);
+            }
+        }
         if self.drain_started.swap(true, Ordering::AcqRel) {
             return;
         }
         self.shutdown.drain();
         info!(
             allocations = self.metrics.allocations(),
+            deadline = ?deadline,
             "draining: no new allocations; tern stops once the last one ends"
         );
         let control = Arc::clone(self);
         let watch = std::thread::Builder::new().name("tern-drained".into()).spawn(move || {
             while !control.shutdown.is_requested() {
-                if control.metrics.allocations() == 0 {
+                let allocations = control.metrics.allocations();
+                if allocations == 0 {
                     info!("drained: no allocation left");
                     control.shutdown.trigger();
                     break;
                 }
-                std::thread::sleep(CHECK_EVERY);
+                let now = clock::now();
+                let deadline = *control.drain_deadline();
+                if deadline.is_some_and(|at| now >= at) {
+                    warn!(allocations, "drain deadline passed: ending the allocations left");
+                    control.shutdown.trigger();
+                    break;
+                }
+                std::thread::sleep(deadline.map_or(CHECK_EVERY, |at| CHECK_EVERY.min(at - now)));
             }
         });
         if let Err(e) = watch {
             error!(error = %e, "cannot watch the drain; tern stops on SIGTERM only");
         }
+    }
+
+    fn drain_deadline(&self) -> MutexGuard<'_, Option<Instant>> {
+        // An instant is whole even if its writer panicked.
+        self.drain_deadline.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

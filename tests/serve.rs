@@ -58,7 +58,7 @@ fn the_handle_reloads_drains_and_stops_once_drained() {
     let revoked = session(server, "carol").allocate(None).expect_err("a removed user is refused");
     assert_eq!(revoked.code(), Some(401), "{revoked}");
 
-    serving.drain();
+    serving.drain(None);
     assert!(serving.metrics().snapshot().draining);
     let refused = session(server, "bob").allocate(None).expect_err("no new allocation while draining");
     assert_eq!(refused.code(), Some(508), "{refused}");

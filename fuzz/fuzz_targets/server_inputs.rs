@@ -1,15 +1,28 @@
 //! `server_inputs`: a sequence of operations, decoded from the input with
-//! `arbitrary`, fed to the sans-IO `Server` with a fake driver and clock.
+//! `arbitrary`, fed to the sans-IO `Server` with a fake clock, the fake
+//! sockets of `tern::testing` as its driver and the real accounts (ports,
+//! quotas, connection admission) it shares between workers.
 //!
 //! Operations: raw datagrams and well-formed STUN/TURN requests (built from
 //! fuzzed fields, optionally signed with a known user's key and the nonce
 //! and password algorithms learnt from an earlier 401/438, so the
 //! authenticated paths are reached) from a few client 5-tuples over UDP, TCP
-//! and TLS; ChannelData; peer datagrams through `handle_peer`; clock steps;
-//! `handle_timeout`; `handle_connection_closed`. Requests are signed as an
-//! RFC 5389 client does (USERNAME, MD5 key, MESSAGE-INTEGRITY) or as an
-//! RFC 8489 one does (PASSWORD-ALGORITHMS echoed, PASSWORD-ALGORITHM SHA-256
-//! or MD5, USERHASH or USERNAME, MESSAGE-INTEGRITY-SHA256).
+//! and TLS; ChannelData; peer datagrams through `handle_peer`; ICMP errors
+//! through `handle_icmp`; clock steps; `handle_timeout`, at any time or at
+//! the deadline `poll_timeout` names, as the driver sleeps; client connections
+//! closing; relay ports another program takes (`Sockets::in_use`, so a
+//! relay that cannot open is retried on the next port). Requests are signed
+//! as an RFC 5389 client does (USERNAME, MD5 key, MESSAGE-INTEGRITY) or as
+//! an RFC 8489 one does (PASSWORD-ALGORITHMS echoed, PASSWORD-ALGORITHM
+//! SHA-256 or MD5, USERHASH or USERNAME, MESSAGE-INTEGRITY-SHA256).
+//!
+//! The harness is the driver: a TCP or TLS client connection is admitted
+//! (`handle_connection_opened`) before its first packet reaches the core,
+//! and after every operation `Sockets::drive` answers every event (relay
+//! sockets open, or fail with EADDRINUSE on a port in use or without
+//! DONT-FRAGMENT support when the setup says so; peers are connected, a
+//! peer on port 0 failing at once) and returns the messages written for
+//! later, which the harness checks.
 //!
 //! RFC 6062: TCP allocations, Connect and ConnectionBind (with CONNECTION-IDs
 //! the harness learnt, or raw ones), and the driver's side of it: peers
@@ -21,16 +34,26 @@
 //! the core nothing more on it, and closing it closes the pair.
 //!
 //! The server runs anonymous (`auth: None`) or with long-term credentials,
-//! as the first bytes of the input choose.
+//! as the first bytes of the input choose, with one worker. Every input
+//! ends with `close_all`.
 //!
 //! After every step the harness asserts:
 //! - nothing panicked;
 //! - `table().is_consistent()`;
-//! - the fake driver's open relays are exactly the table's allocations, and
-//!   no two allocations share a relayed address;
-//! - the quota counts are exactly the table's allocations per quota key;
-//! - no relay IP has more allocations than its fake port pool has ports, and
-//!   no allocation more permissions or channels than configured;
+//! - every OpenRelay was answered within the step and no allocation is
+//!   left opening; the open relay sockets are exactly the live
+//!   allocations' relayed addresses (`Sockets::check`), no two allocations
+//!   share a relayed address, and each relay is a TCP listener exactly when
+//!   its allocation is a TCP one; a port is asked for at most 16 times per
+//!   relay;
+//! - the quota counts are exactly the table's allocations per quota key,
+//!   and in all;
+//! - no relay IP has more allocations than its port pool has ports, nor
+//!   more allocations and free ports together, and no allocation more
+//!   permissions or channels than configured;
+//! - the client connections counted are exactly those the harness has
+//!   open (a bound data connection until its pair ends), and a connection
+//!   is refused only at a limit;
 //! - every reply is one STUN response of the request's method and
 //!   transaction ID; it is signed only when the request was an
 //!   authenticated TURN request (Connect and ConnectionBind included), with
@@ -40,20 +63,46 @@
 //!   and PASSWORD-ALGORITHMS;
 //! - a reply that is not signed (its request was not authenticated) is at
 //!   most `AMPLIFICATION_BOUND` bytes longer than the request;
+//! - only an Allocate or a Connect is answered later (`Deferred`), and
+//!   never `HandOff` with one worker;
+//! - the messages written for later are exactly what the step owes, each
+//!   one STUN message: an answer to each Allocate answered `Deferred`, to
+//!   its client, checked as a reply is and fingerprinted as its request,
+//!   a success only with the allocation live and naming its relayed
+//!   addresses, an error only with none left for its 5-tuple; and one Data
+//!   indication with XOR-PEER-ADDRESS and ICMP for each ICMP error relayed,
+//!   which happens exactly for the kinds RFC 8656 §11.5 relays, to a live
+//!   allocation's client, for a peer with a permission;
 //! - data is forwarded only to a peer the policy allows, from a live UDP
-//!   allocation, with a range inside the packet;
+//!   allocation whose relay is open, with a range inside the packet;
 //! - a peer datagram is relayed only with a permission, as a ChannelData
 //!   frame or Data indication that reads back to the same peer and payload;
-//! - after `handle_timeout`, no expired allocation is left.
+//! - what observers are told adds up: every AllocationCreated names an
+//!   allocation as the table has it, and is followed by exactly one
+//!   AllocationDeleted of the same id and 5-tuple before the id is created
+//!   again; the allocations created and not deleted are the table's; a
+//!   refresh, permission or channel is reported only for such an
+//!   allocation; an expiry only of a permission or channel reported and not
+//!   expired since; the permissions reported live are as many as the
+//!   allocation holds, and a channel number changes peer only through its
+//!   expiry;
+//! - `poll_timeout` is at or before the next deadline of every allocation
+//!   (its lifetime, a permission's or channel's expiry, a channel's guard)
+//!   and of every peer connection waiting for its peer or its bind;
+//! - after `handle_timeout(now)`, `poll_timeout` is not in the past, no
+//!   expired allocation is left, and every permission and channel binding
+//!   observers were told is live is live (`has_permission`,
+//!   `channel_peer`), and every binding that is live was told.
 //!
 //! And for RFC 6062:
-//! - TCP relays are opened without a port request or DONT-FRAGMENT; the
-//!   driver connects only from an open TCP relay of the peer's family, to a
-//!   peer the policy allows;
+//! - TCP relays are opened without DONT-FRAGMENT; the driver connects only
+//!   from an open TCP relay of the peer's family, to a peer the policy
+//!   allows, for a Connect of this step and to its peer;
 //! - the peer connections the driver holds are exactly the server's, each of
 //!   a TCP allocation in the table and to a peer the policy allows; those
 //!   the server has connecting are exactly those the driver has not
-//!   reported on; ids the driver closed are unknown to the server;
+//!   reported on, each owed an answer; ids the driver closed are unknown to
+//!   the server;
 //! - no allocation has more peer connections than
 //!   `max_tcp_peer_connections` (0: none at all), and a TCP allocation has
 //!   no channels;
@@ -61,16 +110,17 @@
 //!   deadline at most 30 seconds away;
 //! - a peer connecting to a relayed address is kept only by a live TCP
 //!   allocation with a permission for it;
-//! - `poll_control` yields, each as one STUN message for the client of the
-//!   TCP allocation concerned, exactly what the step owes: a Connect answer
-//!   for each Connect the driver reported on or whose 30 seconds ran out
-//!   (success with its CONNECTION-ID when established, 447 otherwise) with
-//!   the Connect's transaction ID, signed when the server authenticates and
-//!   verifying with our key, fingerprinted when the Connect was; and a
-//!   ConnectionAttempt with the peer and CONNECTION-ID for each peer kept;
+//! - the messages written for later include, each for the client of the
+//!   TCP allocation concerned, exactly: a Connect answer for each Connect
+//!   the driver reported on (or failed at once) or whose 30 seconds ran
+//!   out (success with its CONNECTION-ID when established, 447 otherwise)
+//!   with the Connect's transaction ID, signed when the server
+//!   authenticates and verifying with our key, fingerprinted when the
+//!   Connect was; and a ConnectionAttempt with the peer and CONNECTION-ID
+//!   for each peer kept;
 //! - a ConnectionBind succeeds only on a stream without an allocation, for
 //!   the CONNECTION-ID it named and, with authentication, by the user of
-//!   its allocation; the connection is then bound;
+//!   its allocation; the connection is then bound to that stream;
 //! - a bound pair is allowed what is left of its allocation's `max_bps`
 //!   budget (without a limit, anything), and what it moves is counted in
 //!   the allocation's traffic, taken off the budget and added to the
@@ -79,6 +129,9 @@
 //!   connect or bind deadline;
 //! - after `handle_connection_closed` of a control connection, none of its
 //!   allocation's peer connections is left.
+//!
+//! After `close_all`: no allocation, relay socket, peer connection or
+//! quota count is left, and observers were told of every deletion.
 
 #![no_main]
 
@@ -89,23 +142,28 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use tern::io::shared::SharedAccounts;
 use tern::proto::allocation::{AllocationId, ClientHandle, RelayId};
 use tern::proto::auth::{
     Authenticator, Integrity, LongTermKey, NONCE_COOKIE, PasswordAlgorithm, SigningKey, StaticCredentials, UserKeys,
     rest_password, userhash,
 };
-use tern::proto::channel_data::{self, ChannelData};
+use tern::proto::channel_data::{self, ChannelData, ChannelNumber};
 use tern::proto::policy::{self, PeerPolicy};
 use tern::proto::rate_limit::RateLimit;
+use tern::proto::resources::QuotaLimits;
 use tern::proto::server::{
-    ClientOutcome, ConnectFailed, Driver, IcmpReport, PEER_HEADROOM, PEER_TAILROOM, PortRequest, QuotaError,
-    RelayError, RelayOpened, RelayRequest, Server, ServerConfig, TurnConfig,
+    ClientOutcome, Event, IcmpReport, PEER_HEADROOM, PEER_TAILROOM, RelayProtocol, Server, ServerConfig, Transmit,
+    TurnConfig,
 };
 use tern::proto::stun::attr::{self, FAMILY_IPV4, FAMILY_IPV6};
 use tern::proto::stun::integrity::long_term_key_md5;
-use tern::proto::stun::{AttrType, Class, ErrorCode, Message, MessageType, MessageWriter, Method, TransactionId};
-use tern::proto::tcp_relay::{BIND_TIMEOUT, CONNECT_TIMEOUT, ConnectionId, ControlMessage, State};
+use tern::proto::stun::{
+    AttrType, Class, ErrorCode, HEADER_LEN, Message, MessageType, MessageWriter, Method, TransactionId,
+};
+use tern::proto::tcp_relay::{BIND_TIMEOUT, CONNECT_TIMEOUT, ConnectionId, State};
 use tern::proto::{FiveTuple, Now, Transport};
+use tern::testing::{self, Sockets};
 
 /// Most bytes an unauthenticated request's reply may add to the request
 /// (issue 6 item 3). The largest today is a 401 with a reason phrase:
@@ -127,15 +185,21 @@ const REST_SECRET: &[u8] = b"rest-secret";
 const REST_USERS: [&str; 2] = ["carol", "dave"];
 const NONCE_LIFETIME: u64 = 600;
 const UNIX_START: u64 = 1_800_000_000;
-/// Each relay IP's fake pool: 8 ports, so exhaustion is near.
+/// Each relay IP's pool: 8 ports, so exhaustion is near.
 const PORT_MIN: u16 = 50000;
 const PORT_MAX: u16 = 50007;
-const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+const POOL_SIZE: usize = (PORT_MAX - PORT_MIN) as usize + 1;
+/// How often the core asks for another port when the one it took is in use
+/// (its `BIND_ATTEMPTS`).
+const OPEN_ATTEMPTS: usize = 16;
+/// Seeds the core's randomness, so a crash replays.
+const SEED: [u8; 32] = [0x7E; 32];
 
 /// Client 5-tuples: two on one IP (they share an anonymous quota and a
 /// nonce); three streams from another IP, TCP and TLS, so one can be an
 /// RFC 6062 control connection and the others its data connections; IPv6
-/// over UDP and TLS; and one that arrived on a wildcard address.
+/// over UDP and TLS; and one that arrived on a wildcard address. A client's
+/// index here is its `ClientHandle`.
 const CLIENTS: [(&str, &str, Transport); 8] = [
     ("198.51.100.1:40000", "192.0.2.10:3478", Transport::Udp),
     ("198.51.100.1:40001", "192.0.2.10:3478", Transport::Udp),
@@ -146,6 +210,12 @@ const CLIENTS: [(&str, &str, Transport); 8] = [
     ("198.51.100.2:40002", "192.0.2.10:3478", Transport::Tcp),
     ("[2001:db8:1::1]:40001", "[2001:db8::10]:5349", Transport::Tls),
 ];
+
+/// Every IP a relay can be opened on: first the listeners' (relaying on the
+/// address the Allocate arrived on), then the relay IPs a setup configures
+/// (IPv4 first).
+const RELAY_IPS: [&str; 4] = ["192.0.2.10", "2001:db8::10", "192.0.2.20", "2001:db8::20"];
+const LISTENER_IPS: usize = 2;
 
 /// Peers: public ones the default policy allows, an IPv4-mapped public one,
 /// and loopback, private, metadata and mapped-loopback ones it refuses.
@@ -188,6 +258,12 @@ struct Setup {
     max_bps: Option<u16>,
     /// Taken modulo 4; 0 means no peer connection at all.
     max_tcp_peer_connections: u8,
+    /// Client TCP/TLS connections per IP and in all, taken modulo 4 and 8;
+    /// 0 means no limit.
+    tcp_per_ip: u8,
+    tcp_total: u8,
+    /// The platform cannot set DONT-FRAGMENT: such relays fail to open.
+    dont_fragment_unsupported: bool,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -234,7 +310,9 @@ enum Op {
         mtu: u32,
     },
     Advance(Step),
+    /// `handle_timeout` now, whatever `poll_timeout` says.
     Timeout,
+    /// A client connection closed (TCP and TLS clients only).
     ConnectionClosed {
         client: u8,
     },
@@ -259,6 +337,15 @@ enum Op {
         to_peer: u16,
         to_client: u16,
     },
+    /// Another program takes relay port `PORT_MIN + port % 8` of a relay
+    /// IP, or gives it back if it held it.
+    PortInUse {
+        ip: u8,
+        port: u8,
+    },
+    /// The driver sleeps until `poll_timeout` (if it is later than now) and
+    /// calls `handle_timeout` then.
+    Wake,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -426,193 +513,18 @@ enum Scheme {
 }
 
 // ---------------------------------------------------------------------------
-// The fake driver
-// ---------------------------------------------------------------------------
-
-/// A port pool with the real one's contract and none of its randomness, so
-/// a crash replays: lowest free port first.
-struct FakePool {
-    free: BTreeSet<u16>,
-}
-
-/// A [`Driver`] with port pools, reservations, quotas and RFC 6062 peer
-/// connections, and no sockets.
-struct FakeDriver {
-    pools: HashMap<IpAddr, FakePool>,
-    reservations: HashMap<[u8; 8], (SocketAddr, Instant)>,
-    next_token: u64,
-    open: HashMap<RelayId, SocketAddr>,
-    /// The relays of `open` that are TCP listeners.
-    tcp_relays: BTreeSet<RelayId>,
-    user_quota: u32,
-    total_quota: u32,
-    per_user: BTreeMap<String, u32>,
-    total: u32,
-    now: Instant,
-    policy: PeerPolicy,
-    /// Peer connections held, in the order they were made: CONNECTION-IDs
-    /// are random, so the harness picks among them by position here, which
-    /// replays, rather than by value.
-    live: Vec<ConnectionId>,
-    /// Those of `live` a Connect started, whose outcome the driver has not
-    /// reported yet.
-    connecting: Vec<ConnectionId>,
-    /// Connections `connect_peer` started during the current client packet.
-    started: Vec<ConnectionId>,
-    /// Ids closed and not handed out again since.
-    closed: BTreeSet<ConnectionId>,
-    /// For FUZZ_STATS.
-    tcp_relays_opened: u64,
-}
-
-impl FakeDriver {
-    fn pool(&mut self, ip: IpAddr) -> &mut FakePool {
-        self.pools.entry(ip).or_insert_with(|| FakePool { free: (PORT_MIN..=PORT_MAX).collect() })
-    }
-
-    /// Reservations past their 30 seconds give their port back.
-    fn expire_reservations(&mut self) {
-        let now = self.now;
-        let expired: Vec<[u8; 8]> =
-            self.reservations.iter().filter(|(_, (_, deadline))| *deadline <= now).map(|(t, _)| *t).collect();
-        for token in expired {
-            let (addr, _) = self.reservations.remove(&token).expect("listed above");
-            self.pool(addr.ip()).free.insert(addr.port());
-        }
-    }
-
-    /// A peer connection the driver holds from now on.
-    fn hold(&mut self, id: ConnectionId) {
-        assert!(!self.live.contains(&id), "connection {id:?} made while held");
-        self.closed.remove(&id);
-        self.live.push(id);
-    }
-
-    /// A peer connection the driver closed.
-    fn release(&mut self, id: ConnectionId) {
-        let at = self.live.iter().position(|held| *held == id);
-        let at = at.unwrap_or_else(|| panic!("connection {id:?} closed, not held"));
-        self.live.remove(at);
-        self.connecting.retain(|connecting| *connecting != id);
-        self.closed.insert(id);
-    }
-}
-
-impl Driver for FakeDriver {
-    fn open_relay(&mut self, id: RelayId, request: &RelayRequest) -> Result<RelayOpened, RelayError> {
-        assert!(!self.open.contains_key(&id), "relay of {id:?} opened while open");
-        assert_eq!(id.is_ipv6(), request.ip.is_ipv6(), "relay id and address of different families");
-        self.expire_reservations();
-        let (addr, reservation) = match request.port {
-            PortRequest::Reserved(token) => {
-                // A reservation is claimed only in its own family.
-                match self.reservations.get(&token) {
-                    Some((addr, _)) if addr.is_ipv6() == request.ip.is_ipv6() => {}
-                    _ => return Err(RelayError::BadToken),
-                }
-                let (addr, _) = self.reservations.remove(&token).ok_or(RelayError::BadToken)?;
-                (addr, None)
-            }
-            PortRequest::Even { reserve_next } => {
-                let pool = self.pool(request.ip);
-                let port = pool
-                    .free
-                    .iter()
-                    .copied()
-                    .find(|p| p % 2 == 0 && (!reserve_next || pool.free.contains(&(p + 1))))
-                    .ok_or(RelayError::NoPorts)?;
-                pool.free.remove(&port);
-                let mut token = None;
-                if reserve_next {
-                    pool.free.remove(&(port + 1));
-                    self.next_token += 1;
-                    let next = SocketAddr::new(request.ip, port + 1);
-                    let t = self.next_token.to_be_bytes();
-                    self.reservations.insert(t, (next, self.now + RESERVATION_LIFETIME));
-                    token = Some(t);
-                }
-                (SocketAddr::new(request.ip, port), token)
-            }
-            PortRequest::Any => {
-                let port = self.pool(request.ip).free.pop_first().ok_or(RelayError::NoPorts)?;
-                (SocketAddr::new(request.ip, port), None)
-            }
-        };
-        self.open.insert(id, addr);
-        Ok(RelayOpened { addr, reservation })
-    }
-
-    fn close_relay(&mut self, id: RelayId) {
-        let addr = self.open.remove(&id).unwrap_or_else(|| panic!("close_relay({id:?}) of a relay not open"));
-        self.tcp_relays.remove(&id);
-        assert!(self.pool(addr.ip()).free.insert(addr.port()), "port {addr} released twice");
-    }
-
-    fn open_tcp_relay(&mut self, id: RelayId, request: &RelayRequest) -> Result<RelayOpened, RelayError> {
-        assert!(!self.open.contains_key(&id), "TCP relay of {id:?} opened while open");
-        assert_eq!(id.is_ipv6(), request.ip.is_ipv6(), "relay id and address of different families");
-        // RFC 6062 §5.1: EVEN-PORT, RESERVATION-TOKEN and DONT-FRAGMENT are
-        // refused with a TCP Allocate before any relay is opened.
-        assert_eq!((request.port, request.dont_fragment), (PortRequest::Any, false), "TCP relay asked for {request:?}");
-        self.expire_reservations();
-        let port = self.pool(request.ip).free.pop_first().ok_or(RelayError::NoPorts)?;
-        let addr = SocketAddr::new(request.ip, port);
-        self.open.insert(id, addr);
-        self.tcp_relays.insert(id);
-        self.tcp_relays_opened += 1;
-        Ok(RelayOpened { addr, reservation: None })
-    }
-
-    fn connect_peer(&mut self, relay: RelayId, id: ConnectionId, peer: SocketAddr) -> Result<(), ConnectFailed> {
-        assert!(self.tcp_relays.contains(&relay), "connect from {relay:?}, which is no open TCP relay");
-        assert_eq!(relay.is_ipv6(), peer.is_ipv6(), "connect to {peer} from a relay of the other family");
-        assert_eq!(self.policy.check(peer.ip()), Ok(peer.ip()), "connect to a refused peer {peer}");
-        // A connection the socket refuses at once, so that the server's own
-        // 447 answer is reached too.
-        if peer.port() == 0 {
-            return Err(ConnectFailed);
-        }
-        self.hold(id);
-        self.connecting.push(id);
-        self.started.push(id);
-        Ok(())
-    }
-
-    fn close_peer(&mut self, id: ConnectionId) {
-        self.release(id);
-    }
-
-    fn acquire_quota(&mut self, user: &str) -> Result<(), QuotaError> {
-        if self.total_quota != 0 && self.total >= self.total_quota {
-            return Err(QuotaError::Total);
-        }
-        let count = self.per_user.get(user).copied().unwrap_or(0);
-        if self.user_quota != 0 && count >= self.user_quota {
-            return Err(QuotaError::User);
-        }
-        self.per_user.insert(user.to_owned(), count + 1);
-        self.total += 1;
-        Ok(())
-    }
-
-    fn release_quota(&mut self, user: &str) {
-        let count = self.per_user.get_mut(user).unwrap_or_else(|| panic!("quota of {user:?} released, not held"));
-        *count -= 1;
-        if *count == 0 {
-            self.per_user.remove(user);
-        }
-        self.total -= 1;
-    }
-}
-
-// ---------------------------------------------------------------------------
 // The harness
 // ---------------------------------------------------------------------------
 
 struct Harness {
     server: Server,
-    driver: FakeDriver,
+    /// The driver: relay sockets and peer connections, without sockets.
+    sockets: Sockets,
+    /// The accounts the server counts against, for inspection.
+    accounts: SharedAccounts,
+    policy: PeerPolicy,
     authenticated: bool,
+    limits: QuotaLimits,
     max_permissions: usize,
     max_channels: usize,
     /// 0: no limit.
@@ -630,16 +542,36 @@ struct Harness {
     /// Connects whose connection the driver started and the server still
     /// has to answer.
     owed: Vec<OwedAnswer>,
-    /// Connect answers the current step must send: the connection, and
-    /// whether it was established.
-    due_answers: Vec<(ConnectionId, bool)>,
+    /// A Connect answered `Deferred` this step: the drive starts its
+    /// connection or fails it at once; its peer, canonical.
+    connect_sent: Option<(OwedAnswer, SocketAddr)>,
+    /// Connect answers the current step must send, and whether each says
+    /// established.
+    due_answers: Vec<(OwedAnswer, bool)>,
     /// ConnectionAttempts the current step must send: the connection, its
     /// allocation and its peer.
     due_attempts: Vec<(ConnectionId, AllocationId, SocketAddr)>,
+    /// Allocates answered `Deferred`, whose answers the current step must
+    /// send.
+    due_allocates: Vec<DeferredAllocate>,
+    /// ICMP Data indications the current step must send: the allocation and
+    /// the peer, canonical.
+    due_icmp: Vec<(AllocationId, SocketAddr)>,
+    /// Client TCP/TLS connections admitted and not closed, bound data
+    /// connections included.
+    streams: Vec<FiveTuple>,
     /// Client connections a ConnectionBind made the client side of a pair.
     data_connections: Vec<(FiveTuple, ConnectionId)>,
+    /// Peer connections the driver closed and has not made again since.
+    closed: BTreeSet<ConnectionId>,
+    /// What observers were told, as they would keep it.
+    observed: Observed,
+    /// How far the records of `sockets` have been read.
+    read: Read,
+    /// `handle_timeout` ran this step: what observers hold must be live.
+    timed_out: bool,
     /// Each client's last transaction ID.
-    last_tid: HashMap<usize, TransactionId>,
+    last_tid: HashMap<ClientHandle, TransactionId>,
     tid_counter: u64,
     counts: Counts,
 }
@@ -651,8 +583,11 @@ struct Challenge {
 }
 
 /// A Connect the server answers once the driver reports on its connection.
+#[derive(Clone, Copy, Debug)]
 struct OwedAnswer {
-    connection: ConnectionId,
+    /// `None` for a connection that failed at once, before the harness
+    /// learnt its id.
+    connection: Option<ConnectionId>,
     tid: TransactionId,
     tuple: FiveTuple,
     /// The key the harness signed the Connect with, when the server signs
@@ -661,13 +596,53 @@ struct OwedAnswer {
     fingerprint: bool,
 }
 
+/// An Allocate answered once its relays are open.
+struct DeferredAllocate {
+    client: ClientHandle,
+    tuple: FiveTuple,
+    request: Vec<u8>,
+    key: Option<SigningKey>,
+}
+
+/// The state observers build from the events they see.
+#[derive(Default)]
+struct Observed {
+    /// Allocations created and not deleted, with their 5-tuples.
+    allocations: BTreeMap<AllocationId, FiveTuple>,
+    /// Permissions installed and not expired.
+    permissions: BTreeSet<(AllocationId, IpAddr)>,
+    /// Channel bindings bound and not expired.
+    channels: BTreeMap<(AllocationId, ChannelNumber), SocketAddr>,
+    /// Every channel number bound on a live allocation.
+    channel_numbers: BTreeSet<(AllocationId, ChannelNumber)>,
+}
+
+/// Positions in the records of [`Sockets`] up to which the harness has
+/// checked them.
+#[derive(Default)]
+struct Read {
+    open_calls: usize,
+    connects: usize,
+    closed_peers: usize,
+    observed: usize,
+}
+
 /// What FUZZ_STATS shows besides the server's own counters.
 #[derive(Default)]
 struct Counts {
     signed_replies: u64,
     sha256_signed_replies: u64,
+    allocate_answers: u64,
+    tcp_relays: u64,
+    /// Relays asked for on a port in use, each retried or refused.
+    addr_in_use: u64,
     connect_answers: u64,
     connections_bound: u64,
+    connections_refused: u64,
+    icmp_indications: u64,
+    permissions_expired: u64,
+    channels_expired: u64,
+    allocations_deleted: u64,
 }
 
 /// One base instant for every run, so runs do not depend on when they happen.
@@ -680,10 +655,26 @@ fn addr(text: &str) -> SocketAddr {
     text.parse().expect("address literal")
 }
 
-fn tuple(index: u8) -> (usize, FiveTuple) {
+fn client_at(index: u8) -> (ClientHandle, FiveTuple) {
     let i = usize::from(index) % CLIENTS.len();
     let (client, server, transport) = CLIENTS[i];
-    (i, FiveTuple { client: addr(client), server: addr(server), transport })
+    (ClientHandle(i as u64), FiveTuple { client: addr(client), server: addr(server), transport })
+}
+
+fn relay_ips() -> impl Iterator<Item = IpAddr> {
+    RELAY_IPS.iter().map(|ip| ip.parse().expect("IP literal"))
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(policy::canonical(addr.ip()), addr.port())
+}
+
+/// A message written for later is one whole STUN message.
+fn one_message(bytes: &[u8]) -> Message<'_> {
+    let message = Message::parse(bytes).unwrap_or_else(|e| panic!("message for later is not STUN: {e}"));
+    let length = bytes.get(2..4).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])));
+    assert_eq!(length.map(|l| HEADER_LEN + l), Some(bytes.len()), "message for later is not one STUN message");
+    message
 }
 
 fn peer_addr(peer: Peer) -> SocketAddr {
@@ -748,10 +739,11 @@ impl Harness {
             let store = StaticCredentials::new(REALM, users, vec![REST_SECRET.to_vec()]);
             Authenticator::new(REALM.to_owned(), store, [7; 32], NONCE_LIFETIME)
         });
+        let configured = relay_ips().skip(LISTENER_IPS);
         let relay_ips = match setup.relay_ips {
             RelayIps::Listener => vec![],
-            RelayIps::V4 => vec![addr("192.0.2.20:0").ip()],
-            RelayIps::Both => vec![addr("192.0.2.20:0").ip(), addr("[2001:db8::20]:0").ip()],
+            RelayIps::V4 => configured.take(1).collect(),
+            RelayIps::Both => configured.collect(),
         };
         let max_permissions = usize::from(setup.max_permissions % 5);
         let max_channels = usize::from(setup.max_channels % 5);
@@ -768,7 +760,7 @@ impl Harness {
             ..TurnConfig::default()
         };
         let policy = turn.policy.clone();
-        let server = Server::new(ServerConfig {
+        let config = ServerConfig {
             software: None,
             rfc3489: setup.rfc3489,
             reason_phrases: setup.reason_phrases,
@@ -777,30 +769,30 @@ impl Harness {
             // limiter's own table is bounded and unit-tested.
             rate_limit: RateLimit { per_second: 0.0, ..RateLimit::default() },
             nat_discovery: None,
-        });
-        let start = base_instant();
-        let driver = FakeDriver {
-            pools: HashMap::new(),
-            reservations: HashMap::new(),
-            next_token: 0,
-            open: HashMap::new(),
-            tcp_relays: BTreeSet::new(),
-            user_quota: u32::from(setup.user_quota % 4),
-            total_quota: u32::from(setup.total_quota % 8),
-            per_user: BTreeMap::new(),
-            total: 0,
-            now: start,
-            policy,
-            live: Vec::new(),
-            connecting: Vec::new(),
-            started: Vec::new(),
-            closed: BTreeSet::new(),
-            tcp_relays_opened: 0,
         };
+        let limits = QuotaLimits {
+            per_user: u32::from(setup.user_quota % 4),
+            total: u32::from(setup.total_quota % 8),
+            tcp_per_ip: u32::from(setup.tcp_per_ip % 4),
+            tcp_total: u32::from(setup.tcp_total % 8),
+        };
+        let accounts = testing::accounts((PORT_MIN, PORT_MAX), limits);
+        let server = Server::new(config, Box::new(accounts.clone()), SEED);
+        let sockets = Sockets {
+            dont_fragment_unsupported: setup.dont_fragment_unsupported,
+            // A connection the socket refuses at once, so that the
+            // server's answer to that is reached too.
+            refuse_connect: Some(|peer| peer.port() == 0),
+            ..Sockets::default()
+        };
+        let start = base_instant();
         Self {
             server,
-            driver,
+            sockets,
+            accounts,
+            policy,
             authenticated: setup.authenticated,
+            limits,
             max_permissions,
             max_channels,
             max_bps: usize::from(max_bps),
@@ -811,9 +803,17 @@ impl Harness {
             tokens: Vec::new(),
             connection_ids: Vec::new(),
             owed: Vec::new(),
+            connect_sent: None,
             due_answers: Vec::new(),
             due_attempts: Vec::new(),
+            due_allocates: Vec::new(),
+            due_icmp: Vec::new(),
+            streams: Vec::new(),
             data_connections: Vec::new(),
+            closed: BTreeSet::new(),
+            observed: Observed::default(),
+            read: Read::default(),
+            timed_out: false,
             last_tid: HashMap::new(),
             tid_counter: 0,
             counts: Counts::default(),
@@ -824,11 +824,11 @@ impl Harness {
         match op {
             Op::Request { client, request } => self.request(*client, request),
             Op::Datagram { client, bytes } => {
-                let (_, tuple) = tuple(*client);
-                self.client_packet(&tuple, bytes, None);
+                let (handle, tuple) = client_at(*client);
+                self.client_packet(handle, &tuple, bytes, None);
             }
             Op::ChannelData { client, channel, payload } => {
-                let (_, tuple) = tuple(*client);
+                let (handle, tuple) = client_at(*client);
                 let payload = capped(payload);
                 let mut packet = channel_number(*channel).to_be_bytes().to_vec();
                 packet.extend_from_slice(&(payload.len() as u16).to_be_bytes());
@@ -836,7 +836,7 @@ impl Harness {
                 if tuple.transport.is_stream() {
                     packet.resize(channel_data::padded_frame_len(payload.len()), 0);
                 }
-                let outcome = self.client_packet(&tuple, &packet, None);
+                let outcome = self.client_packet(handle, &tuple, &packet, None);
                 if let ClientOutcome::Forward { payload: range, .. } = outcome {
                     assert_eq!(&packet[range], payload, "forwarded range is not the ChannelData payload");
                 }
@@ -861,18 +861,22 @@ impl Harness {
                     Step::Seconds(s) => Duration::from_secs(u64::from(*s)),
                     Step::Minutes(m) => Duration::from_secs(60 * u64::from(*m)),
                 };
-                self.now.instant += by;
-                self.now.unix = UNIX_START + (self.now.instant - self.start).as_secs();
-                self.driver.now = self.now.instant;
+                self.advance(by);
             }
             Op::Timeout => self.timeout(),
+            Op::Wake => {
+                if let Some(at) = self.server.poll_timeout() {
+                    self.advance(at.saturating_duration_since(self.now.instant));
+                    self.timeout();
+                }
+            }
             Op::ConnectionClosed { client } => self.connection_closed(*client),
             Op::PeerConnected { connection, established } => self.peer_connected(*connection, *established),
             Op::PeerAccepted { allocation, peer } => self.peer_accepted(*allocation, *peer),
             Op::PairClosed { connection } => {
                 // A connection still connecting ends through PeerConnected.
                 let open: Vec<ConnectionId> =
-                    self.driver.live.iter().copied().filter(|id| !self.driver.connecting.contains(id)).collect();
+                    self.sockets.live.iter().copied().filter(|id| !self.sockets.connecting.contains(id)).collect();
                 if !open.is_empty() {
                     self.close_pair(open[usize::from(*connection) % open.len()]);
                 }
@@ -880,16 +884,21 @@ impl Harness {
             Op::PairTraffic { connection, to_peer, to_client } => {
                 self.pair_traffic(*connection, usize::from(*to_peer), usize::from(*to_client));
             }
+            Op::PortInUse { ip, port } => {
+                let ip = relay_ips().nth(usize::from(*ip) % RELAY_IPS.len()).expect("index below the count");
+                let port = SocketAddr::new(ip, PORT_MIN + u16::from(*port) % POOL_SIZE as u16);
+                if !self.sockets.in_use.remove(&port) {
+                    self.sockets.in_use.insert(port);
+                }
+            }
         }
-        // The driver closes a pair's client side with its peer side.
-        self.data_connections.retain(|(_, id)| self.driver.live.contains(id));
-        self.drain_control();
+        self.drive();
         self.check_invariants();
     }
 
     /// Builds a request from fuzzed fields, signed as `request.auth` says.
     fn request(&mut self, client: u8, request: &Request) {
-        let (index, tuple) = tuple(client);
+        let (handle, tuple) = client_at(client);
         let method = match request.method {
             MethodChoice::Binding => Method::BINDING,
             MethodChoice::Allocate => Method::ALLOCATE,
@@ -906,7 +915,7 @@ impl Harness {
             (ClassChoice::Usual, _) => Class::Request,
             (ClassChoice::Response, _) => Class::Success,
         };
-        let tid = match (request.retransmit, self.last_tid.get(&index)) {
+        let tid = match (request.retransmit, self.last_tid.get(&handle)) {
             (true, Some(tid)) => *tid,
             _ => {
                 self.tid_counter += 1;
@@ -915,7 +924,7 @@ impl Harness {
                 TransactionId(tid)
             }
         };
-        self.last_tid.insert(index, tid);
+        self.last_tid.insert(handle, tid);
 
         let mut packet = Vec::new();
         let mut w = MessageWriter::new(&mut packet, MessageType::new(method, class), tid);
@@ -928,7 +937,7 @@ impl Harness {
             w.fingerprint();
         }
         w.finish();
-        self.client_packet(&tuple, &packet, key);
+        self.client_packet(handle, &tuple, &packet, key);
     }
 
     fn write_attr(&self, w: &mut MessageWriter<'_>, attribute: &Attr) {
@@ -1052,49 +1061,98 @@ impl Harness {
     /// Sends one client packet and checks what came back. `key` is the key
     /// the harness signed the packet with, when the server signs its answers
     /// with it.
-    fn client_packet(&mut self, tuple: &FiveTuple, packet: &[u8], key: Option<SigningKey>) -> ClientOutcome {
+    fn client_packet(
+        &mut self,
+        handle: ClientHandle,
+        tuple: &FiveTuple,
+        packet: &[u8],
+        key: Option<SigningKey>,
+    ) -> ClientOutcome {
         if self.data_connections.iter().any(|(data, _)| data == tuple) {
             // What a bound client connection carries goes to its peer
             // unframed, past the core.
             return ClientOutcome::Dropped;
         }
-        self.driver.now = self.now.instant;
+        if tuple.transport.is_stream() && !self.streams.contains(tuple) && !self.open_stream(tuple) {
+            // Refused: the driver closes the connection unread.
+            return ClientOutcome::Dropped;
+        }
         let mut reply = Vec::new();
-        let handle = ClientHandle(u64::from(tuple.client.port()));
-        let outcome = self.server.handle_client(self.now, tuple, handle, packet, &mut reply, &mut self.driver);
+        let outcome = self.server.handle_client(self.now, tuple, handle, packet, &mut reply);
         match &outcome {
             ClientOutcome::Replied => self.check_reply(tuple, packet, &reply, key),
             ClientOutcome::ConnectionBound { id } => {
                 self.check_reply(tuple, packet, &reply, key);
                 self.check_bound(tuple, packet, *id);
             }
+            ClientOutcome::Deferred => {
+                assert!(reply.is_empty(), "deferred, yet a reply was written");
+                self.deferred(handle, tuple, packet, key);
+            }
             ClientOutcome::Dropped => assert!(reply.is_empty(), "dropped, yet a reply was written"),
             ClientOutcome::RepliedFrom { .. } => panic!("answered from another address without RFC 5780 configured"),
+            ClientOutcome::HandOff { worker } => panic!("handed to worker {worker}, yet there is one worker"),
             ClientOutcome::Forward { relay, peer, payload } => {
                 assert!(reply.is_empty(), "forwarded, yet a reply was written");
                 assert!(payload.start <= payload.end && payload.end <= packet.len(), "range outside the packet");
                 assert_eq!(relay.is_ipv6(), peer.is_ipv6(), "forward through the relay of another family");
-                assert!(self.driver.open.contains_key(relay), "forward through a relay that is not open");
+                assert!(self.sockets.open.contains_key(relay), "forward through a relay that is not open");
                 let a = self.server.table().get(relay.allocation()).expect("forward from an allocation that exists");
                 assert_eq!(a.tuple, *tuple, "forward from another client's allocation");
+                assert!(a.is_live(), "forward from an allocation still opening");
                 assert!(!a.is_expired(self.now.instant), "forward from an expired allocation");
                 assert!(!a.tcp_relay, "a datagram forwarded for a TCP allocation");
-                assert_eq!(self.driver.policy.check(peer.ip()), Ok(peer.ip()), "forward to a refused peer {peer}");
+                assert_eq!(self.policy.check(peer.ip()), Ok(peer.ip()), "forward to a refused peer {peer}");
             }
         }
-        for connection in std::mem::take(&mut self.driver.started) {
-            assert_eq!(outcome, ClientOutcome::Dropped, "a Connect answered at once, yet its connection started");
-            let request = Message::parse(packet).expect("only a parsed request starts a connection");
-            assert_eq!(request.message_type(), MessageType::new(Method::CONNECT, Class::Request));
-            self.owed.push(OwedAnswer {
-                connection,
-                tid: request.transaction_id(),
-                tuple: *tuple,
-                key,
-                fingerprint: request.has_fingerprint(),
-            });
-        }
         outcome
+    }
+
+    /// A client opens a TCP or TLS connection; whether it was admitted.
+    fn open_stream(&mut self, tuple: &FiveTuple) -> bool {
+        let admitted = self.server.handle_connection_opened(tuple);
+        let (all, from_ip) = {
+            let accounts = self.accounts.lock();
+            (accounts.connections(), accounts.connections_from(tuple.client.ip()))
+        };
+        let (per_ip, total) = (self.limits.tcp_per_ip, self.limits.tcp_total);
+        if admitted {
+            assert!(total == 0 || all <= total, "{all} connections admitted, over the limit of {total}");
+            assert!(per_ip == 0 || from_ip <= per_ip, "{from_ip} connections admitted from an IP, over {per_ip}");
+            self.streams.push(*tuple);
+        } else {
+            let at_limit = (total != 0 && all >= total) || (per_ip != 0 && from_ip >= per_ip);
+            assert!(at_limit, "connection refused under the limits ({all} in all, {from_ip} from its IP)");
+            self.counts.connections_refused += 1;
+        }
+        admitted
+    }
+
+    /// A request answered later: an Allocate once its relays are open, a
+    /// Connect once its peer answers (or fails at once, in the drive).
+    fn deferred(&mut self, client: ClientHandle, tuple: &FiveTuple, packet: &[u8], key: Option<SigningKey>) {
+        let request = Message::parse(packet).expect("only a parsed request is answered later");
+        assert_eq!(request.class(), Class::Request, "a {:?} answered later", request.class());
+        match request.method() {
+            Method::ALLOCATE => {
+                let request = packet.to_vec();
+                self.due_allocates.push(DeferredAllocate { client, tuple: *tuple, request, key });
+            }
+            Method::CONNECT => {
+                let peer = request.attribute(AttrType::XOR_PEER_ADDRESS).expect("a Connect taken has a peer");
+                let peer = attr::read_xor_address(peer, &request.transaction_id()).expect("a well-formed peer");
+                let owed = OwedAnswer {
+                    connection: None,
+                    tid: request.transaction_id(),
+                    tuple: *tuple,
+                    key,
+                    fingerprint: request.has_fingerprint(),
+                };
+                assert!(self.connect_sent.is_none(), "two Connects in one step");
+                self.connect_sent = Some((owed, canonical(peer)));
+            }
+            method => panic!("a {} answered later", method.name()),
+        }
     }
 
     fn check_reply(&mut self, tuple: &FiveTuple, packet: &[u8], reply: &[u8], key: Option<SigningKey>) {
@@ -1167,8 +1225,8 @@ impl Harness {
     }
 
     /// A ConnectionBind succeeded: on a stream without an allocation, for
-    /// the connection it named, which is bound now. The client connection
-    /// is the client side of that pair from now on.
+    /// the connection it named, which is bound now to that stream. The
+    /// client connection is the client side of that pair from now on.
     fn check_bound(&mut self, tuple: &FiveTuple, packet: &[u8], id: ConnectionId) {
         let request = Message::parse(packet).expect("a parsed request bound a connection");
         assert_eq!(request.method(), Method::CONNECTION_BIND, "{:?} bound a connection", request.method());
@@ -1176,8 +1234,8 @@ impl Harness {
         assert!(tuple.transport.is_stream(), "a datagram bound a connection");
         assert!(self.server.table().find(tuple).is_none(), "a control connection bound a connection");
         let connection = self.server.tcp_connections().get(id).expect("the bound connection is known");
-        assert!(matches!(connection.state, State::Bound), "bound, yet not in the Bound state");
-        assert!(self.driver.live.contains(&id), "bound a connection the driver does not hold");
+        assert!(matches!(connection.state, State::Bound(bound) if bound == *tuple), "not bound to its stream");
+        assert!(self.sockets.live.contains(&id), "bound a connection the driver does not hold");
         if self.authenticated {
             let a = self.server.table().get(connection.allocation).expect("a bound connection's allocation exists");
             assert_eq!(claimed_user(&request).as_deref(), Some(&*a.username), "bound by another user");
@@ -1186,33 +1244,30 @@ impl Harness {
         self.counts.connections_bound += 1;
     }
 
-    /// An ICMP report: relayed only as a well-formed Data indication with
-    /// XOR-PEER-ADDRESS and ICMP, to the allocation's client, for a peer
-    /// with a permission.
+    /// An ICMP report: relayed exactly when RFC 8656 §11.5 relays its kind
+    /// (ICMPv4 destination unreachable or time exceeded; ICMPv6 destination
+    /// unreachable, packet too big or time exceeded) to a live allocation
+    /// with a permission for the peer; the Data indication is checked when
+    /// it is sent.
     fn icmp(&mut self, allocation: u8, report: &IcmpReport) {
         let id = self.pick_allocation(allocation);
         let relay = RelayId::new(id, report.peer.is_ipv6());
-        let mut out = Vec::new();
-        let Some((client, tuple)) = self.server.handle_icmp(self.now, relay, report, &mut out) else {
-            assert!(out.is_empty(), "an ICMP report not relayed, yet written");
-            return;
-        };
+        let before = self.server.stats().icmp_relayed;
+        self.server.handle_icmp(self.now, relay, report);
+        let relayed = self.server.stats().icmp_relayed - before;
         // Permissions hold canonical addresses, and the indication names the
         // peer as its permission does.
-        let expected = SocketAddr::new(policy::canonical(report.peer.ip()), report.peer.port());
-        let a = self.server.table().get(id).expect("relayed for an allocation that exists");
-        assert_eq!((client, tuple), (a.client, a.tuple));
-        assert!(a.has_permission(expected.ip(), self.now.instant), "ICMP about {expected} without a permission");
-        let message = Message::parse(&out).expect("the ICMP Data indication parses");
-        assert_eq!(message.message_type(), MessageType::new(Method::DATA, Class::Indication));
-        assert_eq!(message.attribute(AttrType::ICMP).map(<[u8]>::len), Some(8));
-        assert!(message.attribute(AttrType::DATA).is_none());
-        let peer = attr::read_xor_address(
-            message.attribute(AttrType::XOR_PEER_ADDRESS).expect("XOR-PEER-ADDRESS"),
-            &message.transaction_id(),
-        )
-        .expect("well-formed XOR-PEER-ADDRESS");
-        assert_eq!(peer, expected);
+        let peer = canonical(report.peer);
+        let kind = matches!((report.ipv6, report.icmp_type), (false, 3 | 11) | (true, 1..=3));
+        let now = self.now.instant;
+        let allowed = self.server.table().get(id).is_some_and(|a| {
+            assert!(a.is_live(), "an allocation left opening");
+            !a.is_expired(now) && a.has_permission(peer.ip(), now)
+        });
+        assert_eq!(relayed, u64::from(kind && allowed), "ICMP {report:?} relayed {relayed} times");
+        if relayed == 1 {
+            self.due_icmp.push((id, peer));
+        }
     }
 
     /// A live allocation chosen by the input, or (for bytes from 0xF0) any
@@ -1262,51 +1317,79 @@ impl Harness {
         }
     }
 
+    fn advance(&mut self, by: Duration) {
+        self.now.instant += by;
+        self.now.unix = UNIX_START + (self.now.instant - self.start).as_secs();
+    }
+
     /// `handle_timeout`: Connects past their deadline are owed a 447, unless
     /// their allocation expired too and takes them along unanswered.
     fn timeout(&mut self) {
         let now = self.now.instant;
         let tcp = self.server.tcp_connections();
-        for &id in &self.driver.connecting {
-            let connection = tcp.get(id).expect("the server knows every connecting id");
-            let allocation = self.server.table().get(connection.allocation);
-            if now >= connection.deadline && allocation.is_some_and(|a| !a.is_expired(now)) {
-                self.due_answers.push((id, false));
-            }
+        let table = self.server.table();
+        let timed_out: Vec<ConnectionId> = self
+            .sockets
+            .connecting
+            .iter()
+            .copied()
+            .filter(|id| {
+                let connection = tcp.get(*id).expect("the server knows every connecting id");
+                let allocation = table.get(connection.allocation);
+                now >= connection.deadline && allocation.is_some_and(|a| !a.is_expired(now))
+            })
+            .collect();
+        for id in timed_out {
+            self.answer_due(id, false);
         }
-        self.server.handle_timeout(self.now, &mut self.driver);
+        self.server.handle_timeout(self.now);
+        let next = self.server.poll_timeout();
+        assert!(next.is_none_or(|at| at > now), "poll_timeout in the past after handle_timeout");
         assert!(self.server.table().iter().all(|(_, a)| !a.is_expired(now)), "expired allocation kept");
         let tcp = self.server.tcp_connections();
-        for id in &self.driver.live {
-            let connection = tcp.get(*id).expect("the server knows every live id");
+        // Those the server forgot are closed in the drive.
+        for connection in self.sockets.live.iter().filter_map(|id| tcp.get(*id)) {
             assert!(
-                matches!(connection.state, State::Bound) || now < connection.deadline,
-                "peer connection {id:?} kept past its deadline"
+                matches!(connection.state, State::Bound(_)) || now < connection.deadline,
+                "peer connection to {} kept past its deadline",
+                connection.peer
             );
         }
+        self.timed_out = true;
+    }
+
+    /// The Connect of `id` is answered in this step.
+    fn answer_due(&mut self, id: ConnectionId, established: bool) {
+        let at = self.owed.iter().position(|o| o.connection == Some(id));
+        let owed = self.owed.remove(at.unwrap_or_else(|| panic!("{id:?} connecting, yet owed no answer")));
+        self.due_answers.push((owed, established));
     }
 
     /// A client connection closed: the pair of a data connection, or the
     /// allocation of a control connection and every peer connection of it.
     fn connection_closed(&mut self, client: u8) {
-        let (_, tuple) = tuple(client);
+        let (_, tuple) = client_at(client);
         if let Some(&(_, id)) = self.data_connections.iter().find(|(data, _)| *data == tuple) {
             self.close_pair(id);
             return;
         }
+        // Datagrams have no connection; a refused one never reached the core.
+        let Some(at) = self.streams.iter().position(|open| *open == tuple) else { return };
+        self.streams.remove(at);
         let allocation = self.server.table().find(&tuple);
         let tcp = self.server.tcp_connections();
         let of_allocation: Vec<ConnectionId> = self
-            .driver
+            .sockets
             .live
             .iter()
             .copied()
             .filter(|id| allocation.is_some() && tcp.get(*id).map(|c| c.allocation) == allocation)
             .collect();
-        self.server.handle_connection_closed(&tuple, &mut self.driver);
+        self.server.handle_connection_closed(&tuple);
         assert!(self.server.table().find(&tuple).is_none(), "allocation outlived its connection");
+        self.drive();
         assert!(
-            of_allocation.iter().all(|id| !self.driver.live.contains(id)),
+            of_allocation.iter().all(|id| !self.sockets.live.contains(id)),
             "a peer connection outlived its control connection"
         );
     }
@@ -1314,15 +1397,16 @@ impl Harness {
     /// The driver reports on a connection a Connect started; a failed one
     /// it has closed already.
     fn peer_connected(&mut self, connection: u8, established: bool) {
-        if self.driver.connecting.is_empty() {
+        if self.sockets.connecting.is_empty() {
             return;
         }
-        let at = usize::from(connection) % self.driver.connecting.len();
-        let id = self.driver.connecting.remove(at);
+        let at = usize::from(connection) % self.sockets.connecting.len();
+        let id = self.sockets.connecting.remove(at);
         if !established {
-            self.driver.release(id);
+            self.sockets.release(id);
+            self.closed.insert(id);
         }
-        self.due_answers.push((id, established));
+        self.answer_due(id, established);
         self.server.handle_peer_connected(self.now, id, established);
         let connection = self.server.tcp_connections().get(id);
         if established {
@@ -1340,7 +1424,7 @@ impl Harness {
         let id = self.pick_allocation(allocation);
         let peer = peer_addr(peer);
         let relay = RelayId::new(id, peer.is_ipv6());
-        if !self.driver.tcp_relays.contains(&relay) {
+        if !self.sockets.tcp_relays.contains(&relay) {
             return;
         }
         let count = self.server.tcp_connections().count(id);
@@ -1349,24 +1433,26 @@ impl Harness {
             return;
         };
         let now = self.now.instant;
-        let peer = SocketAddr::new(policy::canonical(peer.ip()), peer.port());
+        let peer = canonical(peer);
         let a = self.server.table().get(id).expect("accepted by an allocation that exists");
         assert!(a.tcp_relay, "accepted by a UDP allocation");
         assert!(!a.is_expired(now), "accepted by an expired allocation");
         assert!(a.has_permission(peer.ip(), now), "accepted {peer} without a permission");
-        assert_eq!(self.driver.policy.check(peer.ip()), Ok(peer.ip()), "accepted a refused peer {peer}");
+        assert_eq!(self.policy.check(peer.ip()), Ok(peer.ip()), "accepted a refused peer {peer}");
         let kept = self.server.tcp_connections().get(connection).expect("an accepted connection is kept");
         assert_eq!((kept.allocation, kept.peer), (id, peer), "accepted for another allocation or peer");
         assert!(matches!(kept.state, State::Unbound), "accepted, yet not waiting for its bind");
         assert_eq!(kept.deadline, now + BIND_TIMEOUT, "bind deadline not from now");
-        self.driver.hold(connection);
+        self.sockets.hold(connection);
+        self.closed.remove(&connection);
         self.due_attempts.push((connection, id, peer));
         self.learn(connection);
     }
 
     /// A pair ended; the driver has closed both sides.
     fn close_pair(&mut self, id: ConnectionId) {
-        self.driver.release(id);
+        self.sockets.release(id);
+        self.closed.insert(id);
         self.server.handle_tcp_relay_closed(id);
         assert!(self.server.tcp_connections().get(id).is_none(), "a closed pair is kept");
     }
@@ -1375,11 +1461,11 @@ impl Harness {
     fn pair_traffic(&mut self, connection: u8, to_peer: usize, to_client: usize) {
         let tcp = self.server.tcp_connections();
         let bound: Vec<ConnectionId> = self
-            .driver
+            .sockets
             .live
             .iter()
             .copied()
-            .filter(|id| tcp.get(*id).is_some_and(|c| matches!(c.state, State::Bound)))
+            .filter(|id| tcp.get(*id).is_some_and(|c| matches!(c.state, State::Bound(_))))
             .collect();
         if bound.is_empty() {
             return;
@@ -1408,38 +1494,237 @@ impl Harness {
         assert_eq!(left, expected, "the budget did not shrink by what the pair moved");
     }
 
+    /// The driver answers every event, as after every input; then what it
+    /// was asked, what observers were told and the messages written for
+    /// later are checked against what the step owes.
+    fn drive(&mut self) {
+        let transmits = self.sockets.drive(&mut self.server, self.now);
+        self.check_driver_work();
+        self.observe();
+        for (transmit, bytes) in &transmits {
+            self.transmit(transmit, bytes);
+        }
+        assert!(self.due_allocates.is_empty(), "{} Allocate answers owed, not sent", self.due_allocates.len());
+        assert!(self.due_answers.is_empty(), "Connect answers owed, not sent: {:?}", self.due_answers);
+        assert!(self.due_attempts.is_empty(), "ConnectionAttempts owed, not sent: {:?}", self.due_attempts);
+        assert!(self.due_icmp.is_empty(), "ICMP Data indications owed, not sent: {:?}", self.due_icmp);
+        // A Connect gone unanswered went with its allocation (RFC 6062 §5.5).
+        let tcp = self.server.tcp_connections();
+        self.owed
+            .retain(|o| o.connection.and_then(|id| tcp.get(id)).is_some_and(|c| matches!(c.state, State::Connecting)));
+        // The driver closes a pair's client side with its peer side.
+        let live = &self.sockets.live;
+        let ended: Vec<FiveTuple> =
+            self.data_connections.iter().filter(|(_, id)| !live.contains(id)).map(|(tuple, _)| *tuple).collect();
+        self.data_connections.retain(|(_, id)| live.contains(id));
+        self.streams.retain(|open| !ended.contains(open));
+    }
+
+    /// What the core asked of the driver since the last drive: relay
+    /// sockets on ports of the pools, and peer connections for the Connect
+    /// of this step.
+    fn check_driver_work(&mut self) {
+        let calls = &self.sockets.open_calls[self.read.open_calls..];
+        let mut per_relay: BTreeMap<RelayId, usize> = BTreeMap::new();
+        for call in calls {
+            assert!((PORT_MIN..=PORT_MAX).contains(&call.addr.port()), "relay opened outside the port range");
+            assert!(relay_ips().any(|ip| ip == call.addr.ip()), "relay opened on {}, no relay IP", call.addr);
+            assert!(call.protocol == RelayProtocol::Udp || !call.dont_fragment, "TCP relay opened with DONT-FRAGMENT");
+            let tried = per_relay.entry(call.relay).or_default();
+            *tried += 1;
+            assert!(*tried <= OPEN_ATTEMPTS, "relay {:?} asked for more than {OPEN_ATTEMPTS} times", call.relay);
+            if self.sockets.in_use.contains(&call.addr) {
+                self.counts.addr_in_use += 1;
+            }
+        }
+        self.read.open_calls = self.sockets.open_calls.len();
+
+        let started = &self.sockets.connects[self.read.connects..];
+        assert!(started.len() <= 1, "{} connections started in one step", started.len());
+        let sent = self.connect_sent.take();
+        match (started.first(), sent) {
+            (Some(&(relay, connection, peer)), Some((mut owed, expected_peer))) => {
+                assert_eq!(peer, expected_peer, "connected to another peer than the Connect named");
+                assert_eq!(self.policy.check(peer.ip()), Ok(peer.ip()), "connect to a refused peer {peer}");
+                let table = self.server.table();
+                assert_eq!(table.find(&owed.tuple), Some(relay.allocation()), "connected from another allocation");
+                let kept = self.server.tcp_connections().get(connection).expect("a started connection is kept");
+                assert!(matches!(kept.state, State::Connecting), "started, yet not connecting");
+                owed.connection = Some(connection);
+                self.closed.remove(&connection);
+                self.owed.push(owed);
+            }
+            (Some(started), None) => panic!("connection {started:?} started with no Connect this step"),
+            (None, Some((owed, peer))) => {
+                assert_eq!(peer.port(), 0, "the connection to {peer} neither started nor failed at once");
+                self.due_answers.push((owed, false));
+            }
+            (None, None) => {}
+        }
+        self.read.connects = self.sockets.connects.len();
+
+        self.closed.extend(&self.sockets.closed_peers[self.read.closed_peers..]);
+        self.read.closed_peers = self.sockets.closed_peers.len();
+    }
+
+    /// Follows what observers were told since the last drive, as they would
+    /// keep it, and checks that it adds up.
+    fn observe(&mut self) {
+        let events = &self.sockets.observed[self.read.observed..];
+        let table = self.server.table();
+        let seen = &mut self.observed;
+        for event in events {
+            match event {
+                Event::AllocationCreated(info) => {
+                    let a = table.get(info.id).expect("created, yet not in the table");
+                    assert!(a.is_live(), "created, yet still opening");
+                    assert_eq!(
+                        (info.tuple, &*info.user, info.tcp),
+                        (a.tuple, &*a.username, a.tcp_relay),
+                        "created as another allocation than the table's"
+                    );
+                    assert_eq!(info.relayed, [a.relayed(false).copied(), a.relayed(true).copied()]);
+                    assert_eq!(&*info.realm, if self.authenticated { REALM } else { "" });
+                    let before = seen.allocations.insert(info.id, info.tuple);
+                    assert!(before.is_none(), "{:?} created again before it was deleted", info.id);
+                    if info.tcp {
+                        self.counts.tcp_relays += 1;
+                    }
+                }
+                Event::AllocationRefreshed { id, .. } => {
+                    assert!(seen.allocations.contains_key(id), "refreshed {id:?}, which observers do not know");
+                }
+                Event::AllocationDeleted { id, tuple, .. } => {
+                    let created = seen.allocations.remove(id);
+                    assert_eq!(created, Some(*tuple), "deleted {id:?}, not created as {tuple:?}");
+                    seen.permissions.retain(|(of, _)| of != id);
+                    seen.channels.retain(|(of, _), _| of != id);
+                    seen.channel_numbers.retain(|(of, _)| of != id);
+                    self.counts.allocations_deleted += 1;
+                }
+                Event::PermissionInstalled { id, peer } => {
+                    assert!(seen.allocations.contains_key(id), "permission for {id:?}, which observers do not know");
+                    assert_eq!(self.policy.check(*peer), Ok(*peer), "permission for a refused peer {peer}");
+                    seen.permissions.insert((*id, *peer));
+                }
+                Event::PermissionExpired { id, peer } => {
+                    assert!(seen.permissions.remove(&(*id, *peer)), "expired a permission for {peer} never installed");
+                    self.counts.permissions_expired += 1;
+                }
+                Event::ChannelBound { id, channel, peer } => {
+                    assert!(seen.allocations.contains_key(id), "channel for {id:?}, which observers do not know");
+                    let before = seen.channels.insert((*id, *channel), *peer);
+                    assert!(before.is_none_or(|p| p == *peer), "channel {channel:?} moved to {peer} unexpired");
+                    seen.channel_numbers.insert((*id, *channel));
+                }
+                Event::ChannelExpired { id, channel, peer } => {
+                    let bound = seen.channels.remove(&(*id, *channel));
+                    assert_eq!(bound, Some(*peer), "expired channel {channel:?} to {peer}, never bound so");
+                    self.counts.channels_expired += 1;
+                }
+                driver_work => panic!("{driver_work:?} left to observers"),
+            }
+        }
+        self.read.observed = self.sockets.observed.len();
+    }
+
+    /// One message written for later: what the step owes.
+    fn transmit(&mut self, transmit: &Transmit, bytes: &[u8]) {
+        let message = one_message(bytes);
+        match (message.method(), message.class()) {
+            (Method::ALLOCATE, Class::Success | Class::Error) => self.allocate_answer(transmit, bytes, &message),
+            (Method::CONNECT, Class::Success | Class::Error) => {
+                self.tcp_allocation_of(transmit);
+                self.connect_answer(&transmit.tuple, &message);
+            }
+            (Method::CONNECTION_ATTEMPT, Class::Indication) => {
+                let id = self.tcp_allocation_of(transmit);
+                self.connection_attempt(id, &message);
+            }
+            (Method::DATA, Class::Indication) => self.icmp_indication(transmit, &message),
+            (method, class) => panic!("message for later is a {} {class:?}", method.name()),
+        }
+    }
+
+    /// The TCP allocation a message for later goes to the client of.
+    fn tcp_allocation_of(&self, transmit: &Transmit) -> AllocationId {
+        let table = self.server.table();
+        let id = table.find(&transmit.tuple).expect("RFC 6062 message to a client without an allocation");
+        let a = table.get(id).expect("indexed allocations exist");
+        assert_eq!(a.client, transmit.client, "RFC 6062 message to another client's handle");
+        assert!(a.tcp_relay, "RFC 6062 message for a UDP allocation");
+        id
+    }
+
+    /// The answer to an Allocate answered `Deferred`: checked as a reply,
+    /// fingerprinted as its request, and as the table has the allocation.
+    fn allocate_answer(&mut self, transmit: &Transmit, bytes: &[u8], message: &Message<'_>) {
+        let tid = message.transaction_id();
+        let at = self.due_allocates.iter().position(|due| {
+            due.tuple == transmit.tuple
+                && Message::parse(&due.request).is_ok_and(|request| request.transaction_id() == tid)
+        });
+        let due = self.due_allocates.remove(at.expect("Allocate answer to no Allocate answered later"));
+        assert_eq!(transmit.client, due.client, "Allocate answer to another client's handle");
+        self.check_reply(&due.tuple, &due.request, bytes, due.key);
+        let request = Message::parse(&due.request).expect("checked above");
+        assert_eq!(
+            message.has_fingerprint(),
+            request.has_fingerprint(),
+            "Allocate answer fingerprinted unlike its request"
+        );
+        let table = self.server.table();
+        let allocation = table.find(&due.tuple).and_then(|id| table.get(id));
+        if message.class() == Class::Success {
+            let a = allocation.expect("an Allocate succeeded, yet its allocation is gone");
+            assert!(a.is_live() && a.allocate_tid == tid, "an Allocate succeeded for another allocation");
+            let relayed: Vec<SocketAddr> = message
+                .attributes()
+                .filter(|attribute| attribute.typ == AttrType::XOR_RELAYED_ADDRESS)
+                .map(|attribute| attr::read_xor_address(attribute.value, &tid).expect("well-formed relayed address"))
+                .collect();
+            let advertised: Vec<SocketAddr> = a.relayed_addresses().map(|r| r.advertised).collect();
+            assert_eq!(relayed, advertised, "Allocate success names other relayed addresses");
+        } else {
+            assert!(allocation.is_none(), "an Allocate failed, yet its allocation is kept");
+        }
+        self.counts.allocate_answers += 1;
+    }
+
+    /// A Data indication with XOR-PEER-ADDRESS and ICMP, for an ICMP error
+    /// relayed this step, to its allocation's client.
+    fn icmp_indication(&mut self, transmit: &Transmit, message: &Message<'_>) {
+        assert_eq!(message.attribute(AttrType::ICMP).map(<[u8]>::len), Some(8), "Data indication without ICMP");
+        assert!(message.attribute(AttrType::DATA).is_none(), "ICMP Data indication with DATA");
+        let peer = attr::read_xor_address(
+            message.attribute(AttrType::XOR_PEER_ADDRESS).expect("XOR-PEER-ADDRESS"),
+            &message.transaction_id(),
+        )
+        .expect("well-formed XOR-PEER-ADDRESS");
+        let at = self.due_icmp.iter().position(|(_, due)| *due == peer);
+        let (id, _) =
+            self.due_icmp.remove(at.unwrap_or_else(|| panic!("ICMP Data indication about {peer}, not relayed")));
+        let a = self.server.table().get(id).expect("relayed for an allocation that exists");
+        assert_eq!((transmit.client, transmit.tuple), (a.client, a.tuple), "ICMP Data indication to another client");
+        self.counts.icmp_indications += 1;
+    }
+
     fn learn(&mut self, id: ConnectionId) {
         if !self.connection_ids.contains(&id) {
             self.connection_ids.push(id);
         }
     }
 
-    /// Checks what the server sends outside of answers: exactly what this
-    /// step owes.
-    fn drain_control(&mut self) {
-        while let Some(message) = self.server.poll_control() {
-            self.control_message(&message);
-        }
-        assert!(self.due_answers.is_empty(), "Connect answers owed, not sent: {:?}", self.due_answers);
-        assert!(self.due_attempts.is_empty(), "ConnectionAttempts owed, not sent: {:?}", self.due_attempts);
-        // A Connect gone unanswered went with its allocation (RFC 6062 §5.5).
-        let tcp = self.server.tcp_connections();
-        self.owed.retain(|o| tcp.get(o.connection).is_some_and(|c| matches!(c.state, State::Connecting(_))));
-    }
-
-    fn control_message(&mut self, message: &ControlMessage) {
-        let table = self.server.table();
-        let id = table.find(&message.tuple).expect("control message to a client without an allocation");
-        let a = table.get(id).expect("indexed allocations exist");
-        assert_eq!(a.client, message.client, "control message to another client's handle");
-        assert!(a.tcp_relay, "control message for a UDP allocation");
-        let parsed = Message::parse(&message.bytes);
-        let parsed = parsed.unwrap_or_else(|e| panic!("control message is not one STUN message: {e}"));
-        match (parsed.method(), parsed.class()) {
-            (Method::CONNECTION_ATTEMPT, Class::Indication) => self.connection_attempt(id, &parsed),
-            (Method::CONNECT, Class::Success | Class::Error) => self.connect_answer(&message.tuple, &parsed),
-            (method, class) => panic!("control message is a {} {class:?}", method.name()),
-        }
+    /// Shutdown: every allocation ends, and takes all it holds along.
+    fn close_all(&mut self) {
+        self.server.close_all();
+        self.drive();
+        self.check_invariants();
+        assert!(self.server.table().is_empty(), "allocations left after close_all");
+        assert!(self.sockets.open.is_empty() && self.sockets.live.is_empty(), "sockets left after close_all");
+        assert!(self.observed.allocations.is_empty(), "allocations observers were not told the end of");
+        let accounts = self.accounts.lock();
+        assert_eq!((accounts.allocations(), accounts.per_user().count()), (0, 0), "quota left after close_all");
     }
 
     fn connection_attempt(&mut self, allocation: AllocationId, message: &Message<'_>) {
@@ -1477,40 +1762,40 @@ impl Harness {
             assert!(message.verify_fingerprint(), "Connect answer with a wrong FINGERPRINT");
         }
         let tid = message.transaction_id();
-        let owed = |id: ConnectionId| self.owed.iter().find(|o| o.connection == id);
         let of_transaction: Vec<usize> = (0..self.due_answers.len())
-            .filter(|&i| owed(self.due_answers[i].0).is_some_and(|o| o.tid == tid && o.tuple == *tuple))
+            .filter(|&i| self.due_answers[i].0.tid == tid && self.due_answers[i].0.tuple == *tuple)
             .collect();
         assert!(!of_transaction.is_empty(), "Connect answer to no Connect this step reported on");
         let same_outcome: Vec<usize> = of_transaction
             .into_iter()
             .filter(|&i| {
-                let (id, due_established) = self.due_answers[i];
-                due_established == established && (!established || answered == Some(id))
+                let (owed, due_established) = &self.due_answers[i];
+                *due_established == established && (!established || answered == owed.connection)
             })
             .collect();
         assert!(!same_outcome.is_empty(), "Connect answer of another outcome or CONNECTION-ID than reported");
         let matching = same_outcome.into_iter().find(|&i| {
-            let o = owed(self.due_answers[i].0).expect("filtered above");
-            o.fingerprint == message.has_fingerprint() && o.key.is_none_or(|key| verifies(&key, message))
+            let (owed, _) = &self.due_answers[i];
+            owed.fingerprint == message.has_fingerprint() && owed.key.is_none_or(|key| verifies(&key, message))
         });
         let at = matching.expect("Connect answer not signed or fingerprinted as its Connect");
-        let (id, _) = self.due_answers.remove(at);
-        self.owed.retain(|o| o.connection != id);
-        if established {
+        let (owed, _) = self.due_answers.remove(at);
+        if let (true, Some(id)) = (established, owed.connection) {
             self.learn(id);
         }
         self.counts.connect_answers += 1;
     }
 
-    fn check_invariants(&self) {
+    fn check_invariants(&mut self) {
+        let now = self.now.instant;
         let table = self.server.table();
         assert!(table.is_consistent(), "allocation table and its index disagree");
-        let relays: HashMap<RelayId, SocketAddr> = table
+        assert!(table.iter().all(|(_, a)| a.is_live()), "an allocation left opening after the drive");
+        self.sockets.check(&self.server);
+        let relays: BTreeMap<RelayId, SocketAddr> = table
             .iter()
             .flat_map(|(id, a)| a.relayed_addresses().map(move |r| (RelayId::new(id, r.addr.is_ipv6()), r.addr)))
             .collect();
-        assert_eq!(relays, self.driver.open, "open relays differ from the table");
         let distinct: BTreeSet<SocketAddr> = relays.values().copied().collect();
         assert_eq!(distinct.len(), relays.len(), "two allocations share a relayed address");
 
@@ -1522,50 +1807,94 @@ impl Harness {
             for relayed in a.relayed_addresses() {
                 *per_ip.entry(relayed.addr.ip()).or_insert(0usize) += 1;
                 let relay = RelayId::new(id, relayed.addr.is_ipv6());
-                assert_eq!(self.driver.tcp_relays.contains(&relay), a.tcp_relay, "relay of the other transport");
+                assert_eq!(self.sockets.tcp_relays.contains(&relay), a.tcp_relay, "relay of the other transport");
             }
             assert!(a.permission_count() <= self.max_permissions, "permissions over the limit");
             assert!(a.channel_count() <= self.max_channels, "channels over the limit");
             assert!(!a.tcp_relay || a.channel_count() == 0, "a channel on a TCP allocation");
             assert!(tcp.count(id) <= self.max_tcp_peer_connections, "peer connections over the limit");
+            let reported = self.observed.permissions.iter().filter(|(of, _)| *of == id).count();
+            assert_eq!(reported, a.permission_count(), "observers know other permissions than {id:?} holds");
         }
-        assert_eq!(per_user, self.driver.per_user, "quota counts differ from the table");
-        assert_eq!(self.driver.total as usize, table.len(), "total quota differs from the table");
-        let pool_size = usize::from(PORT_MAX - PORT_MIN) + 1;
-        assert!(per_ip.values().all(|n| *n <= pool_size), "more allocations than ports");
-        assert!(table.len() <= 2 * pool_size, "more allocations than the pools hold");
+        {
+            let accounts = self.accounts.lock();
+            let counted: BTreeMap<String, u32> = accounts.per_user().map(|(key, n)| (key.to_owned(), n)).collect();
+            assert_eq!(per_user, counted, "quota counts differ from the table");
+            assert_eq!(accounts.allocations() as usize, table.len(), "total quota differs from the table");
+            for ip in relay_ips() {
+                let used = per_ip.get(&ip).copied().unwrap_or(0);
+                assert!(used + accounts.free_ports(ip) <= POOL_SIZE, "ports of {ip} both used and free");
+            }
+            assert_eq!(accounts.connections() as usize, self.streams.len(), "connections counted differ from open");
+            for open in &self.streams {
+                let from_ip = self.streams.iter().filter(|other| other.client.ip() == open.client.ip()).count();
+                assert_eq!(accounts.connections_from(open.client.ip()) as usize, from_ip, "connections of an IP");
+            }
+        }
+        assert!(per_ip.values().all(|n| *n <= POOL_SIZE), "more allocations than ports");
+        let created: Vec<AllocationId> = self.observed.allocations.keys().copied().collect();
+        let ids: Vec<AllocationId> = table.iter().map(|(id, _)| id).collect();
+        assert_eq!(created, ids, "the allocations observers know differ from the table's");
 
-        assert_eq!(tcp.len(), self.driver.live.len(), "the server and the driver hold different peer connections");
-        for id in &self.driver.live {
+        // The driver sleeps until poll_timeout: it must wake in time for
+        // every deadline the server holds.
+        let wake = self.server.poll_timeout();
+        for (id, a) in table.iter() {
+            assert!(wake.is_some_and(|at| at <= a.next_deadline()), "poll_timeout after a deadline of {id:?}");
+        }
+
+        assert_eq!(tcp.len(), self.sockets.live.len(), "the server and the driver hold different peer connections");
+        for id in &self.sockets.live {
             let connection = tcp.get(*id).unwrap_or_else(|| panic!("the driver holds {id:?}, unknown to the server"));
             let a = table.get(connection.allocation).expect("a peer connection of an allocation that exists");
             assert!(a.tcp_relay, "a peer connection of a UDP allocation");
             let peer = connection.peer;
+            assert_eq!(self.policy.check(peer.ip()), Ok(peer.ip()), "a peer connection to a refused peer {peer}");
+            let connecting = matches!(connection.state, State::Connecting);
             assert_eq!(
-                self.driver.policy.check(peer.ip()),
-                Ok(peer.ip()),
-                "a peer connection to a refused peer {peer}"
-            );
-            assert_eq!(
-                matches!(connection.state, State::Connecting(_)),
-                self.driver.connecting.contains(id),
+                connecting,
+                self.sockets.connecting.contains(id),
                 "{id:?} connecting for one of the server and the driver only"
             );
+            let owed = self.owed.iter().filter(|o| o.connection == Some(*id)).count();
+            assert_eq!(owed, usize::from(connecting), "{id:?} connecting without one answer owed");
             let wait = match connection.state {
-                State::Connecting(_) => Some(CONNECT_TIMEOUT),
+                State::Connecting => Some(CONNECT_TIMEOUT),
                 State::Unbound => Some(BIND_TIMEOUT),
-                State::Bound => None,
+                State::Bound(_) => None,
             };
             if let Some(wait) = wait {
-                assert!(connection.deadline <= self.now.instant + wait, "{id:?} waits past its 30 seconds");
+                assert!(connection.deadline <= now + wait, "{id:?} waits past its 30 seconds");
+                assert!(wake.is_some_and(|at| at <= connection.deadline), "poll_timeout after {id:?}'s deadline");
             }
         }
-        for id in &self.driver.closed {
+        assert_eq!(self.owed.len(), self.sockets.connecting.len(), "answers owed for connections not connecting");
+        for id in &self.closed {
             assert!(tcp.get(*id).is_none(), "{id:?} closed by the driver, known to the server");
         }
-        for (_, id) in &self.data_connections {
-            let bound = tcp.get(*id).is_some_and(|c| matches!(c.state, State::Bound));
-            assert!(bound, "the pair of a data connection is not bound");
+        for (tuple, id) in &self.data_connections {
+            let bound = tcp.get(*id).is_some_and(|c| matches!(c.state, State::Bound(to) if to == *tuple));
+            assert!(bound, "the pair of a data connection is not bound to it");
+        }
+
+        if std::mem::take(&mut self.timed_out) {
+            self.check_observed_live();
+        }
+    }
+
+    /// After `handle_timeout`: what observers hold as live is live, and
+    /// what is live they were told of.
+    fn check_observed_live(&self) {
+        let now = self.now.instant;
+        let table = self.server.table();
+        for (id, peer) in &self.observed.permissions {
+            let a = table.get(*id).expect("observers know a permission of an allocation that is gone");
+            assert!(a.has_permission(*peer, now), "permission for {peer} expired, yet observers were not told");
+        }
+        for (id, number) in &self.observed.channel_numbers {
+            let a = table.get(*id).expect("observers know a channel of an allocation that is gone");
+            let bound = self.observed.channels.get(&(*id, *number)).copied();
+            assert_eq!(a.channel_peer(*number, now), bound, "channel {number:?} is not as observers were told");
         }
     }
 }
@@ -1575,6 +1904,7 @@ fuzz_target!(|input: Input| {
     for op in input.ops.iter().take(MAX_OPS) {
         harness.run(op);
     }
+    harness.close_all();
     // FUZZ_STATS=1 shows whether the inputs reach the authenticated and
     // RFC 6062 paths (a harness that never signs a request fuzzes only the
     // 401 branch), one line per run.
@@ -1582,22 +1912,31 @@ fuzz_target!(|input: Input| {
         let stats = harness.server.stats();
         let counts = &harness.counts;
         eprintln!(
-            "authenticated={} created={} relayed_to_peer={} relayed_to_client={} auth_failures={} signed_replies={} \
-             sha256_signed_replies={} tcp_relays={} tcp_peer_connections={} tcp_peer_refused={} tcp_peer_failures={} \
-             connect_answers={} connections_bound={} tcp_relayed_bytes={}",
+            "authenticated={} created={} allocate_answers={} addr_in_use={} deleted={} relayed_to_peer={} \
+             relayed_to_client={} icmp_indications={} auth_failures={} signed_replies={} sha256_signed_replies={} \
+             permissions_expired={} channels_expired={} tcp_relays={} tcp_peer_connections={} tcp_peer_refused={} \
+             tcp_peer_failures={} connect_answers={} connections_bound={} connections_refused={} \
+             tcp_relayed_bytes={}",
             input.setup.authenticated,
             stats.allocations_created,
+            counts.allocate_answers,
+            counts.addr_in_use,
+            counts.allocations_deleted,
             stats.relayed_to_peer,
             stats.relayed_to_client,
+            counts.icmp_indications,
             stats.auth_failures,
             counts.signed_replies,
             counts.sha256_signed_replies,
-            harness.driver.tcp_relays_opened,
+            counts.permissions_expired,
+            counts.channels_expired,
+            counts.tcp_relays,
             stats.tcp_peer_connections,
             stats.tcp_peer_refused,
             stats.tcp_peer_failures,
             counts.connect_answers,
             counts.connections_bound,
+            counts.connections_refused,
             stats.tcp_relayed_bytes,
         );
     }

@@ -102,6 +102,9 @@ pub struct Overrides {
     /// Apply the per-source limit to loopback sources too (sets `rate_limit_loopback`).
     #[arg(long)]
     pub rate_limit_loopback: bool,
+    /// Seconds a drain (SIGUSR1) may last before it ends what is left (replaces `drain_timeout`).
+    #[arg(long, value_name = "SECONDS")]
+    pub drain_timeout: Option<u32>,
     /// When started as root, the user to run as once listening (replaces `user`).
     #[arg(long, value_name = "NAME")]
     pub run_as_user: Option<String>,

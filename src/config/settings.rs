@@ -234,6 +234,10 @@ settings! {
         pub rate_limit_burst: Option<NonZeroU32> = None;
         /// Limit loopback sources too (they are exempt by default).
         pub rate_limit_loopback: bool = false, if rate_limit_loopback => true;
+        /// Seconds a drain (SIGUSR1) may last before it ends the allocations
+        /// left and tern stops; unset: until the last one ends.
+        #[serde(with = "Maybe::<Positive>", skip_serializing_if = "Option::is_none")]
+        pub drain_timeout: Option<NonZeroU32> = None, check drain_timeout with Positive;
         /// The user and group to run as after binding (started as root).
         #[serde(with = "BlankOr::<Name>", skip_serializing_if = "Option::is_none")]
         pub user: Option<String> = None, replace run_as_user;

@@ -8,6 +8,7 @@
 
 pub mod clock;
 mod listener;
+pub mod liveness;
 mod out;
 mod relay;
 mod report;

@@ -1,17 +1,20 @@
 //! What the workers share: the accounts behind every core's [`Resources`]
 //! (relay ports, quotas, connection counts), RFC 6062 data connections on
 //! their way between workers, the counters each worker publishes for
-//! metrics, and reloaded credentials.
+//! metrics, reloaded credentials, and each worker's heartbeat.
 //!
 //! Each piece sits behind its own mutex and is touched per allocation, per
 //! connection or once a second, never per packet, so the hot path stays
 //! lock-free while a port freed on one worker is at once available to all.
+//! The heartbeat is the exception: an atomic on a cache line of the worker's
+//! own, bumped once a loop turn (see `liveness`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use super::liveness::Liveness;
 use super::report::WorkerReport;
 use super::tcp_relay::Handoffs;
 use crate::proto::auth::StaticCredentials;
@@ -73,6 +76,8 @@ pub struct Shared {
     pub accounts: SharedAccounts,
     /// RFC 6062 data connections on their way to the worker that owns them.
     pub handoffs: Handoffs,
+    /// Each worker's heartbeat and waker, for the watchdog.
+    pub liveness: Arc<Liveness>,
     /// Each worker's counters as last published, summed when metrics are
     /// scraped; a worker touches its own slot at most once a second.
     reports: Vec<Mutex<WorkerReport>>,
@@ -87,6 +92,7 @@ impl Shared {
         Self {
             accounts,
             handoffs: Handoffs::new(workers),
+            liveness: Arc::new(Liveness::new(workers)),
             reports: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
             credentials: Mutex::default(),
             credentials_generation: AtomicU64::new(0),

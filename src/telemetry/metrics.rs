@@ -2,8 +2,9 @@
 //! counters, summed at each scrape, and a few gauges, served as OpenMetrics
 //! text at `GET /metrics`.
 //!
-//! Workers publish their counters once a second (`io::relay::Shared`), so
-//! a scrape never touches a worker's loop and nothing is shared per packet.
+//! Workers publish their counters within a second of their changing
+//! (`io::shared::Shared`), so a scrape never touches a worker's loop and
+//! nothing is shared per packet.
 //! The encoding is prometheus-client's. The HTTP side is written here: one
 //! thread answers one request per connection, a GET for one path, which is
 //! less code than wiring an HTTP server crate and its runtime in for it.

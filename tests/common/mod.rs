@@ -53,10 +53,11 @@ pub fn tern_bin() -> &'static str {
 }
 
 /// A `tern` command with a clean logging environment: `RUST_LOG` would
-/// replace the configured level and could hide the "listening" lines.
+/// replace the configured level and could hide the "listening" lines. Nor
+/// does it talk to a systemd the tests may run under (`NOTIFY_SOCKET`).
 pub fn tern_command(args: &[&str]) -> Command {
     let mut command = Command::new(tern_bin());
-    command.args(args).env_remove("RUST_LOG").stdin(Stdio::null());
+    command.args(args).env_remove("RUST_LOG").env_remove("NOTIFY_SOCKET").stdin(Stdio::null());
     command
 }
 
@@ -334,20 +335,26 @@ impl TernServer {
     /// Like [`TernServer::start`] but adds no `--listen`, so a `--config`
     /// file's `listen` applies.
     pub fn start_without_default_listen(args: &[&str]) -> Self {
-        Self::spawn(args, false).unwrap_or_else(|failure| panic!("{failure}"))
+        Self::spawn(args, false, &[]).unwrap_or_else(|failure| panic!("{failure}"))
     }
 
     /// Like [`TernServer::start_without_default_listen`] but returns the failure.
     pub fn try_start_without_default_listen(args: &[&str]) -> Result<Self, StartFailure> {
-        Self::spawn(args, false)
+        Self::spawn(args, false, &[])
     }
 
     /// Like [`TernServer::start`] but returns the failure.
     pub fn try_start(args: &[&str]) -> Result<Self, StartFailure> {
-        Self::spawn(args, !args.iter().any(|a| is_listen_flag(a)))
+        Self::try_start_with_env(args, &[])
     }
 
-    fn spawn(args: &[&str], default_listen: bool) -> Result<Self, StartFailure> {
+    /// Like [`TernServer::try_start`], with `env` added to the server's
+    /// environment.
+    pub fn try_start_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Self, StartFailure> {
+        Self::spawn(args, !args.iter().any(|a| is_listen_flag(a)), env)
+    }
+
+    fn spawn(args: &[&str], default_listen: bool, env: &[(&str, &str)]) -> Result<Self, StartFailure> {
         // Tests read allocation lifecycle lines from the log.
         let mut full = vec!["serve", "--log-format", "json", "--log-allocations"];
         if default_listen {
@@ -360,6 +367,7 @@ impl TernServer {
         };
         let expected_tls = full.iter().filter(|a| is_tls_listen_flag(a)).count();
         let mut child = tern_command(&full)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

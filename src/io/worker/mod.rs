@@ -177,6 +177,7 @@ impl Worker {
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), Source::Waker.token())?);
         shared.handoffs.register(id, waker.clone());
+        shared.liveness.register(id, waker.clone());
         shutdown.register(waker);
         let WorkerListeners { mut udp, mut tcp, tls: mut tls_listeners } = listeners;
         for (index, (socket, _)) in udp.iter_mut().enumerate() {
@@ -294,6 +295,7 @@ impl Worker {
                 self.shared.publish(self.id, self.report());
             }
             self.flush();
+            self.shared.liveness.turn_ended(self.id, &self.shutdown);
         }
         self.server.close_all();
         self.drive(clock::reading());
