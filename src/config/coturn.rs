@@ -616,7 +616,9 @@ impl Coturn {
                 "no equivalent: tern relays IPv4 unless the client asks for IPv6 (RFC 8656 §7.2)"
             }
             "max-allocate-timeout" => "no equivalent: tern answers an Allocate as soon as its relay socket is open",
-            "drain-min-allocations" => "no equivalent: tern's drain (SIGUSR1) ends when the last allocation has",
+            "drain-min-allocations" => {
+                "no equivalent: tern's drain (SIGUSR1) ends when the last allocation has, or at drain_timeout"
+            }
             "bps-capacity" => "not yet: tern limits bandwidth per allocation (max_bps), not for the whole server",
             "prometheus-path" if value == "/metrics" => "nothing to carry: tern serves /metrics",
             "prometheus-path" => "no equivalent: tern serves its metrics at /metrics only",
