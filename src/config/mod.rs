@@ -14,6 +14,7 @@
 //! a freshly loaded file over the running configuration: `reload` says
 //! which keys a reload may change.
 
+pub mod coturn;
 mod flags;
 mod reload;
 mod settings;
@@ -34,7 +35,7 @@ pub use settings::{
 };
 pub use values::{
     Address, AlternateIp, AlternateServer, ExternalAddress, LogFormat, LogLevel, PeerRange, PortRange, RelayIp,
-    UserSecret, flag, user_flag,
+    UserSecret, flag, toml_key, user_flag,
 };
 
 use crate::io::proxy::ProxySettings;

@@ -20,7 +20,7 @@ use super::report::WorkerReport;
 use super::tcp_relay::Handoffs;
 use super::{TlsSettings, clock};
 use crate::proto::port_pool::ReservationToken;
-use crate::proto::resources::{Accounts, PortError, PortRequest, QuotaError, QuotaLimits, Resources};
+use crate::proto::resources::{Accounts, ConnectionLimit, PortError, PortRequest, QuotaError, QuotaLimits, Resources};
 use crate::proto::server::ServerConfig;
 
 /// The generation of the configuration a server starts with; each reload
@@ -68,7 +68,7 @@ impl Resources for SharedAccounts {
         self.lock().release_allocation(quota_key);
     }
 
-    fn admit_connection(&mut self, ip: IpAddr) -> bool {
+    fn admit_connection(&mut self, ip: IpAddr) -> Result<(), ConnectionLimit> {
         self.lock().admit_connection(ip)
     }
 

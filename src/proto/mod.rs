@@ -10,6 +10,7 @@
 pub mod allocation;
 pub mod auth;
 pub mod channel_data;
+pub mod coturn;
 pub mod demux;
 pub mod error;
 pub mod nat_discovery;

@@ -17,7 +17,7 @@ use ipnet::IpNet;
 /// loopback, private, shared, link-local, documentation, benchmarking,
 /// multicast, reserved, and the IPv6 transition prefixes that can lead back
 /// into IPv4 networks.
-const BUILTIN_DENY: &[(&str, &str)] = &[
+pub const BUILTIN_DENY: &[(&str, &str)] = &[
     ("0.0.0.0/8", "this network"),
     ("127.0.0.0/8", "loopback"),
     ("10.0.0.0/8", "private"),

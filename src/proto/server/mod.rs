@@ -34,6 +34,7 @@ mod config;
 mod data;
 mod error;
 mod expiry;
+mod notices;
 mod output;
 mod permission;
 mod refresh;
@@ -55,6 +56,7 @@ use self::allocate::Opening;
 pub use self::config::{ExternalIp, ServerConfig, TurnConfig};
 pub use self::data::{PEER_HEADROOM, PEER_TAILROOM};
 pub use self::error::{MAX_UNKNOWN_LISTED, RelayOpenError, RequestError, UnknownAttributes};
+use self::notices::Notices;
 use self::output::Outbox;
 pub use self::output::{
     AllocationInfo, ClientOutcome, DeleteReason, Event, IcmpReport, PeerOutcome, RelayProtocol, Transmit,
@@ -121,6 +123,8 @@ pub struct Server {
     timers: Timers,
     /// A rate-limiter timer is in the heap.
     limiter_scheduled: bool,
+    /// Limits and defaults already named in a warning.
+    notices: Notices,
 }
 
 impl Server {
@@ -147,6 +151,7 @@ impl Server {
             outbox: Outbox::default(),
             timers: Timers::default(),
             limiter_scheduled: false,
+            notices: Notices::default(),
         }
     }
 
@@ -262,7 +267,14 @@ impl Server {
     /// is counted until [`Self::handle_connection_closed`], or, once it is
     /// the client side of an RFC 6062 pair, until the pair ends.
     pub fn handle_connection_opened(&mut self, tuple: &FiveTuple) -> bool {
-        self.resources.admit_connection(tuple.client.ip())
+        let source = tuple.client.ip();
+        match self.resources.admit_connection(source) {
+            Ok(()) => true,
+            Err(limit) => {
+                self.notices.connection_refused(source, limit);
+                false
+            }
+        }
     }
 
     /// A TCP or TLS connection closed: its allocation goes with it (RFC 8656
@@ -509,6 +521,7 @@ impl Server {
             Ok(ip) => Ok(SocketAddr::new(ip, peer.port())),
             Err(rule) => {
                 self.stats.peers_forbidden += 1;
+                self.notices.peer_refused(ip, &rule);
                 match path {
                     Path::Request => {
                         info!(parent: &allocation.span, client = %allocation.tuple.client, peer = %ip, %rule, "peer refused")
@@ -534,6 +547,7 @@ impl Server {
             return false;
         }
         self.stats.rate_limited += 1;
+        self.notices.rate_limited(tuple.client.ip(), self.config.rate_limit.per_second);
         trace!(client = %tuple.client, "unauthenticated answer rate-limited");
         true
     }

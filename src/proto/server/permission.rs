@@ -40,6 +40,7 @@ impl Server {
         // Only new permissions count: refreshing those an allocation holds
         // stays possible above a cap lowered by a reload.
         if added > 0 && allocation.permission_count() + added > max_permissions {
+            self.notices.max_permissions(max_permissions);
             return Err(RequestError::InsufficientCapacity("permission limit of the allocation reached"));
         }
         for peer in peers {

@@ -27,6 +27,7 @@ mod channel;
 mod data;
 mod expiry;
 mod model;
+mod notices;
 mod permission;
 mod policy;
 mod quota;
