@@ -184,7 +184,8 @@ fn a_webrtc_server_with_rest_secrets_tls_and_external_ip() {
     assert_eq!(table["relay_ports"].as_str(), Some("49160-49200"));
     // The denied ranges are all refused by tern's defaults already.
     assert_eq!(table["allow_peers"], list(&[]));
-    assert!(converted.contains("allow_peers lists it (203.0.113.5/32)"), "relay to relay explained: {converted}");
+    assert!(converted.contains("relayed address (203.0.113.5/32)"), "relay to relay explained: {converted}");
+    assert!(converted.contains("must hairpin"), "NAT hairpin explained: {converted}");
     assert_eq!(table["user_quota"].as_integer(), Some(0));
     assert_eq!(table["total_quota"].as_integer(), Some(1000));
     assert_eq!((table["user"].as_str(), table["group"].as_str()), (Some("nobody"), Some("nogroup")));

@@ -884,11 +884,16 @@ impl Coturn {
         let own: Vec<String> = advertised.into_iter().map(|ip| IpNet::from(ip).to_string()).collect();
         if !own.is_empty() {
             comment.push_str(&format!(
-                " Two clients relayed by this server reach each other's relayed address only if allow_peers \
-                 lists it ({}): tern refuses its own addresses as peers, where coturn relays to them (and maps a \
-                 peer at an external-ip's public address to its private one, which tern does not).",
+                " Two clients relayed by this server reach each other's relayed address ({}) as coturn's do: \
+                 tern's own addresses are peers at the relay ports and refused at any other port.",
                 own.join(", ")
             ));
+        }
+        if !self.external_ips.is_empty() {
+            comment.push_str(
+                " Behind NAT, a peer at an external-ip's public address is sent to that address, which the NAT \
+                 must hairpin; coturn maps it to the private one.",
+            );
         }
         if !self.allowed.is_empty() {
             comment.push_str(

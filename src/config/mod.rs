@@ -262,7 +262,8 @@ impl Config {
             own.extend(self.external_ips.iter().map(|e| e.public));
             TurnConfig {
                 auth,
-                policy: PeerPolicy::new(self.allow_peers.clone(), self.deny_peers.clone(), own),
+                policy: PeerPolicy::new(self.allow_peers.clone(), self.deny_peers.clone(), own)
+                    .with_relay_ports(self.relay_ports),
                 relay_ips: self.relay_ips.clone(),
                 external_ips: self.external_ips.clone(),
                 default_lifetime: seconds(self.default_lifetime),

@@ -517,7 +517,7 @@ impl Server {
             return Err(RequestError::PeerAddressFamilyMismatch);
         }
         let policy = &self.config.turn.as_ref().expect("TURN requests reach here only with TURN on").policy;
-        match policy.check(ip) {
+        match policy.check_peer(SocketAddr::new(ip, peer.port())) {
             Ok(ip) => Ok(SocketAddr::new(ip, peer.port())),
             Err(rule) => {
                 self.stats.peers_forbidden += 1;
