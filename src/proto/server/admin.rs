@@ -116,11 +116,8 @@ pub enum RevokeError {
 impl Server {
     /// The live allocations `query` matches, a page of them in its order.
     pub fn allocations(&self, now: Now, query: &AllocationQuery) -> AllocationListing {
-        let matching: Vec<(AllocationId, &Allocation)> = self
-            .table
-            .iter()
-            .filter(|(_, a)| a.is_live() && !a.is_expired(now.instant) && matches(a, query))
-            .collect();
+        let matching: Vec<(AllocationId, &Allocation)> =
+            self.table.iter().filter(|(_, a)| a.is_live() && !a.is_expired(now.instant) && matches(a, query)).collect();
         let mut selected: Vec<&Allocation> = match query.order {
             Order::Serial => {
                 let after = query.after.unwrap_or(0);

@@ -69,10 +69,7 @@ fn ending_an_allocation_frees_it_and_tells_observers_why() {
     h.settle();
     assert!(h.server.table().is_empty());
     assert_eq!(h.quota("alice"), 0);
-    assert!(matches!(
-        h.take_observed().as_slice(),
-        [Event::AllocationDeleted { reason: DeleteReason::Ended, .. }]
-    ));
+    assert!(matches!(h.take_observed().as_slice(), [Event::AllocationDeleted { reason: DeleteReason::Ended, .. }]));
     assert_eq!(h.stats().allocations_ended, 1);
     assert!(!h.server.end_allocation(serial), "ended once");
     assert_error(&alice.refresh(&mut h, None), 437);
@@ -93,10 +90,7 @@ fn a_revoked_user_is_refused_until_let_in_again_and_others_carry_on() {
     h.take_observed();
     assert_eq!(h.server.revoke("alice"), Ok(1));
     h.settle();
-    assert!(matches!(
-        h.take_observed().as_slice(),
-        [Event::AllocationDeleted { reason: DeleteReason::Revoked, .. }]
-    ));
+    assert!(matches!(h.take_observed().as_slice(), [Event::AllocationDeleted { reason: DeleteReason::Revoked, .. }]));
     assert_eq!(h.server.table().len(), 1, "bob's stays");
     // Refused as an unknown user: 401 with a challenge, even with a nonce
     // that was good a moment ago.
