@@ -348,3 +348,60 @@ fn the_admin_listener_needs_a_good_token_file() {
     let missing = run_tern(&["check", "--admin-listen", "127.0.0.1:0", "--admin-token-file", "/nonexistent/token"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/token"));
 }
+
+/// Whatever arrives, the API answers with a status below 500 (or 503 for a
+/// worker that cannot answer, which cannot happen here) and keeps serving.
+/// Draining is left out: a well-formed drain would end the server.
+#[test]
+fn random_requests_get_answers_below_500_and_change_nothing() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let admin = Admin::start("admin-random", &[]);
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let request = (
+        prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "PATCH"]),
+        prop::sample::select(vec![
+            "/api/v1/status",
+            "/api/v1/allocations",
+            "/api/v1/allocations/",
+            "/api/v1/revocations",
+            "/api/v1/revocations/",
+            "/api/v1/log",
+            "/api/v1/reload",
+            "/api/v2/status",
+            "/",
+        ]),
+        "[A-Za-z0-9_%=&?.:-]{0,40}",
+        prop::collection::vec(any::<u8>(), 0..300),
+        any::<bool>(),
+    );
+    let mut runner = TestRunner::new(Config { cases: 96, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&request, |(method, path, tail, body, json_like)| {
+            let body = if json_like {
+                format!("{{\"name\": {:?}, \"level\": {:?}}}", String::from_utf8_lossy(&body), tail).into_bytes()
+            } else {
+                body
+            };
+            let head = format!(
+                "{method} {path}{tail} HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let mut stream = TcpStream::connect_timeout(&admin.addr, TIMEOUT).expect("connection");
+            stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+            stream.write_all(head.replacen("\r\n", "\r\nConnection: close\r\n", 1).as_bytes()).expect("head");
+            stream.write_all(&body).expect("body");
+            let mut response = Vec::new();
+            let _ = stream.read_to_end(&mut response);
+            let text = String::from_utf8_lossy(&response);
+            let status: u16 = text.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+            prop_assert!((200..500).contains(&status), "{method} {path}{tail}: {text}");
+            Ok(())
+        })
+        .expect("every answer below 500");
+    // Revocations the random bodies made are fine; the server still serves
+    // and has not started draining.
+    let status = admin.client().status().expect("still serving");
+    assert!(!status.draining);
+    admin.server.stop();
+}
