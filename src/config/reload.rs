@@ -55,6 +55,7 @@ restart_only! {
     "tls.key" => tls.key;
     "metrics.listen" => metrics.listen;
     "admin.listen" => admin.listen;
+    "admin.tls" => admin.tls;
 }
 
 /// Keys a reload applies. The core takes most of them (see
