@@ -451,8 +451,8 @@ impl Doctor {
     fn allocate_fix(&self, error: &TurnError, user: &str, realm: Option<&str>, server: SocketAddr) -> String {
         let realm = realm.map_or(String::new(), |realm| format!(" (realm {realm:?})"));
         match (error.code(), &self.credentials) {
-            (Some(401), Some(DoctorCredentials::Secret { .. })) => format!(
-                "the server refused the REST credential for {user}: --secret is not one of its auth.secrets, or \
+            (Some(401), Some(DoctorCredentials::Secret { user, .. })) => format!(
+                "the server refused the REST credential for {user:?}: --secret is not one of its auth.secrets, or \
                  its clock and this host's differ by more than an hour"
             ),
             (Some(401), _) => format!("wrong password for {user:?}, or it is not in the server's auth.users{realm}"),
@@ -917,7 +917,8 @@ fn amplification_check(answers: &[Unauthenticated]) -> Check {
         return Check::skip(
             "amplification",
             "",
-            "UDP only: over TCP and TLS a handshake comes first, so a spoofed source gets nothing",
+            "no answer over UDP to measure; over TCP and TLS a handshake comes first, so a spoofed source gets \
+             nothing",
         );
     }
     let factor = |a: &Unauthenticated| a.response.len() as f64 / a.request_len.max(1) as f64;

@@ -126,7 +126,7 @@ impl Report {
                 "{:<4}  {:<width$}  {}  {}",
                 check.status.as_str(),
                 check.check,
-                check.target,
+                if check.target.is_empty() { "-" } else { &check.target },
                 check.detail
             );
             if let Some(fix) = &check.fix {
