@@ -281,7 +281,15 @@ fn cloud_server(topology: &Topology, extra: &[&str]) -> NamespacedServer {
 fn doctor_from_outside(topology: &Topology) -> (Option<i32>, Value) {
     let url = format!("turn:{PUBLIC_IP}:3478");
     report_of(&topology.tern_in_client(&[
-        "doctor", &url, "--user", "alice", "--secret", "s3cret", "--timeout", TIMEOUT, "--json",
+        "doctor",
+        &url,
+        "--user",
+        "alice",
+        "--secret",
+        "s3cret",
+        "--timeout",
+        TIMEOUT,
+        "--json",
     ]))
 }
 
@@ -293,7 +301,10 @@ fn a_relay_behind_nat_without_external_ip_is_caught_and_the_fix_works() {
     assert_eq!(code, Some(1), "{report:#}");
     assert_eq!(status(&report, "relayed address"), "fail", "{report:#}");
     let detail = check(&report, "relayed address")["detail"].as_str().expect("detail");
-    assert!(detail.starts_with(&format!("{PRIVATE_IP} is private, but clients reach the server at {PUBLIC_IP}")), "{detail}");
+    assert!(
+        detail.starts_with(&format!("{PRIVATE_IP} is private, but clients reach the server at {PUBLIC_IP}")),
+        "{detail}"
+    );
     let external_ip = format!("external_ip = [\"{PUBLIC_IP}/{PRIVATE_IP}\"]");
     assert!(fix(&report, "relayed address").contains(&external_ip), "{report:#}");
     // The round trips fail for the same reason, and say so: the relay's

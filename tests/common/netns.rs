@@ -78,8 +78,7 @@ impl Topology {
         };
         run("ip", &["netns", "add", &topology.router])?;
         run("ip", &["netns", "add", &topology.server])?;
-        let (a, b, d, e) =
-            (format!("tn{id}a"), topology.downlink.clone(), topology.uplink.clone(), format!("tn{id}e"));
+        let (a, b, d, e) = (format!("tn{id}a"), topology.downlink.clone(), topology.uplink.clone(), format!("tn{id}e"));
         let (c, r, s) = (topology.client.as_str(), topology.router.as_str(), topology.server.as_str());
         let mut steps: Vec<Vec<&str>> = vec![
             vec!["link", "add", &a, "netns", c, "type", "veth", "peer", "name", &b, "netns", r],
@@ -150,9 +149,8 @@ impl NamespacedServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start tern in {namespace}: {e}"));
         let server = Self(child);
-        let up = (0..READY_ATTEMPTS).any(|_| {
-            run("ip", &["netns", "exec", namespace, tern_bin(), "stun", probe, "--timeout", "250ms"]).is_ok()
-        });
+        let up = (0..READY_ATTEMPTS)
+            .any(|_| run("ip", &["netns", "exec", namespace, tern_bin(), "stun", probe, "--timeout", "250ms"]).is_ok());
         assert!(up, "tern did not answer on {probe} in {namespace}");
         server
     }
