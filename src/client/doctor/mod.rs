@@ -86,6 +86,22 @@ pub struct Doctor {
     pub timeout: Duration,
 }
 
+/// One address over one transport.
+#[derive(Clone, Copy)]
+struct Endpoint {
+    server: SocketAddr,
+    transport: Transport,
+}
+
+/// Whether this allocation is the first on its server address (which
+/// checks the relay ports), and whether that address's relayed address is
+/// one peers can reach.
+#[derive(Clone, Copy)]
+struct RelayState {
+    first: bool,
+    reachable: bool,
+}
+
 /// A Binding answer.
 struct Mapping {
     transport: Transport,
@@ -288,7 +304,7 @@ impl Doctor {
             ));
             return;
         };
-        self.relay(socket, server, transport, tls, credentials, report, findings);
+        self.relay(socket, Endpoint { server, transport }, tls, credentials, report, findings);
     }
 
     /// An Allocate without credentials on `socket`, which is handed back
@@ -333,17 +349,16 @@ impl Doctor {
 
     /// Allocate, the relayed address and the relay ports (once per server
     /// address), the round trips, and delete.
-    #[allow(clippy::too_many_arguments)]
     fn relay(
         &self,
         socket: ClientSocket,
-        server: SocketAddr,
-        transport: Transport,
+        at: Endpoint,
         tls: Option<TlsClient>,
         credentials: Credentials,
         report: &mut Report,
         findings: &mut Findings,
     ) {
+        let Endpoint { server, transport } = at;
         let target = server.to_string();
         let user = credentials.username.clone();
         let mut session = TurnSession::new(socket, credentials, self.timeout);
@@ -374,7 +389,7 @@ impl Doctor {
             report.push(check);
         }
         let reachable = findings.relays.get(&server.ip()).copied().unwrap_or(true);
-        self.relay_steps(&mut session, server, transport, &allocated, first, reachable, &user, report);
+        self.relay_steps(&mut session, at, &allocated, RelayState { first, reachable }, &user, report);
         if let Err(e) = session.refresh(0) {
             report.push(Check::warn(
                 format!("delete {transport}"),
@@ -385,18 +400,16 @@ impl Doctor {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn relay_steps(
         &self,
         session: &mut TurnSession,
-        server: SocketAddr,
-        transport: Transport,
+        at: Endpoint,
         allocated: &Allocated,
-        first: bool,
-        reachable: bool,
+        state: RelayState,
         user: &str,
         report: &mut Report,
     ) {
+        let (Endpoint { server, transport }, RelayState { first, reachable }) = (at, state);
         let target = server.to_string();
         let relayed = allocated.relayed;
         let permission_check = format!("relay permission {transport}");
