@@ -294,6 +294,7 @@ fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Status;
     use super::*;
 
     fn leaf(not_before: i64, not_after: i64) -> Leaf {
@@ -314,13 +315,13 @@ mod tests {
         let ok = expiry_check("t", &leaf(now - 10 * DAY, now + 60 * DAY), NOW);
         assert_eq!(
             (ok.status, ok.detail.as_str()),
-            (super::super::report::Status::Ok, "valid until 2027-03-16T08:00:00Z (60 days)")
+            (Status::Ok, "valid until 2027-03-16T08:00:00Z (60 days)")
         );
         let soon = expiry_check("t", &leaf(now - 80 * DAY, now + 5 * DAY), NOW);
-        assert_eq!(soon.status, super::super::report::Status::Warn);
+        assert_eq!(soon.status, Status::Warn);
         assert!(soon.detail.contains("in 5 days"), "{}", soon.detail);
         let expired = expiry_check("t", &leaf(now - 90 * DAY, now - 3 * DAY), NOW);
-        assert_eq!(expired.status, super::super::report::Status::Fail);
+        assert_eq!(expired.status, Status::Fail);
         assert!(expired.detail.contains("3 days ago") && expired.fix.is_some(), "{expired:?}");
         let early = expiry_check("t", &leaf(now + DAY, now + 90 * DAY), NOW);
         assert!(early.detail.starts_with("not valid before"), "{early:?}");
@@ -328,8 +329,8 @@ mod tests {
 
     #[test]
     fn alpn_other_than_stun_turn_is_named() {
-        assert_eq!(alpn_check("t", Some(b"stun.turn")).status, super::super::report::Status::Ok);
-        assert_eq!(alpn_check("t", None).status, super::super::report::Status::Warn);
+        assert_eq!(alpn_check("t", Some(b"stun.turn")).status, Status::Ok);
+        assert_eq!(alpn_check("t", None).status, Status::Warn);
         let h2 = alpn_check("t", Some(b"h2"));
         assert!(h2.detail.contains("\"h2\""), "{h2:?}");
     }
