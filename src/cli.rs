@@ -60,6 +60,13 @@ pub struct AdminArgs {
     /// How long to wait for each answer.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// With an https:// URL: check the server's certificate against this PEM
+    /// file instead of the web's roots.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub tls_ca: Option<PathBuf>,
+    /// With an https:// URL: do not check the server's certificate.
+    #[arg(long)]
+    pub insecure: bool,
     #[command(subcommand)]
     pub command: AdminCommand,
 }

@@ -185,7 +185,7 @@ fn credentials(args: &CredentialsArgs) -> Result<ExitCode, String> {
 /// `tern key`: the MD5 long-term key of RFC 5389 (what coturn's
 /// `turnadmin -k` prints), as an `auth.users` line.
 fn admin(args: &AdminArgs) -> Result<ExitCode, String> {
-    use tern::client::admin::{self, AdminClient, Filters};
+    use tern::client::admin::{self, AdminClient, Filters, Trust};
     let token = match (&args.token_file, std::env::var("TERN_ADMIN_TOKEN")) {
         (Some(file), _) => {
             std::fs::read_to_string(file).map_err(|e| format!("cannot read the token file {}: {e}", file.display()))?
@@ -193,7 +193,12 @@ fn admin(args: &AdminArgs) -> Result<ExitCode, String> {
         (None, Ok(token)) => token,
         (None, Err(_)) => return Err("the admin token: give --token-file FILE or set TERN_ADMIN_TOKEN".into()),
     };
-    let client = AdminClient::new(&args.url, &token, args.timeout);
+    let trust = match (&args.tls_ca, args.insecure) {
+        (Some(ca), _) => Trust::CaFile(ca),
+        (None, true) => Trust::Insecure,
+        (None, false) => Trust::WebRoots,
+    };
+    let client = AdminClient::new(&args.url, &token, args.timeout, trust).map_err(|e| e.to_string())?;
     let print = |json: String, text: String| println!("{}", if args.json { json } else { text });
     let failed = |e: admin::AdminError| e.to_string();
     match &args.command {

@@ -9,9 +9,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common::{TernServer, run_tern, scratch_file};
+use common::{TernServer, TestCert, run_tern, scratch_file};
 use tern::client::ClientSocket;
-use tern::client::admin::{AdminClient, AdminError, Filters};
+use tern::client::admin::{AdminClient, AdminError, Filters, Trust};
 use tern::client::turn::{Credentials, TurnSession};
 use tern::io::clock;
 use tern::proto::Transport;
@@ -61,7 +61,7 @@ impl Admin {
     }
 
     fn client(&self) -> AdminClient {
-        AdminClient::new(&self.url(), TOKEN, TIMEOUT)
+        AdminClient::new(&self.url(), TOKEN, TIMEOUT, Trust::WebRoots).expect("client")
     }
 
     /// `tern admin ARGS --json`, parsed.
@@ -204,7 +204,7 @@ fn the_token_is_required_and_guessing_is_limited() {
     let (status, response) = http(admin.addr, "GET /api/v1/status HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(status, 401, "{response}");
     assert!(response.to_ascii_lowercase().contains("www-authenticate: bearer"), "{response}");
-    let wrong = AdminClient::new(&admin.url(), "not-the-token-at-all", TIMEOUT);
+    let wrong = AdminClient::new(&admin.url(), "not-the-token-at-all", TIMEOUT, Trust::WebRoots).expect("client");
     assert_eq!(refused(wrong.status()), 401);
     // The probes need no token.
     assert_eq!(http(admin.addr, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").0, 200);
@@ -329,7 +329,8 @@ fn healthz_fails_while_a_worker_is_wedged() {
     let held = "held still by the test hook TERN_TEST_HOLD_WORKER: this worker's loop stops until shutdown";
     server.wait_for_log(held, 1, TIMEOUT);
     // A listing needs every worker: the wedged one makes it a 503, not a hang.
-    let client = AdminClient::new(&format!("http://{addr}"), TOKEN, Duration::from_secs(15));
+    let client =
+        AdminClient::new(&format!("http://{addr}"), TOKEN, Duration::from_secs(15), Trust::WebRoots).expect("client");
     assert_eq!(refused(client.allocations(&Filters::default(), None)), 503);
     server.stop();
 }
@@ -404,4 +405,30 @@ fn random_requests_get_answers_below_500_and_change_nothing() {
     let status = admin.client().status().expect("still serving");
     assert!(!status.draining);
     admin.server.stop();
+}
+
+/// `admin.tls`: the API over TLS with the server's own certificate, checked
+/// by `tern admin --tls-ca`; the clear-text protocol gets nothing.
+#[test]
+fn the_api_is_served_over_tls_with_the_servers_certificate() {
+    let cert = TestCert::new("admin-tls");
+    let admin = Admin::start("admin-tls", &[&cert.serve_args()[..], &["--admin-tls"]].concat());
+    let logged = admin.server.wait_for_log("serving the admin API", 1, TIMEOUT);
+    assert_eq!(logged[0]["tls"], true);
+    let url = format!("https://localhost:{}", admin.addr.port());
+    let ca = Trust::CaFile(&cert.cert);
+    let client = AdminClient::new(&url, TOKEN, TIMEOUT, ca).expect("client");
+    assert_eq!(client.status().expect("status over TLS").allocations, 0);
+    let untrusted = AdminClient::new(&url, TOKEN, TIMEOUT, Trust::WebRoots).expect("client");
+    assert!(matches!(untrusted.status(), Err(AdminError::Unreachable { .. })), "a self-signed certificate is refused");
+    assert_ne!(http(admin.addr, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").0, 200, "no clear text on a TLS port");
+    let token = admin.token_file.to_str().expect("UTF-8 path");
+    let output = run_tern(&["admin", "--url", &url, "--token-file", token, "--tls-ca", cert.cert_path(), "status"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("state"));
+    admin.server.stop();
+
+    let output = run_tern(&["check", "--admin-listen", "127.0.0.1:0", "--admin-token-file", token, "--admin-tls"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("key `admin.tls`: needs a certificate"), "{stderr}");
 }

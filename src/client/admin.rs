@@ -2,6 +2,7 @@
 //! operator at a shell: aligned tables by default, the API's JSON with
 //! `--json`.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -19,6 +20,19 @@ pub enum AdminError {
     Refused { status: u16, message: String },
     #[error("unexpected answer from {url}: {message}")]
     Answer { url: String, message: String },
+    #[error("cannot read the CA certificates {path}: {message}")]
+    Ca { path: String, message: String },
+}
+
+/// Which certificates an `https://` admin URL is checked against.
+#[derive(Clone, Copy, Debug)]
+pub enum Trust<'a> {
+    /// The web's roots (webpki-roots), as a browser would.
+    WebRoots,
+    /// The certificates of this PEM file (a private CA, or the server's own).
+    CaFile(&'a Path),
+    /// None: anyone who can intercept the connection can read the token.
+    Insecure,
 }
 
 /// The admin API of one server.
@@ -40,10 +54,35 @@ pub struct Filters {
 }
 
 impl AdminClient {
-    /// `url` is the listener's base, e.g. `http://127.0.0.1:9642`.
-    pub fn new(url: &str, token: &str, timeout: Duration) -> Self {
-        let config = ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build();
-        Self { base: url.trim_end_matches('/').to_owned(), token: token.trim().to_owned(), agent: config.into() }
+    /// `url` is the listener's base, e.g. `http://127.0.0.1:9642`, or
+    /// `https://…` with `admin.tls`, checked as `trust` says.
+    pub fn new(url: &str, token: &str, timeout: Duration, trust: Trust<'_>) -> Result<Self, AdminError> {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        match trust {
+            Trust::WebRoots => {}
+            Trust::CaFile(path) => {
+                let ca = |message: String| AdminError::Ca { path: path.display().to_string(), message };
+                let pem = std::fs::read(path).map_err(|e| ca(e.to_string()))?;
+                let certs = ureq::tls::parse_pem(&pem)
+                    .filter_map(|item| match item {
+                        Ok(ureq::tls::PemItem::Certificate(cert)) => Some(Ok(cert)),
+                        Ok(_) => None,
+                        Err(e) => Some(Err(ca(e.to_string()))),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if certs.is_empty() {
+                    return Err(ca("no certificate in it".into()));
+                }
+                tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+            }
+            Trust::Insecure => tls = tls.disable_verification(true),
+        }
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .tls_config(tls.build())
+            .build();
+        Ok(Self { base: url.trim_end_matches('/').to_owned(), token: token.trim().to_owned(), agent: config.into() })
     }
 
     pub fn status(&self) -> Result<api::Status, AdminError> {
