@@ -313,10 +313,7 @@ mod tests {
         const NOW: u64 = 1_800_000_000;
         let now = NOW as i64;
         let ok = expiry_check("t", &leaf(now - 10 * DAY, now + 60 * DAY), NOW);
-        assert_eq!(
-            (ok.status, ok.detail.as_str()),
-            (Status::Ok, "valid until 2027-03-16T08:00:00Z (60 days)")
-        );
+        assert_eq!((ok.status, ok.detail.as_str()), (Status::Ok, "valid until 2027-03-16T08:00:00Z (60 days)"));
         let soon = expiry_check("t", &leaf(now - 80 * DAY, now + 5 * DAY), NOW);
         assert_eq!(soon.status, Status::Warn);
         assert!(soon.detail.contains("in 5 days"), "{}", soon.detail);
