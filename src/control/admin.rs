@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::token::{Gate, Refusal};
-use super::{Context, api};
+use super::{Context, api, dashboard};
 use crate::io::clock;
 use crate::io::commands::Command;
 use crate::proto::Transport;
@@ -68,10 +68,11 @@ pub fn metrics_router(context: Arc<Context>) -> Router {
 }
 
 /// The admin listener: the API and `/metrics` behind the token, the
-/// probes without.
+/// probes and the dashboard's page (which asks for the token) without.
 pub fn router(context: Arc<Context>) -> Router {
     let v1 = |path: &str| format!("{}{path}", api::PREFIX);
     Router::new()
+        .route("/", get(dashboard::page))
         .route(&v1("/status"), get(status))
         .route(&v1("/allocations"), get(allocations))
         .route(&v1("/allocations/{id}"), get(allocation).delete(end_allocation))
