@@ -100,7 +100,10 @@ mod tests {
         let markup = lower.replace(inline(&lower, "script").expect("found above"), "");
         let handler = markup.split(|c: char| c.is_whitespace()).any(|word| {
             let name = word.split('=').next().unwrap_or_default();
-            word.contains('=') && name.len() > 2 && name.starts_with("on") && name.chars().all(|c| c.is_ascii_lowercase())
+            word.contains('=')
+                && name.len() > 2
+                && name.starts_with("on")
+                && name.chars().all(|c| c.is_ascii_lowercase())
         });
         assert!(!markup.contains(" style="), "no style attributes");
         assert!(!handler, "no inline event handler attributes (onclick= and the like)");
