@@ -538,7 +538,7 @@ fn the_dashboard_shows_what_the_api_says_and_ends_an_allocation_in_chromium() {
     assert_eq!(browser.evaluate("document.getElementById('state').textContent"), "serving");
     let reasons: Vec<&str> = status.dropped.iter().map(|d| d.reason.as_str()).collect();
     let page_reasons =
-        browser.evaluate("[...document.querySelectorAll('#drops tr[data-reason]')].map((r) => r.dataset.reason)");
+        browser.evaluate("[...document.querySelectorAll('#drops tbody tr[data-id]')].map((r) => r.dataset.id)");
     assert_eq!(page_reasons, serde_json::json!(reasons));
 
     // Traffic: the totals reach the page as the API counts them, with a rate.
@@ -604,9 +604,11 @@ fn the_dashboard_shows_what_the_api_says_and_ends_an_allocation_in_chromium() {
     assert_eq!(browser.dialogs.len(), 1, "confirm() was asked");
     assert!(browser.dialogs[0].contains(&format!("End allocation {alice_id}")), "{:?}", browser.dialogs);
     assert_eq!(client.allocations(&Filters::default(), None).expect("allocations").matching, 3);
-    // Accepted: bob's ends, for the API, for the page and for bob.
+    // Accepted: bob's ends, for the API, for the page and for bob. The
+    // button is held down across a poll or two: the rows stay the same
+    // elements, so the click still lands.
     browser.answer_dialogs(true);
-    browser.click(&format!("button[data-end='{bob_id}']"));
+    browser.click_held(&format!("button[data-end='{bob_id}']"), Duration::from_millis(2500));
     assert_eq!(browser.dialogs.len(), 2);
     browser.wait_for("two rows", &format!("{PAGE_ROWS}.length === 2 && {} === 2", page_number("allocations")));
     let left = client.allocations(&Filters::default(), None).expect("allocations");

@@ -165,6 +165,12 @@ impl Browser {
     /// A left click in the middle of the element `selector` picks, as a
     /// mouse makes it.
     pub fn click(&mut self, selector: &str) {
+        self.click_held(selector, Duration::ZERO);
+    }
+
+    /// The same, with the button held down for `hold` between press and
+    /// release, as a slow hand does.
+    pub fn click_held(&mut self, selector: &str, hold: Duration) {
         let quoted = serde_json::to_string(selector).expect("a string serializes");
         let centre = self.evaluate(&format!(
             "(() => {{ const e = document.querySelector({quoted}); if (!e) return null; e.scrollIntoView({{block: 'center'}}); \
@@ -174,6 +180,9 @@ impl Browser {
             panic!("nothing to click: no {selector} in the page");
         };
         for kind in ["mousePressed", "mouseReleased"] {
+            if kind == "mouseReleased" {
+                std::thread::sleep(hold);
+            }
             self.call(
                 "Input.dispatchMouseEvent",
                 json!({ "type": kind, "x": x, "y": y, "button": "left", "buttons": 1, "clickCount": 1 }),
