@@ -470,8 +470,8 @@ fn clear_filter(browser: &mut common::chromium::Browser, id: &str) {
 /// the login, the right one shows what the API says (allocations, traffic,
 /// drops, the busiest allocations, the table and its filters, draining, the
 /// config generation), ending an allocation from its row (after a confirm)
-/// ends it for the API and the client, and a token that stops working
-/// returns to the login. The page's Content-Security-Policy is in force and
+/// ends it for the API and the client, logging out forgets the token, and
+/// a token that stops working returns to the login. The page's Content-Security-Policy is in force and
 /// the page never trips it. A screenshot is kept in
 /// target/test-artifacts/dashboard.png.
 #[test]
@@ -616,8 +616,20 @@ fn the_dashboard_shows_what_the_api_says_and_ends_an_allocation_in_chromium() {
     assert!(left.allocations.iter().all(|a| a.id != bob_id), "{left:?}");
     assert_eq!(browser.evaluate(PAGE_ROWS), api_rows(&left));
     assert_eq!(bob.refresh(600).expect_err("ended").code(), Some(437));
-    let ended = browser.evaluate("document.getElementById('info').textContent");
+    let ended = browser.evaluate("document.getElementById('action').textContent");
     assert_eq!(ended, format!("Allocation {bob_id} ended."));
+
+    // Logging out forgets the token; logging in again carries on.
+    browser.click("#logout");
+    browser.wait_for("the login", "document.body.dataset.state === 'login'");
+    assert_eq!(browser.evaluate("sessionStorage.getItem('tern-admin-token')"), serde_json::Value::Null);
+    browser.click("#token");
+    browser.type_text(TOKEN);
+    browser.click("#login-form button");
+    browser.wait_for(
+        "the dashboard again",
+        &format!("document.body.dataset.state === 'live' && {PAGE_ROWS}.length === 2"),
+    );
 
     // Draining shows.
     client.drain(Some(Duration::from_secs(600))).expect("drain");
