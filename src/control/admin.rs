@@ -301,15 +301,10 @@ async fn status(Operator { admin, .. }: Operator) -> Response {
         })
         .collect();
     let server = &snapshot.counters.server;
-    let dropped = [
-        ("no_permission", server.dropped_no_permission),
-        ("no_allocation_or_channel", server.dropped_client_data),
-        ("over_bandwidth", server.over_bandwidth),
-        ("client_queue_full", snapshot.counters.io.tcp_queue_drops),
-    ]
-    .into_iter()
-    .map(|(reason, packets)| api::Dropped { reason: reason.into(), packets })
-    .collect();
+    let dropped = metrics::dropped_by_reason(&snapshot.counters)
+        .into_iter()
+        .map(|(reason, packets)| api::Dropped { reason: reason.into(), packets })
+        .collect();
     Json(api::Status {
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_secs: now.saturating_duration_since(admin.context.started).as_secs(),
@@ -377,12 +372,7 @@ async fn allocations(Operator { admin, .. }: Operator, params: Result<Query<List
         attempt!(admin.ask_all(|reply| Command::Allocations { query: query.clone(), reply }).await);
     let matching = listings.iter().map(|listing| listing.matching).sum();
     let mut page: Vec<AllocationSummary> = listings.into_iter().flat_map(|listing| listing.page).collect();
-    match query.order {
-        Order::Serial => page.sort_unstable_by_key(|a| a.serial),
-        Order::Traffic => page.sort_unstable_by_key(|a| {
-            (u64::MAX - a.traffic.bytes_to_peer.saturating_add(a.traffic.bytes_to_client), a.serial)
-        }),
-    }
+    page.sort_unstable_by_key(|a| query.order.key(a.serial, &a.traffic));
     page.truncate(query.limit);
     let next = (query.order == Order::Serial && page.len() == query.limit).then(|| page.last().map(|a| a.serial));
     let now = clock::now();

@@ -14,7 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::io::MetricsSnapshot;
+use crate::io::{MetricsSnapshot, WorkerReport};
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -28,6 +28,18 @@ pub struct AdminCounters {
 }
 
 type Labels = Vec<(&'static str, &'static str)>;
+
+/// Relayed packets dropped, by the `reason` label of `dropped_packets`
+/// (the admin API's status lists the same).
+pub fn dropped_by_reason(counters: &WorkerReport) -> [(&'static str, u64); 4] {
+    let (server, io) = (&counters.server, &counters.io);
+    [
+        ("no_permission", server.dropped_no_permission),
+        ("no_allocation_or_channel", server.dropped_client_data),
+        ("over_bandwidth", server.over_bandwidth),
+        ("client_queue_full", io.tcp_queue_drops),
+    ]
+}
 
 /// The snapshot in the OpenMetrics text format.
 pub fn render(snapshot: &MetricsSnapshot, admin: &AdminCounters) -> String {
@@ -102,12 +114,7 @@ pub fn render(snapshot: &MetricsSnapshot, admin: &AdminCounters) -> String {
     );
 
     let dropped = Family::<Labels, Counter>::default();
-    for (reason, value) in [
-        ("no_permission", server.dropped_no_permission),
-        ("no_allocation_or_channel", server.dropped_client_data),
-        ("over_bandwidth", server.over_bandwidth),
-        ("client_queue_full", io.tcp_queue_drops),
-    ] {
+    for (reason, value) in dropped_by_reason(&snapshot.counters) {
         dropped.get_or_create(&vec![("reason", reason)]).inc_by(value);
     }
     registry.register("dropped_packets", "Relayed packets dropped, by reason", dropped);

@@ -57,6 +57,17 @@ pub enum Order {
     Traffic,
 }
 
+impl Order {
+    /// Where an allocation with `serial` and `traffic` sorts: what a page
+    /// of one core and the merge of every core's pages both sort by.
+    pub fn key(self, serial: u64, traffic: &Traffic) -> (u64, u64) {
+        match self {
+            Self::Serial => (0, serial),
+            Self::Traffic => (u64::MAX - traffic.bytes_to_peer.saturating_add(traffic.bytes_to_client), serial),
+        }
+    }
+}
+
 /// One allocation as the admin API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AllocationSummary {
@@ -116,28 +127,29 @@ pub enum RevokeError {
 impl Server {
     /// The live allocations `query` matches, a page of them in its order.
     pub fn allocations(&self, now: Now, query: &AllocationQuery) -> AllocationListing {
-        let matching: Vec<(AllocationId, &Allocation)> =
-            self.table.iter().filter(|(_, a)| a.is_live() && !a.is_expired(now.instant) && matches(a, query)).collect();
+        let matching: Vec<&Allocation> = self
+            .table
+            .iter()
+            .map(|(_, a)| a)
+            .filter(|a| a.is_live() && !a.is_expired(now.instant) && matches(a, query))
+            .collect();
+        let count = matching.len();
         let mut selected: Vec<&Allocation> = match query.order {
             Order::Serial => {
-                let after = query.after.unwrap_or(0);
-                matching.iter().map(|(_, a)| *a).filter(|a| query.after.is_none() || a.serial > after).collect()
+                matching.into_iter().filter(|a| query.after.is_none_or(|after| a.serial > after)).collect()
             }
-            Order::Traffic => matching.iter().map(|(_, a)| *a).collect(),
+            Order::Traffic => matching,
         };
         let limit = query.limit.min(selected.len());
-        let key = |a: &Allocation| match query.order {
-            Order::Serial => (0, a.serial),
-            Order::Traffic => (u64::MAX - total_bytes(&a.traffic), a.serial),
-        };
+        let key = |a: &&Allocation| query.order.key(a.serial, &a.traffic);
         // The page only: a partial sort, so a small page of many
         // allocations costs one pass over them.
         if limit > 0 && limit < selected.len() {
-            selected.select_nth_unstable_by_key(limit - 1, |a| key(a));
+            selected.select_nth_unstable_by_key(limit - 1, key);
         }
         selected.truncate(limit);
-        selected.sort_unstable_by_key(|a| key(a));
-        AllocationListing { matching: matching.len(), page: selected.into_iter().map(|a| summary(a, now)).collect() }
+        selected.sort_unstable_by_key(key);
+        AllocationListing { matching: count, page: selected.into_iter().map(|a| summary(a, now)).collect() }
     }
 
     /// Ends the allocation `serial` now, if this core holds it live; logged
@@ -197,10 +209,6 @@ fn matches(allocation: &Allocation, query: &AllocationQuery) -> bool {
     user.is_none_or(|user| *allocation.username == *user || rest_user(&allocation.username) == Some(user))
         && query.client_ip.is_none_or(|ip| allocation.tuple.client.ip() == ip)
         && query.transport.is_none_or(|transport| allocation.tuple.transport == transport)
-}
-
-fn total_bytes(traffic: &Traffic) -> u64 {
-    traffic.bytes_to_peer.saturating_add(traffic.bytes_to_client)
 }
 
 fn summary(allocation: &Allocation, now: Now) -> AllocationSummary {
