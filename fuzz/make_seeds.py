@@ -366,6 +366,27 @@ OPERATION_SEQUENCES = {
 }
 
 
+# proxy_header: what a load balancer sends first (HAProxy's PROXY protocol
+# specification), each followed by the Binding request it carries.
+PROXY_V2_SIGNATURE = b"\r\n\r\n\0\r\nQUIT\n"
+
+
+def proxy_v2(command, family, block):
+    return PROXY_V2_SIGNATURE + bytes([command, family]) + struct.pack("!H", len(block)) + block
+
+
+PROXY_INET = bytes([192, 0, 2, 10, 198, 51, 100, 1]) + struct.pack("!HH", 50000, 3478)
+PROXY_INET6 = bytes(range(16)) + bytes(range(16, 32)) + struct.pack("!HH", 443, 5349)
+PROXY_HEADERS = {
+    "v1-tcp4": b"PROXY TCP4 192.0.2.10 198.51.100.1 50000 3478\r\n",
+    "v1-tcp6": b"PROXY TCP6 2001:db8::10 2001:db8::1 65535 3478\r\n",
+    "v1-unknown": b"PROXY UNKNOWN\r\n",
+    "v2-inet": proxy_v2(0x21, 0x11, PROXY_INET),
+    "v2-inet6-tlvs": proxy_v2(0x21, 0x21, PROXY_INET6 + b"\x01\x00\x09stun.turn" + b"\x04\x00\x02\0\0"),
+    "v2-local": proxy_v2(0x20, 0x00, b""),
+}
+
+
 def write(target, name, data):
     directory = FUZZ / "corpus" / target
     directory.mkdir(parents=True, exist_ok=True)
@@ -388,6 +409,8 @@ def main():
     write("stream_framing", "bytewise", b"\x01\x00" + stream)
     write("stream_framing", "mixed", b"\x03\x06\x00\x20" + stream)
     write("stream_framing", "lost-framing", b"\x01\x02" + channel_data(0x4000, b"ab", pad=True) + b"\xff\xff")
+    for name, data in PROXY_HEADERS.items():
+        write("proxy_header", name, data + HAND_MADE["binding"])
     write("stream_framing", "unaligned", b"\0" + HAND_MADE["binding"][:3] + b"\x03" + HAND_MADE["binding"][4:])
 
 

@@ -21,7 +21,7 @@ set -euo pipefail
 
 SECONDS_PER_TARGET="${1:-60}"
 CARGO_FUZZ_VERSION="0.13.2"
-TARGETS=(stun_parse stun_roundtrip channel_data stream_framing server_inputs)
+TARGETS=(stun_parse stun_roundtrip channel_data stream_framing server_inputs proxy_header)
 
 cd "$(dirname "$0")"
 export RUSTC_BOOTSTRAP=1

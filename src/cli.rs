@@ -22,6 +22,9 @@ pub enum Command {
     Serve(ServerArgs),
     /// Validate a configuration and print the effective settings as TOML.
     Check(ServerArgs),
+    /// Print the tern.toml equivalent to a coturn turnserver.conf, with a
+    /// comment on every option that cannot be carried over.
+    Convert(ConvertArgs),
     /// Send STUN Binding requests and print the mapped address and round-trip time.
     Stun(StunArgs),
     /// Discover how the NAT in front of this host maps and filters UDP (RFC 5780; the server must support it).
@@ -52,6 +55,13 @@ impl ServerArgs {
     pub fn source(&self) -> config::Source {
         config::Source::new(self.config.clone(), self.overrides.clone())
     }
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// coturn's configuration file, such as /etc/turnserver.conf.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 /// How the client tools talk TLS.

@@ -22,7 +22,9 @@
 //!
 //! Threat model: every byte from the network is hostile. Parsing never panics
 //! and never allocates; unauthenticated packets cost no server memory and are
-//! never answered with more than a small fixed overhead.
+//! never answered with more than a small fixed overhead. A client address
+//! is the connection's own, or the one a PROXY header names on a listener
+//! behind a load balancer, believed only from the trusted balancers.
 //!
 //! `unsafe` is denied everywhere but `io::sys`, the one module that calls the
 //! kernel through libc.

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use tern::cli::{
-    Cli, ClientTransport, Command, CredentialsArgs, KeyArgs, LoadArgs, LoadMode, NatArgs, PasswordAlgorithmArg,
-    ServerArgs, StunArgs, TlsClientArgs, TurnArgs,
+    Cli, ClientTransport, Command, ConvertArgs, CredentialsArgs, KeyArgs, LoadArgs, LoadMode, NatArgs,
+    PasswordAlgorithmArg, ServerArgs, StunArgs, TlsClientArgs, TurnArgs,
 };
 use tern::client::credentials::RestCredential;
 use tern::client::load::{self, LoadConfig, Mode, Pacing};
@@ -30,6 +30,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Check(args) => check(&args),
+        Command::Convert(args) => convert(&args),
         Command::Stun(args) => stun(&args),
         Command::Nat(args) => nat(&args),
         Command::Turn(args) => turn(&args),
@@ -60,6 +61,13 @@ fn check(args: &ServerArgs) -> Result<ExitCode, String> {
     let config = source.load().map_err(|e| e.to_string())?;
     println!("# {source}: valid; effective settings:");
     print!("{}", config.to_toml());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tern convert`: coturn's configuration as tern's, on standard output.
+fn convert(args: &ConvertArgs) -> Result<ExitCode, String> {
+    let toml = tern::config::coturn::convert_file(&args.file).map_err(|e| e.to_string())?;
+    print!("{toml}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -191,14 +199,8 @@ fn key(args: &KeyArgs) -> Result<ExitCode, String> {
         "# [auth.users] entry for realm {:?}: MD5 only (browsers, RFC 5389 clients); a password allows SHA-256 too",
         args.realm
     );
-    println!("{} = {{ key = \"0x{hex}\" }}", toml_key(&args.user));
+    println!("{} = {{ key = \"0x{hex}\" }}", tern::config::toml_key(&args.user));
     Ok(ExitCode::SUCCESS)
-}
-
-/// `name` as a TOML key: bare when it can be, quoted otherwise.
-fn toml_key(name: &str) -> String {
-    let bare = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if bare { name.to_owned() } else { toml::Value::String(name.to_owned()).to_string() }
 }
 
 fn load_test(args: &LoadArgs) -> Result<ExitCode, String> {

@@ -11,23 +11,22 @@
 
 mod systemd;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGUSR1};
 use signal_hook::iterator::{Handle, Signals};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Source};
+use crate::config::{Config, Credentials, Source};
 use crate::io::clock;
 use crate::io::shutdown::Shutdown;
 use crate::io::sys::{interfaces, process};
 use crate::io::{MetricsSource, Reloader, Running, StartError, WorkerReport, start};
 use crate::proto::Transport;
-use crate::telemetry;
+use crate::telemetry::{self, LogReload};
 
 /// Why `tern serve` could not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -82,18 +81,22 @@ struct Control {
     drain_started: AtomicBool,
     /// When a drain ends what is left, if it has a deadline.
     drain_deadline: Mutex<Option<Instant>>,
-    /// `drain_timeout`: the deadline SIGUSR1 gives a drain.
-    drain_timeout: Option<Duration>,
     systemd: Arc<systemd::Systemd>,
 }
 
-/// What a reload reads the credentials from: the source tern started
-/// with, and the realm and mode it runs in.
+/// What a reload reads and what it changes: the source tern started with,
+/// the configuration in force, and what a reloaded one is built with.
 struct Reload {
     source: Source,
-    realm: String,
-    /// Whether tern authenticates at all (not STUN only, not anonymous).
-    authenticates: bool,
+    /// The configuration in force; a reload holds the lock until the
+    /// next one is in force, so reloads take turns.
+    running: Mutex<Config>,
+    /// Signs nonces: a reloaded configuration keeps it, so the nonces
+    /// handed out stay valid.
+    nonce_key: [u8; 32],
+    /// The host's addresses at start, which the peer policy counts as
+    /// tern's own.
+    local_addresses: Vec<IpAddr>,
     reloader: Reloader,
 }
 
@@ -137,19 +140,20 @@ pub fn serve(config: &Config, source: Source, shutdown: Shutdown) -> Result<Serv
         }
         None => None,
     };
-    let running = start(&config.runtime(rand::random(), &local_addresses), &shutdown)?;
+    let nonce_key = rand::random();
+    let running = start(&config.runtime(nonce_key, &local_addresses), &shutdown)?;
     let control = Arc::new(Control {
         reload: Reload {
             source,
-            realm: config.realm.clone(),
-            authenticates: config.turn_enabled() && config.auth.has_credentials(),
+            running: Mutex::new(config.clone()),
+            nonce_key,
+            local_addresses,
             reloader: running.reloader(),
         },
         shutdown,
         metrics: running.metrics(),
         drain_started: AtomicBool::new(false),
         drain_deadline: Mutex::new(None),
-        drain_timeout: config.drain_timeout.map(|seconds| Duration::from_secs(u64::from(seconds.get()))),
         systemd: systemd::Systemd::new(running.metrics()),
     });
     let mut serving = Serving { running, control, metrics_addr: None, signals };
@@ -179,7 +183,7 @@ impl Serving {
         let reload = Arc::clone(&self.control);
         self.signals.0.push(on_signal("tern-reload", hangups, move || reload.reload()).map_err(thread("SIGHUP"))?);
         let drain = Arc::clone(&self.control);
-        let drain_on_signal = move || drain.drain(drain.drain_timeout);
+        let drain_on_signal = move || drain.drain(drain.reload.drain_timeout());
         self.signals.0.push(on_signal("tern-drain", drain_requests, drain_on_signal).map_err(thread("SIGUSR1"))?);
         let liveness = Arc::clone(&self.running.shared().liveness);
         systemd::hold_worker_for_tests(&liveness).map_err(ServeError::TestHook)?;
@@ -202,8 +206,8 @@ impl Serving {
         self.running.metrics()
     }
 
-    /// What SIGHUP does: reads the users, the REST secrets and the TLS
-    /// certificate again (see `Control::reload`).
+    /// What SIGHUP does: reads the configuration and the TLS certificate
+    /// again (see `Control::reload`).
     pub fn reload(&self) {
         self.control.reload();
     }
@@ -243,6 +247,12 @@ impl Serving {
             tls_handshake_failures = report.io.tls_handshake_failures,
             tls_handshake_timeouts = report.io.tls_handshake_timeouts,
             tls_refused = report.io.tls_refused,
+            proxy_headers = report.io.proxy_headers,
+            proxy_untrusted = report.io.proxy_untrusted,
+            proxy_missing = report.io.proxy_missing,
+            proxy_malformed = report.io.proxy_malformed,
+            proxy_closed = report.io.proxy_closed,
+            proxy_timeouts = report.io.proxy_timeouts,
             over_bandwidth = report.server.over_bandwidth,
             icmp_relayed = report.server.icmp_relayed,
             tcp_relayed_bytes = report.server.tcp_relayed_bytes,
@@ -253,21 +263,24 @@ impl Serving {
 }
 
 impl Control {
-    /// SIGHUP (`systemctl reload`) reads the configuration's users and REST
-    /// secrets and the TLS certificate and key again.
+    /// SIGHUP (`systemctl reload`) reads the configuration and the TLS
+    /// certificate and key again.
     ///
-    /// Credentials: the file is read and checked as at start (with the same
-    /// command-line flags over it); the users and secrets of a valid one
-    /// replace the old ones in every worker, so a secret can be rotated or a
-    /// user revoked without cutting calls. A file that does not load, has
-    /// no credentials left, or changes the realm leaves the old ones in
-    /// place.
+    /// Configuration: the file is read and checked as at start (with the
+    /// same command-line flags over it). A valid one is put in force as a
+    /// new generation: every worker takes it on its next loop turn, for
+    /// what comes next (`Server::replace_config` says what applies to
+    /// what), without cutting calls. A restart-only setting it changes
+    /// (see `config::RESTART_ONLY`) is named in a warning and keeps its
+    /// running value. Users and secrets keep their checks: a file with none
+    /// left, or with another realm, leaves the running ones in place. A
+    /// file that does not load changes nothing, and is counted.
     ///
     /// TLS: new handshakes use the new pair, established connections keep
     /// theirs, and a pair that does not load leaves the old one in place.
     fn reload(&self) {
         let _reloading = self.systemd.reloading();
-        self.reload.credentials();
+        self.reload.configuration();
         let Some(store) = self.reload.reloader.tls() else {
             info!("SIGHUP: no TLS certificate configured");
             return;
@@ -335,35 +348,53 @@ impl Control {
 }
 
 impl Reload {
-    fn credentials(&self) {
-        if !self.authenticates {
-            info!("SIGHUP: no credentials in use; authenticating takes a restart");
-            return;
-        }
-        let Some(file) = self.source.file() else {
-            info!("SIGHUP: credentials come from the command line only; nothing to reload");
-            return;
-        };
-        let config = match self.source.load() {
-            Ok(config) => config,
+    /// `drain_timeout` as in force: the deadline SIGUSR1 gives a drain
+    /// (one that started keeps its own).
+    fn drain_timeout(&self) -> Option<Duration> {
+        let running = self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        running.drain_timeout.map(|seconds| Duration::from_secs(u64::from(seconds.get())))
+    }
+
+    fn configuration(&self) {
+        let file = self.source.to_string();
+        let mut running = self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let reloaded = match self.source.load().and_then(|fresh| running.reloaded(fresh, &file)) {
+            Ok(reloaded) => reloaded,
             Err(e) => {
-                error!(error = %e, "configuration reload failed; keeping the current users and secrets");
+                let status = self.reloader.reload_failed();
+                error!(
+                    error = %e,
+                    generation = status.generation,
+                    failures = status.failures,
+                    "configuration reload failed; keeping the running configuration"
+                );
                 return;
             }
         };
-        if config.realm != self.realm {
-            error!(
-                realm = %config.realm,
-                running = %self.realm,
-                "the realm changed (it is in every key); keeping the current users and secrets until a restart"
-            );
-        } else if !config.auth.has_credentials() {
-            error!("the reloaded configuration has no auth.users or auth.secrets; keeping the current ones");
-        } else {
-            let (users, secrets) = (config.auth.users.len(), config.auth.secrets.len());
-            self.reloader.reload_credentials(config.credentials());
-            info!(file = %file.display(), users, secrets, "credentials reloaded");
+        for key in &reloaded.needs_restart {
+            warn!(key, file = %file, "this setting changed but takes a restart; keeping its running value");
         }
+        let config = &reloaded.config;
+        match reloaded.credentials {
+            Credentials::Replaced => {
+                let (users, secrets) = (config.auth.users.len(), config.auth.secrets.len());
+                info!(file = %file, users, secrets, "credentials reloaded");
+            }
+            Credentials::KeptRealmChanged => error!(
+                running = %config.realm,
+                "the realm changed (it is in every key); keeping the current users and secrets until a restart"
+            ),
+            Credentials::KeptNoneLeft => {
+                error!("the reloaded configuration has no auth.users or auth.secrets; keeping the current ones");
+            }
+            Credentials::NotUsed => {}
+        }
+        let generation = self.reloader.reload(&config.runtime(self.nonce_key, &self.local_addresses));
+        if telemetry::reload(&config.log) == LogReload::RustLogDecides {
+            info!("RUST_LOG is set: it decides what is logged, over [log] level and allocations");
+        }
+        info!(file = %file, generation, "configuration reloaded");
+        *running = reloaded.config;
     }
 }
 

@@ -1,9 +1,9 @@
 //! Prometheus metrics end to end: `tern serve --metrics-listen` answers
 //! `GET /metrics` with OpenMetrics text whose counters follow what the
 //! server did (a `tern turn` probe's allocation and packets) and whose
-//! gauges follow what it holds now (and whether it drains); other requests
-//! get HTTP errors; a bad or busy metrics address stops tern from starting,
-//! naming the key.
+//! gauges follow what it holds now (and whether it drains) and which
+//! configuration is in force; other requests get HTTP errors; a bad or busy
+//! metrics address stops tern from starting, naming the key.
 
 mod common;
 
@@ -74,6 +74,11 @@ fn metrics_follow_the_servers_work() {
     let first = scrape(metrics);
     assert_eq!(value(&first, "tern_workers"), Some(2), "{first}");
     assert_eq!(value(&first, "tern_allocations"), Some(0), "{first}");
+    assert_eq!(value(&first, "tern_proxy_headers_total"), Some(0), "{first}");
+    for reason in ["untrusted", "missing", "malformed", "closed", "timeout"] {
+        let sample = format!("tern_proxy_failures_total{{reason=\"{reason}\"}}");
+        assert_eq!(value(&first, &sample), Some(0), "{first}");
+    }
     assert!(first.ends_with("# EOF\n"), "{first}");
 
     // A live allocation shows in the gauge at once.
@@ -114,6 +119,55 @@ fn metrics_follow_the_servers_work() {
     session.refresh(0).expect("delete");
     let (status, _) = server.wait_exit(PUBLISH_WAIT);
     assert!(status.success());
+}
+
+/// The configuration's generation and its reloads: 1 at start, one more
+/// per reload that applies; a file that does not load changes nothing, is
+/// counted, and its time is kept.
+#[test]
+fn metrics_say_which_configuration_is_in_force_and_when_a_reload_failed() {
+    let good = |quota: u32| format!("user_quota = {quota}\n[auth.users]\nalice = \"wonderland\"\n");
+    let file = scratch_file("metrics-reload.toml", &good(1));
+    let path = file.to_str().expect("utf-8 path");
+    let server = TernServer::start(&["--config", path, "--metrics-listen", "127.0.0.1:0"]);
+    let logged = server.wait_for_log("serving metrics at /metrics", 1, TIMEOUT);
+    let metrics = logged[0]["addr"].as_str().and_then(|a| a.parse().ok()).expect("the metrics address is logged");
+    let first = scrape(metrics);
+    assert_eq!(value(&first, "tern_config_generation"), Some(1), "{first}");
+    assert_eq!(value(&first, "tern_config_reload_failures_total"), Some(0), "{first}");
+    assert_eq!(value(&first, "tern_config_last_reload_failure_timestamp_seconds"), Some(0), "{first}");
+    let started = value(&first, "tern_config_last_reload_success_timestamp_seconds").expect("the start counts");
+    assert!(started > 0, "{first}");
+    let socket = ClientSocket::open(server.udp_addr(), Transport::Udp, TIMEOUT).expect("UDP socket");
+    let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
+    let mut session = TurnSession::new(socket, credentials, TIMEOUT);
+    session.allocate(None).expect("the one allocation the quota allows");
+
+    std::fs::write(&file, good(2)).expect("rewrite the config");
+    server.signal(libc::SIGHUP);
+    let reloaded = server.wait_for_log("configuration reloaded", 1, TIMEOUT);
+    assert_eq!(reloaded[0]["generation"].as_u64(), Some(2), "{reloaded:?}");
+    let after = scrape(metrics);
+    assert_eq!(value(&after, "tern_config_generation"), Some(2), "{after}");
+    assert!(value(&after, "tern_config_last_reload_success_timestamp_seconds").is_some_and(|t| t >= started));
+
+    std::fs::write(&file, "user_quota = \"many\"\n").expect("break the config");
+    server.signal(libc::SIGHUP);
+    let failed = server.wait_for_log("configuration reload failed; keeping the running configuration", 1, TIMEOUT);
+    let error = failed[0]["error"].as_str().expect("the error is logged");
+    assert!(error.contains("user_quota") && error.contains(path), "names the key and the file: {error}");
+    assert_eq!(failed[0]["generation"].as_u64(), Some(2), "{failed:?}");
+    let broken = scrape(metrics);
+    assert_eq!(value(&broken, "tern_config_generation"), Some(2), "{broken}");
+    assert_eq!(value(&broken, "tern_config_reload_failures_total"), Some(1), "{broken}");
+    assert!(value(&broken, "tern_config_last_reload_failure_timestamp_seconds").is_some_and(|t| t >= started));
+    // Nothing changed: the quota is still 2, and alice still gets in.
+    let socket = ClientSocket::open(server.udp_addr(), Transport::Udp, TIMEOUT).expect("UDP socket");
+    let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
+    let mut second = TurnSession::new(socket, credentials, TIMEOUT);
+    second.allocate(None).expect("the reloaded quota of 2 still holds");
+    second.refresh(0).expect("delete");
+    session.refresh(0).expect("delete");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{ANSWER_TIMEOUT, TernServer, TestCert, find_log, run_tern, scratch_file};
+use common::{ANSWER_TIMEOUT, TernServer, TestCert, count, run_tern, scratch_file};
 use serde_json::Value;
 use tern::client::ClientSocket;
 use tern::client::stun::{self, BindingResult};
@@ -18,17 +18,6 @@ use tern::client::turn::{Credentials, TurnSession};
 use tern::io::clock;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A client trusting `cert` only, offering `alpn`.
-fn client(cert: &TestCert, alpn: &[&[u8]]) -> TlsClient {
-    TlsClient::new(&TlsOptions {
-        server_name: "localhost".into(),
-        ca: Some(cert.cert.clone()),
-        insecure: false,
-        alpn: alpn.iter().map(|id| id.to_vec()).collect(),
-    })
-    .expect("client config")
-}
 
 /// A client that accepts any certificate, to see which one the server presents.
 fn insecure_client() -> TlsClient {
@@ -48,18 +37,6 @@ fn assert_binding_maps_to_local(socket: &mut ClientSocket) {
         BindingResult::Mapped { address, .. } => assert_eq!(address, local, "XOR-MAPPED-ADDRESS is our address"),
         other => panic!("expected a mapped address, got {other:?}"),
     }
-}
-
-/// The summary tern logs when it stops.
-fn stop(server: TernServer) -> (Value, Vec<String>) {
-    let (status, lines) = server.stop_with_log();
-    assert!(status.success(), "tern exits 0 on SIGTERM: {status}\n{}", lines.join("\n"));
-    let stopped = find_log(&lines, "tern stopped").unwrap_or_else(|| panic!("summary line:\n{}", lines.join("\n")));
-    (stopped, lines)
-}
-
-fn count(value: &Value, field: &str) -> u64 {
-    value[field].as_u64().unwrap_or_else(|| panic!("{field} is a count in {value}"))
 }
 
 /// Reads from a raw TCP connection until EOF or reset; returns how long it
@@ -109,11 +86,11 @@ fn stun_binding_over_tls_with_tern_stun() {
     assert!(output.status.success(), "--insecure: {output:?}");
 
     // The library client: the mapped address is the client's own.
-    let mut socket = ClientSocket::open_tls(server.tls_addr(), &client(&cert, &[ALPN_STUN]), TIMEOUT).expect("tls");
+    let mut socket = ClientSocket::open_tls(server.tls_addr(), &cert.client(&[ALPN_STUN]), TIMEOUT).expect("tls");
     assert_binding_maps_to_local(&mut socket);
     drop(socket);
 
-    let (stopped, _) = stop(server);
+    let (stopped, _) = server.stop_with_summary();
     assert!(count(&stopped, "tls_handshakes") >= 4, "{stopped}");
     assert_eq!(count(&stopped, "tls_handshake_timeouts"), 0, "{stopped}");
 }
@@ -145,7 +122,7 @@ fn turn_relays_over_tls_with_tern_turn() {
     }
 
     // One allocation per connection: closing the connection deletes it.
-    let socket = ClientSocket::open_tls(server.tls_addr(), &client(&cert, &[ALPN_TURN]), TIMEOUT).expect("tls");
+    let socket = ClientSocket::open_tls(server.tls_addr(), &cert.client(&[ALPN_TURN]), TIMEOUT).expect("tls");
     let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
     let mut session = TurnSession::new(socket, credentials, TIMEOUT);
     let allocated = session.allocate(None).expect("allocate over TLS");
@@ -155,7 +132,7 @@ fn turn_relays_over_tls_with_tern_turn() {
     drop(session);
     server.wait_for_log("allocation deleted", 2, ANSWER_TIMEOUT);
 
-    let (stopped, lines) = stop(server);
+    let (stopped, lines) = server.stop_with_summary();
     let created: Vec<Value> = lines
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -185,24 +162,24 @@ fn alpn_negotiates_stun_turn_and_refuses_other_protocols() {
     let server = start(&cert, &[]);
     let addr = server.tls_addr();
 
-    let socket = ClientSocket::open_tls(addr, &client(&cert, &[b"h2", ALPN_TURN]), TIMEOUT).expect("stun.turn");
+    let socket = ClientSocket::open_tls(addr, &cert.client(&[b"h2", ALPN_TURN]), TIMEOUT).expect("stun.turn");
     assert_eq!(socket.alpn_protocol(), Some(ALPN_TURN), "the server picks stun.turn");
-    let socket = ClientSocket::open_tls(addr, &client(&cert, &[ALPN_STUN]), TIMEOUT).expect("stun.nat-discovery");
+    let socket = ClientSocket::open_tls(addr, &cert.client(&[ALPN_STUN]), TIMEOUT).expect("stun.nat-discovery");
     assert_eq!(socket.alpn_protocol(), Some(ALPN_STUN));
 
     // No ALPN at all: accepted, and served.
-    let mut socket = ClientSocket::open_tls(addr, &client(&cert, &[]), TIMEOUT).expect("no ALPN");
+    let mut socket = ClientSocket::open_tls(addr, &cert.client(&[]), TIMEOUT).expect("no ALPN");
     assert_eq!(socket.alpn_protocol(), None);
     assert!(socket.tls_version().is_some());
     assert_binding_maps_to_local(&mut socket);
 
     // Only other protocols: the handshake fails with no_application_protocol.
-    let refused = ClientSocket::open_tls(addr, &client(&cert, &[b"h2", b"http/1.1"]), TIMEOUT)
+    let refused = ClientSocket::open_tls(addr, &cert.client(&[b"h2", b"http/1.1"]), TIMEOUT)
         .err()
         .expect("no common ALPN protocol");
     assert!(refused.to_string().contains("NoApplicationProtocol"), "{refused}");
 
-    let (stopped, _) = stop(server);
+    let (stopped, _) = server.stop_with_summary();
     assert_eq!(count(&stopped, "tls_handshake_failures"), 1, "{stopped}");
     assert_eq!(count(&stopped, "tls_handshakes"), 3, "{stopped}");
 }
@@ -225,11 +202,11 @@ fn a_connection_that_does_not_finish_its_handshake_is_closed() {
     // Checked once a second: closed between 1 and about 2 s after accept.
     assert!(closed_after >= Duration::from_millis(900), "closed too early: {closed_after:?}");
     // A client that does finish is served as usual.
-    let mut socket = ClientSocket::open_tls(server.tls_addr(), &client(&cert, &[ALPN_STUN]), TIMEOUT).expect("tls");
+    let mut socket = ClientSocket::open_tls(server.tls_addr(), &cert.client(&[ALPN_STUN]), TIMEOUT).expect("tls");
     assert_binding_maps_to_local(&mut socket);
     drop(socket);
 
-    let (stopped, _) = stop(server);
+    let (stopped, _) = server.stop_with_summary();
     assert_eq!(count(&stopped, "tls_handshake_timeouts"), 1, "{stopped}");
     assert_eq!(count(&stopped, "tls_handshakes"), 1, "{stopped}");
 }
@@ -252,13 +229,13 @@ fn handshakes_beyond_the_cap_are_refused() {
         (0..2).map(|_| TcpStream::connect_timeout(&server.tls_addr(), ANSWER_TIMEOUT).expect("connect")).collect();
     let mut third = TcpStream::connect_timeout(&server.tls_addr(), ANSWER_TIMEOUT).expect("connect");
     assert!(time_until_closed(&mut third, Duration::from_secs(5)).is_some(), "the third connection is closed");
-    let refused = ClientSocket::open_tls(server.tls_addr(), &client(&cert, &[]), TIMEOUT);
+    let refused = ClientSocket::open_tls(server.tls_addr(), &cert.client(&[]), TIMEOUT);
     assert!(refused.is_err(), "a full handshake is refused while the slots are held");
     drop(held);
     // The slots free up when the silent connections close.
     let mut served = None;
     for _ in 0..50 {
-        if let Ok(socket) = ClientSocket::open_tls(server.tls_addr(), &client(&cert, &[]), TIMEOUT) {
+        if let Ok(socket) = ClientSocket::open_tls(server.tls_addr(), &cert.client(&[]), TIMEOUT) {
             served = Some(socket);
             break;
         }
@@ -266,7 +243,7 @@ fn handshakes_beyond_the_cap_are_refused() {
     }
     assert_binding_maps_to_local(&mut served.expect("served once the held connections are gone"));
 
-    let (stopped, _) = stop(server);
+    let (stopped, _) = server.stop_with_summary();
     assert!(count(&stopped, "tls_refused") >= 2, "{stopped}");
 }
 
@@ -319,7 +296,7 @@ fn sighup_reloads_the_certificate_and_keeps_the_old_one_when_the_new_is_broken()
     assert_eq!(presented(&server), second.der, "the previous certificate stays");
     assert_binding_maps_to_local(&mut established);
 
-    let (stopped, _) = stop(server);
+    let (stopped, _) = server.stop_with_summary();
     assert_eq!(count(&stopped, "tls_handshake_failures"), 0, "{stopped}");
 }
 
@@ -330,7 +307,7 @@ fn sighup_without_tls_does_not_stop_tern() {
     server.wait_for_log("SIGHUP: no TLS certificate configured", 1, ANSWER_TIMEOUT);
     let mut client = common::UdpClient::new(server.udp_addr());
     client.assert_binding_works();
-    stop(server);
+    server.stop_with_summary();
 }
 
 /// `tern check ARGS` must fail with one stderr line naming `key`; returns it.
@@ -417,15 +394,15 @@ fn tern_check_shows_the_tls_settings() {
 fn tcp_connection_caps_count_tls_connections_too() {
     let cert = TestCert::new("caps");
     let server = start(&cert, &["--max-tcp-per-ip", "1"]);
-    let mut first = ClientSocket::open_tls(server.tls_addr(), &client(&cert, &[]), TIMEOUT).expect("first");
+    let mut first = ClientSocket::open_tls(server.tls_addr(), &cert.client(&[]), TIMEOUT).expect("first");
     // The cap is shared with plain TCP: a second connection, TLS or not, is closed.
     let mut tcp = TcpStream::connect_timeout(&server.tcp_addr(), ANSWER_TIMEOUT).expect("connect");
     assert!(time_until_closed(&mut tcp, Duration::from_secs(5)).is_some(), "a TCP connection over the cap is closed");
-    let second = ClientSocket::open_tls(server.tls_addr(), &client(&cert, &[]), TIMEOUT);
+    let second = ClientSocket::open_tls(server.tls_addr(), &cert.client(&[]), TIMEOUT);
     assert!(second.is_err(), "a TLS connection over the cap is closed");
     assert_binding_maps_to_local(&mut first);
 
-    let (stopped, _) = stop(server);
+    let (stopped, _) = server.stop_with_summary();
     assert_eq!(count(&stopped, "tcp_refused"), 2, "{stopped}");
     assert_eq!(count(&stopped, "tls_handshakes"), 1, "{stopped}");
 }

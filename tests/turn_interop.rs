@@ -30,9 +30,11 @@ use std::process::{Command, ExitStatus};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use common::{PeerProcess, TernServer, TestCert, find_log, require_tool, run_bounded};
+use common::haproxy::{self, Haproxy, SendProxy};
+use common::{PeerProcess, TernServer, TestCert, count, find_log, logged, require_tool, run_bounded};
 use serde_json::Value;
 use tern::io::clock;
+use tern::proto::Transport;
 
 const LOCALHOST_V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const LOCALHOST_V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
@@ -104,6 +106,11 @@ impl Uclient {
         } else {
             server.udp_addr()
         };
+        Self::to(server, peer, clients, messages, flags)
+    }
+
+    /// Like [`Uclient::new`], to `server` (a load balancer in front of tern).
+    fn to(server: SocketAddr, peer: SocketAddr, clients: u64, messages: u64, flags: &[&str]) -> Self {
         let mut args: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
         args.push("-c".into());
         for (option, value) in [
@@ -117,6 +124,12 @@ impl Uclient {
             args.extend([option.to_owned(), value]);
         }
         Self { server, args }
+    }
+
+    /// The local address uclient's sockets bind to (`-L`).
+    fn local(mut self, local: IpAddr) -> Self {
+        self.args.extend(["-L".into(), local.to_string()]);
+        self
     }
 
     /// Long-term credentials.
@@ -198,15 +211,6 @@ fn number_after(line: &str, prefix: &str) -> Option<u64> {
 // ---------------------------------------------------------------------------
 // tern's log
 
-/// Every JSON log line whose message is `message`.
-fn logged(lines: &[String], message: &str) -> Vec<Value> {
-    lines
-        .iter()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|value| value["message"] == message)
-        .collect()
-}
-
 /// Waits until the log holds `count` lines with `message` for which `matches`
 /// holds, and returns them. Fails the test after [`LOG_TIMEOUT`].
 fn wait_for_logged(server: &TernServer, message: &str, count: usize, matches: impl Fn(&Value) -> bool) -> Vec<Value> {
@@ -233,18 +237,12 @@ fn stop(server: TernServer) -> (Value, Vec<String>) {
     (stopped, lines)
 }
 
-fn count(value: &Value, field: &str) -> u64 {
-    value[field].as_u64().unwrap_or_else(|| panic!("{field} is a count in {value}"))
-}
-
 // ---------------------------------------------------------------------------
 // Scenarios
 
 /// Starts a peer on `peer_ip` and tern with `tern_args`, runs uclient with
-/// `flags` and `credentials`, and checks, beyond uclient's zero loss: that tern
-/// deleted each client's allocation on its Refresh of lifetime 0 with exactly
-/// `messages` packets counted each way, and that the final summary counts
-/// every message relayed once each way. Returns tern's log.
+/// `flags` and `credentials`, and checks what [`assert_relayed`] checks.
+/// Returns tern's log.
 fn relay_without_loss(
     tern_args: &[&str],
     peer_ip: IpAddr,
@@ -257,6 +255,14 @@ fn relay_without_loss(
     let peer = PeerProcess::start(peer_ip);
     let server = start_tern(tern_args);
     let run = credentials(Uclient::new(&server, peer.addr(), clients, messages, flags)).run();
+    assert_relayed(server, &run, clients, messages)
+}
+
+/// Checks, beyond uclient's zero loss: that tern deleted each client's
+/// allocation on its Refresh of lifetime 0 with exactly `messages` packets
+/// counted each way, and that the final summary counts every message
+/// relayed once each way. Stops tern and returns its log.
+fn assert_relayed(server: TernServer, run: &UclientRun, clients: u64, messages: u64) -> Vec<String> {
     run.assert_no_loss(clients, messages);
 
     let deleted = wait_for_logged(&server, "allocation deleted", clients as usize, |v| {
@@ -611,5 +617,53 @@ fn uclient_gets_an_ipv6_relay_over_ipv4() {
             .and_then(|r| r.parse().ok())
             .unwrap_or_else(|| panic!("relay address in {allocation}"));
         assert_eq!(relay.ip(), LOCALHOST_V6, "an IPv6 relay: {allocation}");
+    }
+}
+
+/// Behind HAProxy in TCP mode (`send-proxy-v2`, from 127.0.0.3) on tern's
+/// PROXY listeners, over TCP and over TLS passed through: uclient, bound to
+/// 127.0.0.2, relays without loss, and every allocation belongs to its own
+/// address, which the PROXY header carries, not to HAProxy's.
+#[test]
+fn uclient_relays_through_haproxy_without_loss() {
+    const BALANCER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+    const UCLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    if !tools() || !haproxy::installed() {
+        return;
+    }
+    let cert = TestCert::new("haproxy-interop");
+    let mut args = vec![
+        "--tls-cert",
+        cert.cert_path(),
+        "--tls-key",
+        cert.key_path(),
+        "--proxy-listen",
+        "127.0.0.1:0",
+        "--proxy-tls-listen",
+        "127.0.0.1:0",
+        "--proxy-trusted",
+        "127.0.0.3/32",
+    ];
+    args.extend_from_slice(RELAY);
+    for (transport, flags) in [(Transport::Tcp, &["-t"][..]), (Transport::Tls, &["-t", "-S"][..])] {
+        let _serial = serial();
+        let peer = PeerProcess::start(LOCALHOST_V4);
+        let server = start_tern(&args);
+        let haproxy = Haproxy::start(server.proxy_addr(transport), SendProxy::V2, BALANCER);
+        let uclient = Uclient::to(haproxy.addr(), peer.addr(), CLIENTS, MESSAGES, flags).local(UCLIENT);
+        let run = uclient.user(USER, PASSWORD).run();
+        let lines = assert_relayed(server, &run, CLIENTS, MESSAGES);
+        assert_allocations_for(&lines, |user| user == USER, CLIENTS);
+        for allocation in logged(&lines, "allocation created") {
+            let client: SocketAddr = allocation["span"]["client"]
+                .as_str()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_else(|| panic!("client address in {allocation}"));
+            assert_eq!(client.ip(), UCLIENT, "uclient's own address: {allocation}");
+            assert_eq!(allocation["span"]["transport"], transport.as_str(), "{allocation}");
+        }
+        let stopped = find_log(&lines, "tern stopped").expect("summary");
+        assert!(count(&stopped, "proxy_headers") >= CLIENTS, "{stopped}");
+        drop(haproxy);
     }
 }

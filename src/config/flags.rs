@@ -120,6 +120,15 @@ pub struct Overrides {
     /// PEM private key of the certificate (replaces `tls.key`).
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// TCP address where a load balancer sends a PROXY header first (repeatable; replaces `proxy.listen`).
+    #[arg(long = "proxy-listen", value_name = "ADDR", value_parser = super::flag::<super::Address>)]
+    pub proxy_listen: Vec<SocketAddr>,
+    /// TLS address where a load balancer sends a PROXY header first (repeatable; replaces `proxy.tls_listen`).
+    #[arg(long = "proxy-tls-listen", value_name = "ADDR", value_parser = super::flag::<super::Address>)]
+    pub proxy_tls_listen: Vec<SocketAddr>,
+    /// Load balancer allowed to send PROXY headers (repeatable; replaces `proxy.trusted`).
+    #[arg(long = "proxy-trusted", value_name = "CIDR", value_parser = super::flag::<super::PeerRange>)]
+    pub proxy_trusted: Vec<IpNet>,
     /// Address to serve Prometheus metrics on, at /metrics (replaces `metrics.listen`).
     #[arg(long, value_name = "ADDR", value_parser = super::flag::<super::Address>)]
     pub metrics_listen: Option<SocketAddr>,

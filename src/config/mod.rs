@@ -9,10 +9,14 @@
 //! the key and what is wrong. Rules that involve several keys (TURN needs
 //! credentials) are checked last, over the merged result, by
 //! `Config::new`, which keeps what they work out (the RFC 5780 addresses,
-//! the identity to run as, the TLS listeners), so [`Config::runtime`] only
-//! assembles.
+//! the identity to run as, the TLS and PROXY listeners), so
+//! [`Config::runtime`] only assembles. On SIGHUP, [`Config::reloaded`] lays
+//! a freshly loaded file over the running configuration: `reload` says
+//! which keys a reload may change.
 
+pub mod coturn;
 mod flags;
+mod reload;
 mod settings;
 mod values;
 
@@ -23,16 +27,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use flags::Overrides;
+pub use reload::{Credentials, RELOADABLE, RESTART_ONLY, Reloaded};
 pub use settings::{
-    AuthConfig, DEFAULT_LISTEN, DEFAULT_RATE_LIMIT, DEFAULT_REALM, DEFAULT_RELAY_PORTS, DEFAULT_TCP_PER_IP,
-    DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_LISTEN, DEFAULT_TLS_MAX_HANDSHAKES, DEFAULT_UDP_BUFFER, LogConfig,
-    MetricsConfig, Settings, TlsConfig,
+    AuthConfig, DEFAULT_LISTEN, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RATE_LIMIT, DEFAULT_REALM, DEFAULT_RELAY_PORTS,
+    DEFAULT_TCP_PER_IP, DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_LISTEN, DEFAULT_TLS_MAX_HANDSHAKES,
+    DEFAULT_UDP_BUFFER, LogConfig, MetricsConfig, ProxyConfig, Settings, TlsConfig,
 };
 pub use values::{
     Address, AlternateIp, AlternateServer, ExternalAddress, LogFormat, LogLevel, PeerRange, PortRange, RelayIp,
-    UserSecret, flag, user_flag,
+    UserSecret, flag, toml_key, user_flag,
 };
 
+use crate::io::proxy::ProxySettings;
 use crate::io::sys::{self, process::Identity};
 use crate::io::{QuotaLimits, RuntimeConfig, TlsSettings};
 use crate::proto::auth::{Authenticator, StaticCredentials, UserKeys};
@@ -54,6 +60,8 @@ pub struct Config {
     /// The TLS listeners, when a certificate is configured; its files load
     /// and belong together.
     tls_settings: Option<TlsSettings>,
+    /// The PROXY listeners, when there are any, and whom they trust.
+    proxy_settings: Option<ProxySettings>,
 }
 
 impl Deref for Config {
@@ -165,8 +173,9 @@ impl Config {
     fn new(mut settings: Settings, file: &str) -> Result<Self, ConfigError> {
         let invalid =
             |key: &str, message: String| ConfigError::Invalid { file: file.to_owned(), key: key.to_owned(), message };
-        // A certificate without TLS addresses serves on the default one.
-        if settings.tls.enabled() && settings.tls.listen.is_empty() {
+        // A certificate without TLS addresses (direct or behind a load
+        // balancer) serves on the default one.
+        if settings.tls.enabled() && settings.tls.listen.is_empty() && settings.proxy.tls_listen.is_empty() {
             settings.tls.listen = vec![DEFAULT_TLS_LISTEN];
         }
         let auth = &settings.auth;
@@ -198,13 +207,20 @@ impl Config {
         };
         let nat_discovery = nat_discovery(&settings).map_err(|(key, message)| invalid(key, message))?;
         let tls_settings = tls_settings(&settings).map_err(|(key, message)| invalid(key, message))?;
-        Ok(Self { settings, nat_discovery, run_as, tls_settings })
+        let proxy_settings = proxy_settings(&settings).map_err(|(key, message)| invalid(key, message))?;
+        Ok(Self { settings, nat_discovery, run_as, tls_settings, proxy_settings })
     }
 
     /// Whether tern relays: as configured, or when unset, exactly when
     /// credentials (or anonymous relaying) are configured.
     pub fn turn_enabled(&self) -> bool {
         self.turn.unwrap_or(self.auth.has_credentials() || self.auth.allow_anonymous)
+    }
+
+    /// Whether tern authenticates: it relays, with users or secrets (not
+    /// STUN only, not anonymous relaying).
+    pub fn authenticates(&self) -> bool {
+        self.turn_enabled() && self.auth.has_credentials()
     }
 
     /// The users' keys and the REST secrets, as the authenticator takes
@@ -235,7 +251,8 @@ impl Config {
                 let nonce_lifetime = u64::from(self.auth.nonce_lifetime.get());
                 Authenticator::new(self.realm.clone(), self.credentials(), nonce_key, nonce_lifetime)
             });
-            let listen = self.listen.iter().chain(&self.tls.listen);
+            let listen =
+                self.listen.iter().chain(&self.tls.listen).chain(&self.proxy.listen).chain(&self.proxy.tls_listen);
             let mut own: Vec<IpAddr> = listen.clone().map(SocketAddr::ip).collect();
             own.extend(self.alternate_ip);
             if listen.clone().any(|a| a.ip().is_unspecified()) {
@@ -245,7 +262,8 @@ impl Config {
             own.extend(self.external_ips.iter().map(|e| e.public));
             TurnConfig {
                 auth,
-                policy: PeerPolicy::new(self.allow_peers.clone(), self.deny_peers.clone(), own),
+                policy: PeerPolicy::new(self.allow_peers.clone(), self.deny_peers.clone(), own)
+                    .with_relay_ports(self.relay_ports),
                 relay_ips: self.relay_ips.clone(),
                 external_ips: self.external_ips.clone(),
                 default_lifetime: seconds(self.default_lifetime),
@@ -291,6 +309,7 @@ impl Config {
                 },
             },
             tls: self.tls_settings.clone(),
+            proxy: self.proxy_settings.clone(),
         }
     }
 
@@ -412,6 +431,60 @@ fn tls_settings(settings: &Settings) -> Result<Option<TlsSettings>, (&'static st
         key: key.clone(),
         max_handshakes: tls.max_handshakes.get() as usize,
         handshake_timeout: Duration::from_secs(u64::from(tls.handshake_timeout.get())),
+    }))
+}
+
+/// The PROXY listeners, or `None` when there are none. They need trusted
+/// load balancers (or any client could claim any address), TLS ones need
+/// the certificate, and each needs an address of its own: a listener
+/// either expects a header on every connection or on none.
+fn proxy_settings(settings: &Settings) -> Result<Option<ProxySettings>, (&'static str, String)> {
+    let proxy = &settings.proxy;
+    if !proxy.enabled() {
+        if !proxy.trusted.is_empty() {
+            return Err((
+                "proxy.trusted",
+                "is set but no listener speaks the PROXY protocol: add proxy.listen or proxy.tls_listen \
+                 (--proxy-listen, --proxy-tls-listen)"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if proxy.trusted.is_empty() {
+        return Err((
+            "proxy.trusted",
+            "is empty, so no load balancer may send PROXY headers: list their addresses or ranges \
+             (--proxy-trusted); tern believes the client address in a header only from them"
+                .into(),
+        ));
+    }
+    if !proxy.tls_listen.is_empty() && !settings.tls.enabled() {
+        return Err((
+            "proxy.tls_listen",
+            "needs a certificate: add tls.cert and tls.key (--tls-cert, --tls-key)".into(),
+        ));
+    }
+    let keyed =
+        |addrs: &[SocketAddr], key: &'static str| addrs.iter().map(move |addr| (*addr, key)).collect::<Vec<_>>();
+    let mut taken = keyed(&settings.listen, "listen");
+    taken.extend(keyed(&settings.tls.listen, "tls.listen"));
+    for (addr, key) in
+        keyed(&proxy.listen, "proxy.listen").into_iter().chain(keyed(&proxy.tls_listen, "proxy.tls_listen"))
+    {
+        // Port 0 is resolved to distinct ports at bind time, so it never clashes.
+        if addr.port() != 0
+            && let Some((_, other)) = taken.iter().find(|(used, _)| *used == addr)
+        {
+            return Err((key, format!("{addr} is also in `{other}`; a PROXY listener needs an address of its own")));
+        }
+        taken.push((addr, key));
+    }
+    Ok(Some(ProxySettings {
+        listen: proxy.listen.clone(),
+        tls_listen: proxy.tls_listen.clone(),
+        trusted: proxy.trusted.clone(),
+        header_timeout: Duration::from_secs(u64::from(proxy.header_timeout.get())),
     }))
 }
 
@@ -626,6 +699,76 @@ mod tests {
         let again = Config::parse(&config.to_toml(), "printed").expect("printed config is valid");
         assert_eq!(again, config);
         assert!(Config::defaults().runtime([0; 32], &[]).server.nat_discovery.is_none());
+    }
+
+    #[test]
+    fn proxy_listeners_need_trusted_sources_and_addresses_of_their_own() {
+        assert_eq!(
+            error("[proxy]\nlisten = [\"127.0.0.1:3479\"]\n"),
+            "test.toml: key `proxy.trusted`: is empty, so no load balancer may send PROXY headers: list their \
+             addresses or ranges (--proxy-trusted); tern believes the client address in a header only from them"
+        );
+        assert!(
+            error("[proxy]\ntrusted = [\"10.0.0.0/8\"]\n")
+                .starts_with("test.toml: key `proxy.trusted`: is set but no listener speaks the PROXY protocol")
+        );
+        assert!(
+            error("[proxy]\nlisten = [\"127.0.0.1:3479\"]\ntrusted = [\"10.0.0.0/33\"]\n")
+                .starts_with("test.toml: key `proxy.trusted[0]`: \"10.0.0.0/33\" is not an address or CIDR block")
+        );
+        assert!(error("[proxy]\nlisten = [\"nowhere\"]\n").starts_with("test.toml: key `proxy.listen[0]`: "));
+        assert_eq!(
+            error("[proxy]\ntls_listen = [\"127.0.0.1:5350\"]\ntrusted = [\"10.0.0.1\"]\n"),
+            "test.toml: key `proxy.tls_listen`: needs a certificate: add tls.cert and tls.key (--tls-cert, --tls-key)"
+        );
+        assert_eq!(
+            error("listen = [\"127.0.0.1:3478\"]\n[proxy]\nlisten = [\"127.0.0.1:3478\"]\ntrusted = [\"10.0.0.1\"]\n"),
+            "test.toml: key `proxy.listen`: 127.0.0.1:3478 is also in `listen`; a PROXY listener needs an address of \
+             its own"
+        );
+        assert!(
+            error("[proxy]\nlisten = [\"127.0.0.1:3479\", \"127.0.0.1:3479\"]\ntrusted = [\"10.0.0.1\"]\n")
+                .contains("127.0.0.1:3479 is also in `proxy.listen`")
+        );
+        assert_eq!(
+            error("[proxy]\nlisten = [\"127.0.0.1:3479\"]\ntrusted = [\"10.0.0.1\"]\nheader_timeout = 0\n"),
+            "test.toml: key `proxy.header_timeout`: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn proxy_settings_reach_the_runtime_and_round_trip() {
+        let text = "listen = [\"127.0.0.1:3478\"]\n[proxy]\nlisten = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\n\
+                    trusted = [\"10.0.0.0/8\", \"192.0.2.1\"]\nheader_timeout = 2\n";
+        let config = Config::parse(text, "t").expect("valid");
+        let proxy = config.runtime([0; 32], &[]).proxy.expect("PROXY listeners");
+        assert_eq!(proxy.listen.len(), 2);
+        assert!(proxy.tls_listen.is_empty());
+        let trusted: Vec<String> = proxy.trusted.iter().map(ToString::to_string).collect();
+        assert_eq!(trusted, ["10.0.0.0/8", "192.0.2.1/32"]);
+        assert_eq!(proxy.header_timeout, Duration::from_secs(2));
+        let again = Config::parse(&config.to_toml(), "printed").expect("printed config is valid");
+        assert_eq!(again, config);
+        assert!(!Config::defaults().to_toml().contains("[proxy]"), "no [proxy] table unless configured");
+        assert!(Config::defaults().runtime([0; 32], &[]).proxy.is_none());
+
+        let mut flagged = Config::defaults();
+        flagged
+            .apply(&Overrides {
+                proxy_listen: vec!["127.0.0.1:3479".parse().expect("literal")],
+                proxy_trusted: vec!["127.0.0.3/32".parse().expect("literal")],
+                ..Overrides::default()
+            })
+            .expect("valid flags");
+        assert_eq!(flagged.proxy.listen, vec!["127.0.0.1:3479".parse::<SocketAddr>().expect("literal")]);
+        let message = Config::defaults()
+            .apply(&Overrides {
+                proxy_listen: vec!["127.0.0.1:3479".parse().expect("literal")],
+                ..Overrides::default()
+            })
+            .expect_err("no trusted source")
+            .to_string();
+        assert!(message.starts_with("configuration: key `proxy.trusted`: is empty"), "{message}");
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub const DEFAULT_TLS_MAX_HANDSHAKES: NonZeroU32 = positive(256);
 /// Seconds a TLS handshake may take: generous for a slow mobile link,
 /// short enough that idle connections do not pile up.
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: NonZeroU32 = positive(10);
+/// Seconds a load balancer may take to send its PROXY header: it sends the
+/// header as soon as it connects, so a few seconds cover a busy one.
+pub const DEFAULT_PROXY_HEADER_TIMEOUT: NonZeroU32 = positive(5);
 
 /// A flag whose value a rule refused.
 #[derive(Debug)]
@@ -251,6 +254,8 @@ settings! {
         pub tls: TlsConfig = TlsConfig::default(), section;
         #[serde(deserialize_with = "table", skip_serializing_if = "MetricsConfig::disabled")]
         pub metrics: MetricsConfig = MetricsConfig::default(), section;
+        #[serde(deserialize_with = "table", skip_serializing_if = "ProxyConfig::disabled")]
+        pub proxy: ProxyConfig = ProxyConfig::default(), section;
     }
 }
 
@@ -329,5 +334,39 @@ settings! {
 impl MetricsConfig {
     fn disabled(&self) -> bool {
         self.listen.is_none()
+    }
+}
+
+settings! {
+    /// `[proxy]`: listeners behind a TCP load balancer that sends a PROXY
+    /// protocol header (v1 or v2) first, naming the client. They are
+    /// addresses of their own, beside `listen` and `tls.listen`, since a
+    /// listener either expects a header on every connection or on none.
+    pub struct ProxyConfig {
+        /// TCP addresses where the header comes first, then STUN.
+        #[serde(with = "List::<Address>")]
+        pub listen: Vec<SocketAddr> = Vec::new(), replace proxy_listen;
+        /// TLS addresses where the header comes first, then TLS (needs
+        /// `tls.cert` and `tls.key`).
+        #[serde(with = "List::<Address>")]
+        pub tls_listen: Vec<SocketAddr> = Vec::new(), replace proxy_tls_listen;
+        /// The load balancers' addresses or ranges: a connection from
+        /// anywhere else is closed before its header is read.
+        #[serde(with = "List::<PeerRange>")]
+        pub trusted: Vec<IpNet> = Vec::new(), replace proxy_trusted;
+        /// Seconds.
+        #[serde(with = "One::<Positive>")]
+        pub header_timeout: NonZeroU32 = DEFAULT_PROXY_HEADER_TIMEOUT;
+    }
+}
+
+impl ProxyConfig {
+    /// Whether any listener speaks the PROXY protocol.
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty() || !self.tls_listen.is_empty()
+    }
+
+    fn disabled(&self) -> bool {
+        !self.enabled() && self.trusted.is_empty()
     }
 }

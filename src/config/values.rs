@@ -536,6 +536,12 @@ impl Rule for Credential {
     }
 }
 
+/// `name` as a TOML key: bare when it can be, quoted otherwise.
+pub fn toml_key(name: &str) -> String {
+    let bare = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if bare { name.to_owned() } else { toml::Value::String(name.to_owned()).to_string() }
+}
+
 /// `NAME:PASSWORD` for `--user`.
 pub fn user_flag(text: &str) -> Result<(String, UserSecret), String> {
     match text.split_once(':') {

@@ -1,7 +1,8 @@
 //! Binding the listen sockets: for every listen address, one UDP socket and one
-//! TCP listener per worker, and for every TLS listen address one TCP listener
-//! per worker, all with SO_REUSEPORT so the kernel spreads clients across
-//! workers by their 5-tuple and keeps each client on one worker.
+//! TCP listener per worker, and for every TLS listen address and every PROXY
+//! protocol address one TCP listener per worker, all with SO_REUSEPORT so the
+//! kernel spreads clients across workers by their 5-tuple and keeps each
+//! client on one worker.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::proxy::{ProxyListeners, ProxySettings};
 use super::sys::sockopt;
 use crate::proto::Transport;
 
@@ -23,6 +25,9 @@ pub struct WorkerListeners {
     pub udp: Vec<(mio::net::UdpSocket, SocketAddr)>,
     pub tcp: Vec<(mio::net::TcpListener, SocketAddr)>,
     pub tls: Vec<(mio::net::TcpListener, SocketAddr)>,
+    /// Which of `tcp` and `tls` speak the PROXY protocol (they come last
+    /// in each), when any do.
+    pub proxy: Option<ProxyListeners>,
 }
 
 /// A listen socket failed to bind; names what and where.
@@ -36,17 +41,20 @@ pub struct BindError {
 }
 
 /// Binds `workers` UDP sockets and TCP listeners on each address of `addrs`,
-/// and `workers` TCP listeners on each address of `tls_addrs`. A port of 0
-/// is resolved once, to one port shared by UDP and TCP and all workers.
+/// `workers` TCP listeners on each address of `tls_addrs`, and as many on
+/// each PROXY protocol address of `proxy` (TCP or TLS). A port of 0 is
+/// resolved once, to one port shared by UDP and TCP and all workers.
 /// `buffer` is the SO_RCVBUF and SO_SNDBUF asked for each UDP socket.
 pub fn bind_all(
     addrs: &[SocketAddr],
     tls_addrs: &[SocketAddr],
+    proxy: Option<&ProxySettings>,
     workers: usize,
     buffer: usize,
 ) -> Result<Vec<WorkerListeners>, BindError> {
-    let mut per_worker: Vec<WorkerListeners> =
-        (0..workers).map(|_| WorkerListeners { udp: Vec::new(), tcp: Vec::new(), tls: Vec::new() }).collect();
+    let mut per_worker: Vec<WorkerListeners> = (0..workers)
+        .map(|_| WorkerListeners { udp: Vec::new(), tcp: Vec::new(), tls: Vec::new(), proxy: None })
+        .collect();
     for &addr in addrs {
         let (udp, tcp) = bind_address(addr, workers, buffer)?;
         for (worker, (udp, tcp)) in per_worker.iter_mut().zip(udp.into_iter().zip(tcp)) {
@@ -55,21 +63,40 @@ pub fn bind_all(
         }
     }
     for &addr in tls_addrs {
-        let bind_error = |source| BindError { transport: Transport::Tls, addr, source };
-        let resolved = claim_tcp(addr).map_err(|e| bind_error(in_use(e)))?;
+        bind_stream_only(Transport::Tls, addr, &mut per_worker)?;
+    }
+    if let Some(settings) = proxy {
+        let tcp = settings.listen.iter().map(|addr| (Transport::Tcp, *addr));
+        let mut bound = Vec::new();
+        for (transport, addr) in tcp.chain(settings.tls_listen.iter().map(|addr| (Transport::Tls, *addr))) {
+            bound.push((transport, bind_stream_only(transport, addr, &mut per_worker)?));
+        }
+        let listeners = ProxyListeners::new(settings, bound);
         for worker in &mut per_worker {
-            let listener = tcp_listener(resolved).map_err(|source| BindError {
-                transport: Transport::Tls,
-                addr: resolved,
-                source,
-            })?;
-            worker.tls.push((mio::net::TcpListener::from_std(listener), resolved));
+            worker.proxy = Some(listeners.clone());
         }
     }
     Ok(per_worker)
 }
 
-/// Like [`claim`], for a TCP-only (TLS) address: binds without SO_REUSEPORT,
+/// Binds a TCP listener on `addr` for each worker, into its TLS or its TCP
+/// listeners as `transport` says, with no UDP socket beside it; returns the
+/// address with its port resolved.
+fn bind_stream_only(
+    transport: Transport,
+    addr: SocketAddr,
+    per_worker: &mut [WorkerListeners],
+) -> Result<SocketAddr, BindError> {
+    let resolved = claim_tcp(addr).map_err(|e| BindError { transport, addr, source: in_use(e) })?;
+    for worker in per_worker {
+        let listener = tcp_listener(resolved).map_err(|source| BindError { transport, addr: resolved, source })?;
+        let listeners = if transport == Transport::Tls { &mut worker.tls } else { &mut worker.tcp };
+        listeners.push((mio::net::TcpListener::from_std(listener), resolved));
+    }
+    Ok(resolved)
+}
+
+/// Like [`claim`], for a TCP-only (TLS or PROXY) address: binds without SO_REUSEPORT,
 /// so an address anybody listens on (a plain TCP listener of ours included)
 /// is refused, and resolves port 0.
 fn claim_tcp(addr: SocketAddr) -> io::Result<SocketAddr> {
@@ -199,7 +226,7 @@ mod tests {
     #[test]
     fn port_zero_resolves_to_one_port_for_all_workers_and_both_transports() {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("literal");
-        let workers = bind_all(&[addr], &[addr], 3, 0).expect("bind");
+        let workers = bind_all(&[addr], &[addr], None, 3, 0).expect("bind");
         let port = workers[0].udp[0].1.port();
         assert_ne!(port, 0);
         for worker in &workers {
@@ -209,5 +236,27 @@ mod tests {
             assert_ne!(worker.tls[0].1.port(), port);
             assert_eq!(worker.tls[0].1.port(), workers[0].tls[0].1.port());
         }
+    }
+
+    #[test]
+    fn proxy_addresses_come_last_among_the_stream_listeners() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("literal");
+        let settings = ProxySettings {
+            listen: vec![addr],
+            tls_listen: vec![addr],
+            trusted: vec!["127.0.0.3/32".parse().expect("literal")],
+            header_timeout: std::time::Duration::from_secs(5),
+        };
+        let workers = bind_all(&[addr], &[addr], Some(&settings), 2, 0).expect("bind");
+        for worker in &workers {
+            let (tcp, tls) = (worker.tcp[1].1, worker.tls[1].1);
+            assert_eq!((worker.udp.len(), worker.tcp.len(), worker.tls.len()), (1, 2, 2));
+            let proxy = worker.proxy.as_ref().expect("PROXY listeners");
+            assert_eq!(proxy.listeners(), [(Transport::Tcp, tcp), (Transport::Tls, tls)]);
+            assert!(!proxy.speaks(Transport::Tcp, worker.tcp[0].1) && !proxy.speaks(Transport::Tls, worker.tls[0].1));
+            assert_eq!(tcp, workers[0].tcp[1].1, "one port for every worker");
+            assert_ne!(tcp.port(), worker.tcp[0].1.port());
+        }
+        assert!(bind_all(&[addr], &[], None, 1, 0).expect("bind")[0].proxy.is_none());
     }
 }

@@ -10,6 +10,7 @@ pub mod clock;
 mod listener;
 pub mod liveness;
 mod out;
+pub mod proxy;
 mod relay;
 mod report;
 pub mod shared;
@@ -34,6 +35,7 @@ use crate::proto::Transport;
 use crate::proto::server::ServerConfig;
 pub use listener::{BindError, size_buffers};
 pub use report::{IoStats, WorkerReport};
+pub use shared::ReloadStatus;
 use shared::{Shared, SharedAccounts};
 use shutdown::Shutdown;
 
@@ -54,6 +56,8 @@ pub struct RuntimeConfig {
     pub server: ServerConfig,
     /// TLS listeners, when a certificate is configured.
     pub tls: Option<TlsSettings>,
+    /// Listeners behind a load balancer that sends PROXY headers.
+    pub proxy: Option<proxy::ProxySettings>,
 }
 
 /// Where to serve TLS, with which certificate, and its limits.
@@ -86,6 +90,7 @@ pub enum StartError {
 /// A running server.
 pub struct Running {
     listening: Vec<(Transport, SocketAddr)>,
+    proxied: Vec<(Transport, SocketAddr)>,
     workers: Vec<JoinHandle<std::io::Result<WorkerReport>>>,
     shutdown: Shutdown,
     shared: Arc<Shared>,
@@ -99,10 +104,20 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Gives every worker new users and secrets; each takes them in on its
-    /// next loop turn.
-    pub fn reload_credentials(&self, store: crate::proto::auth::StaticCredentials) {
-        self.shared.publish_credentials(store);
+    /// Puts `config` in force and returns its generation: the quotas at
+    /// once for the whole process, the core's configuration and the TLS
+    /// limits in every worker on its next loop turn. What binds a socket
+    /// or changes the process (listen addresses, workers, relay ports,
+    /// the identity to run as) is not read: it takes a restart, and
+    /// `config::Config::reloaded` keeps it at its running value.
+    pub fn reload(&self, config: &RuntimeConfig) -> u64 {
+        self.shared.accounts.lock().set_limits(config.quotas);
+        self.shared.publish_config(config.server.clone(), config.tls.clone())
+    }
+
+    /// Counts a reload that changed nothing, and says how the reloads stand.
+    pub fn reload_failed(&self) -> ReloadStatus {
+        self.shared.record_reload_failure()
     }
 
     /// The certificate store, when TLS is served.
@@ -129,6 +144,8 @@ pub struct MetricsSnapshot {
     pub workers: usize,
     /// SIGUSR1 was received: no new allocations.
     pub draining: bool,
+    /// The configuration in force, and how its reloads went.
+    pub reloads: ReloadStatus,
 }
 
 impl MetricsSource {
@@ -139,6 +156,7 @@ impl MetricsSource {
             connections: self.shared.accounts.lock().connections(),
             workers: self.workers,
             draining: self.shutdown.is_draining(),
+            reloads: self.shared.reload_status(),
         }
     }
 
@@ -158,7 +176,8 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
         None => None,
     };
     let tls_listen = config.tls.as_ref().map_or(&[][..], |t| &t.listen[..]);
-    let per_worker = listener::bind_all(&config.listen, tls_listen, config.workers, config.udp_buffer)?;
+    let per_worker =
+        listener::bind_all(&config.listen, tls_listen, config.proxy.as_ref(), config.workers, config.udp_buffer)?;
     if let Some((socket, _)) = per_worker.first().and_then(|w| w.udp.first()) {
         let granted = socket2::SockRef::from(socket).recv_buffer_size().map(|b| b / 2).unwrap_or(0);
         if config.udp_buffer > 0 && granted < config.udp_buffer {
@@ -171,10 +190,12 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
         }
     }
     let mut listening = Vec::new();
+    let mut proxied = Vec::new();
     if let Some(first) = per_worker.first() {
         listening.extend(first.udp.iter().map(|(_, addr)| (Transport::Udp, *addr)));
         listening.extend(first.tcp.iter().map(|(_, addr)| (Transport::Tcp, *addr)));
         listening.extend(first.tls.iter().map(|(_, addr)| (Transport::Tls, *addr)));
+        proxied.extend(first.proxy.iter().flat_map(|proxy| proxy.listeners()).copied());
     }
     if let Some(identity) = config.run_as {
         sys::process::drop_privileges(identity).map_err(StartError::Privileges)?;
@@ -215,9 +236,13 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
         workers.push(handle);
     }
     for (transport, addr) in &listening {
-        info!(%transport, %addr, workers = config.workers, "listening");
+        if proxied.contains(&(*transport, *addr)) {
+            info!(%transport, %addr, workers = config.workers, proxy_protocol = true, "listening");
+        } else {
+            info!(%transport, %addr, workers = config.workers, "listening");
+        }
     }
-    Ok(Running { listening, workers, shutdown: shutdown.clone(), shared, tls: tls.map(|(_, store)| store) })
+    Ok(Running { listening, proxied, workers, shutdown: shutdown.clone(), shared, tls: tls.map(|(_, store)| store) })
 }
 
 impl Running {
@@ -226,12 +251,18 @@ impl Running {
         &self.listening
     }
 
+    /// The listening addresses that speak the PROXY protocol.
+    pub fn proxied(&self) -> &[(Transport, SocketAddr)] {
+        &self.proxied
+    }
+
     /// The state shared by the workers: port pools and quotas.
     pub fn shared(&self) -> &Shared {
         &self.shared
     }
 
-    /// A handle for SIGHUP: the certificate store and the workers' credentials.
+    /// A handle for SIGHUP: the certificate store, and the configuration
+    /// the workers and the accounts run with.
     pub fn reloader(&self) -> Reloader {
         Reloader { shared: Arc::clone(&self.shared), tls: self.tls.clone() }
     }

@@ -27,6 +27,22 @@ pub struct IoStats {
     pub tls_handshake_timeouts: u64,
     /// TLS connections closed at once: too many handshakes in progress.
     pub tls_refused: u64,
+    /// PROXY headers read on PROXY listeners: connections that then went
+    /// on as the client the header named.
+    pub proxy_headers: u64,
+    /// Connections to a PROXY listener closed at once: their peer is not
+    /// in `proxy.trusted`.
+    pub proxy_untrusted: u64,
+    /// Connections to a PROXY listener that started with something else.
+    pub proxy_missing: u64,
+    /// Connections to a PROXY listener whose header was broken or of a
+    /// kind tern does not take.
+    pub proxy_malformed: u64,
+    /// Connections to a PROXY listener that ended before their header did.
+    pub proxy_closed: u64,
+    /// Connections to a PROXY listener whose header was not whole within
+    /// `proxy.header_timeout`.
+    pub proxy_timeouts: u64,
 }
 
 /// What a worker reports when it stops.
@@ -50,5 +66,11 @@ impl WorkerReport {
         self.io.tls_handshake_failures += other.io.tls_handshake_failures;
         self.io.tls_handshake_timeouts += other.io.tls_handshake_timeouts;
         self.io.tls_refused += other.io.tls_refused;
+        self.io.proxy_headers += other.io.proxy_headers;
+        self.io.proxy_untrusted += other.io.proxy_untrusted;
+        self.io.proxy_missing += other.io.proxy_missing;
+        self.io.proxy_malformed += other.io.proxy_malformed;
+        self.io.proxy_closed += other.io.proxy_closed;
+        self.io.proxy_timeouts += other.io.proxy_timeouts;
     }
 }

@@ -1,7 +1,8 @@
 //! What the workers share: the accounts behind every core's [`Resources`]
 //! (relay ports, quotas, connection counts), RFC 6062 data connections on
 //! their way between workers, the counters each worker publishes for
-//! metrics, reloaded credentials, and each worker's heartbeat.
+//! metrics, the configuration of the latest reload with its generation,
+//! and each worker's heartbeat.
 //!
 //! Each piece sits behind its own mutex and is touched per allocation, per
 //! connection or once a second, never per packet, so the hot path stays
@@ -17,9 +18,14 @@ use std::time::Instant;
 use super::liveness::Liveness;
 use super::report::WorkerReport;
 use super::tcp_relay::Handoffs;
-use crate::proto::auth::StaticCredentials;
+use super::{TlsSettings, clock};
 use crate::proto::port_pool::ReservationToken;
-use crate::proto::resources::{Accounts, PortError, PortRequest, QuotaError, QuotaLimits, Resources};
+use crate::proto::resources::{Accounts, ConnectionLimit, PortError, PortRequest, QuotaError, QuotaLimits, Resources};
+use crate::proto::server::ServerConfig;
+
+/// The generation of the configuration a server starts with; each reload
+/// that applies brings the next.
+pub const FIRST_GENERATION: u64 = 1;
 
 /// One process's [`Accounts`], shared by every worker's core.
 #[derive(Clone)]
@@ -62,7 +68,7 @@ impl Resources for SharedAccounts {
         self.lock().release_allocation(quota_key);
     }
 
-    fn admit_connection(&mut self, ip: IpAddr) -> bool {
+    fn admit_connection(&mut self, ip: IpAddr) -> Result<(), ConnectionLimit> {
         self.lock().admit_connection(ip)
     }
 
@@ -81,10 +87,35 @@ pub struct Shared {
     /// Each worker's counters as last published, summed when metrics are
     /// scraped; a worker touches its own slot at most once a second.
     reports: Vec<Mutex<WorkerReport>>,
-    /// Users and secrets of the latest reload (SIGHUP), and how many
-    /// reloads there were: a worker compares the count once a loop turn.
-    credentials: Mutex<Option<Arc<StaticCredentials>>>,
-    credentials_generation: AtomicU64,
+    /// The configuration of the latest reload (SIGHUP), if there was one.
+    config: Mutex<Option<Arc<Reconfiguration>>>,
+    /// Its generation, which a worker compares with its own once a loop
+    /// turn, without the lock.
+    generation: AtomicU64,
+    reloads: Mutex<ReloadStatus>,
+}
+
+/// What a reload hands every worker, whole: each takes it on its next loop
+/// turn.
+pub struct Reconfiguration {
+    pub generation: u64,
+    pub server: ServerConfig,
+    /// The TLS limits (handshakes in progress, handshake timeout), when TLS
+    /// is served.
+    pub tls: Option<TlsSettings>,
+}
+
+/// Which configuration is in force and how the reloads went, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// [`FIRST_GENERATION`] at start, one more for each reload that applied.
+    pub generation: u64,
+    /// Reloads that changed nothing: the configuration did not load.
+    pub failures: u64,
+    /// Unix seconds of the last reload that applied (the start, before any).
+    pub last_success: u64,
+    /// Unix seconds of the last reload that failed; 0 before any.
+    pub last_failure: u64,
 }
 
 impl Shared {
@@ -94,25 +125,54 @@ impl Shared {
             handoffs: Handoffs::new(workers),
             liveness: Arc::new(Liveness::new(workers)),
             reports: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
-            credentials: Mutex::default(),
-            credentials_generation: AtomicU64::new(0),
+            config: Mutex::default(),
+            generation: AtomicU64::new(FIRST_GENERATION),
+            reloads: Mutex::new(ReloadStatus {
+                generation: FIRST_GENERATION,
+                last_success: clock::unix_secs(),
+                ..ReloadStatus::default()
+            }),
         }
     }
 
-    /// Hands reloaded users and secrets to every worker.
-    pub fn publish_credentials(&self, store: StaticCredentials) {
-        *lock(&self.credentials) = Some(Arc::new(store));
-        self.credentials_generation.fetch_add(1, Ordering::Release);
+    /// Hands a reloaded configuration to every worker and wakes them, so an
+    /// idle one takes it too; returns its generation.
+    pub fn publish_config(&self, server: ServerConfig, tls: Option<TlsSettings>) -> u64 {
+        let generation = {
+            let mut config = lock(&self.config);
+            let generation = self.generation.load(Ordering::Acquire) + 1;
+            *config = Some(Arc::new(Reconfiguration { generation, server, tls }));
+            self.generation.store(generation, Ordering::Release);
+            generation
+        };
+        let mut status = lock(&self.reloads);
+        status.generation = generation;
+        status.last_success = clock::unix_secs();
+        drop(status);
+        self.liveness.wake_all();
+        generation
     }
 
-    /// How many times credentials were reloaded.
-    pub fn credentials_generation(&self) -> u64 {
-        self.credentials_generation.load(Ordering::Acquire)
+    /// Counts a reload that changed nothing.
+    pub fn record_reload_failure(&self) -> ReloadStatus {
+        let mut status = lock(&self.reloads);
+        status.failures += 1;
+        status.last_failure = clock::unix_secs();
+        *status
     }
 
-    /// The credentials of the latest reload, if there was one.
-    pub fn credentials(&self) -> Option<Arc<StaticCredentials>> {
-        lock(&self.credentials).clone()
+    /// The generation of the configuration workers should run.
+    pub fn config_generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The configuration of the latest reload, if there was one.
+    pub fn config(&self) -> Option<Arc<Reconfiguration>> {
+        lock(&self.config).clone()
+    }
+
+    pub fn reload_status(&self) -> ReloadStatus {
+        *lock(&self.reloads)
     }
 
     /// Records `worker`'s counters for the next scrape.

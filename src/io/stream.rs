@@ -41,6 +41,13 @@ impl Stream {
         self.tls.is_some()
     }
 
+    /// Runs `tls` over the socket from here on: for a connection whose
+    /// PROXY header came before its TLS handshake.
+    pub fn start_tls(&mut self, tls: Box<ServerConnection>) {
+        debug_assert!(self.tls.is_none(), "a stream starts TLS once");
+        self.tls = Some(tls);
+    }
+
     /// Whether this is a TLS connection still in its handshake.
     pub fn is_handshaking(&self) -> bool {
         self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())

@@ -35,6 +35,13 @@ pub enum Closed {
     #[error("TLS handshake not finished in time")]
     HandshakeTimeout,
     #[error("{0}")]
+    ProxyHeader(crate::io::proxy::HeaderFailure),
+    #[error("PROXY header not whole in time")]
+    ProxyHeaderTimeout,
+    /// Its PROXY header named a client over the connection limits.
+    #[error("refused: connection limit")]
+    Refused,
+    #[error("{0}")]
     Io(io::Error),
 }
 
@@ -45,6 +52,9 @@ pub struct TcpConnection {
     pub accepted: std::time::Instant,
     /// The worker counted the end of this connection's TLS handshake.
     pub handshake_done: bool,
+    /// The core admitted the connection (`handle_connection_opened`): at
+    /// once, or on a PROXY listener once its header named the client.
+    pub admitted: bool,
     inbuf: StreamFramer,
     pub outbuf: Vec<u8>,
     out_pos: usize,
@@ -92,6 +102,7 @@ impl TcpConnection {
             tuple,
             accepted: now,
             handshake_done: false,
+            admitted: true,
             inbuf: StreamFramer::new(),
             outbuf: Vec::new(),
             out_pos: 0,
@@ -99,6 +110,12 @@ impl TcpConnection {
             peer_closed: false,
             timer: None,
         }
+    }
+
+    /// A connection on a PROXY listener, admitted once its header is read;
+    /// `tuple` names its peer, the load balancer, until then.
+    pub fn awaiting_proxy_header(stream: Stream, tuple: FiveTuple, now: std::time::Instant) -> Self {
+        Self { admitted: false, ..Self::new(stream, tuple, now) }
     }
 
     /// A connection whose first bytes were read elsewhere (by the worker

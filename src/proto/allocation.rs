@@ -97,7 +97,9 @@ pub enum ChannelBindError {
     /// The number is bound to another peer, or the peer to another number.
     Conflict,
     /// The allocation has as many channels as it may.
-    Capacity,
+    TooManyChannels,
+    /// The peer needs a permission, and the allocation has as many as it may.
+    TooManyPermissions,
 }
 
 /// A byte budget: `rate` bytes per second, up to a second's worth saved up.
@@ -319,10 +321,10 @@ impl Allocation {
         self.channels.retain(|c| !conflicts(c));
         let existing = self.channels.iter().position(|c| c.number == number);
         if existing.is_none() && self.channels.len() >= max_channels {
-            return Err(ChannelBindError::Capacity);
+            return Err(ChannelBindError::TooManyChannels);
         }
         if self.would_add_permission(peer.ip()) && self.permissions.len() >= max_permissions {
-            return Err(ChannelBindError::Capacity);
+            return Err(ChannelBindError::TooManyPermissions);
         }
         let expires = now + CHANNEL_LIFETIME;
         match existing {
@@ -462,6 +464,6 @@ mod tests {
             a.bind_channel(channel(0x4000 + i), peer, now, 2, 16).expect("under the limit");
         }
         let peer: SocketAddr = "203.0.113.9:8000".parse().expect("literal");
-        assert_eq!(a.bind_channel(channel(0x4100), peer, now, 2, 16), Err(ChannelBindError::Capacity));
+        assert_eq!(a.bind_channel(channel(0x4100), peer, now, 2, 16), Err(ChannelBindError::TooManyChannels));
     }
 }

@@ -356,6 +356,15 @@ impl<S: CredentialStore> Authenticator<S> {
         self.store = store;
     }
 
+    /// Takes the users, secrets and nonce lifetime of `fresh`, the
+    /// authenticator of a reloaded configuration, and keeps this one's
+    /// realm (it is in every key) and nonce key, so the nonces handed out
+    /// stay valid.
+    pub fn renew(&mut self, fresh: Self) {
+        self.nonce_lifetime = fresh.nonce_lifetime;
+        self.replace_store(fresh.store);
+    }
+
     pub fn realm(&self) -> &str {
         &self.realm
     }

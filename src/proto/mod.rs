@@ -10,11 +10,13 @@
 pub mod allocation;
 pub mod auth;
 pub mod channel_data;
+pub mod coturn;
 pub mod demux;
 pub mod error;
 pub mod nat_discovery;
 pub mod policy;
 pub mod port_pool;
+pub mod proxy;
 pub mod rate_limit;
 pub mod resources;
 pub mod server;

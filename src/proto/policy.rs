@@ -7,9 +7,16 @@
 //! is: the operator's `deny_peers`, then their `allow_peers`, then the built-in
 //! list of special-purpose ranges and tern's own addresses. So `allow_peers`
 //! opens exactly what it names, and `deny_peers` always wins.
+//!
+//! tern's own addresses are refused as peers but for the relay port range:
+//! two clients of one server whose ICE agents pair relayed candidates (both
+//! behind NATs that only the relay gets through) send from one allocation's
+//! relayed address to the other's, and that must relay. What else listens
+//! on tern's addresses (its STUN ports, metrics, anything on the host) stays
+//! out of reach.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
 
@@ -17,7 +24,7 @@ use ipnet::IpNet;
 /// loopback, private, shared, link-local, documentation, benchmarking,
 /// multicast, reserved, and the IPv6 transition prefixes that can lead back
 /// into IPv4 networks.
-const BUILTIN_DENY: &[(&str, &str)] = &[
+pub const BUILTIN_DENY: &[(&str, &str)] = &[
     ("0.0.0.0/8", "this network"),
     ("127.0.0.0/8", "loopback"),
     ("10.0.0.0/8", "private"),
@@ -53,7 +60,8 @@ pub enum DenyRule {
     Configured(IpNet),
     /// A built-in special-purpose range.
     Builtin { range: IpNet, name: &'static str },
-    /// One of tern's own listen or relay addresses.
+    /// One of tern's own listen or relay addresses, at a port outside the
+    /// relay port range.
     OwnAddress(IpAddr),
 }
 
@@ -62,7 +70,9 @@ impl fmt::Display for DenyRule {
         match self {
             Self::Configured(range) => write!(f, "deny_peers {range}"),
             Self::Builtin { range, name } => write!(f, "default deny {range} ({name}); allow with allow_peers"),
-            Self::OwnAddress(ip) => write!(f, "tern's own address {ip}; allow with allow_peers"),
+            Self::OwnAddress(ip) => {
+                write!(f, "tern's own address {ip} outside the relay ports; allow with allow_peers")
+            }
         }
     }
 }
@@ -73,6 +83,8 @@ pub struct PeerPolicy {
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
     own: Vec<IpAddr>,
+    /// The relay port range: on tern's own addresses, other allocations.
+    relay_ports: Option<(u16, u16)>,
     builtin: Vec<(IpNet, &'static str)>,
 }
 
@@ -85,11 +97,30 @@ impl PeerPolicy {
             .map(|(range, name)| (range.parse().expect("built-in ranges are valid CIDR"), *name))
             .collect();
         let own = own.into_iter().map(canonical).filter(|ip| !ip.is_unspecified()).collect();
-        Self { allow, deny, own, builtin }
+        Self { allow, deny, own, relay_ports: None, builtin }
     }
 
-    /// Checks `ip` and returns its canonical form, which is what the relay
-    /// should use for the peer from then on.
+    /// The relay port range, in which tern's own addresses are the relayed
+    /// addresses of other allocations, and so peers like any other.
+    pub fn with_relay_ports(self, relay_ports: (u16, u16)) -> Self {
+        Self { relay_ports: Some(relay_ports), ..self }
+    }
+
+    /// Checks the peer `peer` and returns its IP in canonical form, which is
+    /// what the relay should use for the peer from then on.
+    pub fn check_peer(&self, peer: SocketAddr) -> Result<IpAddr, DenyRule> {
+        match self.check(peer.ip()) {
+            Err(DenyRule::OwnAddress(ip))
+                if self.relay_ports.is_some_and(|(min, max)| (min..=max).contains(&peer.port())) =>
+            {
+                Ok(ip)
+            }
+            checked => checked,
+        }
+    }
+
+    /// Checks the IP `ip` whatever the port: tern's own addresses are
+    /// refused. Returns its canonical form.
     pub fn check(&self, ip: IpAddr) -> Result<IpAddr, DenyRule> {
         let ip = canonical(ip);
         if let Some(range) = self.deny.iter().find(|range| range.contains(&ip)) {
@@ -206,6 +237,29 @@ mod tests {
         assert_eq!(policy.check(ip("2606:4700::5")), Err(DenyRule::OwnAddress(ip("2606:4700::5"))));
         let allowed = PeerPolicy::new(vec![net("2606:4700::5/128")], vec![], vec![ip("2606:4700::5")]);
         assert!(allowed.check(ip("2606:4700::5")).is_ok());
+    }
+
+    #[test]
+    fn own_addresses_are_peers_in_the_relay_port_range_only() {
+        let own = vec![ip("8.8.4.4"), ip("2606:4700::5")];
+        let policy = PeerPolicy::new(vec![], vec![], own).with_relay_ports((49152, 65535));
+        let peer = |text: &str| text.parse::<SocketAddr>().expect("literal");
+        // Another allocation's relayed address: relay to relay on one server.
+        assert_eq!(policy.check_peer(peer("[2606:4700::5]:49152")), Ok(ip("2606:4700::5")));
+        assert_eq!(policy.check_peer(peer("[2606:4700::5]:65535")), Ok(ip("2606:4700::5")));
+        assert_eq!(policy.check_peer(peer("[::ffff:8.8.4.4]:50000")), Ok(ip("8.8.4.4")));
+        // tern's STUN port, or anything else on the host.
+        for other in ["[2606:4700::5]:3478", "[2606:4700::5]:49151", "8.8.4.4:22"] {
+            assert!(matches!(policy.check_peer(peer(other)), Err(DenyRule::OwnAddress(_))), "{other}");
+        }
+        // The range opens nothing else, and deny_peers still wins.
+        assert!(policy.check_peer(peer("127.0.0.1:50000")).is_err());
+        let denied = PeerPolicy::new(vec![], vec![net("2606:4700::5/128")], vec![ip("2606:4700::5")])
+            .with_relay_ports((49152, 65535));
+        assert!(matches!(denied.check_peer(peer("[2606:4700::5]:50000")), Err(DenyRule::Configured(_))));
+        // Without a relay range (STUN only), own addresses stay refused.
+        let unset = PeerPolicy::new(vec![], vec![], vec![ip("8.8.4.4")]);
+        assert!(unset.check_peer(peer("8.8.4.4:50000")).is_err());
     }
 
     #[test]

@@ -53,6 +53,16 @@ impl SourceLimiter {
         Self { limit, buckets: HashMap::new() }
     }
 
+    /// New limits from now on (a reload). A source keeps the tokens it has,
+    /// up to the new burst, so one that spent its budget does not get a
+    /// fresh one; with the limit off there is nothing left to remember.
+    pub fn set_limit(&mut self, limit: RateLimit) {
+        self.limit = limit;
+        if limit.per_second <= 0.0 {
+            self.buckets.clear();
+        }
+    }
+
     /// Whether `source` may get one more answer now; takes a token if so.
     pub fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
         if self.limit.per_second <= 0.0 || (!self.limit.limit_loopback && source.to_canonical().is_loopback()) {
@@ -141,6 +151,20 @@ mod tests {
         let mut limiter = SourceLimiter::new(RateLimit { limit_loopback: true, ..limit });
         let allowed = (0..100).filter(|_| limiter.allow("127.0.0.1".parse().expect("literal"), now)).count();
         assert_eq!(allowed, 1);
+    }
+
+    #[test]
+    fn a_new_limit_keeps_what_each_source_spent_up_to_its_burst() {
+        let now = crate::io::clock::now();
+        let limit = RateLimit { per_second: 1.0, burst: 10.0, max_sources: 100, limit_loopback: false };
+        let mut limiter = SourceLimiter::new(limit);
+        assert_eq!((0..8).filter(|_| limiter.allow(ip(1), now)).count(), 8);
+        limiter.set_limit(RateLimit { burst: 4.0, ..limit });
+        assert_eq!((0..10).filter(|_| limiter.allow(ip(1), now)).count(), 2, "two of ten tokens left");
+        assert_eq!((0..10).filter(|_| limiter.allow(ip(2), now)).count(), 4, "the new burst");
+        limiter.set_limit(RateLimit { per_second: 0.0, ..limit });
+        assert!(limiter.is_empty(), "off: nothing to remember");
+        assert!((0..100).all(|_| limiter.allow(ip(1), now)));
     }
 
     #[test]

@@ -56,10 +56,19 @@ pub enum PortError {
 /// Why an allocation was refused a quota.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuotaError {
-    /// The user has `user_quota` allocations.
-    User,
+    /// The user has `limit` (`user_quota`) allocations.
+    User { limit: u32 },
     /// The server has `total_quota` allocations.
     Total,
+}
+
+/// Why a client connection was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionLimit {
+    /// Its source IP has `limit` (`max_tcp_per_ip`) connections.
+    PerIp { limit: u32 },
+    /// The server has `limit` (`max_tcp_connections`) connections.
+    Total { limit: u32 },
 }
 
 /// The costs the core counts against the limits of the whole server.
@@ -82,7 +91,7 @@ pub trait Resources: Send {
     fn release_allocation(&mut self, quota_key: &str);
     /// Counts a new client TCP or TLS connection from `ip`, unless it would
     /// pass a limit.
-    fn admit_connection(&mut self, ip: IpAddr) -> bool;
+    fn admit_connection(&mut self, ip: IpAddr) -> Result<(), ConnectionLimit>;
     fn release_connection(&mut self, ip: IpAddr);
 }
 
@@ -201,7 +210,7 @@ impl Resources for Accounts {
         }
         let count = self.allocations_of(quota_key);
         if self.limits.per_user != 0 && count >= self.limits.per_user {
-            return Err(QuotaError::User);
+            return Err(QuotaError::User { limit: self.limits.per_user });
         }
         self.per_user.insert(quota_key.into(), count + 1);
         self.allocations += 1;
@@ -218,16 +227,17 @@ impl Resources for Accounts {
         }
     }
 
-    fn admit_connection(&mut self, ip: IpAddr) -> bool {
+    fn admit_connection(&mut self, ip: IpAddr) -> Result<(), ConnectionLimit> {
         let from_ip = self.connections_from(ip);
-        if (self.limits.tcp_total != 0 && self.connections >= self.limits.tcp_total)
-            || (self.limits.tcp_per_ip != 0 && from_ip >= self.limits.tcp_per_ip)
-        {
-            return false;
+        if self.limits.tcp_total != 0 && self.connections >= self.limits.tcp_total {
+            return Err(ConnectionLimit::Total { limit: self.limits.tcp_total });
+        }
+        if self.limits.tcp_per_ip != 0 && from_ip >= self.limits.tcp_per_ip {
+            return Err(ConnectionLimit::PerIp { limit: self.limits.tcp_per_ip });
         }
         self.per_ip.insert(ip, from_ip + 1);
         self.connections += 1;
-        true
+        Ok(())
     }
 
     fn release_connection(&mut self, ip: IpAddr) {
@@ -254,7 +264,7 @@ mod tests {
         let mut a = accounts(QuotaLimits { per_user: 2, total: 3, ..QuotaLimits::default() });
         a.acquire_allocation("alice").expect("first");
         a.acquire_allocation("alice").expect("second");
-        assert_eq!(a.acquire_allocation("alice"), Err(QuotaError::User));
+        assert_eq!(a.acquire_allocation("alice"), Err(QuotaError::User { limit: 2 }));
         a.acquire_allocation("bob").expect("bob's first");
         assert_eq!(a.acquire_allocation("carol"), Err(QuotaError::Total));
         a.release_allocation("alice");
@@ -271,14 +281,14 @@ mod tests {
         let mut a = accounts(QuotaLimits { tcp_per_ip: 1, tcp_total: 2, ..QuotaLimits::default() });
         let (x, y, z) =
             ("192.0.2.1".parse().expect("ip"), "192.0.2.2".parse().expect("ip"), "192.0.2.3".parse().expect("ip"));
-        assert!(a.admit_connection(x));
-        assert!(!a.admit_connection(x), "per-IP limit");
-        assert!(a.admit_connection(y));
-        assert!(!a.admit_connection(z), "total limit");
+        assert_eq!(a.admit_connection(x), Ok(()));
+        assert_eq!(a.admit_connection(x), Err(ConnectionLimit::PerIp { limit: 1 }), "per-IP limit");
+        assert_eq!(a.admit_connection(y), Ok(()));
+        assert_eq!(a.admit_connection(z), Err(ConnectionLimit::Total { limit: 2 }), "total limit");
         a.release_connection(x);
         a.release_connection(x);
         assert_eq!(a.connections(), 1);
-        assert!(a.admit_connection(z));
+        assert_eq!(a.admit_connection(z), Ok(()));
     }
 
     #[test]

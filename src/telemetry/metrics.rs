@@ -37,7 +37,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
     let server = &snapshot.counters.server;
     let io = &snapshot.counters.io;
 
-    let counters: [(&str, &str, u64); 24] = [
+    let counters: [(&str, &str, u64); 25] = [
         ("stun_requests", "STUN requests received and parsed", server.requests),
         ("binding_responses", "Binding success responses sent", server.binding_responses),
         ("error_responses", "STUN error responses sent, challenges included", server.error_responses),
@@ -70,6 +70,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         ("tls_refused", "TLS connections closed at once: too many handshakes in progress", io.tls_refused),
         ("tls_connections_accepted", "Connections accepted on TLS listeners", io.tls_accepted),
         ("tcp_relayed_bytes", "Bytes RFC 6062 data connections carried, both ways", server.tcp_relayed_bytes),
+        ("proxy_headers", "PROXY headers read: connections that went on as the client they named", io.proxy_headers),
     ];
     for (name, help, value) in counters {
         let counter: Counter = Counter::default();
@@ -111,6 +112,22 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
     }
     registry.register("tcp_connections", "Client TCP and TLS connections, by event", connections);
 
+    let proxy_failures = Family::<Labels, Counter>::default();
+    for (reason, value) in [
+        ("untrusted", io.proxy_untrusted),
+        ("missing", io.proxy_missing),
+        ("malformed", io.proxy_malformed),
+        ("closed", io.proxy_closed),
+        ("timeout", io.proxy_timeouts),
+    ] {
+        proxy_failures.get_or_create(&vec![("reason", reason)]).inc_by(value);
+    }
+    registry.register(
+        "proxy_failures",
+        "Connections to PROXY listeners closed before their header named a client, by reason",
+        proxy_failures,
+    );
+
     let gauges: [(&str, &str, u64); 4] = [
         ("allocations", "TURN allocations now", u64::from(snapshot.allocations)),
         ("open_connections", "Client TCP and TLS connections open now", u64::from(snapshot.connections)),
@@ -122,6 +139,33 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
         registry.register(name, help, gauge);
     }
+
+    let reloads = &snapshot.reloads;
+    let reload_gauges: [(&str, &str, u64); 3] = [
+        (
+            "config_generation",
+            "Generation of the configuration in force: 1 at start, one more per reload that applied",
+            reloads.generation,
+        ),
+        (
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last reload that applied (the start, before any)",
+            reloads.last_success,
+        ),
+        (
+            "config_last_reload_failure_timestamp_seconds",
+            "Unix time of the last reload that failed and changed nothing; 0 before any",
+            reloads.last_failure,
+        ),
+    ];
+    for (name, help, value) in reload_gauges {
+        let gauge: Gauge = Gauge::default();
+        gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        registry.register(name, help, gauge);
+    }
+    let failures: Counter = Counter::default();
+    failures.inc_by(reloads.failures);
+    registry.register("config_reload_failures", "Reloads whose configuration did not load: nothing changed", failures);
 
     let mut text = String::new();
     // Writing into a String cannot fail.
@@ -214,7 +258,7 @@ fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::WorkerReport;
+    use crate::io::{ReloadStatus, WorkerReport};
 
     #[test]
     fn the_snapshot_renders_as_openmetrics_text() {
@@ -224,7 +268,12 @@ mod tests {
         counters.server.relayed_bytes_to_client = 1200;
         counters.server.dropped_no_permission = 2;
         counters.io.tcp_accepted = 5;
-        let snapshot = MetricsSnapshot { counters, allocations: 4, connections: 1, workers: 2, draining: false };
+        counters.io.proxy_headers = 6;
+        counters.io.proxy_timeouts = 1;
+        let reloads =
+            ReloadStatus { generation: 3, failures: 1, last_success: 1_800_000_000, last_failure: 1_700_000_000 };
+        let snapshot =
+            MetricsSnapshot { counters, allocations: 4, connections: 1, workers: 2, draining: false, reloads };
         let text = render(&snapshot);
         for line in [
             "tern_stun_requests_total 7",
@@ -232,10 +281,17 @@ mod tests {
             "tern_relayed_bytes_total{direction=\"to_client\"} 1200",
             "tern_dropped_packets_total{reason=\"no_permission\"} 2",
             "tern_tcp_connections_total{event=\"accepted\"} 5",
+            "tern_proxy_headers_total 6",
+            "tern_proxy_failures_total{reason=\"timeout\"} 1",
+            "tern_proxy_failures_total{reason=\"untrusted\"} 0",
             "tern_allocations 4",
             "tern_open_connections 1",
             "tern_workers 2",
             "tern_draining 0",
+            "tern_config_generation 3",
+            "tern_config_reload_failures_total 1",
+            "tern_config_last_reload_success_timestamp_seconds 1800000000",
+            "tern_config_last_reload_failure_timestamp_seconds 1700000000",
             "# TYPE tern_allocations gauge",
             "# EOF",
         ] {

@@ -26,6 +26,8 @@ use tern::proto::demux::StreamFramer;
 use tern::proto::stun::attr::{self, AttrType};
 use tern::proto::stun::{Class, HEADER_LEN, MAGIC_COOKIE, Message, MessageType, MessageWriter, Method, TransactionId};
 
+pub mod haproxy;
+
 /// How long the server may take to log that it listens.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the server may take to exit after SIGTERM.
@@ -289,6 +291,17 @@ impl TestCert {
         self.key.to_str().expect("utf-8 path")
     }
 
+    /// A client trusting this certificate only, offering `alpn`.
+    pub fn client(&self, alpn: &[&[u8]]) -> tern::client::tls::TlsClient {
+        tern::client::tls::TlsClient::new(&tern::client::tls::TlsOptions {
+            server_name: "localhost".into(),
+            ca: Some(self.cert.clone()),
+            insecure: false,
+            alpn: alpn.iter().map(|id| id.to_vec()).collect(),
+        })
+        .expect("client config")
+    }
+
     /// `--tls-listen 127.0.0.1:0 --tls-cert CERT --tls-key KEY`.
     pub fn serve_args(&self) -> Vec<&str> {
         vec!["--tls-listen", LOOPBACK_V4, "--tls-cert", self.cert_path(), "--tls-key", self.key_path()]
@@ -321,6 +334,8 @@ pub struct TernServer {
     lines: Arc<Mutex<Vec<String>>>,
     reader: Option<JoinHandle<()>>,
     listening: Vec<(Transport, SocketAddr)>,
+    /// The PROXY protocol listeners, apart from `listening`.
+    proxied: Vec<(Transport, SocketAddr)>,
 }
 
 impl TernServer {
@@ -366,6 +381,7 @@ impl TernServer {
             n => Some(n),
         };
         let expected_tls = full.iter().filter(|a| is_tls_listen_flag(a)).count();
+        let expected_proxied = full.iter().filter(|a| is_proxy_listen_flag(a)).count();
         let mut child = tern_command(&full)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -387,8 +403,9 @@ impl TernServer {
                 }
             })
         };
-        let mut server = Self { child: Some(child), pid, lines, reader: Some(reader), listening: Vec::new() };
-        match server.wait_listening(&receiver, expected, expected_tls) {
+        let mut server =
+            Self { child: Some(child), pid, lines, reader: Some(reader), listening: Vec::new(), proxied: Vec::new() };
+        match server.wait_listening(&receiver, expected, expected_tls, expected_proxied) {
             Ok(()) => Ok(server),
             Err(reason) => {
                 let status = server.kill_and_reap();
@@ -398,7 +415,9 @@ impl TernServer {
     }
 
     /// Reads log lines until every listen address has been announced for
-    /// UDP and for TCP, and as many TLS addresses as `--tls-listen` flags.
+    /// UDP and for TCP, as many TLS addresses as `--tls-listen` flags, and
+    /// as many PROXY protocol addresses as `--proxy-listen` and
+    /// `--proxy-tls-listen` flags.
     /// tern logs all its UDP addresses, then all its TCP ones, then TLS, so
     /// equal non-zero counts mean the list is complete; when the number of
     /// `--listen` flags is known it must match too.
@@ -407,13 +426,20 @@ impl TernServer {
         lines: &mpsc::Receiver<String>,
         expected: Option<usize>,
         expected_tls: usize,
+        expected_proxied: usize,
     ) -> Result<(), String> {
         let deadline = clock::now() + START_TIMEOUT;
         for _ in 0..MAX_TURNS {
             let udp = self.listening.iter().filter(|(t, _)| *t == Transport::Udp).count();
             let tcp = self.listening.iter().filter(|(t, _)| *t == Transport::Tcp).count();
             let tls = self.listening.iter().filter(|(t, _)| *t == Transport::Tls).count();
-            if udp > 0 && udp == tcp && expected.is_none_or(|n| n == udp) && tls >= expected_tls {
+            let proxied = self.proxied.len();
+            if udp > 0
+                && udp == tcp
+                && expected.is_none_or(|n| n == udp)
+                && tls >= expected_tls
+                && proxied >= expected_proxied
+            {
                 return Ok(());
             }
             let now = clock::now();
@@ -421,11 +447,11 @@ impl TernServer {
                 return Err(format!("no complete \"listening\" log within {START_TIMEOUT:?}"));
             }
             match lines.recv_timeout((deadline - now).min(Duration::from_millis(100))) {
-                Ok(line) => {
-                    if let Some(listening) = parse_listening(&line)? {
-                        self.listening.push(listening);
-                    }
-                }
+                Ok(line) => match parse_listening(&line)? {
+                    Some(Listening { at, proxied: true }) => self.proxied.push(at),
+                    Some(Listening { at, proxied: false }) => self.listening.push(at),
+                    None => {}
+                },
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err("stderr closed: the server exited".into()),
             }
@@ -453,6 +479,15 @@ impl TernServer {
     /// The first TLS address.
     pub fn tls_addr(&self) -> SocketAddr {
         self.addrs(Transport::Tls)[0]
+    }
+
+    /// The first PROXY protocol listener over `transport` (TCP or TLS).
+    pub fn proxy_addr(&self, transport: Transport) -> SocketAddr {
+        self.proxied
+            .iter()
+            .find(|(t, _)| *t == transport)
+            .map(|(_, addr)| *addr)
+            .unwrap_or_else(|| panic!("no PROXY {transport} listener in {:?}", self.proxied))
     }
 
     /// Sends `signal` (SIGHUP, say) to the running server.
@@ -519,6 +554,15 @@ impl TernServer {
     /// final "tern stopped" summary included.
     pub fn stop_with_log(self) -> (ExitStatus, Vec<String>) {
         self.stop_with_signal(libc::SIGTERM)
+    }
+
+    /// Like [`TernServer::stop_with_log`], checking that tern exits 0 and
+    /// returning its "tern stopped" summary with the log.
+    pub fn stop_with_summary(self) -> (serde_json::Value, Vec<String>) {
+        let (status, lines) = self.stop_with_log();
+        assert!(status.success(), "tern exits 0 on SIGTERM: {status}\n{}", lines.join("\n"));
+        let stopped = find_log(&lines, "tern stopped").unwrap_or_else(|| panic!("summary line:\n{}", lines.join("\n")));
+        (stopped, lines)
     }
 
     /// Sends `signal` and waits (bounded) for the process to exit; returns
@@ -596,9 +640,20 @@ fn is_tls_listen_flag(arg: &str) -> bool {
     arg == "--tls-listen" || arg.starts_with("--tls-listen=")
 }
 
+fn is_proxy_listen_flag(arg: &str) -> bool {
+    ["--proxy-listen", "--proxy-tls-listen"].iter().any(|flag| arg == *flag || arg.starts_with(&format!("{flag}=")))
+}
+
+/// What a `"message":"listening"` line announces.
+struct Listening {
+    at: (Transport, SocketAddr),
+    /// The listener speaks the PROXY protocol.
+    proxied: bool,
+}
+
 /// `Some` for a `"message":"listening"` line; an error for one whose fields
 /// are not what the harness relies on.
-fn parse_listening(line: &str) -> Result<Option<(Transport, SocketAddr)>, String> {
+fn parse_listening(line: &str) -> Result<Option<Listening>, String> {
     let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else { return Ok(None) };
     if value["message"] != "listening" {
         return Ok(None);
@@ -613,7 +668,21 @@ fn parse_listening(line: &str) -> Result<Option<(Transport, SocketAddr)>, String
         .as_str()
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| format!("\"listening\" line without a usable addr: {line}"))?;
-    Ok(Some((transport, addr)))
+    Ok(Some(Listening { at: (transport, addr), proxied: value["proxy_protocol"] == true }))
+}
+
+/// Every JSON log line whose message is `message`.
+pub fn logged(lines: &[String], message: &str) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|value| value["message"] == message)
+        .collect()
+}
+
+/// The count `field` of a log line, failing the test when it is not one.
+pub fn count(value: &serde_json::Value, field: &str) -> u64 {
+    value[field].as_u64().unwrap_or_else(|| panic!("{field} is a count in {value}"))
 }
 
 /// The JSON object of the last stderr line whose message is `message`.
@@ -817,6 +886,16 @@ impl TcpClient {
             .unwrap_or_else(|e| panic!("connecting to {server}: {e}"));
         stream.set_nodelay(true).expect("TCP_NODELAY");
         Self { stream, inbuf: StreamFramer::new() }
+    }
+
+    /// Like [`TcpClient::connect`], from the local address `local` (another
+    /// loopback address, say, to be told apart from 127.0.0.1).
+    pub fn connect_from(local: IpAddr, server: SocketAddr) -> Self {
+        let socket = tern::client::ClientSocket::open_from(Some(local), server, Transport::Tcp, ANSWER_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connecting from {local} to {server}: {e}"));
+        let (stream, inbuf) = socket.into_tcp().expect("a TCP socket");
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        Self { stream, inbuf }
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -24,7 +24,8 @@
 //!
 //! This file is the loop and the core's outputs; `datagrams.rs` serves the
 //! UDP listeners and relay sockets, `connections.rs` the TCP and TLS
-//! clients, and `splice.rs` RFC 6062's relay listeners and data connections.
+//! clients, `proxied.rs` the PROXY headers that come first on some of them,
+//! and `splice.rs` RFC 6062's relay listeners and data connections.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -41,6 +42,7 @@ use tracing::{debug, info_span, warn};
 use super::clock;
 use super::listener::WorkerListeners;
 use super::out::{OutQueue, Via};
+use super::proxy::ProxyListeners;
 use super::relay::UdpRelays;
 use super::report::{IoStats, WorkerReport};
 use super::shared::{Shared, SharedAccounts};
@@ -52,7 +54,6 @@ use super::tcp_relay::TcpRelays;
 use super::tls::TlsAcceptor;
 use super::token::Source;
 use crate::proto::allocation::{ClientHandle, RelayId};
-use crate::proto::auth::StaticCredentials;
 use crate::proto::server::{Event, PEER_HEADROOM, PEER_TAILROOM, RelayOpenError, RelayProtocol, Server, ServerConfig};
 use crate::proto::{FiveTuple, Now, Transport};
 
@@ -79,6 +80,7 @@ const HANDLE_TCP: u64 = 1 << 63;
 
 mod connections;
 mod datagrams;
+mod proxied;
 mod splice;
 
 /// Where frames for clients go: a client's TCP connection, or the UDP
@@ -131,6 +133,8 @@ pub struct Worker {
     tcp_listeners: Vec<(mio::net::TcpListener, SocketAddr)>,
     tls_listeners: Vec<(mio::net::TcpListener, SocketAddr)>,
     tls: Option<WorkerTls>,
+    /// Which stream listeners speak the PROXY protocol, when any do.
+    proxy: Option<ProxyListeners>,
     /// TLS connections of this worker still in their handshake.
     handshaking: usize,
     connections: Slab<TcpConnection>,
@@ -151,8 +155,8 @@ pub struct Worker {
     /// `next_throttle`.
     throttled: Vec<Source>,
     next_throttle: Instant,
-    /// The credential reloads this worker has taken in.
-    credentials_generation: u64,
+    /// The generation of the configuration this worker runs.
+    config_generation: u64,
     /// Relay sockets with ICMP errors queued, to read this turn.
     icmp_pending: Vec<RelayId>,
     /// A message the core wrote for later, on its way to its client.
@@ -179,7 +183,7 @@ impl Worker {
         shared.handoffs.register(id, waker.clone());
         shared.liveness.register(id, waker.clone());
         shutdown.register(waker);
-        let WorkerListeners { mut udp, mut tcp, tls: mut tls_listeners } = listeners;
+        let WorkerListeners { mut udp, mut tcp, tls: mut tls_listeners, proxy } = listeners;
         for (index, (socket, _)) in udp.iter_mut().enumerate() {
             poll.registry().register(socket, Source::Udp(index).token(), Interest::READABLE)?;
         }
@@ -193,6 +197,7 @@ impl Worker {
         let resources: SharedAccounts = shared.accounts.clone();
         let mut server = Server::new(config, Box::new(resources), seed);
         server.set_worker(id, shared.handoffs.workers());
+        let config_generation = shared.config_generation();
         let now = clock::now();
         Ok(Self {
             id,
@@ -203,6 +208,7 @@ impl Worker {
             tcp_listeners: tcp,
             tls_listeners,
             tls,
+            proxy,
             handshaking: 0,
             connections: Slab::new(),
             connection_timers: BinaryHeap::new(),
@@ -215,7 +221,7 @@ impl Worker {
             pending: Vec::new(),
             throttled: Vec::new(),
             next_throttle: now,
-            credentials_generation: 0,
+            config_generation,
             icmp_pending: Vec::new(),
             transmit: Vec::new(),
             publish_at: None,
@@ -258,12 +264,8 @@ impl Worker {
                 self.server.start_draining();
                 debug!("draining: no new allocations");
             }
-            let reloads = self.shared.credentials_generation();
-            if reloads != self.credentials_generation {
-                self.credentials_generation = reloads;
-                if let Some(store) = self.shared.credentials() {
-                    self.server.replace_credentials(StaticCredentials::clone(&store));
-                }
+            if self.shared.config_generation() != self.config_generation {
+                self.take_config();
             }
             let now = clock::reading();
             if !self.throttled.is_empty() && now.instant >= self.next_throttle {
@@ -302,6 +304,26 @@ impl Worker {
         debug!(connections = self.connections.len(), "worker stopping");
         self.shared.publish(self.id, self.report());
         Ok(self.report())
+    }
+
+    /// Takes the configuration of the latest reload: the core's, for what
+    /// comes next (see [`Server::replace_config`]), and the TLS limits, for
+    /// the handshakes from now on.
+    fn take_config(&mut self) {
+        let Some(reloaded) = self.shared.config() else { return };
+        self.config_generation = reloaded.generation;
+        if !self.server.replace_config(reloaded.server.clone()) {
+            warn!(
+                generation = reloaded.generation,
+                "the reloaded configuration changes whether tern relays or authenticates; keeping the running one"
+            );
+            return;
+        }
+        if let (Some(tls), Some(limits)) = (&mut self.tls, &reloaded.tls) {
+            tls.max_handshakes = limits.max_handshakes;
+            tls.handshake_timeout = limits.handshake_timeout;
+        }
+        debug!(generation = reloaded.generation, "configuration taken");
     }
 
     fn report(&self) -> WorkerReport {

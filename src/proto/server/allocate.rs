@@ -187,7 +187,10 @@ impl Server {
         let quota_key = quota_key(identity, tuple);
         match self.resources.acquire_allocation(&quota_key) {
             Ok(()) => {}
-            Err(QuotaError::User) => return Err(RequestError::QuotaReached),
+            Err(QuotaError::User { limit }) => {
+                self.notices.user_quota(&quota_key, limit);
+                return Err(RequestError::QuotaReached);
+            }
             Err(QuotaError::Total) => {
                 return Err(match self.alternate_server(tuple) {
                     Some(alternate) => RequestError::TryAlternate(alternate),

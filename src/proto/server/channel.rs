@@ -8,6 +8,7 @@ use tracing::debug;
 use super::error::RequestError;
 use super::respond::{self, Reply};
 use super::{ClientOutcome, Event, Identity, Path, Server};
+use crate::proto::allocation::ChannelBindError;
 use crate::proto::channel_data::ChannelNumber;
 use crate::proto::stun::Message;
 use crate::proto::stun::attr::{self, AttrType};
@@ -44,7 +45,14 @@ impl Server {
         let (max_channels, max_permissions) = (turn.max_channels, turn.max_permissions);
         self.expire_entries(now, id);
         let allocation = self.table.get_mut(id).expect("found above");
-        allocation.bind_channel(channel, peer, now.instant, max_channels, max_permissions)?;
+        if let Err(error) = allocation.bind_channel(channel, peer, now.instant, max_channels, max_permissions) {
+            match error {
+                ChannelBindError::TooManyChannels => self.notices.max_channels(max_channels),
+                ChannelBindError::TooManyPermissions => self.notices.max_permissions(max_permissions),
+                ChannelBindError::Conflict => false,
+            };
+            return Err(error.into());
+        }
         debug!(parent: &allocation.span, channel = channel.get(), %peer, "channel bound");
         self.events.push_back(Event::ChannelBound { id, channel, peer });
         self.events.push_back(Event::PermissionInstalled { id, peer: peer.ip() });

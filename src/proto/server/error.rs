@@ -168,7 +168,9 @@ impl From<ChannelBindError> for RequestError {
     fn from(error: ChannelBindError) -> Self {
         match error {
             ChannelBindError::Conflict => Self::BadRequest("channel or peer already bound otherwise"),
-            ChannelBindError::Capacity => Self::InsufficientCapacity("channel or permission limit reached"),
+            ChannelBindError::TooManyChannels | ChannelBindError::TooManyPermissions => {
+                Self::InsufficientCapacity("channel or permission limit reached")
+            }
         }
     }
 }

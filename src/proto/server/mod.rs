@@ -34,6 +34,7 @@ mod config;
 mod data;
 mod error;
 mod expiry;
+mod notices;
 mod output;
 mod permission;
 mod refresh;
@@ -55,6 +56,7 @@ use self::allocate::Opening;
 pub use self::config::{ExternalIp, ServerConfig, TurnConfig};
 pub use self::data::{PEER_HEADROOM, PEER_TAILROOM};
 pub use self::error::{MAX_UNKNOWN_LISTED, RelayOpenError, RequestError, UnknownAttributes};
+use self::notices::Notices;
 use self::output::Outbox;
 pub use self::output::{
     AllocationInfo, ClientOutcome, DeleteReason, Event, IcmpReport, PeerOutcome, RelayProtocol, Transmit,
@@ -63,7 +65,7 @@ use self::respond::Reply;
 pub use self::stats::Stats;
 use self::timers::{Timer, Timers};
 use crate::proto::allocation::{AllocationId, ClientHandle, LOG_TARGET, RelayId};
-use crate::proto::auth::{SigningKey, StaticCredentials};
+use crate::proto::auth::SigningKey;
 use crate::proto::demux::{self, PacketKind};
 use crate::proto::error::ParseError;
 use crate::proto::policy;
@@ -121,6 +123,8 @@ pub struct Server {
     timers: Timers,
     /// A rate-limiter timer is in the heap.
     limiter_scheduled: bool,
+    /// Limits and defaults already named in a warning.
+    notices: Notices,
 }
 
 impl Server {
@@ -147,6 +151,7 @@ impl Server {
             outbox: Outbox::default(),
             timers: Timers::default(),
             limiter_scheduled: false,
+            notices: Notices::default(),
         }
     }
 
@@ -171,20 +176,42 @@ impl Server {
         self.draining
     }
 
-    /// Swaps in the users and secrets of a reloaded configuration; requests
-    /// from now on are checked against them, so an allocation of a user or
-    /// secret that is gone cannot be refreshed and ends with its lifetime
-    /// (or its deletion). False, and nothing changes, when this server does
-    /// not authenticate (STUN only, or anonymous relaying): that takes a
-    /// restart to change.
-    pub fn replace_credentials(&mut self, store: StaticCredentials) -> bool {
-        match self.config.turn.as_mut().and_then(|turn| turn.auth.as_mut()) {
-            Some(auth) => {
-                auth.replace_store(store);
-                true
-            }
-            None => false,
+    /// Takes a reloaded configuration for what comes next, keeping what
+    /// the server holds. The new rules apply as things are asked for:
+    /// an Allocate or Refresh gets the new lifetimes, caps and quotas,
+    /// a new allocation the new `max_bps` and external addresses, a
+    /// CreatePermission, ChannelBind or Send the new peer policy and caps,
+    /// an unauthenticated answer the new rate limit. What exists stays as
+    /// it was granted: an allocation keeps its lifetime and its bandwidth,
+    /// and a permission or channel installed under the old policy or above
+    /// a lowered cap lives until it expires (refreshing it is checked
+    /// anew). The rate limiter keeps each source's tokens, and the
+    /// authenticator its realm and nonce key (see [`Authenticator::renew`]),
+    /// so the nonces handed out stay valid while the users and secrets
+    /// are the new ones.
+    ///
+    /// Whether the server relays, and whether it authenticates, are fixed
+    /// when it starts: false, and nothing changes, when `config` would
+    /// change either.
+    ///
+    /// [`Authenticator::renew`]: crate::proto::auth::Authenticator::renew
+    pub fn replace_config(&mut self, mut config: ServerConfig) -> bool {
+        let same_mode = match (&self.config.turn, &config.turn) {
+            (None, None) => true,
+            (Some(running), Some(fresh)) => running.auth.is_some() == fresh.auth.is_some(),
+            _ => false,
+        };
+        if !same_mode {
+            return false;
         }
+        let running_auth = self.config.turn.as_mut().and_then(|turn| turn.auth.take());
+        if let (Some(mut auth), Some(turn)) = (running_auth, config.turn.as_mut()) {
+            auth.renew(turn.auth.take().expect("the same mode: both authenticate"));
+            turn.auth = Some(auth);
+        }
+        self.limiter.set_limit(config.rate_limit);
+        self.config = config;
+        true
     }
 
     pub fn stats(&self) -> &Stats {
@@ -240,7 +267,14 @@ impl Server {
     /// is counted until [`Self::handle_connection_closed`], or, once it is
     /// the client side of an RFC 6062 pair, until the pair ends.
     pub fn handle_connection_opened(&mut self, tuple: &FiveTuple) -> bool {
-        self.resources.admit_connection(tuple.client.ip())
+        let source = tuple.client.ip();
+        match self.resources.admit_connection(source) {
+            Ok(()) => true,
+            Err(limit) => {
+                self.notices.connection_refused(source, limit);
+                false
+            }
+        }
     }
 
     /// A TCP or TLS connection closed: its allocation goes with it (RFC 8656
@@ -483,10 +517,11 @@ impl Server {
             return Err(RequestError::PeerAddressFamilyMismatch);
         }
         let policy = &self.config.turn.as_ref().expect("TURN requests reach here only with TURN on").policy;
-        match policy.check(ip) {
+        match policy.check_peer(SocketAddr::new(ip, peer.port())) {
             Ok(ip) => Ok(SocketAddr::new(ip, peer.port())),
             Err(rule) => {
                 self.stats.peers_forbidden += 1;
+                self.notices.peer_refused(ip, &rule);
                 match path {
                     Path::Request => {
                         info!(parent: &allocation.span, client = %allocation.tuple.client, peer = %ip, %rule, "peer refused")
@@ -512,6 +547,7 @@ impl Server {
             return false;
         }
         self.stats.rate_limited += 1;
+        self.notices.rate_limited(tuple.client.ip(), self.config.rate_limit.per_second);
         trace!(client = %tuple.client, "unauthenticated answer rate-limited");
         true
     }

@@ -37,7 +37,10 @@ impl Server {
         self.expire_entries(now, id);
         let allocation = self.table.get_mut(id).expect("found above");
         let added = peers.iter().filter(|ip| allocation.would_add_permission(**ip)).count();
-        if allocation.permission_count() + added > max_permissions {
+        // Only new permissions count: refreshing those an allocation holds
+        // stays possible above a cap lowered by a reload.
+        if added > 0 && allocation.permission_count() + added > max_permissions {
+            self.notices.max_permissions(max_permissions);
             return Err(RequestError::InsufficientCapacity("permission limit of the allocation reached"));
         }
         for peer in peers {

@@ -27,10 +27,12 @@ mod channel;
 mod data;
 mod expiry;
 mod model;
+mod notices;
 mod permission;
 mod policy;
 mod quota;
 mod refresh;
+mod reload;
 mod tcp_relay;
 
 use std::collections::{BTreeMap, VecDeque};

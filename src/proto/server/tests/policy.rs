@@ -216,3 +216,30 @@ fn deny_peers_wins_over_allow_peers() {
     assert_eq!(alice.send(&mut h, addr("127.0.0.2:9"), b"x").0, ClientOutcome::Dropped);
     assert_eq!(h.stats().peers_forbidden, before + 1);
 }
+
+/// Two clients of one server whose relayed candidates pair up: each
+/// allocation's relayed address is a peer of the other. Anything else on
+/// tern's own address stays refused, on every path, even once a permission
+/// for that IP is installed.
+#[test]
+fn another_allocation_on_this_server_is_a_peer_and_nothing_else_on_its_address() {
+    let relay_ip = addr("8.8.4.4:0").ip();
+    let policy = PeerPolicy::new(vec![], vec![], vec![relay_ip]).with_relay_ports(PORTS);
+    let mut h = Harness::new(TurnConfig { policy, relay_ips: vec![relay_ip], ..turn_config() });
+    let (mut alice, id) = allocated_alice(&mut h);
+    let mut bob = Client::bob("198.51.100.2:40000");
+    let bob_relayed = bob.allocated(&mut h);
+    assert_eq!(bob_relayed.ip(), relay_ip);
+    assert_success(&alice.permit(&mut h, &[bob_relayed]));
+    assert_success(&alice.bind(&mut h, 0x4000, bob_relayed));
+    let (outcome, packet) = alice.send(&mut h, bob_relayed, b"to bob");
+    assert_forwarded(&outcome, &packet, id, bob_relayed, b"to bob");
+    for other in [SocketAddr::new(relay_ip, 3478), SocketAddr::new(relay_ip, PORTS.0 - 1), SocketAddr::new(relay_ip, 22)]
+    {
+        let before = h.stats().peers_forbidden;
+        assert_error(&alice.permit(&mut h, &[other]), 403);
+        assert_error(&alice.bind(&mut h, 0x4001, other), 403);
+        assert_eq!(alice.send(&mut h, other, b"x").0, ClientOutcome::Dropped, "Send to {other}");
+        assert_eq!(h.stats().peers_forbidden, before + 3, "{other} counted on each path");
+    }
+}
