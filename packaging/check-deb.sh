@@ -21,8 +21,12 @@ deb=$(bash packaging/build-deb.sh | grep '\.deb$')
 [ -f "$deb" ] || fail "packaging/build-deb.sh printed no package ($deb)"
 echo "installing $deb"
 
+# From here on the machine is put back however the script ends: a failed
+# check, a half-done install, an interrupt.
 purge() { as_root dpkg --purge tern >/dev/null 2>&1 || true; }
 trap purge EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 as_root dpkg -i "$deb"
 
 unit=/usr/lib/systemd/system/tern.service
