@@ -27,6 +27,7 @@ use tern::proto::stun::attr::{self, AttrType};
 use tern::proto::stun::{Class, HEADER_LEN, MAGIC_COOKIE, Message, MessageType, MessageWriter, Method, TransactionId};
 
 pub mod haproxy;
+pub mod metrics;
 
 /// How long the server may take to log that it listens.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
