@@ -34,6 +34,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod io;
 pub mod proto;
 pub mod serve;

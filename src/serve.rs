@@ -1,13 +1,14 @@
 //! `tern serve` from a loaded configuration to its exit: the signals it
-//! answers, the open-file limit, the metrics listener, the workers
-//! ([`crate::io::start`]), reloads and drains, and the line that reports what the
-//! workers did.
+//! answers, the open-file limit, the workers ([`crate::io::start`]), the
+//! control plane ([`crate::control`]: metrics and the admin API), reloads
+//! and drains, and the line that reports what the workers did.
 //!
 //! [`serve`] catches SIGINT and SIGTERM (stop), SIGHUP (reload) and SIGUSR1
 //! (drain) before anything listens: once "listening" is logged, a SIGHUP
 //! must not meet its default action, which would end tern. The [`Serving`]
-//! handle does what the signals do for a caller in the process. Under
-//! systemd, `systemd` tells the service manager about all of it.
+//! handle does what the signals do for a caller in the process, and the
+//! admin API does it through [`crate::control::Lifecycle`]. Under systemd,
+//! `systemd` tells the service manager about all of it.
 
 mod systemd;
 
@@ -20,7 +21,8 @@ use signal_hook::consts::{SIGHUP, SIGUSR1};
 use signal_hook::iterator::{Handle, Signals};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Credentials, Source};
+use crate::config::{AdminToken, Config, Credentials, LogLevel, Source};
+use crate::control::{self, ControlPlane, Lifecycle, api};
 use crate::io::clock;
 use crate::io::shutdown::Shutdown;
 use crate::io::sys::{interfaces, process};
@@ -47,14 +49,15 @@ pub enum ServeError {
     },
     #[error("cannot list local addresses: {0}")]
     LocalAddresses(#[source] std::io::Error),
-    #[error("cannot listen for metrics on {addr} (metrics.listen): {source}")]
-    MetricsListen {
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    ControlListen {
         addr: SocketAddr,
+        key: &'static str,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot start the metrics thread: {0}")]
-    MetricsThread(#[source] std::io::Error),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
     #[error("cannot start the systemd notifier: {0}")]
     SystemdThread(#[source] std::io::Error),
     #[error("{0}")]
@@ -69,11 +72,12 @@ pub enum ServeError {
 pub struct Serving {
     running: Running,
     control: Arc<Control>,
-    metrics_addr: Option<SocketAddr>,
+    control_plane: Option<ControlPlane>,
     signals: SignalHandles,
 }
 
-/// What reload, drain and stop act on, shared with the signal threads.
+/// What reload, drain and stop act on, shared with the signal threads and
+/// the control plane.
 struct Control {
     reload: Reload,
     shutdown: Shutdown,
@@ -134,12 +138,19 @@ pub fn serve(config: &Config, source: Source, shutdown: Shutdown) -> Result<Serv
     let hangups = install(SIGHUP, "SIGHUP")?;
     let drain_requests = install(SIGUSR1, "SIGUSR1")?;
     // Bound before `start` drops privileges, served once the workers run.
-    let metrics_listener = match config.metrics.listen {
-        Some(addr) => {
-            Some(telemetry::metrics::bind(addr).map_err(|source| ServeError::MetricsListen { addr, source })?)
-        }
-        None => None,
+    let bind = |addr: Option<SocketAddr>, key| match addr {
+        Some(addr) => std::net::TcpListener::bind(addr).map(Some).map_err(|source| ServeError::ControlListen {
+            addr,
+            key,
+            source,
+        }),
+        None => Ok(None),
     };
+    let listeners = control::Listeners {
+        metrics: bind(config.metrics.listen, "metrics.listen")?,
+        admin: bind(config.admin.listen, "admin.listen")?,
+    };
+    let started = (clock::now(), clock::unix_secs());
     let nonce_key = rand::random();
     let running = start(&config.runtime(nonce_key, &local_addresses), &shutdown)?;
     let control = Arc::new(Control {
@@ -156,8 +167,8 @@ pub fn serve(config: &Config, source: Source, shutdown: Shutdown) -> Result<Serv
         drain_deadline: Mutex::new(None),
         systemd: systemd::Systemd::new(running.metrics()),
     });
-    let mut serving = Serving { running, control, metrics_addr: None, signals };
-    if let Err(e) = serving.run_extras(metrics_listener, hangups, drain_requests) {
+    let mut serving = Serving { running, control, control_plane: None, signals };
+    if let Err(e) = serving.run_extras(listeners, started, &config.realm, hangups, drain_requests) {
         serving.stop();
         // The start error is the one to report; the workers only stopped.
         let _ = serving.running.join();
@@ -167,23 +178,38 @@ pub fn serve(config: &Config, source: Source, shutdown: Shutdown) -> Result<Serv
 }
 
 impl Serving {
-    /// Starts what runs beside the workers: the metrics thread, the signal
+    /// Starts what runs beside the workers: the control plane, the signal
     /// threads and the systemd notifier.
     fn run_extras(
         &mut self,
-        metrics_listener: Option<std::net::TcpListener>,
+        listeners: control::Listeners,
+        (started, started_unix): (Instant, u64),
+        realm: &str,
         hangups: Signals,
         drain_requests: Signals,
     ) -> Result<(), ServeError> {
-        if let Some(listener) = metrics_listener {
-            self.metrics_addr = listener.local_addr().ok();
-            telemetry::metrics::serve(listener, self.running.metrics()).map_err(ServeError::MetricsThread)?;
+        if listeners.metrics.is_some() || listeners.admin.is_some() {
+            let context = control::Context {
+                workers: self.running.workers(),
+                metrics: self.running.metrics(),
+                lifecycle: Arc::new(ControlPlaneView(Arc::clone(&self.control))),
+                realm: realm.to_owned(),
+                started,
+                started_unix,
+            };
+            self.control_plane = Some(ControlPlane::start(context, listeners)?);
         }
         let thread = |signal| move |source| ServeError::SignalThread { signal, source };
         let reload = Arc::clone(&self.control);
-        self.signals.0.push(on_signal("tern-reload", hangups, move || reload.reload()).map_err(thread("SIGHUP"))?);
+        let reload_on_signal = move || {
+            // The outcome is logged.
+            let _ = reload.reload();
+        };
+        self.signals.0.push(on_signal("tern-reload", hangups, reload_on_signal).map_err(thread("SIGHUP"))?);
         let drain = Arc::clone(&self.control);
-        let drain_on_signal = move || drain.drain(drain.reload.drain_timeout());
+        let drain_on_signal = move || {
+            drain.drain(drain.reload.drain_timeout());
+        };
         self.signals.0.push(on_signal("tern-drain", drain_requests, drain_on_signal).map_err(thread("SIGUSR1"))?);
         let liveness = Arc::clone(&self.running.shared().liveness);
         systemd::hold_worker_for_tests(&liveness).map_err(ServeError::TestHook)?;
@@ -198,7 +224,12 @@ impl Serving {
 
     /// Where metrics are served, when they are.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_addr
+        self.control_plane.as_ref().and_then(|plane| plane.metrics_addr)
+    }
+
+    /// Where the admin API is served, when it is.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.control_plane.as_ref().and_then(|plane| plane.admin_addr)
     }
 
     /// What a metrics scrape reads.
@@ -208,8 +239,8 @@ impl Serving {
 
     /// What SIGHUP does: reads the configuration and the TLS certificate
     /// again (see `Control::reload`).
-    pub fn reload(&self) {
-        self.control.reload();
+    pub fn reload(&self) -> Result<api::Reloaded, String> {
+        self.control.reload()
     }
 
     /// What SIGUSR1 does, with `deadline` in place of `drain_timeout`:
@@ -228,6 +259,7 @@ impl Serving {
     /// Waits for the workers to stop, then logs and returns what they did.
     pub fn join(self) -> Result<WorkerReport, ServeError> {
         let report = self.running.join();
+        drop(self.control_plane);
         self.control.systemd.stopping();
         let report = report.map_err(ServeError::Failed)?;
         drop(self.signals);
@@ -278,18 +310,20 @@ impl Control {
     ///
     /// TLS: new handshakes use the new pair, established connections keep
     /// theirs, and a pair that does not load leaves the old one in place.
-    fn reload(&self) {
+    fn reload(&self) -> Result<api::Reloaded, String> {
         let _reloading = self.systemd.reloading();
-        self.reload.configuration();
-        let Some(store) = self.reload.reloader.tls() else {
-            info!("SIGHUP: no TLS certificate configured");
-            return;
-        };
-        let (cert, key) = store.files();
-        match store.reload() {
-            Ok(()) => info!(cert = %cert.display(), key = %key.display(), "tls certificate reloaded"),
-            Err(e) => error!(error = %e, "tls certificate reload failed; keeping the previous certificate"),
+        let reloaded = self.reload.configuration();
+        match self.reload.reloader.tls() {
+            None => info!("reload: no TLS certificate configured"),
+            Some(store) => {
+                let (cert, key) = store.files();
+                match store.reload() {
+                    Ok(()) => info!(cert = %cert.display(), key = %key.display(), "tls certificate reloaded"),
+                    Err(e) => error!(error = %e, "tls certificate reload failed; keeping the previous certificate"),
+                }
+            }
         }
+        reloaded
     }
 
     /// SIGUSR1 drains the server, for a restart that cuts no call: new
@@ -299,17 +333,20 @@ impl Control {
     /// when it passes too: the allocations left are deleted, and their
     /// clients are no longer served. A second request can only bring the
     /// deadline forward.
-    fn drain(self: &Arc<Self>, deadline: Option<Duration>) {
+    /// Returns what is left of the deadline the drain runs with.
+    fn drain(self: &Arc<Self>, deadline: Option<Duration>) -> Option<Duration> {
         const CHECK_EVERY: Duration = Duration::from_secs(1);
+        let now = clock::now();
         if let Some(deadline) = deadline {
-            let at = clock::now() + deadline;
+            let at = now + deadline;
             let mut current = self.drain_deadline();
             if current.is_none_or(|current| at < current) {
                 *current = Some(at);
             }
         }
+        let in_force = self.drain_deadline().map(|at| at.saturating_duration_since(now));
         if self.drain_started.swap(true, Ordering::AcqRel) {
-            return;
+            return in_force;
         }
         self.shutdown.drain();
         info!(
@@ -339,6 +376,7 @@ impl Control {
         if let Err(e) = watch {
             error!(error = %e, "cannot watch the drain; tern stops on SIGTERM only");
         }
+        in_force
     }
 
     fn drain_deadline(&self) -> MutexGuard<'_, Option<Instant>> {
@@ -347,17 +385,42 @@ impl Control {
     }
 }
 
+/// The process as the control plane sees it.
+struct ControlPlaneView(Arc<Control>);
+
+impl Lifecycle for ControlPlaneView {
+    fn reload(&self) -> Result<api::Reloaded, String> {
+        self.0.reload()
+    }
+
+    fn drain(&self, deadline: Option<Duration>) -> Option<Duration> {
+        self.0.drain(deadline.or_else(|| self.0.reload.drain_timeout()))
+    }
+
+    fn set_log_level(&self, level: LogLevel) {
+        let log = crate::config::LogConfig { level, ..self.0.reload.running().log };
+        if telemetry::reload(&log) == LogReload::RustLogDecides {
+            info!("RUST_LOG is set: it decides what is logged, over the level asked for");
+        }
+    }
+
+    fn admin_token(&self) -> Option<AdminToken> {
+        self.0.reload.running().admin_token().cloned()
+    }
+}
+
 impl Reload {
     /// `drain_timeout` as in force: the deadline SIGUSR1 gives a drain
     /// (one that started keeps its own).
     fn drain_timeout(&self) -> Option<Duration> {
-        let running = self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        running.drain_timeout.map(|seconds| Duration::from_secs(u64::from(seconds.get())))
+        self.running().drain_timeout.map(|seconds| Duration::from_secs(u64::from(seconds.get())))
     }
 
-    fn configuration(&self) {
+    /// Reads the configuration again and puts it in force; its generation
+    /// and the changes that need a restart, or why it did not load.
+    fn configuration(&self) -> Result<api::Reloaded, String> {
         let file = self.source.to_string();
-        let mut running = self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut running = self.running();
         let reloaded = match self.source.load().and_then(|fresh| running.reloaded(fresh, &file)) {
             Ok(reloaded) => reloaded,
             Err(e) => {
@@ -368,7 +431,7 @@ impl Reload {
                     failures = status.failures,
                     "configuration reload failed; keeping the running configuration"
                 );
-                return;
+                return Err(e.to_string());
             }
         };
         for key in &reloaded.needs_restart {
@@ -395,6 +458,12 @@ impl Reload {
         }
         info!(file = %file, generation, "configuration reloaded");
         *running = reloaded.config;
+        Ok(api::Reloaded { generation, needs_restart: reloaded.needs_restart.iter().map(|&k| k.to_owned()).collect() })
+    }
+
+    fn running(&self) -> MutexGuard<'_, Config> {
+        // A configuration is whole even if a reload panicked.
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -51,7 +51,8 @@ fn the_handle_reloads_drains_and_stops_once_drained() {
     carol.refresh(0).expect("delete");
 
     std::fs::write(&file, users("bob")).expect("rewrite the config");
-    serving.reload();
+    let reloaded = serving.reload().expect("the rewritten file loads");
+    assert_eq!((reloaded.generation, reloaded.needs_restart.len()), (2, 0));
     let mut bob = session(server, "bob");
     bob.allocate(None).expect("a reloaded user works at once");
     bob.refresh(0).expect("delete");

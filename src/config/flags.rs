@@ -132,4 +132,10 @@ pub struct Overrides {
     /// Address to serve Prometheus metrics on, at /metrics (replaces `metrics.listen`).
     #[arg(long, value_name = "ADDR", value_parser = super::flag::<super::Address>)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address to serve the admin API and dashboard on (replaces `admin.listen`).
+    #[arg(long, value_name = "ADDR", value_parser = super::flag::<super::Address>)]
+    pub admin_listen: Option<SocketAddr>,
+    /// File holding the admin API's bearer token (replaces `admin.token_file`).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }

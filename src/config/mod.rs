@@ -62,6 +62,53 @@ pub struct Config {
     tls_settings: Option<TlsSettings>,
     /// The PROXY listeners, when there are any, and whom they trust.
     proxy_settings: Option<ProxySettings>,
+    /// The admin API's token, read from `admin.token_file`.
+    admin_token: Option<AdminToken>,
+}
+
+/// The bearer token of the admin API. Read when the configuration loads,
+/// so `tern check` and a reload catch a missing or unreadable file; never
+/// printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(Box<[u8]>);
+
+/// Shorter tokens are refused: a token is a password an attacker may try
+/// at the rate limit, so it must be long and random (`openssl rand -hex 32`).
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+impl AdminToken {
+    /// Whether `presented` is this token, in time that does not depend on
+    /// where they differ (both are hashed first, so not on their lengths
+    /// either).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        Sha256::digest(&self.0).ct_eq(&Sha256::digest(presented)).into()
+    }
+
+    /// Reads the token: the file's contents, whitespace around them left out.
+    fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.len() < MIN_ADMIN_TOKEN {
+            return Err(format!(
+                "{} holds a token of {} bytes; use at least {MIN_ADMIN_TOKEN} random ones (openssl rand -hex 32 > \
+                 FILE)",
+                path.display(),
+                token.len()
+            ));
+        }
+        if token.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(format!("{} holds a token with spaces or control characters", path.display()));
+        }
+        Ok(Self(token.as_bytes().into()))
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 impl Deref for Config {
@@ -208,7 +255,13 @@ impl Config {
         let nat_discovery = nat_discovery(&settings).map_err(|(key, message)| invalid(key, message))?;
         let tls_settings = tls_settings(&settings).map_err(|(key, message)| invalid(key, message))?;
         let proxy_settings = proxy_settings(&settings).map_err(|(key, message)| invalid(key, message))?;
-        Ok(Self { settings, nat_discovery, run_as, tls_settings, proxy_settings })
+        let admin_token = admin_token(&settings).map_err(|(key, message)| invalid(key, message))?;
+        Ok(Self { settings, nat_discovery, run_as, tls_settings, proxy_settings, admin_token })
+    }
+
+    /// The admin API's token, when `admin.listen` is set.
+    pub fn admin_token(&self) -> Option<&AdminToken> {
+        self.admin_token.as_ref()
     }
 
     /// Whether tern relays: as configured, or when unset, exactly when
@@ -432,6 +485,23 @@ fn tls_settings(settings: &Settings) -> Result<Option<TlsSettings>, (&'static st
         max_handshakes: tls.max_handshakes.get() as usize,
         handshake_timeout: Duration::from_secs(u64::from(tls.handshake_timeout.get())),
     }))
+}
+
+/// The admin API's token, when it listens: it takes one, for the API can
+/// end calls and drain the server.
+fn admin_token(settings: &Settings) -> Result<Option<AdminToken>, (&'static str, String)> {
+    let admin = &settings.admin;
+    match (&admin.listen, &admin.token_file) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err((
+            "admin.token_file",
+            "is needed with admin.listen: the admin API answers only requests that carry its token \
+             (--admin-token-file; make one with: openssl rand -hex 32 > FILE)"
+                .into(),
+        )),
+        (None, Some(_)) => Err(("admin.token_file", "is set but admin.listen is not (--admin-listen)".into())),
+        (Some(_), Some(file)) => AdminToken::read(file).map(Some).map_err(|message| ("admin.token_file", message)),
+    }
 }
 
 /// The PROXY listeners, or `None` when there are none. They need trusted

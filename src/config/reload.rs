@@ -54,6 +54,7 @@ restart_only! {
     "tls.cert" => tls.cert;
     "tls.key" => tls.key;
     "metrics.listen" => metrics.listen;
+    "admin.listen" => admin.listen;
 }
 
 /// Keys a reload applies. The core takes most of them (see
@@ -92,6 +93,7 @@ pub const RELOADABLE: &[&str] = &[
     "tls.max_handshakes",
     "tls.handshake_timeout",
     "drain_timeout",
+    "admin.token_file",
 ];
 
 /// What a reload puts in force.

@@ -256,6 +256,8 @@ settings! {
         pub metrics: MetricsConfig = MetricsConfig::default(), section;
         #[serde(deserialize_with = "table", skip_serializing_if = "ProxyConfig::disabled")]
         pub proxy: ProxyConfig = ProxyConfig::default(), section;
+        #[serde(deserialize_with = "table", skip_serializing_if = "AdminConfig::disabled")]
+        pub admin: AdminConfig = AdminConfig::default(), section;
     }
 }
 
@@ -334,6 +336,24 @@ settings! {
 impl MetricsConfig {
     fn disabled(&self) -> bool {
         self.listen.is_none()
+    }
+}
+
+settings! {
+    /// `[admin]`: the admin API and dashboard, behind a bearer token.
+    pub struct AdminConfig {
+        /// Where the admin API listens; off when unset.
+        #[serde(with = "BlankOr::<Address>", skip_serializing_if = "Option::is_none")]
+        pub listen: Option<SocketAddr> = None, replace admin_listen;
+        /// The file holding the bearer token (required with `listen`).
+        #[serde(with = "BlankOr::<FilePath>", skip_serializing_if = "Option::is_none")]
+        pub token_file: Option<PathBuf> = None, replace admin_token_file;
+    }
+}
+
+impl AdminConfig {
+    fn disabled(&self) -> bool {
+        self.listen.is_none() && self.token_file.is_none()
     }
 }
 

@@ -29,13 +29,18 @@ use super::shutdown::Shutdown;
 const HOLD_STEP: Duration = Duration::from_millis(50);
 
 /// A worker's heartbeat on a cache line of its own, so one worker's loop
-/// turns never invalidate another's cache.
+/// turns never invalidate another's cache: the turns it completed, and when
+/// the last one ended (milliseconds since [`Liveness::new`]).
 #[repr(align(128))]
 #[derive(Default)]
-struct Heartbeat(AtomicU64);
+struct Heartbeat {
+    turns: AtomicU64,
+    last_turn_ms: AtomicU64,
+}
 
 /// Every worker's heartbeat and waker.
 pub struct Liveness {
+    started: Instant,
     heartbeats: Vec<Heartbeat>,
     wakers: Mutex<Vec<Option<Arc<Waker>>>>,
     /// Test only: the worker to hold still, plus one (0: none), and from when.
@@ -47,6 +52,7 @@ impl Liveness {
     pub fn new(workers: usize) -> Self {
         let workers = workers.max(1);
         Self {
+            started: clock::now(),
             heartbeats: (0..workers).map(|_| Heartbeat::default()).collect(),
             wakers: Mutex::new(vec![None; workers]),
             held: AtomicUsize::new(0),
@@ -65,9 +71,9 @@ impl Liveness {
         }
     }
 
-    /// `worker` finished a loop turn. A worker held by the test hook stops
-    /// here, without a heartbeat, until shutdown.
-    pub fn turn_ended(&self, worker: usize, shutdown: &Shutdown) {
+    /// `worker` finished a loop turn begun at `now`. A worker held by the
+    /// test hook stops here, without a heartbeat, until shutdown.
+    pub fn turn_ended(&self, worker: usize, now: Instant, shutdown: &Shutdown) {
         if self.held.load(Ordering::Relaxed) == worker + 1
             && self.hold_from.get().is_some_and(|&from| clock::now() >= from)
         {
@@ -78,13 +84,28 @@ impl Liveness {
             return;
         }
         if let Some(heartbeat) = self.heartbeats.get(worker) {
-            heartbeat.0.fetch_add(1, Ordering::Relaxed);
+            heartbeat.turns.fetch_add(1, Ordering::Relaxed);
+            let since_start = now.saturating_duration_since(self.started).as_millis();
+            heartbeat.last_turn_ms.store(u64::try_from(since_start).unwrap_or(u64::MAX), Ordering::Relaxed);
         }
     }
 
     /// Every worker's heartbeat now.
     pub fn heartbeats(&self) -> Vec<u64> {
-        self.heartbeats.iter().map(|heartbeat| heartbeat.0.load(Ordering::Relaxed)).collect()
+        self.heartbeats.iter().map(|heartbeat| heartbeat.turns.load(Ordering::Relaxed)).collect()
+    }
+
+    /// How long ago each worker last finished a loop turn, as of `now`; an
+    /// idle worker sleeps, so this alone says nothing of its health.
+    pub fn since_last_turns(&self, now: Instant) -> Vec<Duration> {
+        let elapsed = now.saturating_duration_since(self.started);
+        self.heartbeats
+            .iter()
+            .map(|heartbeat| {
+                let at = Duration::from_millis(heartbeat.last_turn_ms.load(Ordering::Relaxed));
+                elapsed.saturating_sub(at)
+            })
+            .collect()
     }
 
     /// Whether every worker has finished a loop turn since `before` was read

@@ -7,6 +7,7 @@
 //! workers to stop.
 
 pub mod clock;
+pub mod commands;
 mod listener;
 pub mod liveness;
 mod out;
@@ -167,6 +168,28 @@ impl MetricsSource {
     }
 }
 
+/// What the control plane reaches the workers through: their command
+/// queues and their heartbeats, never their state.
+#[derive(Clone)]
+pub struct Workers {
+    shared: Arc<Shared>,
+}
+
+impl Workers {
+    pub fn count(&self) -> usize {
+        self.shared.commands.workers()
+    }
+
+    /// Queues `command` for `worker` and wakes it.
+    pub fn send(&self, worker: usize, command: commands::Command) -> Result<(), commands::SendError> {
+        self.shared.commands.send(worker, command)
+    }
+
+    pub fn liveness(&self) -> &liveness::Liveness {
+        &self.shared.liveness
+    }
+}
+
 /// Binds the listen sockets and starts the workers.
 pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, StartError> {
     // The certificate is read before anything binds, and before privileges
@@ -270,6 +293,11 @@ impl Running {
     /// What a metrics scrape reads: the workers' counters and the gauges.
     pub fn metrics(&self) -> MetricsSource {
         MetricsSource { shared: Arc::clone(&self.shared), shutdown: self.shutdown.clone(), workers: self.workers.len() }
+    }
+
+    /// What the control plane reaches the workers through.
+    pub fn workers(&self) -> Workers {
+        Workers { shared: Arc::clone(&self.shared) }
     }
 
     /// The shutdown handle the workers watch.

@@ -2,7 +2,7 @@
 //! (relay ports, quotas, connection counts), RFC 6062 data connections on
 //! their way between workers, the counters each worker publishes for
 //! metrics, the configuration of the latest reload with its generation,
-//! and each worker's heartbeat.
+//! each worker's heartbeat, and the control plane's commands.
 //!
 //! Each piece sits behind its own mutex and is touched per allocation, per
 //! connection or once a second, never per packet, so the hot path stays
@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use super::commands::Commands;
 use super::liveness::Liveness;
 use super::report::WorkerReport;
 use super::tcp_relay::Handoffs;
@@ -84,6 +85,8 @@ pub struct Shared {
     pub handoffs: Handoffs,
     /// Each worker's heartbeat and waker, for the watchdog.
     pub liveness: Arc<Liveness>,
+    /// What the control plane asks of each worker.
+    pub commands: Commands,
     /// Each worker's counters as last published, summed when metrics are
     /// scraped; a worker touches its own slot at most once a second.
     reports: Vec<Mutex<WorkerReport>>,
@@ -124,6 +127,7 @@ impl Shared {
             accounts,
             handoffs: Handoffs::new(workers),
             liveness: Arc::new(Liveness::new(workers)),
+            commands: Commands::new(workers),
             reports: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
             config: Mutex::default(),
             generation: AtomicU64::new(FIRST_GENERATION),

@@ -165,6 +165,10 @@ pub struct Allocation {
     /// The key quotas are counted under (the username, or the client IP
     /// when authentication is off).
     pub quota_key: Box<str>,
+    /// Names it in the admin API; no other allocation of the process takes
+    /// it (see `server::admin`). Set by the server as it is created.
+    pub serial: u64,
+    pub created: Instant,
     pub expires: Instant,
     /// The Allocate that created it, so a retransmission gets the same answer.
     pub allocate_tid: TransactionId,
@@ -202,7 +206,8 @@ impl Allocation {
         client: ClientHandle,
         username: &str,
         quota_key: &str,
-        expires: Instant,
+        created: Instant,
+        lifetime: Duration,
         allocate_tid: TransactionId,
     ) -> Self {
         Self {
@@ -211,7 +216,9 @@ impl Allocation {
             relayed: [None; 2],
             username: username.into(),
             quota_key: quota_key.into(),
-            expires,
+            serial: 0,
+            created,
+            expires: created + lifetime,
             allocate_tid,
             reservation_token: None,
             refused_family: None,
@@ -396,7 +403,8 @@ mod tests {
             ClientHandle(0),
             "alice",
             "alice",
-            now + Duration::from_secs(600),
+            now,
+            Duration::from_secs(600),
             TransactionId([0; 12]),
         );
         a.go_live(&[Relayed { addr: relayed, advertised: relayed }], Span::none());

@@ -5,39 +5,37 @@
 //! Workers publish their counters within a second of their changing
 //! (`io::shared::Shared`), so a scrape never touches a worker's loop and
 //! nothing is shared per packet.
-//! The encoding is prometheus-client's. The HTTP side is written here: one
-//! thread answers one request per connection, a GET for one path, which is
-//! less code than wiring an HTTP server crate and its runtime in for it.
-
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+//! The encoding is prometheus-client's; `crate::control` serves it, on
+//! `metrics.listen` and on the admin listener.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tracing::{debug, info, warn};
 
-use crate::io::{MetricsSnapshot, MetricsSource};
+use crate::io::MetricsSnapshot;
 
-/// How long a scraper may take to send its request or read the answer
-/// before its connection is dropped (scrapes are handled one at a time).
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// A request head longer than this is refused; a scrape's is a few hundred bytes.
-const MAX_REQUEST_HEAD: usize = 8192;
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What the admin API counts, beside the workers' counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AdminCounters {
+    /// Requests without the right token (401).
+    pub unauthorized: u64,
+    /// Requests refused unchecked: their source sent too many wrong tokens (429).
+    pub rate_limited: u64,
+}
 
 type Labels = Vec<(&'static str, &'static str)>;
 
 /// The snapshot in the OpenMetrics text format.
-pub fn render(snapshot: &MetricsSnapshot) -> String {
+pub fn render(snapshot: &MetricsSnapshot, admin: &AdminCounters) -> String {
     let mut registry = Registry::with_prefix("tern");
     let server = &snapshot.counters.server;
     let io = &snapshot.counters.io;
 
-    let counters: [(&str, &str, u64); 25] = [
+    let counters: [(&str, &str, u64); 29] = [
         ("stun_requests", "STUN requests received and parsed", server.requests),
         ("binding_responses", "Binding success responses sent", server.binding_responses),
         ("error_responses", "STUN error responses sent, challenges included", server.error_responses),
@@ -71,6 +69,14 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         ("tls_connections_accepted", "Connections accepted on TLS listeners", io.tls_accepted),
         ("tcp_relayed_bytes", "Bytes RFC 6062 data connections carried, both ways", server.tcp_relayed_bytes),
         ("proxy_headers", "PROXY headers read: connections that went on as the client they named", io.proxy_headers),
+        ("allocations_ended", "TURN allocations ended by an operator (admin API)", server.allocations_ended),
+        ("revoked_refusals", "Requests refused with 401 because their user was revoked", server.revoked_refusals),
+        ("admin_unauthorized", "Admin API requests without the right token (401)", admin.unauthorized),
+        (
+            "admin_rate_limited",
+            "Admin API requests refused unchecked: their source sent too many wrong tokens (429)",
+            admin.rate_limited,
+        ),
     ];
     for (name, help, value) in counters {
         let counter: Counter = Counter::default();
@@ -173,88 +179,6 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
     text
 }
 
-/// Binds the metrics address; done before privileges are dropped.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
-}
-
-/// Serves scrapes on `listener` from a thread of its own, for as long as
-/// the process runs.
-pub fn serve(listener: TcpListener, source: MetricsSource) -> io::Result<()> {
-    let addr = listener.local_addr()?;
-    std::thread::Builder::new().name("tern-metrics".into()).spawn(move || {
-        for stream in listener.incoming() {
-            match stream {
-                Ok(stream) => {
-                    if let Err(e) = answer(stream, &source) {
-                        debug!(error = %e, "metrics request failed");
-                    }
-                }
-                // EMFILE and the like: the next scrape tries again.
-                Err(e) => {
-                    warn!(error = %e, "cannot accept a metrics connection");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
-    })?;
-    info!(%addr, "serving metrics at /metrics");
-    Ok(())
-}
-
-/// Reads one request head and answers it.
-fn answer(mut stream: TcpStream, source: &MetricsSource) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        match head.windows(4).position(|w| w == b"\r\n\r\n") {
-            Some(end) if end <= MAX_REQUEST_HEAD => break,
-            Some(_) => return refuse_large(&mut stream),
-            None if head.len() > MAX_REQUEST_HEAD => return refuse_large(&mut stream),
-            None => {}
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&chunk[..n]);
-    }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
-    match (method, path) {
-        (b"GET", b"/metrics") => {
-            let body = render(&source.snapshot());
-            respond(&mut stream, "200 OK", CONTENT_TYPE, body.as_bytes())
-        }
-        (b"GET", _) => respond(&mut stream, "404 Not Found", "text/plain", b"metrics are at /metrics\n"),
-        _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", b"only GET\n"),
-    }
-}
-
-/// 431, then what the client still sends is read and dropped (a bounded
-/// amount), so closing does not reset the connection before the client
-/// has read the answer.
-fn refuse_large(stream: &mut TcpStream) -> io::Result<()> {
-    respond(stream, "431 Request Header Fields Too Large", "text/plain", b"request head too large\n")?;
-    stream.shutdown(std::net::Shutdown::Write)?;
-    let _ = io::copy(&mut stream.take(64 * 1024), &mut io::sink());
-    Ok(())
-}
-
-fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8]) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
-    stream.flush()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,7 +198,7 @@ mod tests {
             ReloadStatus { generation: 3, failures: 1, last_success: 1_800_000_000, last_failure: 1_700_000_000 };
         let snapshot =
             MetricsSnapshot { counters, allocations: 4, connections: 1, workers: 2, draining: false, reloads };
-        let text = render(&snapshot);
+        let text = render(&snapshot, &AdminCounters { unauthorized: 2, rate_limited: 0 });
         for line in [
             "tern_stun_requests_total 7",
             "tern_relayed_packets_total{direction=\"to_peer\"} 3",
@@ -282,6 +206,8 @@ mod tests {
             "tern_dropped_packets_total{reason=\"no_permission\"} 2",
             "tern_tcp_connections_total{event=\"accepted\"} 5",
             "tern_proxy_headers_total 6",
+            "tern_admin_unauthorized_total 2",
+            "tern_allocations_ended_total 0",
             "tern_proxy_failures_total{reason=\"timeout\"} 1",
             "tern_proxy_failures_total{reason=\"untrusted\"} 0",
             "tern_allocations 4",

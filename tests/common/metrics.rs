@@ -19,6 +19,8 @@ pub fn metrics_addr(server: &TernServer) -> SocketAddr {
 pub fn http(addr: SocketAddr, request: &str) -> (String, String, String) {
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("metrics connection");
     stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    // One exchange per connection: the server keeps connections open otherwise.
+    let request = request.replacen("\r\n", "\r\nConnection: close\r\n", 1);
     stream.write_all(request.as_bytes()).expect("request sent");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response read to the end (Connection: close)");
@@ -31,7 +33,9 @@ pub fn http(addr: SocketAddr, request: &str) -> (String, String, String) {
 pub fn scrape(addr: SocketAddr) -> String {
     let (status, headers, body) = http(addr, "GET /metrics HTTP/1.1\r\nHost: tern\r\n\r\n");
     assert_eq!(status, "HTTP/1.1 200 OK");
-    assert!(headers.contains("Content-Type: application/openmetrics-text"), "{headers}");
-    assert!(headers.contains(&format!("Content-Length: {}", body.len())), "{headers}");
+    // Header names are case-insensitive (RFC 9110 §5.1).
+    let headers = headers.to_ascii_lowercase();
+    assert!(headers.contains("content-type: application/openmetrics-text"), "{headers}");
+    assert!(headers.contains(&format!("content-length: {}", body.len())), "{headers}");
     body
 }

@@ -40,6 +40,7 @@ use slab::Slab;
 use tracing::{debug, info_span, warn};
 
 use super::clock;
+use super::commands::Command;
 use super::listener::WorkerListeners;
 use super::out::{OutQueue, Via};
 use super::proxy::ProxyListeners;
@@ -182,6 +183,7 @@ impl Worker {
         let waker = Arc::new(mio::Waker::new(poll.registry(), Source::Waker.token())?);
         shared.handoffs.register(id, waker.clone());
         shared.liveness.register(id, waker.clone());
+        shared.commands.register(id, waker.clone());
         shutdown.register(waker);
         let WorkerListeners { mut udp, mut tcp, tls: mut tls_listeners, proxy } = listeners;
         for (index, (socket, _)) in udp.iter_mut().enumerate() {
@@ -297,7 +299,7 @@ impl Worker {
                 self.shared.publish(self.id, self.report());
             }
             self.flush();
-            self.shared.liveness.turn_ended(self.id, &self.shutdown);
+            self.shared.liveness.turn_ended(self.id, now.instant, &self.shutdown);
         }
         self.server.close_all();
         self.drive(clock::reading());
@@ -326,6 +328,28 @@ impl Worker {
         debug!(generation = reloaded.generation, "configuration taken");
     }
 
+    /// Answers what the control plane asked; the asker may have given up
+    /// waiting, which leaves nothing to answer.
+    fn take_commands(&mut self, now: Now) {
+        for command in self.shared.commands.take(self.id) {
+            match command {
+                Command::Allocations { query, reply } => {
+                    let _ = reply.send(self.server.allocations(now, &query));
+                }
+                Command::End { serial, reply } => {
+                    let _ = reply.send(self.server.end_allocation(serial));
+                }
+                Command::Revoke { name, reply } => {
+                    let _ = reply.send(self.server.revoke(&name));
+                }
+                Command::Unrevoke { name, reply } => {
+                    let _ = reply.send(self.server.unrevoke(&name));
+                }
+            }
+            self.drive(now);
+        }
+    }
+
     fn report(&self) -> WorkerReport {
         WorkerReport { server: *self.server.stats(), io: self.stats }
     }
@@ -340,7 +364,10 @@ impl Worker {
 
     fn dispatch(&mut self, source: Source, now: Now) {
         match source {
-            Source::Waker => self.take_handoffs(now),
+            Source::Waker => {
+                self.take_handoffs(now);
+                self.take_commands(now);
+            }
             Source::Udp(index) => self.drain_udp(index, now),
             Source::TcpListener(index) => self.accept(Transport::Tcp, index, now),
             Source::TlsListener(index) => self.accept(Transport::Tls, index, now),

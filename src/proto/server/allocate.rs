@@ -15,12 +15,12 @@
 //! abandoned, its quota released and its open sockets closed, and it
 //! leaves the table once the last answer has come.
 
-use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tracing::{debug, info, info_span};
 
+use super::admin;
 use super::config::advertise;
 use super::error::{RelayOpenError, RequestError};
 use super::respond::{self, Reply};
@@ -228,14 +228,16 @@ impl Server {
             });
             return Err(first.expect("every family asked for was refused"));
         }
-        let placeholder = Allocation::opening(
+        let mut placeholder = Allocation::opening(
             *tuple,
             client,
             &identity.username,
             &quota_key,
-            now.instant + lifetime,
+            now.instant,
+            lifetime,
             request.transaction_id(),
         );
+        placeholder.serial = self.serials.next();
         let id = self.table.insert(placeholder);
         for (ipv6, family) in [false, true].into_iter().zip(&opening.families) {
             if let Family::Pending { addr, .. } = family {
@@ -387,6 +389,7 @@ impl Server {
         let realm = turn.auth.as_ref().map_or("", |auth| auth.realm());
         self.events.push_back(Event::AllocationCreated(super::AllocationInfo {
             id,
+            serial: allocation.serial,
             user: allocation.username.clone(),
             realm: realm.into(),
             tuple: transmit.tuple,
@@ -478,10 +481,7 @@ fn allocate_success(
 /// credential would bring a fresh quota. Without authentication, the client IP.
 fn quota_key(identity: &Identity<'_>, tuple: &FiveTuple) -> String {
     match identity.key {
-        Some(_) => match identity.username.split_once(':') {
-            Some((expiry, user)) if !expiry.is_empty() && expiry.bytes().all(|b| b.is_ascii_digit()) => user.to_owned(),
-            _ => Cow::clone(&identity.username).into_owned(),
-        },
+        Some(_) => admin::rest_user(&identity.username).unwrap_or(&identity.username).to_owned(),
         None => tuple.client.ip().to_string(),
     }
 }

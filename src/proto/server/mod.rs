@@ -27,6 +27,7 @@
 //! Malformed packets, responses, and indications that cannot be relayed are
 //! dropped and counted, never answered: junk is not reflected.
 
+mod admin;
 mod allocate;
 mod binding;
 mod channel;
@@ -52,6 +53,8 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tracing::{debug, info, trace};
 
+use self::admin::Revocations;
+pub use self::admin::{AllocationListing, AllocationQuery, AllocationSummary, MAX_REVOCATIONS, Order, RevokeError};
 use self::allocate::Opening;
 pub use self::config::{ExternalIp, ServerConfig, TurnConfig};
 pub use self::data::{PEER_HEADROOM, PEER_TAILROOM};
@@ -65,7 +68,7 @@ use self::respond::Reply;
 pub use self::stats::Stats;
 use self::timers::{Timer, Timers};
 use crate::proto::allocation::{AllocationId, ClientHandle, LOG_TARGET, RelayId};
-use crate::proto::auth::SigningKey;
+use crate::proto::auth::{AuthError, SigningKey};
 use crate::proto::demux::{self, PacketKind};
 use crate::proto::error::ParseError;
 use crate::proto::policy;
@@ -125,6 +128,32 @@ pub struct Server {
     limiter_scheduled: bool,
     /// Limits and defaults already named in a warning.
     notices: Notices,
+    serials: Serials,
+    /// Names an operator revoked (see `admin`).
+    revocations: Revocations,
+}
+
+/// Allocation serials: unique in the process, since each worker counts in
+/// steps of the number of workers from its own index.
+#[derive(Debug)]
+struct Serials {
+    next: u64,
+    step: u64,
+}
+
+impl Serials {
+    fn new(worker: usize, workers: usize) -> Self {
+        let step = workers.max(1) as u64;
+        // Serial 0 is never handed out: the first is the worker's index
+        // plus one step.
+        Self { next: worker as u64 + step, step }
+    }
+
+    fn next(&mut self) -> u64 {
+        let serial = self.next;
+        self.next += self.step;
+        serial
+    }
 }
 
 impl Server {
@@ -152,6 +181,8 @@ impl Server {
             timers: Timers::default(),
             limiter_scheduled: false,
             notices: Notices::default(),
+            serials: Serials::new(0, 1),
+            revocations: Revocations::default(),
         }
     }
 
@@ -161,6 +192,7 @@ impl Server {
     /// first input.
     pub fn set_worker(&mut self, worker: usize, workers: usize) {
         self.tcp = TcpRelayTable::new(worker, workers);
+        self.serials = Serials::new(worker, workers);
     }
 
     /// Stops taking new allocations, for a restart without cutting calls:
@@ -385,7 +417,16 @@ impl Server {
         reply: &mut Vec<u8>,
     ) -> ClientOutcome {
         let auth = self.config.turn.as_ref().and_then(|turn| turn.auth.as_ref());
-        let identity = match auth.map(|auth| auth.authenticate(request, tuple.client.ip(), now.unix)) {
+        let authenticated = match auth.map(|auth| auth.authenticate(request, tuple.client.ip(), now.unix)) {
+            // A revoked name is refused as an unknown one is: with a
+            // challenge, which its credentials cannot answer.
+            Some(Ok(authenticated)) if self.revocations.covers(&authenticated.username) => {
+                self.stats.revoked_refusals += 1;
+                Some(Err(AuthError::UnknownUser))
+            }
+            other => other,
+        };
+        let identity = match authenticated {
             Some(Ok(authenticated)) => Identity { username: authenticated.username, key: Some(authenticated.key) },
             Some(Err(error)) => {
                 if self.over_rate_limit(now, tuple) {

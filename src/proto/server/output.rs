@@ -94,6 +94,10 @@ pub enum DeleteReason {
     ConnectionClosed,
     /// The server is stopping.
     Shutdown,
+    /// An operator ended it (the admin API).
+    Ended,
+    /// An operator revoked its user.
+    Revoked,
 }
 
 impl DeleteReason {
@@ -103,6 +107,8 @@ impl DeleteReason {
             Self::Refreshed => "refreshed with lifetime 0",
             Self::ConnectionClosed => "connection closed",
             Self::Shutdown => "server shutting down",
+            Self::Ended => "ended by an operator",
+            Self::Revoked => "its user was revoked",
         }
     }
 }
@@ -117,6 +123,8 @@ impl fmt::Display for DeleteReason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AllocationInfo {
     pub id: AllocationId,
+    /// Its name in the admin API and in usage records (see `admin`).
+    pub serial: u64,
     /// The user that created it ("" when relaying is anonymous).
     pub user: Box<str>,
     pub realm: Box<str>,

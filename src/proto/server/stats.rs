@@ -46,12 +46,18 @@ pub struct Stats {
     pub tcp_peer_failures: u64,
     /// Bytes RFC 6062 data connections carried, both ways.
     pub tcp_relayed_bytes: u64,
+    /// Allocations an operator ended (the admin API).
+    pub allocations_ended: u64,
+    /// Requests refused because their user was revoked.
+    pub revoked_refusals: u64,
 }
 
 impl Stats {
     /// Adds another worker's counters to these.
     pub fn add(&mut self, other: &Self) {
         self.requests += other.requests;
+        self.allocations_ended += other.allocations_ended;
+        self.revoked_refusals += other.revoked_refusals;
         self.binding_responses += other.binding_responses;
         self.error_responses += other.error_responses;
         self.auth_failures += other.auth_failures;

@@ -133,6 +133,7 @@ fn a_full_life_is_told_to_observers_in_order_and_each_expiry_at_its_deadline() {
     let relayed = h.sockets.open[&RelayId::new(id, false)];
     let created = AllocationInfo {
         id,
+        serial: 1,
         user: "alice".into(),
         realm: REALM.into(),
         tuple: alice.tuple,

@@ -20,6 +20,7 @@
 //! live allocations' relays open, and that the quota counts are exactly the
 //! table's allocations, so a leak anywhere fails the step that caused it.
 
+mod admin;
 mod allocate;
 mod auth;
 mod binding;
