@@ -10,7 +10,10 @@
 # turnserver on PATH: Debian's 4.6.1); coturn417 and coturn417-mux (coturn 4.17.1
 # built by ../shared/peers/build-coturn.sh, --coturn417, default
 # target/coturn-4.17.1/bin/turnserver: its default configuration, and its fastest,
-# --multiplex-peer --udp-gso); forwarder (examples/forwarder.rs).
+# --multiplex-peer --udp-gso); forwarder (examples/forwarder.rs); tern-admin (tern
+# with its admin API on, polled during each run as a dashboard does, status and the
+# ten busiest allocations every second, while another client lists every allocation
+# in a loop: the API's cost to the relay, against tern).
 #
 # Brings target/release/tern and the forwarder example up to date first
 # (`cargo build --release --bins --examples`; --no-build skips that). Then
@@ -76,8 +79,9 @@ for scenario in ${scenarios//,/ }; do
     scenario_args "$scenario" >/dev/null || { echo "compare.sh: unknown scenario $scenario (S1, S2, S3, S5)" >&2; exit 2; }
 done
 for name in ${servers//,/ }; do
-    [[ $name =~ ^(tern|tern-base|coturn|coturn417|coturn417-mux|forwarder)$ ]] || {
-        echo "compare.sh: unknown server $name (tern, tern-base, coturn, coturn417, coturn417-mux, forwarder)" >&2
+    [[ $name =~ ^(tern|tern-base|tern-admin|coturn|coturn417|coturn417-mux|forwarder)$ ]] || {
+        echo "compare.sh: unknown server $name (tern, tern-base, tern-admin, coturn, coturn417, coturn417-mux," \
+            "forwarder)" >&2
         exit 2
     }
 done
@@ -209,9 +213,12 @@ if ((ephemeral_low < 32000)); then
 fi
 udp_buffer=$((2 * 1024 * 1024)) # coturn's fixed listen-socket buffer (UR_SERVER_SOCK_BUF_SIZE)
 server_list=(${servers//,/ })
-read -r -a ports <<<"$(free_ports $((${#server_list[@]} + 2)))"
+read -r -a ports <<<"$(free_ports $((${#server_list[@]} + 3)))"
 peer_port=${ports[0]}
 mux_peer_port=${ports[1]}
+admin_port=${ports[$((${#server_list[@]} + 2))]}
+admin_token=$out/logs/admin.token
+python3 -c 'import secrets; print(secrets.token_hex(32))' >"$admin_token"
 range_size=$((20000 / ${#server_list[@]}))
 
 declare -A server_pid server_addr
@@ -243,12 +250,14 @@ for i in "${!server_list[@]}"; do
     high=$((low + range_size - 1))
     server_addr[$name]=127.0.0.1:$port
     case $name in
-        tern | tern-base)
+        tern | tern-base | tern-admin)
             binary=$tern
             [[ $name == tern-base ]] && binary=$tern_base
+            admin=()
+            [[ $name == tern-admin ]] && admin=(--admin-listen "127.0.0.1:$admin_port" --admin-token-file "$admin_token")
             start_server "$name" "$binary" serve --listen "127.0.0.1:$port" --workers "$workers" --user alice:pw \
                 --realm tern.test --allow-peer 127.0.0.0/8 --user-quota 0 --relay-ports "$low-$high" \
-                --udp-buffer "$udp_buffer" --rate-limit 0
+                --udp-buffer "$udp_buffer" --rate-limit 0 "${admin[@]}"
             ;;
         coturn) start_coturn coturn turnserver "$port" "$low" "$high" ;;
         coturn417) start_coturn coturn417 "$coturn417" "$port" "$low" "$high" ;;
@@ -289,6 +298,39 @@ children_cpu() {
 }
 now() { date +%s.%N; }
 difference() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", a - b }'; }
+
+# For tern-admin: for SECONDS, what a dashboard asks every second (status and
+# the ten busiest allocations) and, from a second client, every allocation
+# page after page, again and again. Stops by itself.
+admin_poller() {
+    python3 - "$admin_port" "$admin_token" "$1" <<'EOF'
+import json, sys, threading, time, urllib.request
+port, token_file, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+token = open(token_file).read().strip()
+base, stop_at = f"http://127.0.0.1:{port}/api/v1", time.monotonic() + seconds
+def get(path):
+    request = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.load(answer)
+def dashboard():
+    while time.monotonic() < stop_at:
+        get("/status"), get("/allocations?order=traffic&limit=10")
+        time.sleep(1)
+def lister():
+    while time.monotonic() < stop_at:
+        after = ""
+        for _ in range(1000):
+            page = get(f"/allocations?limit=1000{after}")
+            if page["next"] is None:
+                break
+            after = f"&after={page['next']}"
+threads = [threading.Thread(target=dashboard), threading.Thread(target=lister)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+EOF
+}
 
 # Waits up to --quiet-wait seconds for the host to fall idle (under 0.3 of a
 # core busy over half a second), so that another workload is less likely to
@@ -357,11 +399,20 @@ for round in $(seq "$rounds"); do
             save_times
             client_before=$(children_cpu)
             wall_before=$(now)
+            poller_pid=""
+            if [[ $name == tern-admin ]]; then
+                admin_poller "$duration_secs" >"$out/logs/poller-$scenario-r$round.log" 2>&1 &
+                poller_pid=$!
+                pids+=("$poller_pid")
+            fi
             timeout -k 5 "$run_budget" "${command[@]}" >"$out/$report" 2>"$out/${report%.json}.err" &
             load_pid=$!
             status=0
             wait "$load_pid" || status=$?
             load_pid=""
+            if [[ -n $poller_pid ]]; then
+                stop "$poller_pid"
+            fi
             wall_after=$(now)
             save_times
             client_after=$(children_cpu)

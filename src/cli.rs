@@ -37,6 +37,78 @@ pub enum Command {
     Key(KeyArgs),
     /// Load-test a TURN server: relay through many allocations, or an allocation storm.
     Load(LoadArgs),
+    /// Talk to a running server's admin API: status, allocations, end one,
+    /// revoke a user, drain, reload.
+    Admin(AdminArgs),
+}
+
+/// `tern admin`.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The admin listener (`admin.listen`).
+    #[arg(long, env = "TERN_ADMIN_URL", default_value = "http://127.0.0.1:9642")]
+    pub url: String,
+    /// File holding the admin token (`admin.token_file`); or set TERN_ADMIN_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// How long to wait for each answer.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// With an https:// URL: check the server's certificate against this PEM
+    /// file instead of the web's roots.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub tls_ca: Option<PathBuf>,
+    /// With an https:// URL: do not check the server's certificate.
+    #[arg(long)]
+    pub insecure: bool,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Version, uptime, state, workers and counters.
+    Status,
+    /// List allocations, oldest first (or busiest first with --by-traffic).
+    Allocations {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        client_ip: Option<IpAddr>,
+        /// `udp`, `tcp` or `tls`: how the client reaches the server.
+        #[arg(long)]
+        transport: Option<String>,
+        /// Busiest first, by bytes relayed.
+        #[arg(long)]
+        by_traffic: bool,
+        /// At most this many (default: every one, page after page; with
+        /// --by-traffic, 100).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// End an allocation now (its ID from `allocations`).
+    Kill { id: u64 },
+    /// Revoke a user or one REST username: its allocations end and it is
+    /// refused until `revoke --undo`. Without a name, list the revoked.
+    Revoke {
+        name: Option<String>,
+        /// Let the name in again.
+        #[arg(long, requires = "name")]
+        undo: bool,
+    },
+    /// Take no new allocations; stop once the last ends, or when the deadline passes.
+    Drain {
+        /// End what is left after this long (default: `drain_timeout`).
+        #[arg(long, value_parser = parse_duration)]
+        deadline: Option<Duration>,
+    },
+    /// Read the configuration again (as SIGHUP does).
+    Reload,
+    /// Set the log level until the next reload.
+    Log { level: config::LogLevel },
 }
 
 /// Settings shared by `serve` and `check`: a config file and flags that

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use tern::cli::{
-    Cli, ClientTransport, Command, ConvertArgs, CredentialsArgs, KeyArgs, LoadArgs, LoadMode, NatArgs,
-    PasswordAlgorithmArg, ServerArgs, StunArgs, TlsClientArgs, TurnArgs,
+    AdminArgs, AdminCommand, Cli, ClientTransport, Command, ConvertArgs, CredentialsArgs, KeyArgs, LoadArgs, LoadMode,
+    NatArgs, PasswordAlgorithmArg, ServerArgs, StunArgs, TlsClientArgs, TurnArgs,
 };
 use tern::client::credentials::RestCredential;
 use tern::client::load::{self, LoadConfig, Mode, Pacing};
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         Command::Credentials(args) => credentials(&args),
         Command::Key(args) => key(&args),
         Command::Load(args) => load_test(&args),
+        Command::Admin(args) => admin(&args),
     };
     match result {
         Ok(code) => code,
@@ -181,6 +182,87 @@ fn credentials(args: &CredentialsArgs) -> Result<ExitCode, String> {
 
 /// `tern key`: the MD5 long-term key of RFC 5389 (what coturn's
 /// `turnadmin -k` prints), as an `auth.users` line.
+fn admin(args: &AdminArgs) -> Result<ExitCode, String> {
+    use tern::client::admin::{self, AdminClient, Filters, Trust};
+    let token = match (&args.token_file, std::env::var("TERN_ADMIN_TOKEN")) {
+        (Some(file), _) => {
+            std::fs::read_to_string(file).map_err(|e| format!("cannot read the token file {}: {e}", file.display()))?
+        }
+        (None, Ok(token)) => token,
+        (None, Err(_)) => return Err("the admin token: give --token-file FILE or set TERN_ADMIN_TOKEN".into()),
+    };
+    let trust = match (&args.tls_ca, args.insecure) {
+        (Some(ca), _) => Trust::CaFile(ca),
+        (None, true) => Trust::Insecure,
+        (None, false) => Trust::WebRoots,
+    };
+    let client = AdminClient::new(&args.url, &token, args.timeout, trust).map_err(|e| e.to_string())?;
+    let print = |json: String, text: String| println!("{}", if args.json { json } else { text });
+    let failed = |e: admin::AdminError| e.to_string();
+    match &args.command {
+        AdminCommand::Status => {
+            let status = client.status().map_err(failed)?;
+            print(pretty_json(&status), admin::status_text(&status));
+        }
+        AdminCommand::Allocations { user, client_ip, transport, by_traffic, limit } => {
+            let filters = Filters {
+                user: user.clone(),
+                client_ip: client_ip.map(|ip| ip.to_string()),
+                transport: transport.clone(),
+                by_traffic: *by_traffic,
+                limit: *limit,
+            };
+            let allocations = match (by_traffic, limit) {
+                (false, None) => client.all_allocations(&filters).map_err(failed)?,
+                _ => client.allocations(&filters, None).map_err(failed)?.allocations,
+            };
+            print(pretty_json(&allocations), admin::allocations_table(&allocations));
+        }
+        AdminCommand::Kill { id } => {
+            client.kill(*id).map_err(failed)?;
+            print(format!("{{\"ended\": {id}}}"), format!("allocation {id} ended"));
+        }
+        AdminCommand::Revoke { name: None, .. } => {
+            let revoked = client.revocations().map_err(failed)?;
+            print(pretty_json(&revoked), revoked.names.join("\n"));
+        }
+        AdminCommand::Revoke { name: Some(name), undo: true } => {
+            client.unrevoke(name).map_err(failed)?;
+            print(format!("{{\"unrevoked\": {}}}", pretty_json(name)), format!("{name} is let in again"));
+        }
+        AdminCommand::Revoke { name: Some(name), undo: false } => {
+            let revoked = client.revoke(name).map_err(failed)?;
+            let text = format!("{name} revoked: {} allocations ended", revoked.allocations_ended);
+            print(pretty_json(&revoked), text);
+        }
+        AdminCommand::Drain { deadline } => {
+            let draining = client.drain(*deadline).map_err(failed)?;
+            let until =
+                draining.deadline_secs.map_or("until the last one ends".into(), |s| format!("for at most {s} s"));
+            print(pretty_json(&draining), format!("draining {} allocations {until}", draining.allocations));
+        }
+        AdminCommand::Reload => {
+            let reloaded = client.reload().map_err(failed)?;
+            let mut text = format!("configuration generation {} in force", reloaded.generation);
+            if !reloaded.needs_restart.is_empty() {
+                text.push_str(&format!("; takes a restart: {}", reloaded.needs_restart.join(", ")));
+            }
+            print(pretty_json(&reloaded), text);
+        }
+        AdminCommand::Log { level } => {
+            client.set_log_level(*level).map_err(failed)?;
+            print(format!("{{\"level\": \"{level}\"}}"), format!("log level {level} until the next reload"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The JSON `tern admin --json` prints.
+fn pretty_json(value: &impl serde::Serialize) -> String {
+    // Serializing plain data into a String cannot fail.
+    serde_json::to_string_pretty(value).unwrap_or_default()
+}
+
 fn key(args: &KeyArgs) -> Result<ExitCode, String> {
     let password = match &args.password {
         Some(password) => password.clone(),

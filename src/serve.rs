@@ -146,13 +146,17 @@ pub fn serve(config: &Config, source: Source, shutdown: Shutdown) -> Result<Serv
         }),
         None => Ok(None),
     };
-    let listeners = control::Listeners {
+    let mut listeners = control::Listeners {
         metrics: bind(config.metrics.listen, "metrics.listen")?,
         admin: bind(config.admin.listen, "admin.listen")?,
+        admin_tls: None,
     };
     let started = (clock::now(), clock::unix_secs());
     let nonce_key = rand::random();
     let running = start(&config.runtime(nonce_key, &local_addresses), &shutdown)?;
+    if config.admin.tls {
+        listeners.admin_tls = running.reloader().tls().cloned();
+    }
     let control = Arc::new(Control {
         reload: Reload {
             source,

@@ -304,7 +304,7 @@ fn sighup_reloads_the_certificate_and_keeps_the_old_one_when_the_new_is_broken()
 fn sighup_without_tls_does_not_stop_tern() {
     let server = TernServer::start(&[]);
     server.signal(libc::SIGHUP);
-    server.wait_for_log("SIGHUP: no TLS certificate configured", 1, ANSWER_TIMEOUT);
+    server.wait_for_log("reload: no TLS certificate configured", 1, ANSWER_TIMEOUT);
     let mut client = common::UdpClient::new(server.udp_addr());
     client.assert_binding_works();
     server.stop_with_summary();

@@ -5,6 +5,7 @@
 //! The probes use blocking sockets with deadlines: one request at a time is
 //! what they do, and a thread per probe is simpler than an event loop.
 
+pub mod admin;
 pub mod credentials;
 pub mod load;
 pub mod nat;

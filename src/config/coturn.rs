@@ -56,8 +56,8 @@ const COTURN_RATELIMIT_RPS: u32 = 10;
 /// Why an option is not carried over, for the options that share a reason.
 const DATABASE: &str = "not yet: tern has no database credential store (a later feature); put users in \
                         [auth] users (`tern key` prints the key of a password) and REST secrets in auth.secrets";
-const TELNET_CLI: &str = "no equivalent: tern has no telnet CLI; the metrics endpoint and the log show its state";
-const WEB_ADMIN: &str = "no equivalent: tern has no web admin (the metrics endpoint and the log show its state)";
+const TELNET_CLI: &str = "no equivalent: tern has no telnet CLI; its admin API ([admin] listen and token_file) and `tern admin` do that work";
+const WEB_ADMIN: &str = "no equivalent: tern has no web admin of coturn's kind; its admin API ([admin] listen and token_file) does that work";
 const TLS_LIBRARY: &str = "no equivalent: tern's TLS (rustls) offers TLS 1.2 and 1.3 with its own safe choice of \
                            ciphers, curves and key exchange";
 const LOG_DESTINATION: &str = "no equivalent: tern logs to standard error (the journal, under systemd); \

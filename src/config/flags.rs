@@ -138,4 +138,7 @@ pub struct Overrides {
     /// File holding the admin API's bearer token (replaces `admin.token_file`).
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Serve the admin API over TLS with the [tls] certificate (sets `admin.tls`).
+    #[arg(long)]
+    pub admin_tls: bool,
 }

@@ -492,6 +492,7 @@ fn tls_settings(settings: &Settings) -> Result<Option<TlsSettings>, (&'static st
 fn admin_token(settings: &Settings) -> Result<Option<AdminToken>, (&'static str, String)> {
     let admin = &settings.admin;
     match (&admin.listen, &admin.token_file) {
+        (None, _) if admin.tls => Err(("admin.tls", "is set but admin.listen is not (--admin-listen)".into())),
         (None, None) => Ok(None),
         (Some(_), None) => Err((
             "admin.token_file",
@@ -500,6 +501,10 @@ fn admin_token(settings: &Settings) -> Result<Option<AdminToken>, (&'static str,
                 .into(),
         )),
         (None, Some(_)) => Err(("admin.token_file", "is set but admin.listen is not (--admin-listen)".into())),
+        (Some(_), Some(_)) if admin.tls && !settings.tls.enabled() => Err((
+            "admin.tls",
+            "needs a certificate: add tls.cert and tls.key (--tls-cert, --tls-key); the API serves the same one".into(),
+        )),
         (Some(_), Some(file)) => AdminToken::read(file).map(Some).map_err(|message| ("admin.token_file", message)),
     }
 }

@@ -55,6 +55,7 @@ restart_only! {
     "tls.key" => tls.key;
     "metrics.listen" => metrics.listen;
     "admin.listen" => admin.listen;
+    "admin.tls" => admin.tls;
 }
 
 /// Keys a reload applies. The core takes most of them (see
@@ -184,6 +185,8 @@ mod tests {
         settings.tls.cert = Some("cert.pem".into());
         settings.tls.key = Some("key.pem".into());
         settings.metrics.listen = Some("127.0.0.1:9641".parse().expect("literal"));
+        settings.admin.listen = Some("127.0.0.1:9642".parse().expect("literal"));
+        settings.admin.token_file = Some("admin.token".into());
         let text = toml::to_string(&settings).expect("the settings serialise");
         let table: toml::Table = text.parse().expect("printed TOML parses");
         let mut keys = BTreeSet::new();

@@ -348,6 +348,8 @@ settings! {
         /// The file holding the bearer token (required with `listen`).
         #[serde(with = "BlankOr::<FilePath>", skip_serializing_if = "Option::is_none")]
         pub token_file: Option<PathBuf> = None, replace admin_token_file;
+        /// Serve the API over TLS with the `[tls]` certificate.
+        pub tls: bool = false, if admin_tls => true;
     }
 }
 

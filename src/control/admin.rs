@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{delete, get, post, put};
@@ -92,7 +93,26 @@ fn admin(context: Arc<Context>) -> Admin {
 }
 
 type Shared = State<Arc<Admin>>;
-type Peer = ConnectInfo<SocketAddr>;
+
+/// A request that carried the token in force, and where it came from: a
+/// handler that takes one runs for those only.
+struct Operator {
+    admin: Arc<Admin>,
+    peer: SocketAddr,
+}
+
+impl FromRequestParts<Arc<Admin>> for Operator {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, admin: &Arc<Admin>) -> Result<Self, Response> {
+        let Some(&ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+            // `http::serve` puts it on every request.
+            return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "no client address"));
+        };
+        admin.authorize(&parts.headers, peer)?;
+        Ok(Self { admin: Arc::clone(admin), peer })
+    }
+}
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(api::Error { error: message.into() })).into_response()
@@ -218,8 +238,7 @@ async fn metrics_open(State(admin): Shared) -> Response {
     metrics_text(&admin)
 }
 
-async fn metrics_guarded(State(admin): Shared, ConnectInfo(peer): Peer, headers: HeaderMap) -> Response {
-    attempt!(admin.authorize(&headers, peer));
+async fn metrics_guarded(Operator { admin, .. }: Operator) -> Response {
     metrics_text(&admin)
 }
 
@@ -256,8 +275,7 @@ async fn readyz(State(admin): Shared) -> Response {
     }
 }
 
-async fn status(State(admin): Shared, ConnectInfo(peer): Peer, headers: HeaderMap) -> Response {
-    attempt!(admin.authorize(&headers, peer));
+async fn status(Operator { admin, .. }: Operator) -> Response {
     let snapshot = admin.context.metrics.snapshot();
     let liveness = admin.context.workers.liveness();
     let now = clock::now();
@@ -342,13 +360,7 @@ impl ListParams {
     }
 }
 
-async fn allocations(
-    State(admin): Shared,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-    params: Result<Query<ListParams>, QueryRejection>,
-) -> Response {
-    attempt!(admin.authorize(&headers, peer));
+async fn allocations(Operator { admin, .. }: Operator, params: Result<Query<ListParams>, QueryRejection>) -> Response {
     let params = attempt!(params.map_err(|rejection| error(StatusCode::BAD_REQUEST, rejection.body_text())));
     let query = attempt!(params.0.query().map_err(|message| error(StatusCode::BAD_REQUEST, message)));
     let listings: Vec<AllocationListing> =
@@ -368,13 +380,7 @@ async fn allocations(
     Json(api::AllocationPage { matching, allocations, next: next.flatten() }).into_response()
 }
 
-async fn allocation(
-    State(admin): Shared,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-    Path(id): Path<u64>,
-) -> Response {
-    attempt!(admin.authorize(&headers, peer));
+async fn allocation(Operator { admin, .. }: Operator, Path(id): Path<u64>) -> Response {
     let query = AllocationQuery { after: id.checked_sub(1), limit: 1, ..AllocationQuery::default() };
     let listing = attempt!(admin.ask(admin.worker_of(id), |reply| Command::Allocations { query, reply }).await);
     match listing.page.first() {
@@ -383,13 +389,7 @@ async fn allocation(
     }
 }
 
-async fn end_allocation(
-    State(admin): Shared,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-    Path(id): Path<u64>,
-) -> Response {
-    attempt!(admin.authorize(&headers, peer));
+async fn end_allocation(Operator { admin, peer }: Operator, Path(id): Path<u64>) -> Response {
     let ended = attempt!(admin.ask(admin.worker_of(id), |reply| Command::End { serial: id, reply }).await);
     if ended {
         info!(allocation = id, source = %peer.ip(), "allocation ended through the admin API");
@@ -399,18 +399,11 @@ async fn end_allocation(
     }
 }
 
-async fn revocations(State(admin): Shared, ConnectInfo(peer): Peer, headers: HeaderMap) -> Response {
-    attempt!(admin.authorize(&headers, peer));
+async fn revocations(Operator { admin, .. }: Operator) -> Response {
     Json(api::Revocations { names: lock(&admin.revoked).iter().cloned().collect() }).into_response()
 }
 
-async fn revoke(
-    State(admin): Shared,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    attempt!(admin.authorize(&headers, peer));
+async fn revoke(Operator { admin, peer }: Operator, body: Result<Bytes, BytesRejection>) -> Response {
     let api::Revoke { name } = attempt!(parse(body));
     let answers = attempt!(admin.ask_all(|reply| Command::Revoke { name: name.clone(), reply }).await);
     let mut ended = 0;
@@ -425,13 +418,7 @@ async fn revoke(
     Json(api::Revoked { name, allocations_ended: ended }).into_response()
 }
 
-async fn unrevoke(
-    State(admin): Shared,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Response {
-    attempt!(admin.authorize(&headers, peer));
+async fn unrevoke(Operator { admin, peer }: Operator, Path(name): Path<String>) -> Response {
     let answers = attempt!(admin.ask_all(|reply| Command::Unrevoke { name: name.clone(), reply }).await);
     lock(&admin.revoked).remove(&name);
     if answers.contains(&true) {
@@ -442,13 +429,7 @@ async fn unrevoke(
     }
 }
 
-async fn drain(
-    State(admin): Shared,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    attempt!(admin.authorize(&headers, peer));
+async fn drain(Operator { admin, peer }: Operator, body: Result<Bytes, BytesRejection>) -> Response {
     // No body at all is a drain with the configured deadline.
     let request: api::Drain = match &body {
         Ok(bytes) if bytes.is_empty() => api::Drain::default(),
@@ -463,8 +444,7 @@ async fn drain(
     (StatusCode::ACCEPTED, Json(draining)).into_response()
 }
 
-async fn reload(State(admin): Shared, ConnectInfo(peer): Peer, headers: HeaderMap) -> Response {
-    attempt!(admin.authorize(&headers, peer));
+async fn reload(Operator { admin, peer }: Operator) -> Response {
     info!(source = %peer.ip(), "reload asked for through the admin API");
     // A reload reads files and waits for a reload in progress.
     let lifecycle = Arc::clone(&admin.context.lifecycle);
@@ -475,13 +455,7 @@ async fn reload(State(admin): Shared, ConnectInfo(peer): Peer, headers: HeaderMa
     }
 }
 
-async fn log_level(
-    State(admin): Shared,
-    ConnectInfo(peer): Peer,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    attempt!(admin.authorize(&headers, peer));
+async fn log_level(Operator { admin, peer }: Operator, body: Result<Bytes, BytesRejection>) -> Response {
     let request: api::Log = attempt!(parse(body));
     admin.context.lifecycle.set_log_level(request.level);
     info!(level = %request.level, source = %peer.ip(), "log level set through the admin API until the next reload");

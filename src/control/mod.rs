@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use tracing::{error, info};
 
 use crate::config::{AdminToken, LogLevel};
+use crate::io::tls::TlsStore;
 use crate::io::{MetricsSource, Workers};
 
 /// What the control plane asks of the process; `crate::serve` answers.
@@ -56,6 +57,9 @@ pub struct Listeners {
     pub metrics: Option<std::net::TcpListener>,
     /// `admin.listen`: the API, the dashboard, `/metrics` and the probes.
     pub admin: Option<std::net::TcpListener>,
+    /// With `admin.tls`: the workers' certificate store, which the API
+    /// serves too.
+    pub admin_tls: Option<Arc<TlsStore>>,
 }
 
 /// Why the control plane could not start.
@@ -86,6 +90,7 @@ impl ControlPlane {
         let listener_addr =
             |listener: &Option<std::net::TcpListener>| listener.as_ref().and_then(|l| l.local_addr().ok());
         let (metrics_addr, admin_addr) = (listener_addr(&listeners.metrics), listener_addr(&listeners.admin));
+        let admin_tls = listeners.admin_tls.is_some();
         for listener in [&listeners.metrics, &listeners.admin].into_iter().flatten() {
             listener.set_nonblocking(true).map_err(|source| ControlError::Listener {
                 addr: listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
@@ -103,10 +108,10 @@ impl ControlPlane {
             .spawn(move || {
                 runtime.block_on(async move {
                     if let Some(listener) = listeners.metrics {
-                        spawn_service(listener, admin::metrics_router(Arc::clone(&context)), "metrics");
+                        spawn_service(listener, admin::metrics_router(Arc::clone(&context)), "metrics", None);
                     }
                     if let Some(listener) = listeners.admin {
-                        spawn_service(listener, admin::router(Arc::clone(&context)), "admin");
+                        spawn_service(listener, admin::router(Arc::clone(&context)), "admin", listeners.admin_tls);
                     }
                     // Until stopped, or until the handle is gone.
                     let _ = stopped.await;
@@ -117,17 +122,22 @@ impl ControlPlane {
             info!(%addr, probes = "/healthz, /readyz", "serving metrics at /metrics");
         }
         if let Some(addr) = admin_addr {
-            info!(%addr, api = api::PREFIX, "serving the admin API");
+            info!(%addr, api = api::PREFIX, tls = admin_tls, "serving the admin API");
         }
         Ok(Self { stop: Some(stop), thread: Some(thread), metrics_addr, admin_addr })
     }
 }
 
 /// Serves `router` on `listener` until the runtime stops.
-fn spawn_service(listener: std::net::TcpListener, router: axum::Router, name: &'static str) {
+fn spawn_service(
+    listener: std::net::TcpListener,
+    router: axum::Router,
+    name: &'static str,
+    tls: Option<Arc<TlsStore>>,
+) {
     match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => {
-            tokio::spawn(http::serve(listener, router, name));
+            tokio::spawn(http::serve(listener, router, name, tls));
         }
         Err(e) => error!(error = %e, service = name, "cannot serve this listener"),
     }

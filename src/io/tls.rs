@@ -143,7 +143,8 @@ impl TlsStore {
         (&self.cert, &self.key)
     }
 
-    fn current(&self) -> (u64, Arc<ServerConfig>) {
+    /// The configuration in force and its generation.
+    pub fn current(&self) -> (u64, Arc<ServerConfig>) {
         let config = self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         // Read under the lock, so the generation is never older than the config.
         (self.generation(), Arc::clone(&config))
