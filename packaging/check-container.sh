@@ -41,11 +41,13 @@ if ! pulled "$rust_image" || ! pulled "$debian_image"; then
   rust_version=$(rustc --version | cut -d' ' -f2)
   rust_image=localhost/tern-ci/rust:$rust_version-trixie
   debian_image=localhost/tern-ci/debian:trixie
-  echo "no registry for the base images: building $debian_image and $rust_image with mmdebstrap"
+  echo "no registry for the base images: using stand-ins $debian_image and $rust_image"
   if ! podman image exists "$debian_image"; then
+    echo "building $debian_image with mmdebstrap"
     mmdebstrap --quiet --variant=minbase trixie - | podman import --quiet - "$debian_image" >/dev/null
   fi
   if ! podman image exists "$rust_image"; then
+    echo "building $rust_image with mmdebstrap"
     mmdebstrap --quiet --variant=minbase --include=ca-certificates,gcc,libc6-dev \
       --customize-hook="cp -a '$sysroot/bin/rustc' '$sysroot/bin/cargo' \"\$1/usr/local/bin/\"" \
       --customize-hook="cp -a '$sysroot/lib/.' \"\$1/usr/local/lib/\"" \
