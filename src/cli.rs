@@ -40,6 +40,9 @@ pub enum Command {
     /// Talk to a running server's admin API: status, allocations, end one,
     /// revoke a user, drain, reload.
     Admin(AdminArgs),
+    /// Check a deployment from the outside: DNS, STUN, TLS, allocation, relaying,
+    /// and the usual mistakes, one line per check with a fix for each failure.
+    Doctor(DoctorArgs),
 }
 
 /// `tern admin`.
@@ -350,4 +353,40 @@ pub struct LoadArgs {
     /// How long to wait for each setup step.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("credential").args(["pass", "secret"])))]
+pub struct DoctorArgs {
+    /// The deployment's URLs as in iceServers: turn:HOST[:PORT][?transport=udp|tcp],
+    /// turns:HOST[:PORT], stun:, stuns:, or HOST[:PORT]; without ?transport=,
+    /// UDP and TCP are both checked.
+    #[arg(required = true, value_name = "URL")]
+    pub urls: Vec<String>,
+    /// Username (with --pass), or the user part of REST credentials (with
+    /// --secret); without it, allocation and relaying are not checked.
+    #[arg(long, short, requires = "credential")]
+    pub user: Option<String>,
+    /// Password of a long-term credential.
+    #[arg(long, short, requires = "user")]
+    pub pass: Option<String>,
+    /// TURN REST API secret: the doctor makes its own credentials, and checks
+    /// that an expired one is refused.
+    #[arg(long, requires = "user")]
+    pub secret: Option<String>,
+    /// The realm the server must announce.
+    #[arg(long)]
+    pub realm: Option<String>,
+    /// Trust the certificates in this PEM file instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Name to check the certificate against (default: each URL's host).
+    #[arg(long, value_name = "NAME")]
+    pub sni: Option<String>,
+    /// Bound on every network step.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -8,10 +8,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use tern::cli::{
-    AdminArgs, AdminCommand, Cli, ClientTransport, Command, ConvertArgs, CredentialsArgs, KeyArgs, LoadArgs, LoadMode,
-    NatArgs, PasswordAlgorithmArg, ServerArgs, StunArgs, TlsClientArgs, TurnArgs,
+    AdminArgs, AdminCommand, Cli, ClientTransport, Command, ConvertArgs, CredentialsArgs, DoctorArgs, KeyArgs,
+    LoadArgs, LoadMode, NatArgs, PasswordAlgorithmArg, ServerArgs, StunArgs, TlsClientArgs, TurnArgs,
 };
 use tern::client::credentials::RestCredential;
+use tern::client::doctor::{Doctor, DoctorCredentials, ServerUrl};
 use tern::client::load::{self, LoadConfig, Mode, Pacing};
 use tern::client::nat::NatProbe;
 use tern::client::relay_probe::RelayProbe;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Command::Key(args) => key(&args),
         Command::Load(args) => load_test(&args),
         Command::Admin(args) => admin(&args),
+        Command::Doctor(args) => doctor(&args),
     };
     match result {
         Ok(code) => code,
@@ -326,4 +328,34 @@ fn load_test(args: &LoadArgs) -> Result<ExitCode, String> {
         print!("{}", report.to_text());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tern doctor`: the report on standard output; failures make the exit
+/// status 1.
+fn doctor(args: &DoctorArgs) -> Result<ExitCode, String> {
+    let urls = args.urls.iter().map(|url| ServerUrl::parse(url)).collect::<Result<Vec<_>, _>>();
+    let credentials = match (&args.user, &args.pass, &args.secret) {
+        (Some(user), Some(pass), _) => {
+            Some(DoctorCredentials::Password(Credentials { username: user.clone(), password: pass.clone() }))
+        }
+        (Some(user), None, Some(secret)) => {
+            Some(DoctorCredentials::Secret { user: user.clone(), secret: secret.clone() })
+        }
+        _ => None,
+    };
+    let doctor = Doctor {
+        urls: urls.map_err(|e| e.to_string())?,
+        credentials,
+        realm: args.realm.clone(),
+        tls_ca: args.tls_ca.clone(),
+        sni: args.sni.clone(),
+        timeout: args.timeout,
+    };
+    let report = doctor.run();
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -432,3 +432,228 @@ fn the_api_is_served_over_tls_with_the_servers_certificate() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("key `admin.tls`: needs a certificate"), "{stderr}");
 }
+
+/// Kept by the page's `securitypolicyviolation` listener, which DevTools
+/// installs before the page's own script.
+const WATCH_VIOLATIONS: &str = "window.cspViolations = []; document.addEventListener('securitypolicyviolation', \
+     (e) => window.cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));";
+/// The rows of the dashboard's allocations table: ID, user, client,
+/// transport and bytes both ways.
+const PAGE_ROWS: &str = "[...document.querySelectorAll('#allocations-table tbody tr[data-id]')].map((r) => \
+     [Number(r.dataset.id), r.cells[1].textContent, r.cells[2].textContent, r.cells[3].textContent, \
+     Number(r.cells[10].dataset.value)])";
+
+/// The same columns from the API.
+fn api_rows(page: &tern::control::api::AllocationPage) -> serde_json::Value {
+    page.allocations
+        .iter()
+        .map(|a| {
+            serde_json::json!([a.id, a.user, a.client.to_string(), a.transport, a.bytes_to_peer + a.bytes_to_client])
+        })
+        .collect()
+}
+
+/// The value a number of the page keeps beside its text.
+fn page_number(id: &str) -> String {
+    format!("Number(document.getElementById('{id}').dataset.value)")
+}
+
+/// Empties a filter of the allocations table, as deleting its text does.
+fn clear_filter(browser: &mut common::chromium::Browser, id: &str) {
+    browser.evaluate(&format!(
+        "(() => {{ const e = document.getElementById('{id}'); e.value = ''; \
+         e.dispatchEvent(new Event('input', {{ bubbles: true }})); }})()"
+    ));
+}
+
+/// The dashboard at `/` in headless Chromium: a wrong token is refused at
+/// the login, the right one shows what the API says (allocations, traffic,
+/// drops, the busiest allocations, the table and its filters, draining, the
+/// config generation), ending an allocation from its row (after a confirm)
+/// ends it for the API and the client, logging out forgets the token, and
+/// a token that stops working returns to the login. The page's Content-Security-Policy is in force and
+/// the page never trips it. A screenshot is kept in
+/// target/test-artifacts/dashboard.png.
+#[test]
+fn the_dashboard_shows_what_the_api_says_and_ends_an_allocation_in_chromium() {
+    let Some(chromium) = common::chromium::find() else { return };
+    let admin = Admin::start("admin-dashboard", &[]);
+    let client = admin.client();
+    let server = admin.server.udp_addr();
+    let peer = UdpSocket::bind("127.0.0.1:0").expect("peer socket");
+    let peer_addr = peer.local_addr().expect("bound");
+    let mut alice = session(server, "alice", "wonderland");
+    alice.allocate(None).expect("alice allocates");
+    alice.create_permission(&[peer_addr]).expect("permission");
+    let mut bob = session(server, "bob", "wonderland");
+    bob.allocate(None).expect("bob allocates");
+    let tcp = ClientSocket::open(admin.server.tcp_addr(), Transport::Tcp, TIMEOUT).expect("TCP connection");
+    let credentials = Credentials { username: "alice".into(), password: "wonderland".into() };
+    let mut alice_tcp = TurnSession::new(tcp, credentials, TIMEOUT);
+    alice_tcp.allocate(None).expect("alice allocates over TCP");
+    let listed = client.allocations(&Filters::default(), None).expect("allocations");
+    let id_of = |user: &str, transport: &str| {
+        listed.allocations.iter().find(|a| a.user == user && a.transport == transport).expect("listed").id
+    };
+    let (alice_id, bob_id, alice_tcp_id) = (id_of("alice", "udp"), id_of("bob", "udp"), id_of("alice", "tcp"));
+
+    // The page needs no token, and its headers allow nothing from elsewhere.
+    let (status, response) = http(admin.addr, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(status, 200, "{response}");
+    let head = response.split("\r\n\r\n").next().unwrap_or_default().to_ascii_lowercase();
+    assert!(head.contains("content-type: text/html; charset=utf-8"), "{head}");
+    assert!(head.contains("content-security-policy: default-src 'none'; script-src 'sha256-"), "{head}");
+    assert!(head.contains("connect-src 'self'") && !head.contains("unsafe-inline"), "{head}");
+    assert!(head.contains("x-frame-options: deny") && head.contains("cache-control: no-store"), "{head}");
+
+    let mut browser = common::chromium::Browser::start(&chromium);
+    browser.before_each_page(WATCH_VIOLATIONS);
+    browser.navigate(&format!("{}/", admin.url()));
+    browser.wait_for("the login form", "document.body.dataset.state === 'login'");
+
+    // A wrong token stays at the login, saying so.
+    browser.click("#token");
+    browser.type_text("not-the-admin-token");
+    browser.click("#login-form button");
+    let refusal = browser.wait_for(
+        "the refusal",
+        "!document.getElementById('login-error').hidden && document.getElementById('login-error').textContent",
+    );
+    assert!(refusal.as_str().is_some_and(|text| text.contains("refused")), "{refusal}");
+    browser.evaluate("document.getElementById('token').value = ''");
+    browser.click("#token");
+    browser.type_text(TOKEN);
+    browser.click("#login-form button");
+    browser.wait_for("the dashboard", "document.body.dataset.state === 'live'");
+    let stored = browser.evaluate("sessionStorage.getItem('tern-admin-token')");
+    assert_eq!(stored, TOKEN, "kept for this tab");
+
+    // The table shows the API's rows, oldest first; the count card its count.
+    browser.wait_for("three rows", &format!("{PAGE_ROWS}.length === 3"));
+    assert_eq!(browser.evaluate(PAGE_ROWS), api_rows(&listed));
+    let status = client.status().expect("status");
+    assert_eq!(browser.evaluate(&page_number("allocations")), status.allocations);
+    assert_eq!(browser.evaluate(&page_number("generation")), status.config_generation);
+    assert_eq!(browser.evaluate(&page_number("workers")), status.workers.len());
+    assert_eq!(browser.evaluate("document.getElementById('state').textContent"), "serving");
+    let reasons: Vec<&str> = status.dropped.iter().map(|d| d.reason.as_str()).collect();
+    let page_reasons =
+        browser.evaluate("[...document.querySelectorAll('#drops tbody tr[data-id]')].map((r) => r.dataset.id)");
+    assert_eq!(page_reasons, serde_json::json!(reasons));
+
+    // Traffic: the totals reach the page as the API counts them, with a rate.
+    let mut buf = [0u8; 1024];
+    peer.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    for _ in 0..20 {
+        alice.send_indication(peer_addr, &[7; 500]).expect("send");
+        assert_eq!(peer.recv_from(&mut buf).expect("relayed to the peer").0, 500);
+    }
+    browser.wait_for(
+        "the traffic",
+        &format!("{} === 10000 && {} > 0", page_number("bytes-to-peer"), page_number("rate-bytes-to-peer")),
+    );
+    let status = client.status().expect("status");
+    assert_eq!((status.relayed_bytes_to_peer, status.relayed_packets_to_peer), (10_000, 20));
+    let busiest = browser.wait_for(
+        "the busiest allocation",
+        "(r => r && r.cells[4].dataset.value === '10000' && Number(r.dataset.id))(document.querySelector('#top tbody tr[data-id]'))",
+    );
+    assert_eq!(busiest, alice_id);
+    let listed = client.allocations(&Filters::default(), None).expect("allocations");
+    browser.wait_for("the table's bytes", &format!("{PAGE_ROWS}.some((r) => r[0] === {alice_id} && r[4] === 10000)"));
+    assert_eq!(browser.evaluate(PAGE_ROWS), api_rows(&listed));
+    assert!(browser.evaluate("Number(document.body.dataset.samples)").as_u64() >= Some(2), "the graphs have points");
+
+    // The filters are the API's.
+    browser.click("#filter-user");
+    browser.type_text("bob");
+    browser.wait_for("bob's row alone", &format!("(r => r.length === 1 && r[0][0] === {bob_id})({PAGE_ROWS})"));
+    assert_eq!(browser.evaluate(&page_number("matching")), 1);
+    clear_filter(&mut browser, "filter-user");
+    browser.evaluate(
+        "(() => { const s = document.getElementById('filter-transport'); s.value = 'tcp'; \
+         s.dispatchEvent(new Event('input', { bubbles: true })); })()",
+    );
+    let tcp_rows =
+        browser.wait_for("the TCP row alone", &format!("(r => r.length === 1 && r[0][3] === 'tcp' && r)({PAGE_ROWS})"));
+    let tcp_only = Filters { transport: Some("tcp".into()), ..Filters::default() };
+    assert_eq!(tcp_rows, api_rows(&client.allocations(&tcp_only, None).expect("filtered")));
+    assert_eq!(tcp_rows[0][0], alice_tcp_id);
+    clear_filter(&mut browser, "filter-transport");
+    browser.click("#filter-client-ip");
+    browser.type_text("not-an-address");
+    browser.wait_for("the API's complaint", "!document.getElementById('table-error').hidden");
+    clear_filter(&mut browser, "filter-client-ip");
+    browser.wait_for(
+        "every row again",
+        &format!("{PAGE_ROWS}.length === 3 && document.getElementById('table-error').hidden"),
+    );
+
+    let artifact =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).with_file_name("test-artifacts").join("dashboard.png");
+    browser.screenshot(&artifact);
+    assert!(
+        std::fs::metadata(&artifact).is_ok_and(|m| m.len() > 10_000),
+        "{} is a real screenshot",
+        artifact.display()
+    );
+
+    // Ending asks first: dismissed, nothing ends.
+    browser.answer_dialogs(false);
+    browser.click(&format!("button[data-end='{alice_id}']"));
+    assert_eq!(browser.dialogs.len(), 1, "confirm() was asked");
+    assert!(browser.dialogs[0].contains(&format!("End allocation {alice_id}")), "{:?}", browser.dialogs);
+    assert_eq!(client.allocations(&Filters::default(), None).expect("allocations").matching, 3);
+    // Accepted: bob's ends, for the API, for the page and for bob. The
+    // button is held down across a poll or two: the rows stay the same
+    // elements, so the click still lands.
+    browser.answer_dialogs(true);
+    browser.click_held(&format!("button[data-end='{bob_id}']"), Duration::from_millis(2500));
+    assert_eq!(browser.dialogs.len(), 2);
+    browser.wait_for("two rows", &format!("{PAGE_ROWS}.length === 2 && {} === 2", page_number("allocations")));
+    let left = client.allocations(&Filters::default(), None).expect("allocations");
+    assert_eq!(left.matching, 2);
+    assert!(left.allocations.iter().all(|a| a.id != bob_id), "{left:?}");
+    assert_eq!(browser.evaluate(PAGE_ROWS), api_rows(&left));
+    assert_eq!(bob.refresh(600).expect_err("ended").code(), Some(437));
+    let ended = browser.evaluate("document.getElementById('action').textContent");
+    assert_eq!(ended, format!("Allocation {bob_id} ended."));
+
+    // Logging out forgets the token; logging in again carries on.
+    browser.click("#logout");
+    browser.wait_for("the login", "document.body.dataset.state === 'login'");
+    assert_eq!(browser.evaluate("sessionStorage.getItem('tern-admin-token')"), serde_json::Value::Null);
+    browser.click("#token");
+    browser.type_text(TOKEN);
+    browser.click("#login-form button");
+    browser.wait_for(
+        "the dashboard again",
+        &format!("document.body.dataset.state === 'live' && {PAGE_ROWS}.length === 2"),
+    );
+
+    // Draining shows.
+    client.drain(Some(Duration::from_secs(600))).expect("drain");
+    browser.wait_for("draining", "document.getElementById('state').textContent === 'draining'");
+
+    // The page kept to its policy; the browser enforces it.
+    assert_eq!(browser.evaluate("window.cspViolations"), serde_json::json!([]));
+    assert!(browser.problems().is_empty(), "{:?}", browser.problems());
+    browser.evaluate("document.body.setAttribute('style', 'color: red'); fetch('http://192.0.2.1:9/').catch(() => 0)");
+    let violations = browser.wait_for("the violations", "window.cspViolations.length === 2 && window.cspViolations");
+    assert!(
+        violations.to_string().contains("style-src") && violations.to_string().contains("connect-src"),
+        "{violations}"
+    );
+
+    // A token that stops working (a reload read a new one) returns to the login.
+    std::fs::write(&admin.token_file, "fedcba9876543210fedcba9876543210\n").expect("new token");
+    client.reload().expect("reload");
+    let message = browser.wait_for(
+        "the login again",
+        "document.body.dataset.state === 'login' && document.getElementById('login-error').textContent",
+    );
+    assert!(message.as_str().is_some_and(|m| m.contains("refused")), "{message}");
+    assert_eq!(browser.evaluate("sessionStorage.getItem('tern-admin-token')"), serde_json::Value::Null);
+    drop(browser);
+    admin.server.stop();
+}

@@ -16,16 +16,6 @@ use std::time::Duration;
 
 use common::{TernServer, run_bounded, run_tern};
 
-fn chromium() -> Option<String> {
-    if let Ok(path) = std::env::var("TERN_CHROMIUM") {
-        return Some(path);
-    }
-    if common::require_tool("chromium", "chromium") {
-        return Some("chromium".to_owned());
-    }
-    None
-}
-
 /// Runs the call; returns the page's report.
 fn call(chromium: &str, uri: &str, user: &str, password: &str) -> serde_json::Value {
     call_with(chromium, uri, user, password, &[])
@@ -48,7 +38,7 @@ fn call_with(chromium: &str, uri: &str, user: &str, password: &str, flags: &[&st
 
 #[test]
 fn chromium_calls_through_tern_over_udp_and_tcp() {
-    let Some(chromium) = chromium() else { return };
+    let Some(chromium) = common::chromium::find() else { return };
     let server =
         TernServer::start(&["--user", "alice:wonderland", "--secret", "s3cr3t", "--allow-peer", "127.0.0.0/8"]);
     let port = server.udp_addr().port();
@@ -77,7 +67,7 @@ fn chromium_calls_through_tern_over_udp_and_tcp() {
 /// self-signed, so Chromium is told to accept it.
 #[test]
 fn chromium_calls_through_tern_over_tls() {
-    let Some(chromium) = chromium() else { return };
+    let Some(chromium) = common::chromium::find() else { return };
     let cert = common::TestCert::new("browser");
     let mut args = vec!["--user", "alice:wonderland", "--allow-peer", "127.0.0.0/8"];
     args.extend(cert.serve_args());

@@ -11,6 +11,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::time::Duration;
 
+use common::netns::{self, NamespacedServer, Plan, Topology};
 use common::{SILENCE, TcpClient, TernServer, error_code, parse_response, request_with, run_tern, scratch_file};
 use tern::io::clock;
 use tern::proto::stun::attr::{self, AttrType, ChangeRequest};
@@ -253,155 +254,65 @@ fn turnutils_natdiscovery_reports_the_behaviours() {
 }
 
 // ---------------------------------------------------------------------------
-// A real NAT: three network namespaces made by the test
+// A real NAT: three network namespaces made by the test (common::netns)
 //
 //   client ns (10.77.1.2) ── router ns (10.77.1.1 | 172.31.77.1, nft masquerade) ── server ns (172.31.77.10, .11)
 //
-// Needs root, `ip` and `nft`; skips with the reason otherwise. The
-// namespaces are named after this process, so parallel runs cannot collide,
-// and the addresses exist only inside them.
+// Needs root, `ip` and `nft`; skips with the reason otherwise.
 
 const NETNS_SERVER: &str = "172.31.77.10";
 const NETNS_ALTERNATE: &str = "172.31.77.11";
-/// How many times the test asks the server in its namespace whether it is up.
-const READY_ATTEMPTS: usize = 40;
 
-/// The three namespaces; dropping this deletes them, which also deletes the
-/// veth pairs and kills nothing (the server is stopped by its own guard).
-struct Topology {
-    client: String,
-    router: String,
-    server: String,
-    uplink: String,
-}
+const PLAN: Plan<'static> = Plan {
+    client: "10.77.1.2/24",
+    router_client: &["10.77.1.1/24"],
+    router_server: "172.31.77.1/24",
+    server: &["172.31.77.10/24", "172.31.77.11/24"],
+};
 
-/// Runs a command to completion (bounded) and returns its stdout, or its
-/// stderr as the error.
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let output = common::run_bounded(std::process::Command::new(program).args(args), common::COMMAND_TIMEOUT);
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(format!("{program} {args:?}: {}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim()))
-    }
-}
-
-impl Topology {
-    /// Builds the namespaces, or says why it cannot.
-    fn build() -> Result<Self, String> {
-        let id = std::process::id();
-        let names = ["c", "r", "s"].map(|role| format!("tern-{id}-{role}"));
-        run("ip", &["netns", "add", &names[0]])?;
-        let topology = Self {
-            client: names[0].clone(),
-            router: names[1].clone(),
-            server: names[2].clone(),
-            uplink: format!("tn{id}d"),
-        };
-        run("ip", &["netns", "add", &topology.router])?;
-        run("ip", &["netns", "add", &topology.server])?;
-        let (a, b, d, e) = (format!("tn{id}a"), format!("tn{id}b"), topology.uplink.clone(), format!("tn{id}e"));
-        let (c, r, s) = (topology.client.as_str(), topology.router.as_str(), topology.server.as_str());
-        let steps: Vec<Vec<&str>> = vec![
-            vec!["link", "add", &a, "netns", c, "type", "veth", "peer", "name", &b, "netns", r],
-            vec!["link", "add", &d, "netns", r, "type", "veth", "peer", "name", &e, "netns", s],
-            vec!["-n", c, "link", "set", "lo", "up"],
-            vec!["-n", r, "link", "set", "lo", "up"],
-            vec!["-n", s, "link", "set", "lo", "up"],
-            vec!["-n", c, "addr", "add", "10.77.1.2/24", "dev", &a],
-            vec!["-n", c, "link", "set", &a, "up"],
-            vec!["-n", c, "route", "add", "default", "via", "10.77.1.1"],
-            vec!["-n", r, "addr", "add", "10.77.1.1/24", "dev", &b],
-            vec!["-n", r, "link", "set", &b, "up"],
-            vec!["-n", r, "addr", "add", "172.31.77.1/24", "dev", &d],
-            vec!["-n", r, "link", "set", &d, "up"],
-            vec!["-n", s, "addr", "add", "172.31.77.10/24", "dev", &e],
-            vec!["-n", s, "addr", "add", "172.31.77.11/24", "dev", &e],
-            vec!["-n", s, "link", "set", &e, "up"],
-        ];
-        for step in steps {
-            run("ip", &step)?;
-        }
-        run("ip", &["netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-        Ok(topology)
-    }
-
-    /// Replaces the router's NAT with masquerade plus `options` (empty, or
-    /// `fully-random` for a new port per destination).
-    fn masquerade(&self, options: &str) -> Result<(), String> {
-        let rules = format!(
-            "flush ruleset\ntable ip tern_nat {{\n  chain post {{\n    type nat hook postrouting priority srcnat; \
-             policy accept;\n    oifname \"{}\" masquerade {options}\n  }}\n}}\n",
-            self.uplink
-        );
-        let path = scratch_file("masquerade.nft", &rules);
-        run("ip", &["netns", "exec", &self.router, "nft", "-f", &path.to_string_lossy()]).map(drop)
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for name in [&self.client, &self.router, &self.server] {
-            let _ = run("ip", &["netns", "del", name]);
-        }
-    }
-}
-
-/// `tern serve` inside the server namespace; killed by PID on drop.
-struct NamespacedServer(std::process::Child);
-
-impl Drop for NamespacedServer {
-    fn drop(&mut self) {
-        // `ip netns exec` execs tern, so this PID is tern's, and not reaped yet.
-        let _ = self.0.kill();
-        let _ = common::wait_bounded(&mut self.0, common::STOP_TIMEOUT);
-    }
+/// Replaces the router's NAT with masquerade plus `options` (empty, or
+/// `fully-random` for a new port per destination).
+fn masquerade(topology: &Topology, options: &str) -> Result<(), String> {
+    let rules = format!(
+        "table ip tern_nat {{\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
+         oifname \"{}\" masquerade {options}\n  }}\n}}\n",
+        topology.uplink
+    );
+    topology.nft(&topology.router, &rules)
 }
 
 /// Runs `tern nat` in the client namespace and returns its JSON report.
 fn tern_nat_behind(topology: &Topology) -> serde_json::Value {
     let target = format!("{NETNS_SERVER}:3478");
-    let stdout = run(
-        "ip",
-        &["netns", "exec", &topology.client, common::tern_bin(), "nat", &target, "--timeout", "1s", "--json"],
-    )
-    .unwrap_or_else(|e| panic!("tern nat behind the NAT: {e}"));
+    let output = topology.tern_in_client(&["nat", &target, "--timeout", "1s", "--json"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "tern nat behind the NAT: {output:?}");
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 #[test]
 fn tern_nat_behind_a_real_nat_tells_cone_from_symmetric() {
-    let missing: Vec<&str> = ["ip", "nft"].into_iter().filter(|tool| common::find_on_path(tool).is_none()).collect();
-    if !missing.is_empty() {
-        eprintln!("skipping: {missing:?} not installed (apt-get install iproute2 nftables)");
+    if let Some(missing) = netns::tools_missing() {
+        eprintln!("skipping: {missing}");
         return;
     }
-    let topology = match Topology::build() {
+    let topology = match Topology::build(&PLAN) {
         Ok(topology) => topology,
         Err(reason) => {
             eprintln!("skipping: cannot build network namespaces (needs root): {reason}");
             return;
         }
     };
-    if let Err(reason) = topology.masquerade("") {
+    if let Err(reason) = masquerade(&topology, "") {
         eprintln!("skipping: cannot install an nftables NAT in a namespace: {reason}");
         return;
     }
     let listen = format!("{NETNS_SERVER}:3478");
-    let child = std::process::Command::new("ip")
-        .args(["netns", "exec", &topology.server, common::tern_bin(), "serve", "--listen", &listen])
-        .args(["--rfc5780", "--alternate-ip", NETNS_ALTERNATE, "--log-level", "warn"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start tern in {}: {e}", topology.server));
-    let _server = NamespacedServer(child);
-    let up = (0..READY_ATTEMPTS).any(|_| {
-        let probe = ["netns", "exec", &topology.server, common::tern_bin(), "stun", &listen, "--timeout", "250ms"];
-        run("ip", &probe).is_ok()
-    });
-    assert!(up, "tern did not answer in {}", topology.server);
+    let _server = NamespacedServer::start(
+        &topology.server,
+        &["--listen", &listen, "--rfc5780", "--alternate-ip", NETNS_ALTERNATE],
+        &listen,
+    );
 
     // Plain masquerade: Linux keeps the source port and one mapping for
     // every destination; conntrack lets in only what answers the exact
@@ -416,7 +327,7 @@ fn tern_nat_behind_a_real_nat_tells_cone_from_symmetric() {
     assert_eq!(mapped.ip(), "172.31.77.1".parse::<IpAddr>().expect("literal"), "{cone}");
 
     // fully-random: a new random port per destination, a symmetric NAT.
-    topology.masquerade("fully-random").unwrap_or_else(|e| panic!("{e}"));
+    masquerade(&topology, "fully-random").unwrap_or_else(|e| panic!("{e}"));
     let symmetric = tern_nat_behind(&topology);
     assert_eq!(symmetric["nat"], true, "{symmetric}");
     assert_eq!(symmetric["mapping"], "address-and-port-dependent", "{symmetric}");

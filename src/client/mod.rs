@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod credentials;
+pub mod doctor;
 pub mod load;
 pub mod nat;
 pub mod relay_probe;
@@ -45,6 +46,22 @@ pub fn strip_scheme(text: &str) -> (&str, bool) {
 /// Whether `text` is a `stuns:` or `turns:` URI.
 pub fn is_secure_uri(text: &str) -> bool {
     strip_scheme(text).1
+}
+
+/// Splits `HOST[:PORT]` into the host (an IPv6 literal without its
+/// brackets) and the port's text, if there is one. A bare IPv6 literal has
+/// no port.
+pub fn split_host_port(text: &str) -> (&str, Option<&str>) {
+    if let Some((host, after)) = text.strip_prefix('[').and_then(|rest| rest.split_once(']')) {
+        return (host, after.strip_prefix(':'));
+    }
+    if text.parse::<std::net::Ipv6Addr>().is_ok() {
+        return (text, None);
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (text, None),
+    }
 }
 
 /// Resolves `SERVER[:PORT]`, also accepting `stun:` and `turn:` URIs as they

@@ -99,17 +99,35 @@ impl StunProbe {
 
 /// One Binding transaction on `socket`.
 pub fn binding(socket: &mut ClientSocket, timeout: Duration) -> std::io::Result<BindingResult> {
+    binding_exchange(socket, timeout).map(|exchange| exchange.result)
+}
+
+/// A Binding transaction with its bytes, for callers that look at more than
+/// the mapped address (its size, SOFTWARE).
+#[derive(Clone, Debug)]
+pub struct BindingExchange {
+    pub result: BindingResult,
+    /// The request's size: a bare header, the smallest request there is.
+    pub request_len: usize,
+    /// The response, empty after a timeout.
+    pub response: Vec<u8>,
+}
+
+/// One Binding transaction on `socket`, keeping the bytes.
+pub fn binding_exchange(socket: &mut ClientSocket, timeout: Duration) -> std::io::Result<BindingExchange> {
     let mut request = Vec::new();
     MessageWriter::new(&mut request, MessageType::new(Method::BINDING, Class::Request), TransactionId::random());
     let started = clock::now();
     let mut response = Vec::new();
-    match socket.transact(&request, timeout, &mut response, |_| {}) {
-        Ok(()) => {}
-        Err(TransactError::Timeout(_)) => return Ok(BindingResult::Timeout),
+    let result = match socket.transact(&request, timeout, &mut response, |_| {}) {
+        Ok(()) => read_binding_response(&response, clock::now() - started),
+        Err(TransactError::Timeout(_)) => {
+            response.clear();
+            BindingResult::Timeout
+        }
         Err(TransactError::Io(e)) => return Err(e),
-    }
-    let rtt = clock::now() - started;
-    Ok(read_binding_response(&response, rtt))
+    };
+    Ok(BindingExchange { result, request_len: request.len(), response })
 }
 
 fn read_binding_response(bytes: &[u8], rtt: Duration) -> BindingResult {

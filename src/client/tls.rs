@@ -56,6 +56,20 @@ pub enum TlsClientError {
     NoSystemRoots,
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("certificate verifier: {0}")]
+    Verifier(#[from] rustls::client::VerifierBuilderError),
+}
+
+/// A handshake that failed for a TLS reason (an alert, a certificate), kept
+/// typed inside the `io::Error` so a caller can tell which
+/// ([`handshake_error`]).
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake failed: {0}")]
+pub struct HandshakeError(pub rustls::Error);
+
+/// The TLS reason a connection failed, if that was the reason.
+pub fn handshake_error(error: &io::Error) -> Option<&rustls::Error> {
+    error.get_ref().and_then(|inner| inner.downcast_ref::<HandshakeError>()).map(|e| &e.0)
 }
 
 /// A ready TLS client configuration for one server name.
@@ -73,9 +87,7 @@ impl fmt::Debug for TlsClient {
 
 impl TlsClient {
     pub fn new(options: &TlsOptions) -> Result<Self, TlsClientError> {
-        let server_name = ServerName::try_from(options.server_name.trim_start_matches('[').trim_end_matches(']'))
-            .map_err(|_| TlsClientError::ServerName(options.server_name.clone()))?
-            .to_owned();
+        let server_name = server_name_of(options)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
@@ -83,11 +95,7 @@ impl TlsClient {
             let verifier = AcceptAnyCertificate(provider.signature_verification_algorithms);
             builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
         } else {
-            let roots = match &options.ca {
-                Some(path) => roots_from_file(path)?,
-                None => system_roots()?,
-            };
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder.with_root_certificates(roots(options)?).with_no_client_auth()
         };
         config.alpn_protocols = options.alpn.clone();
         Ok(Self { config: Arc::new(config), server_name })
@@ -110,10 +118,52 @@ impl TlsClient {
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"));
                 }
-                Err(e) => return Err(io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))),
+                Err(e) => {
+                    let kind = e.kind();
+                    let reason = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).cloned();
+                    return Err(match reason {
+                        Some(reason) => io::Error::new(kind, HandshakeError(reason)),
+                        None => io::Error::new(kind, format!("TLS handshake failed: {e}")),
+                    });
+                }
             }
         }
         Ok(StreamOwned::new(tls, stream))
+    }
+}
+
+/// Checks a certificate chain a server presented (leaf first) as a
+/// handshake with `options` would, but at `at` instead of now, so a caller
+/// that got the chain with [`TlsOptions::insecure`] can tell what is wrong
+/// with it, and whether it would be right at another time. `options.insecure`
+/// is ignored: the point is to check. The outer error is a setup failure
+/// (no roots to check against), the inner one the verdict on the chain.
+pub fn verify_chain(
+    options: &TlsOptions,
+    chain: &[CertificateDer<'static>],
+    at: UnixTime,
+) -> Result<Result<(), rustls::Error>, TlsClientError> {
+    let server_name = server_name_of(options)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots(options)?), provider).build()?;
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Ok(Err(rustls::Error::NoCertificatesPresented));
+    };
+    Ok(verifier.verify_server_cert(leaf, intermediates, &server_name, &[], at).map(drop))
+}
+
+fn server_name_of(options: &TlsOptions) -> Result<ServerName<'static>, TlsClientError> {
+    ServerName::try_from(options.server_name.trim_start_matches('[').trim_end_matches(']'))
+        .map(|name| name.to_owned())
+        .map_err(|_| TlsClientError::ServerName(options.server_name.clone()))
+}
+
+/// The certificates `options` trust: its CA file, or the system's roots.
+fn roots(options: &TlsOptions) -> Result<RootCertStore, TlsClientError> {
+    match &options.ca {
+        Some(path) => roots_from_file(path),
+        None => system_roots(),
     }
 }
 
@@ -183,14 +233,7 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 /// URI, for SNI and certificate checks.
 pub fn server_name(text: &str) -> String {
     let text = super::strip_scheme(text).0;
-    let text = text.split('?').next().unwrap_or(text);
-    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
-        return addr.ip().to_string();
-    }
-    if text.starts_with('[') || text.parse::<std::net::IpAddr>().is_ok() {
-        return text.trim_start_matches('[').split(']').next().unwrap_or(text).to_owned();
-    }
-    text.rsplit_once(':').map_or(text, |(host, _)| host).to_owned()
+    super::split_host_port(text.split('?').next().unwrap_or(text)).0.to_owned()
 }
 
 #[cfg(test)]

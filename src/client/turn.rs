@@ -622,6 +622,20 @@ impl TurnSession {
     }
 }
 
+/// An Allocate without credentials, as any stranger on the Internet can
+/// send, and what came back: a server with authentication answers 401 with
+/// REALM and NONCE (RFC 8656 §7.2, RFC 8489 §9.2.4); one that relays for
+/// anyone allocates. Returns the request's size and the response's bytes.
+pub fn stranger_allocate(socket: &mut ClientSocket, timeout: Duration) -> Result<(usize, Vec<u8>), TurnError> {
+    let mut request = Vec::with_capacity(32);
+    let mut w =
+        MessageWriter::new(&mut request, MessageType::new(Method::ALLOCATE, Class::Request), TransactionId::random());
+    w.attr(AttrType::REQUESTED_TRANSPORT, &[PROTOCOL_UDP, 0, 0, 0]);
+    let mut response = Vec::new();
+    socket.transact(&request, timeout, &mut response, |_| {})?;
+    Ok((request.len(), response))
+}
+
 /// A ConnectionAttempt indication, if `frame` is one.
 fn parse_connection_attempt(frame: &[u8]) -> Option<ConnectionAttempt> {
     let message = Message::parse(frame).ok()?;

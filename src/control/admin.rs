@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::token::{Gate, Refusal};
-use super::{Context, api};
+use super::{Context, api, dashboard};
 use crate::io::clock;
 use crate::io::commands::Command;
 use crate::proto::Transport;
@@ -47,12 +47,17 @@ const WORKER_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Rates remembered per allocation, at most; past this they start over.
 const MAX_RATES: usize = 200_000;
+/// The least time an allocation's rate is measured over.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+
+/// When an allocation had relayed how many bytes.
+type Sample = (Instant, u64);
 
 struct Admin {
     context: Arc<Context>,
     gate: Gate,
-    /// Each allocation's bytes when a listing last showed it, for its rate.
-    rates: Mutex<HashMap<u64, (Instant, u64)>>,
+    /// Two samples of each listed allocation's bytes, for its rate.
+    rates: Mutex<HashMap<u64, (Sample, Sample)>>,
     /// The names revoked through the API; every worker holds the same.
     revoked: Mutex<BTreeSet<String>>,
 }
@@ -68,10 +73,11 @@ pub fn metrics_router(context: Arc<Context>) -> Router {
 }
 
 /// The admin listener: the API and `/metrics` behind the token, the
-/// probes without.
+/// probes and the dashboard's page (which asks for the token) without.
 pub fn router(context: Arc<Context>) -> Router {
     let v1 = |path: &str| format!("{}{path}", api::PREFIX);
     Router::new()
+        .route("/", get(dashboard::page))
         .route(&v1("/status"), get(status))
         .route(&v1("/allocations"), get(allocations))
         .route(&v1("/allocations/{id}"), get(allocation).delete(end_allocation))
@@ -184,12 +190,16 @@ impl Admin {
             if rates.len() >= MAX_RATES {
                 rates.clear();
             }
-            let since = rates.insert(summary.serial, (now, bytes));
-            let (elapsed, earlier) = match since {
-                Some((at, earlier)) if now > at => (now - at, earlier),
-                _ => (summary.age, 0),
-            };
-            let secs = elapsed.as_secs_f64();
+            // Two samples, the newer replaced once RATE_WINDOW old and the
+            // older taking its place: the rate is over 5 to 10 s, however
+            // many listings ask and however often.
+            let created = (now.checked_sub(summary.age).unwrap_or(now), 0);
+            let samples = rates.entry(summary.serial).or_insert((created, created));
+            if now.saturating_duration_since(samples.1.0) >= RATE_WINDOW {
+                *samples = (samples.1, (now, bytes));
+            }
+            let (at, earlier) = samples.0;
+            let secs = now.saturating_duration_since(at).as_secs_f64();
             if secs > 0.0 { (bytes.saturating_sub(earlier) as f64 / secs) as u64 } else { 0 }
         };
         api::Allocation {

@@ -79,8 +79,8 @@ pub struct Allocation {
     pub bytes_to_peer: u64,
     pub packets_to_client: u64,
     pub bytes_to_client: u64,
-    /// Bytes per second relayed (both ways) since the previous listing that
-    /// showed it, or since it was created.
+    /// Bytes per second relayed (both ways) over the last 5 to 10 seconds
+    /// (since it was created, in its first 10), whoever lists it how often.
     pub rate_bps: u64,
 }
 

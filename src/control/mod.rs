@@ -10,6 +10,7 @@
 
 mod admin;
 pub mod api;
+mod dashboard;
 mod http;
 mod token;
 

@@ -26,8 +26,10 @@ use tern::proto::demux::StreamFramer;
 use tern::proto::stun::attr::{self, AttrType};
 use tern::proto::stun::{Class, HEADER_LEN, MAGIC_COOKIE, Message, MessageType, MessageWriter, Method, TransactionId};
 
+pub mod chromium;
 pub mod haproxy;
 pub mod metrics;
+pub mod netns;
 
 /// How long the server may take to log that it listens.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -282,6 +284,20 @@ impl TestCert {
         let cert = scratch_file(&format!("{name}-cert.pem"), &generated.cert.pem());
         let key = scratch_file(&format!("{name}-key.pem"), &generated.signing_key.serialize_pem());
         Self { cert, key, der: generated.cert.der().to_vec() }
+    }
+
+    /// Like [`TestCert::new`], valid from `not_before` to `not_after`
+    /// (`(year, month, day)`), such as an expired one.
+    pub fn with_validity(name: &str, not_before: (i32, u8, u8), not_after: (i32, u8, u8)) -> Self {
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+        let mut params = rcgen::CertificateParams::new(names).expect("valid names");
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let key = rcgen::KeyPair::generate().expect("rcgen makes a key");
+        let generated = params.self_signed(&key).expect("rcgen signs the certificate");
+        let cert = scratch_file(&format!("{name}-cert.pem"), &generated.pem());
+        let key = scratch_file(&format!("{name}-key.pem"), &key.serialize_pem());
+        Self { cert, key, der: generated.der().to_vec() }
     }
 
     pub fn cert_path(&self) -> &str {
