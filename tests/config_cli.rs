@@ -306,3 +306,14 @@ fn the_bundled_config_is_valid() {
     assert!(stdout.contains("# TURN relaying: on"), "{stdout}");
     assert!(stdout.contains("127.0.0.1:3478"), "{stdout}");
 }
+
+/// The Debian package installs packaging/tern.toml as /etc/tern/tern.toml
+/// (packaging/check-deb.sh checks the installed copy): it must stay valid,
+/// and it must relay nothing until the operator gives it credentials.
+#[test]
+fn the_packaged_config_is_valid_and_relays_nothing() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/tern.toml");
+    let body = check_ok(&["--config", path], path);
+    assert!(body.contains("# TURN relaying: off"), "{body}");
+    assert!(body.contains("allow_anonymous = false"), "{body}");
+}

@@ -7,10 +7,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
+use common::metrics::{http, metrics_addr, scrape};
 use common::{TernServer, run_tern, scratch_file};
 use tern::client::ClientSocket;
 use tern::client::turn::{Credentials, TurnSession};
@@ -25,33 +25,8 @@ const POLL: Duration = Duration::from_millis(100);
 fn start() -> (TernServer, SocketAddr) {
     let args = ["--user", "alice:wonderland", "--allow-peer", "127.0.0.0/8", "--workers", "2"];
     let server = TernServer::start(&[&args[..], &["--metrics-listen", "127.0.0.1:0"]].concat());
-    let logged = server.wait_for_log("serving metrics at /metrics", 1, TIMEOUT);
-    let addr = logged[0]["addr"].as_str().and_then(|a| a.parse().ok()).expect("the metrics address is logged");
+    let addr = metrics_addr(&server);
     (server, addr)
-}
-
-/// One HTTP/1.1 exchange; returns the status line, the headers and the body.
-fn http(addr: SocketAddr, request: &str) -> (String, String, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("metrics connection");
-    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    // One exchange per connection: the server keeps connections open otherwise.
-    let request = request.replacen("\r\n", "\r\nConnection: close\r\n", 1);
-    stream.write_all(request.as_bytes()).expect("request sent");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response read to the end (Connection: close)");
-    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
-    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-    (status.to_owned(), headers.to_owned(), body.to_owned())
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    let (status, headers, body) = http(addr, "GET /metrics HTTP/1.1\r\nHost: tern\r\n\r\n");
-    assert_eq!(status, "HTTP/1.1 200 OK");
-    // Header names are case-insensitive (RFC 9110 §5.1).
-    let headers = headers.to_ascii_lowercase();
-    assert!(headers.contains("content-type: application/openmetrics-text"), "{headers}");
-    assert!(headers.contains(&format!("content-length: {}", body.len())), "{headers}");
-    body
 }
 
 /// The value of the sample named `sample` (with its labels, as written).
@@ -134,8 +109,7 @@ fn metrics_say_which_configuration_is_in_force_and_when_a_reload_failed() {
     let file = scratch_file("metrics-reload.toml", &good(1));
     let path = file.to_str().expect("utf-8 path");
     let server = TernServer::start(&["--config", path, "--metrics-listen", "127.0.0.1:0"]);
-    let logged = server.wait_for_log("serving metrics at /metrics", 1, TIMEOUT);
-    let metrics = logged[0]["addr"].as_str().and_then(|a| a.parse().ok()).expect("the metrics address is logged");
+    let metrics = metrics_addr(&server);
     let first = scrape(metrics);
     assert_eq!(value(&first, "tern_config_generation"), Some(1), "{first}");
     assert_eq!(value(&first, "tern_config_reload_failures_total"), Some(0), "{first}");

@@ -28,6 +28,7 @@ use tern::proto::stun::{Class, HEADER_LEN, MAGIC_COOKIE, Message, MessageType, M
 
 pub mod chromium;
 pub mod haproxy;
+pub mod metrics;
 pub mod netns;
 
 /// How long the server may take to log that it listens.
