@@ -37,5 +37,6 @@ pub mod config;
 pub mod io;
 pub mod proto;
 pub mod serve;
+pub mod store;
 pub mod telemetry;
 pub mod testing;

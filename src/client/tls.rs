@@ -83,10 +83,7 @@ impl TlsClient {
             let verifier = AcceptAnyCertificate(provider.signature_verification_algorithms);
             builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
         } else {
-            let roots = match &options.ca {
-                Some(path) => roots_from_file(path)?,
-                None => system_roots()?,
-            };
+            let roots = trusted_roots(options.ca.as_deref())?;
             builder.with_root_certificates(roots).with_no_client_auth()
         };
         config.alpn_protocols = options.alpn.clone();
@@ -114,6 +111,14 @@ impl TlsClient {
             }
         }
         Ok(StreamOwned::new(tls, stream))
+    }
+}
+
+/// The certificates in the PEM file `ca`, or the system's roots.
+pub(crate) fn trusted_roots(ca: Option<&Path>) -> Result<RootCertStore, TlsClientError> {
+    match ca {
+        Some(path) => roots_from_file(path),
+        None => system_roots(),
     }
 }
 

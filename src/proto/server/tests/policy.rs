@@ -234,7 +234,8 @@ fn another_allocation_on_this_server_is_a_peer_and_nothing_else_on_its_address()
     assert_success(&alice.bind(&mut h, 0x4000, bob_relayed));
     let (outcome, packet) = alice.send(&mut h, bob_relayed, b"to bob");
     assert_forwarded(&outcome, &packet, id, bob_relayed, b"to bob");
-    for other in [SocketAddr::new(relay_ip, 3478), SocketAddr::new(relay_ip, PORTS.0 - 1), SocketAddr::new(relay_ip, 22)]
+    for other in
+        [SocketAddr::new(relay_ip, 3478), SocketAddr::new(relay_ip, PORTS.0 - 1), SocketAddr::new(relay_ip, 22)]
     {
         let before = h.stats().peers_forbidden;
         assert_error(&alice.permit(&mut h, &[other]), 403);
