@@ -132,4 +132,8 @@ pub struct Overrides {
     /// Address to serve Prometheus metrics on, at /metrics (replaces `metrics.listen`).
     #[arg(long, value_name = "ADDR", value_parser = super::flag::<super::Address>)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Users, secrets and realm options from this database (replaces `store.url`; no password in it:
+    /// use `store.password_file` or TERN_STORE_PASSWORD).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
 }

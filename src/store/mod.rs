@@ -19,6 +19,7 @@
 //! has no password-algorithm setting, so a key is always 32 hex digits).
 //! tern's own state lives in tables and keys named `tern_…` / `tern/…`.
 
+pub mod admin;
 mod postgres;
 mod redis;
 mod schema;
