@@ -26,6 +26,7 @@ use tern::proto::demux::StreamFramer;
 use tern::proto::stun::attr::{self, AttrType};
 use tern::proto::stun::{Class, HEADER_LEN, MAGIC_COOKIE, Message, MessageType, MessageWriter, Method, TransactionId};
 
+pub mod engines;
 pub mod haproxy;
 
 /// How long the server may take to log that it listens.
