@@ -117,7 +117,8 @@ fn error(what: &'static str) -> impl Fn(RedisError) -> StoreError {
             StoreError::Unreachable { engine: ENGINE, message: format!("{what}: {e}") }
         } else if e.is_timeout() {
             StoreError::Unreachable { engine: ENGINE, message: format!("{what}: timed out") }
-        } else if e.kind() == redis::ErrorKind::AuthenticationFailed || matches!(e.code(), Some("NOAUTH" | "WRONGPASS")) {
+        } else if e.kind() == redis::ErrorKind::AuthenticationFailed || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+        {
             StoreError::Unreachable { engine: ENGINE, message: format!("login refused: {e}") }
         } else {
             let message = e.detail().map_or_else(|| e.to_string(), str::to_owned);

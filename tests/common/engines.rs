@@ -1,6 +1,6 @@
 //! Real database engines for the store tests, each started in a temporary
 //! directory of its own and stopped by PID when dropped: PostgreSQL
-//! (`initdb` and `pg_ctl` from Debian's postgresql-15, on a Unix socket,
+//! (`initdb` and `pg_ctl` from Debian's postgresql, on a Unix socket,
 //! run as `nobody` when the tests run as root, since PostgreSQL refuses
 //! root), Redis (`redis-server` on a loopback port, with a password), and
 //! coturn 4.17.1's `turnadmin` (built by `../shared/peers/build-coturn.sh`).
@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use super::{COMMAND_TIMEOUT, STOP_TIMEOUT, run_bounded, wait_bounded};
 
-/// Debian's PostgreSQL 15 programs.
-const POSTGRES_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Where Debian installs each PostgreSQL version's programs.
+const POSTGRES_LIB: &str = "/usr/lib/postgresql";
 /// The port in the socket's name; the socket lives in a directory of the
 /// test's own, so it cannot clash with another server.
 const POSTGRES_PORT: u16 = 5432;
@@ -69,9 +69,26 @@ fn checked(output: Output, what: &str) -> Output {
     output
 }
 
+/// The newest installed PostgreSQL's programs (Debian's `postgresql`
+/// package installs one version under [`POSTGRES_LIB`]).
+fn postgres_bin() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(POSTGRES_LIB)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
 /// A PostgreSQL server on a Unix socket in a temporary directory, with a
 /// superuser `tern` and trust authentication on the socket.
 pub struct Postgres {
+    bin: PathBuf,
     dir: PathBuf,
     as_nobody: bool,
 }
@@ -79,16 +96,17 @@ pub struct Postgres {
 impl Postgres {
     /// Starts one, or `None` (and a notice) where PostgreSQL is not installed.
     pub fn start() -> Option<Self> {
-        let bin = Path::new(POSTGRES_BIN);
-        if !require(bin.join("initdb").exists(), "PostgreSQL 15", "apt-get install postgresql") {
+        let bin = postgres_bin();
+        if !require(bin.is_some(), "PostgreSQL", "apt-get install postgresql") {
             return None;
         }
+        let bin = bin.expect("checked just above");
         let dir = temp_dir("pg");
         let as_nobody = is_root();
         if as_nobody {
             std::os::unix::fs::chown(&dir, Some(id_of("-u")), Some(id_of("-g"))).expect("chown to nobody");
         }
-        let postgres = Self { dir, as_nobody };
+        let postgres = Self { bin, dir, as_nobody };
         checked(
             run_bounded(
                 &mut postgres.command("initdb", &["-D", &postgres.data(), "-U", "tern", "--auth=trust", "-E", "UTF8"]),
@@ -101,7 +119,7 @@ impl Postgres {
     }
 
     fn command(&self, program: &str, args: &[&str]) -> Command {
-        let program = Path::new(POSTGRES_BIN).join(program);
+        let program = self.bin.join(program);
         let mut command = if self.as_nobody {
             let mut command = Command::new("setpriv");
             command.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]).arg(program);
