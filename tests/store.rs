@@ -5,7 +5,8 @@
 //! own authentication computes; what `tern user add` and `tern secret add`
 //! write, turnadmin lists; a change made through another connection reaches
 //! a subscriber within 5 s; an engine stopped mid-test gives typed errors
-//! and is reconnected to when it returns.
+//! and is reconnected to when it returns; TLS to PostgreSQL checks the
+//! server's certificate.
 
 mod common;
 
@@ -19,7 +20,7 @@ use tern::proto::auth::{LongTermKey, PasswordAlgorithm, UserKeys};
 use tern::store::{Change, ChangeFeed, FeedEvent, PASSWORD_ENV, Store, StoreError, StoreSettings, StoreUrl};
 
 use common::engines::{self, Postgres, REDIS_PASSWORD, Redis};
-use common::{COMMAND_TIMEOUT, run_bounded, scratch_file, tern_command, wait_bounded};
+use common::{COMMAND_TIMEOUT, TestCert, run_bounded, scratch_file, tern_command, wait_bounded};
 
 /// Changes must reach a subscriber within this (the bound).
 const PROPAGATION: Duration = Duration::from_secs(5);
@@ -383,4 +384,24 @@ async fn check_reports_the_schema_version() {
     let expected = format!("# store: {url}: reachable, tern schema version {}", tern::store::SCHEMA_VERSION);
     assert!(String::from_utf8_lossy(&after.stdout).lines().any(|l| l == expected), "{after:?}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_over_tls_checks_the_certificate() {
+    let cert = TestCert::new("postgres-tls");
+    let Some(postgres) = Postgres::start_with_tls(&cert.cert, &cert.key) else { return };
+    let port = postgres.tls_port().expect("a TLS port");
+    let url = format!("postgresql://tern@localhost:{port}/postgres?hostaddr=127.0.0.1&sslmode=require");
+    let mut trusted = settings(&url, None);
+    trusted.tls_ca = Some(cert.cert.clone());
+    let store = Store::open(&trusted).await.expect("TLS with the server's certificate trusted");
+    store.add_user("north.gov", "gorst", [1; 16]).await.expect("a write over TLS");
+    let encrypted = postgres.psql("SELECT count(*) FROM pg_stat_ssl WHERE ssl");
+    assert!(encrypted.trim().parse::<u32>().expect("a count") >= 1, "no TLS connection: {encrypted}");
+
+    let other = TestCert::new("postgres-other");
+    let mut untrusted = settings(&url, None);
+    untrusted.tls_ca = Some(other.cert.clone());
+    let error = Store::open(&untrusted).await.expect_err("a certificate from another CA");
+    assert!(matches!(error, StoreError::Unreachable { .. }), "{error}");
 }

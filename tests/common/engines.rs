@@ -91,11 +91,27 @@ pub struct Postgres {
     bin: PathBuf,
     dir: PathBuf,
     as_nobody: bool,
+    /// The loopback TCP port it also serves TLS on, if any.
+    tls_port: Option<u16>,
 }
 
 impl Postgres {
     /// Starts one, or `None` (and a notice) where PostgreSQL is not installed.
     pub fn start() -> Option<Self> {
+        Self::start_with(None)
+    }
+
+    /// Starts one that also serves TLS on a loopback TCP port with this
+    /// certificate and key.
+    pub fn start_with_tls(cert: &Path, key: &Path) -> Option<Self> {
+        Self::start_with(Some((cert, key)))
+    }
+
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    fn start_with(tls: Option<(&Path, &Path)>) -> Option<Self> {
         let bin = postgres_bin();
         if !require(bin.is_some(), "PostgreSQL", "apt-get install postgresql") {
             return None;
@@ -106,7 +122,22 @@ impl Postgres {
         if as_nobody {
             std::os::unix::fs::chown(&dir, Some(id_of("-u")), Some(id_of("-g"))).expect("chown to nobody");
         }
-        let postgres = Self { bin, dir, as_nobody };
+        let mut tls_port = None;
+        if let Some((cert, key)) = tls {
+            // PostgreSQL reads its key only when its own user owns it, unreadable to others.
+            for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+                let path = dir.join(to);
+                std::fs::copy(from, &path).expect("copying the certificate");
+                std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+                if as_nobody {
+                    std::os::unix::fs::chown(&path, Some(id_of("-u")), Some(id_of("-g"))).expect("chown to nobody");
+                }
+            }
+            tls_port = Some(
+                TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free port").local_addr().expect("bound").port(),
+            );
+        }
+        let postgres = Self { bin, dir, as_nobody, tls_port };
         checked(
             run_bounded(
                 &mut postgres.command("initdb", &["-D", &postgres.data(), "-U", "tern", "--auth=trust", "-E", "UTF8"]),
@@ -141,17 +172,29 @@ impl Postgres {
 
     /// tern's URL of the server.
     pub fn url(&self) -> String {
-        format!("postgresql:///postgres?host={}&port={POSTGRES_PORT}&user=tern", self.socket_dir())
+        format!("postgresql:///postgres?host={}&port={}&user=tern", self.socket_dir(), self.port())
+    }
+
+    /// The port in the socket's name (the TCP port too, with TLS).
+    fn port(&self) -> u16 {
+        self.tls_port.unwrap_or(POSTGRES_PORT)
     }
 
     /// libpq's connection string of the server, as turnadmin takes it.
     pub fn conninfo(&self) -> String {
-        format!("host={} port={POSTGRES_PORT} dbname=postgres user=tern", self.socket_dir())
+        format!("host={} port={} dbname=postgres user=tern", self.socket_dir(), self.port())
     }
 
     /// Starts the server again after [`Postgres::stop`].
     pub fn resume(&self) {
-        let options = format!("-k {} -c listen_addresses= -p {POSTGRES_PORT}", self.socket_dir());
+        let options = match self.tls_port {
+            None => format!("-k {} -c listen_addresses= -p {POSTGRES_PORT}", self.socket_dir()),
+            Some(port) => format!(
+                "-k {dir} -c listen_addresses=127.0.0.1 -p {port} -c ssl=on -c ssl_cert_file={dir}/server.crt \
+                 -c ssl_key_file={dir}/server.key",
+                dir = self.socket_dir()
+            ),
+        };
         let log = self.dir.join("postgres.log").display().to_string();
         let output = run_bounded(
             &mut self.command("pg_ctl", &["start", "-w", "-t", "60", "-D", &self.data(), "-l", &log, "-o", &options]),
@@ -181,7 +224,7 @@ impl Postgres {
                         "-h",
                         &self.socket_dir(),
                         "-p",
-                        &POSTGRES_PORT.to_string(),
+                        &self.port().to_string(),
                         "-U",
                         "tern",
                         "-d",
