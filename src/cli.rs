@@ -43,6 +43,15 @@ pub enum Command {
     /// Check a deployment from the outside: DNS, STUN, TLS, allocation, relaying,
     /// and the usual mistakes, one line per check with a fix for each failure.
     Doctor(DoctorArgs),
+    /// Add, delete or list long-term users in the store (what coturn's `turnadmin -a/-d/-l` does).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Add, delete or list TURN REST API secrets in the store (`turnadmin -s/-X/-S`).
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Realm settings in the store.
+    #[command(subcommand)]
+    Realm(RealmCommand),
 }
 
 /// `tern admin`.
@@ -112,6 +121,132 @@ pub enum AdminCommand {
     Reload,
     /// Set the log level until the next reload.
     Log { level: config::LogLevel },
+}
+
+
+/// Which store the admin commands work on, and in which realm.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// TOML configuration whose `[store]` (and `realm`) to use.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The store's URL, over the configuration's `store.url`; its password comes from
+    /// `store.password_file` or TERN_STORE_PASSWORD, never from the command line.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+}
+
+impl StoreArgs {
+    /// The configuration (or the defaults) with `--store` over it.
+    pub fn source(&self) -> config::Source {
+        config::Source::new(self.config.clone(), Overrides { store: self.store.clone(), ..Overrides::default() })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user, or change its password; the password is prompted for, or read from standard input.
+    Add(UserAddArgs),
+    /// Delete a user.
+    Delete(UserNameArgs),
+    /// List users as a table, or JSON.
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UserAddArgs {
+    #[command(flatten)]
+    pub user: UserNameArgs,
+    /// Read the password from the first line of standard input instead of prompting.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UserNameArgs {
+    /// The user name.
+    pub name: String,
+    /// The realm (default: the configuration's `realm`); it is part of the key.
+    #[arg(long, short)]
+    pub realm: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this realm (default: every realm).
+    #[arg(long, short)]
+    pub realm: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Add a shared secret: prompted for, read from standard input, or generated and printed.
+    Add(SecretAddArgs),
+    /// Delete a shared secret (prompted for, or read from standard input), or all of a realm's.
+    Delete(SecretDeleteArgs),
+    /// List shared secrets as a table, or JSON.
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SecretAddArgs {
+    /// The realm (default: the configuration's `realm`).
+    #[arg(long, short)]
+    pub realm: Option<String>,
+    /// Read the secret from the first line of standard input instead of prompting.
+    #[arg(long, conflicts_with = "generate")]
+    pub secret_stdin: bool,
+    /// Generate a random secret and print it.
+    #[arg(long)]
+    pub generate: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretDeleteArgs {
+    /// The realm (default: the configuration's `realm`).
+    #[arg(long, short)]
+    pub realm: Option<String>,
+    /// Read the secret from the first line of standard input instead of prompting.
+    #[arg(long, conflicts_with = "all")]
+    pub secret_stdin: bool,
+    /// Delete every secret of the realm.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RealmCommand {
+    /// Show the realm options (max-bps, user-quota, total-quota), or set one (0 removes it), as
+    /// `turnadmin -g/-G` does.
+    Option(RealmOptionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RealmOptionArgs {
+    /// The option to set; without it, the options of every realm (or of `--realm`) are listed.
+    #[arg(value_enum, requires = "value")]
+    pub option: Option<crate::store::RealmOption>,
+    /// Its value; 0 removes the option.
+    pub value: Option<u64>,
+    /// The realm (default when setting: the configuration's `realm`).
+    #[arg(long, short)]
+    pub realm: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Settings shared by `serve` and `check`: a config file and flags that

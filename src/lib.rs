@@ -38,5 +38,6 @@ pub mod control;
 pub mod io;
 pub mod proto;
 pub mod serve;
+pub mod store;
 pub mod telemetry;
 pub mod testing;

@@ -40,6 +40,9 @@ fn main() -> ExitCode {
         Command::Load(args) => load_test(&args),
         Command::Admin(args) => admin(&args),
         Command::Doctor(args) => doctor(&args),
+        Command::User(command) => tern::store::admin::user(&command).map(|()| ExitCode::SUCCESS),
+        Command::Secret(command) => tern::store::admin::secret(&command).map(|()| ExitCode::SUCCESS),
+        Command::Realm(command) => tern::store::admin::realm(&command).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -64,6 +67,9 @@ fn check(args: &ServerArgs) -> Result<ExitCode, String> {
     let config = source.load().map_err(|e| e.to_string())?;
     println!("# {source}: valid; effective settings:");
     print!("{}", config.to_toml());
+    if let Some(store) = config.store() {
+        println!("{}", tern::store::admin::check_line(store));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -182,8 +188,7 @@ fn credentials(args: &CredentialsArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `tern key`: the MD5 long-term key of RFC 5389 (what coturn's
-/// `turnadmin -k` prints), as an `auth.users` line.
+/// `tern admin`: one call to a running server's admin API, printed.
 fn admin(args: &AdminArgs) -> Result<ExitCode, String> {
     use tern::client::admin::{self, AdminClient, Filters, Trust};
     let token = match (&args.token_file, std::env::var("TERN_ADMIN_TOKEN")) {
@@ -265,18 +270,14 @@ fn pretty_json(value: &impl serde::Serialize) -> String {
     serde_json::to_string_pretty(value).unwrap_or_default()
 }
 
+/// `tern key`: the MD5 long-term key of RFC 5389 (what coturn's
+/// `turnadmin -k` prints), as an `auth.users` line.
 fn key(args: &KeyArgs) -> Result<ExitCode, String> {
     let password = match &args.password {
+        Some(password) if password.is_empty() => return Err("the password is empty".into()),
         Some(password) => password.clone(),
-        None => {
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line).map_err(|e| format!("cannot read the password: {e}"))?;
-            line.trim_end_matches(['\r', '\n']).to_owned()
-        }
+        None => tern::store::admin::first_line_of_stdin("the password")?,
     };
-    if password.is_empty() {
-        return Err("the password is empty (give --password, or one line on standard input)".into());
-    }
     let key = tern::proto::stun::integrity::long_term_key_md5(&args.user, &args.realm, &password);
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
     println!(

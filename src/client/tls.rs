@@ -161,7 +161,12 @@ fn server_name_of(options: &TlsOptions) -> Result<ServerName<'static>, TlsClient
 
 /// The certificates `options` trust: its CA file, or the system's roots.
 fn roots(options: &TlsOptions) -> Result<RootCertStore, TlsClientError> {
-    match &options.ca {
+    trusted_roots(options.ca.as_deref())
+}
+
+/// The certificates in the PEM file `ca`, or the system's roots.
+pub(crate) fn trusted_roots(ca: Option<&Path>) -> Result<RootCertStore, TlsClientError> {
+    match ca {
         Some(path) => roots_from_file(path),
         None => system_roots(),
     }

@@ -221,6 +221,12 @@ impl Span {
     }
 }
 
+/// coturn's `IP` or `IP-IP` peer range as the fewest CIDR blocks that
+/// cover it: how the store reads coturn's peer lists.
+pub fn peer_range_cidrs(value: &str) -> Result<Vec<IpNet>, String> {
+    Span::parse(value).map(Span::cidrs)
+}
+
 /// `spans` sorted, with overlapping and adjacent ones merged.
 fn merge(mut spans: Vec<Span>) -> Vec<Span> {
     spans.sort();

@@ -141,4 +141,8 @@ pub struct Overrides {
     /// Serve the admin API over TLS with the [tls] certificate (sets `admin.tls`).
     #[arg(long)]
     pub admin_tls: bool,
+    /// Users, secrets and realm options from this database (replaces `store.url`; no password in it:
+    /// use `store.password_file` or TERN_STORE_PASSWORD).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
 }

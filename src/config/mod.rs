@@ -31,7 +31,7 @@ pub use reload::{Credentials, RELOADABLE, RESTART_ONLY, Reloaded};
 pub use settings::{
     AuthConfig, DEFAULT_LISTEN, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RATE_LIMIT, DEFAULT_REALM, DEFAULT_RELAY_PORTS,
     DEFAULT_TCP_PER_IP, DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_LISTEN, DEFAULT_TLS_MAX_HANDSHAKES,
-    DEFAULT_UDP_BUFFER, LogConfig, MetricsConfig, ProxyConfig, Settings, TlsConfig,
+    DEFAULT_UDP_BUFFER, LogConfig, MetricsConfig, ProxyConfig, Settings, StoreConfig, TlsConfig,
 };
 pub use values::{
     Address, AlternateIp, AlternateServer, ExternalAddress, LogFormat, LogLevel, PeerRange, PortRange, RelayIp,
@@ -46,6 +46,7 @@ use crate::proto::nat_discovery::NatDiscovery;
 use crate::proto::policy::PeerPolicy;
 use crate::proto::rate_limit::RateLimit;
 use crate::proto::server::{ServerConfig, TurnConfig};
+use crate::store::{Engine, StoreSettings};
 
 /// A configuration whose settings are valid each on its own and together.
 /// It reads as its [`Settings`]; only [`Config::apply`] changes it, and
@@ -64,6 +65,8 @@ pub struct Config {
     proxy_settings: Option<ProxySettings>,
     /// The admin API's token, read from `admin.token_file`.
     admin_token: Option<AdminToken>,
+    /// The store, when one is configured, with its password read.
+    store_settings: Option<StoreSettings>,
 }
 
 /// The bearer token of the admin API. Read when the configuration loads,
@@ -256,12 +259,18 @@ impl Config {
         let tls_settings = tls_settings(&settings).map_err(|(key, message)| invalid(key, message))?;
         let proxy_settings = proxy_settings(&settings).map_err(|(key, message)| invalid(key, message))?;
         let admin_token = admin_token(&settings).map_err(|(key, message)| invalid(key, message))?;
-        Ok(Self { settings, nat_discovery, run_as, tls_settings, proxy_settings, admin_token })
+        let store_settings = store_settings(&settings.store).map_err(|(key, message)| invalid(key, message))?;
+        Ok(Self { settings, nat_discovery, run_as, tls_settings, proxy_settings, admin_token, store_settings })
     }
 
     /// The admin API's token, when `admin.listen` is set.
     pub fn admin_token(&self) -> Option<&AdminToken> {
         self.admin_token.as_ref()
+    }
+
+    /// The store, when `[store] url` (or `--store`) names one.
+    pub fn store(&self) -> Option<&StoreSettings> {
+        self.store_settings.as_ref()
     }
 
     /// Whether tern relays: as configured, or when unset, exactly when
@@ -563,6 +572,27 @@ fn proxy_settings(settings: &Settings) -> Result<Option<ProxySettings>, (&'stati
     }))
 }
 
+/// The store's settings, or `None` without a URL; the error names the key.
+/// The password file is read here, so a missing one stops `tern check`.
+fn store_settings(store: &StoreConfig) -> Result<Option<StoreSettings>, (&'static str, String)> {
+    let Some(url) = &store.url else {
+        if store.password_file.is_some() {
+            return Err(("store.password_file", "is set but store.url is not".into()));
+        }
+        if store.tls_ca.is_some() {
+            return Err(("store.tls_ca", "is set but store.url is not".into()));
+        }
+        return Ok(None);
+    };
+    if url.engine() == Engine::Sqlite && store.password_file.is_some() {
+        return Err(("store.password_file", "a SQLite store has no password".into()));
+    }
+    let timeout = Duration::from_secs(u64::from(store.timeout.get()));
+    StoreSettings::new(url.clone(), store.password_file.as_deref(), timeout, store.tls_ca.clone())
+        .map(Some)
+        .map_err(|message| ("store.password_file", message))
+}
+
 /// The toml crate's message with the line and column of its span, without
 /// the multi-line snippet, so the error fits on one line with its key. A
 /// value a rule refused names itself, so it keeps its message alone.
@@ -844,6 +874,52 @@ mod tests {
             .expect_err("no trusted source")
             .to_string();
         assert!(message.starts_with("configuration: key `proxy.trusted`: is empty"), "{message}");
+    }
+
+    #[test]
+    fn the_store_is_checked_and_its_errors_name_the_key() {
+        assert!(Config::defaults().store().is_none());
+        assert!(!Config::defaults().to_toml().contains("[store]"), "no [store] table unless configured");
+        assert_eq!(
+            error("[store]\nurl = \"mysql://db/turn\"\n"),
+            "test.toml: key `store.url`: \"mysql://db/turn\" is not a store URL: use sqlite:///PATH, postgresql://… \
+             or redis://…"
+        );
+        assert_eq!(
+            error("[store]\nurl = \"sqlite:///tern.db\"\npassword_file = \"/etc/p\"\n"),
+            "test.toml: key `store.password_file`: a SQLite store has no password"
+        );
+        assert_eq!(
+            error("[store]\npassword_file = \"/etc/p\"\n"),
+            "test.toml: key `store.password_file`: is set but store.url is not"
+        );
+        let missing = error("[store]\nurl = \"redis://127.0.0.1/2\"\npassword_file = \"/nonexistent/tern-pass\"\n");
+        assert!(
+            missing.starts_with("test.toml: key `store.password_file`: cannot read /nonexistent/tern-pass"),
+            "{missing}"
+        );
+
+        let text = "[store]\nurl = \"postgresql://tern:hunter2@db.example/tern\"\ntimeout = 2\n";
+        let config = Config::parse(text, "t").expect("valid");
+        let store = config.store().expect("a store");
+        assert_eq!(store.timeout, Duration::from_secs(2));
+        let printed = config.to_toml();
+        assert!(printed.contains("url = \"postgresql://tern:<redacted>@db.example/tern\""), "{printed}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+
+        let mut flagged = Config::defaults();
+        flagged
+            .apply(&Overrides { store: Some("redis://127.0.0.1:6379/2".into()), ..Overrides::default() })
+            .expect("a URL without a password");
+        assert!(flagged.store().is_some());
+        let message = Config::defaults()
+            .apply(&Overrides { store: Some("redis://:hunter2@127.0.0.1/2".into()), ..Overrides::default() })
+            .expect_err("a password on the command line")
+            .to_string();
+        assert!(
+            message.starts_with("command line: key `--store`: redis://:<redacted>@127.0.0.1/2: a password"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -26,9 +26,10 @@ use super::Overrides;
 use super::values::{
     Address, AlternateIp, AlternateServer, BlankOr, Credential, Domain, ExternalAddress, FilePath, List,
     ListenAddresses, LogFormat, LogLevel, Map, Maybe, Name, One, PeerRange, PortRange, Positive, Realm, RelayIp, Rule,
-    Secret, Software, UserSecret, Workers, positive, table,
+    Secret, Software, StoreFlag, StoreLocation, UserSecret, Workers, positive, table,
 };
 use crate::proto::server::ExternalIp;
+use crate::store::StoreUrl;
 
 /// The listen address when neither the file nor a flag gives one.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 3478));
@@ -59,6 +60,8 @@ pub const DEFAULT_TLS_MAX_HANDSHAKES: NonZeroU32 = positive(256);
 /// Seconds a TLS handshake may take: generous for a slow mobile link,
 /// short enough that idle connections do not pile up.
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: NonZeroU32 = positive(10);
+/// Seconds a store query, or a connection to the store, may take.
+pub const DEFAULT_STORE_TIMEOUT: NonZeroU32 = positive(5);
 /// Seconds a load balancer may take to send its PROXY header: it sends the
 /// header as soon as it connects, so a few seconds cover a busy one.
 pub const DEFAULT_PROXY_HEADER_TIMEOUT: NonZeroU32 = positive(5);
@@ -258,6 +261,8 @@ settings! {
         pub proxy: ProxyConfig = ProxyConfig::default(), section;
         #[serde(deserialize_with = "table", skip_serializing_if = "AdminConfig::disabled")]
         pub admin: AdminConfig = AdminConfig::default(), section;
+        #[serde(deserialize_with = "table", skip_serializing_if = "StoreConfig::disabled")]
+        pub store: StoreConfig = StoreConfig::default(), section;
     }
 }
 
@@ -390,5 +395,30 @@ impl ProxyConfig {
 
     fn disabled(&self) -> bool {
         !self.enabled() && self.trusted.is_empty()
+    }
+}
+
+settings! {
+    /// `[store]`: users, REST secrets, peer lists and realm options in a
+    /// database shared with coturn's tools and other tern nodes.
+    pub struct StoreConfig {
+        /// `sqlite:///PATH`, `postgresql://…` or `redis://…`; off when unset.
+        #[serde(with = "BlankOr::<StoreLocation>", skip_serializing_if = "Option::is_none")]
+        pub url: Option<StoreUrl> = None, check store with StoreFlag;
+        /// The password, on the file's first line (else TERN_STORE_PASSWORD).
+        #[serde(with = "BlankOr::<FilePath>", skip_serializing_if = "Option::is_none")]
+        pub password_file: Option<PathBuf> = None;
+        /// CA certificates (PEM) for TLS to the store, instead of the system's.
+        #[serde(with = "BlankOr::<FilePath>", skip_serializing_if = "Option::is_none")]
+        pub tls_ca: Option<PathBuf> = None;
+        /// Seconds.
+        #[serde(with = "One::<Positive>")]
+        pub timeout: NonZeroU32 = DEFAULT_STORE_TIMEOUT;
+    }
+}
+
+impl StoreConfig {
+    fn disabled(&self) -> bool {
+        self.url.is_none() && self.password_file.is_none() && self.tls_ca.is_none()
     }
 }

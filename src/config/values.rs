@@ -25,6 +25,7 @@ use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 
 use crate::proto::server::ExternalIp;
+use crate::store::StoreUrl;
 
 /// REALM is at most 763 bytes (RFC 8489 §14.9), and so is SOFTWARE (§14.14).
 const MAX_REALM_LEN: usize = 763;
@@ -418,6 +419,37 @@ impl Rule for FilePath {
     }
 }
 
+/// `[store] url`: a URL its engine's client accepts.
+pub struct StoreLocation;
+
+impl TextRule for StoreLocation {
+    type Value = StoreUrl;
+
+    fn parse(text: String) -> Result<StoreUrl, String> {
+        StoreUrl::parse(&text)
+    }
+}
+
+/// `--store`: a [`StoreLocation`] without a password, which would be in the
+/// process list for every user of the machine to read.
+pub struct StoreFlag;
+
+impl TextRule for StoreFlag {
+    type Value = StoreUrl;
+
+    fn parse(text: String) -> Result<StoreUrl, String> {
+        let url = StoreUrl::parse(&text)?;
+        if url.has_password() {
+            return Err(format!(
+                "{url}: a password on the command line is visible to every user of this machine; put it in \
+                 store.password_file or {}",
+                crate::store::PASSWORD_ENV
+            ));
+        }
+        Ok(url)
+    }
+}
+
 /// A TURN REST API shared secret; written back redacted.
 pub struct Secret;
 
@@ -517,15 +549,10 @@ impl Rule for Credential {
                     _ => return Err(EXPECTED.into()),
                 };
                 let hex = key.strip_prefix("0x").unwrap_or(key);
-                let mut bytes = [0u8; 16];
                 if hex.len() != 32 {
                     return Err(format!("key {key:?} is not 32 hex digits"));
                 }
-                for (i, byte) in bytes.iter_mut().enumerate() {
-                    *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                        .map_err(|_| format!("key {key:?} is not hex"))?;
-                }
-                Ok(UserSecret::Key(bytes))
+                crate::store::parse_key_hex(hex).map(UserSecret::Key).ok_or_else(|| format!("key {key:?} is not hex"))
             }
             _ => Err(EXPECTED.into()),
         }

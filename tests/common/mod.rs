@@ -27,6 +27,7 @@ use tern::proto::stun::attr::{self, AttrType};
 use tern::proto::stun::{Class, HEADER_LEN, MAGIC_COOKIE, Message, MessageType, MessageWriter, Method, TransactionId};
 
 pub mod chromium;
+pub mod engines;
 pub mod haproxy;
 pub mod metrics;
 pub mod netns;
