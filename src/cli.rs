@@ -123,7 +123,6 @@ pub enum AdminCommand {
     Log { level: config::LogLevel },
 }
 
-
 /// Which store the admin commands work on, and in which realm.
 #[derive(Debug, Args)]
 pub struct StoreArgs {
