@@ -109,11 +109,13 @@ redis.call('EXPIREAT', KEYS[1], last[2])
 return 1
 ";
 
-/// Removes ARGV[1] from the realm's set KEYS[1]; 1 if it was revoked past
-/// ARGV[2] (now).
+/// Removes ARGV[1] from the realm's set KEYS[1], which then expires with
+/// its new last member; 1 if ARGV[1] was revoked past ARGV[2] (now).
 const UNREVOKE: &str = r"
 local expires = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] then redis.call('EXPIREAT', KEYS[1], last[2]) end
 if expires and tonumber(expires) > tonumber(ARGV[2]) then return 1 end
 return 0
 ";
