@@ -52,6 +52,9 @@ pub enum Command {
     /// Realm settings in the store.
     #[command(subcommand)]
     Realm(RealmCommand),
+    /// Usage records in the store: one per allocation, for billing.
+    #[command(subcommand)]
+    Usage(UsageCommand),
 }
 
 /// `tern admin`.
@@ -241,6 +244,33 @@ pub struct RealmOptionArgs {
     /// The realm (default when setting: the configuration's `realm`).
     #[arg(long, short)]
     pub realm: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsageCommand {
+    /// List the newest usage records (oldest of them first) as a table, or JSON.
+    List(UsageListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UsageListArgs {
+    /// Only this realm.
+    #[arg(long, short)]
+    pub realm: Option<String>,
+    /// Only this user (a REST username in full: `EXPIRY:USER`).
+    #[arg(long, short)]
+    pub user: Option<String>,
+    /// Only allocations that ended at or after this time, in unix seconds.
+    #[arg(long, value_name = "UNIX")]
+    pub since: Option<u64>,
+    /// At most this many, the newest.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=crate::store::MAX_USAGE_LIST as u64))]
+    pub limit: u64,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

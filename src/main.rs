@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         Command::User(command) => tern::store::admin::user(&command).map(|()| ExitCode::SUCCESS),
         Command::Secret(command) => tern::store::admin::secret(&command).map(|()| ExitCode::SUCCESS),
         Command::Realm(command) => tern::store::admin::realm(&command).map(|()| ExitCode::SUCCESS),
+        Command::Usage(command) => tern::store::admin::usage(&command).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

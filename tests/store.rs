@@ -6,18 +6,25 @@
 //! write, turnadmin lists; a change made through another connection reaches
 //! a subscriber within 5 s; an engine stopped mid-test gives typed errors
 //! and is reconnected to when it returns; TLS to PostgreSQL checks the
-//! server's certificate.
+//! server's certificate. Usage records one node writes in batches, another
+//! reads back exactly; a revocation one node makes reaches the other's
+//! change feed within 5 s and expires; a store that schema version 1 made
+//! is migrated by two nodes at once.
 
 mod common;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use tern::proto::Transport;
 use tern::proto::auth::{LongTermKey, PasswordAlgorithm, UserKeys};
-use tern::store::{Change, ChangeFeed, FeedEvent, PASSWORD_ENV, Store, StoreError, StoreSettings, StoreUrl};
+use tern::store::{
+    Change, ChangeFeed, FeedEvent, MAX_USAGE_BATCH, MAX_USAGE_LIST, PASSWORD_ENV, Store, StoreError, StoreSettings,
+    StoreUrl, UsageFilter, UsageRecord,
+};
 
 use common::engines::{self, Postgres, REDIS_PASSWORD, Redis};
 use common::{COMMAND_TIMEOUT, TestCert, run_bounded, scratch_file, tern_command, wait_bounded};
@@ -272,31 +279,17 @@ async fn redis_keys_written_by_turnadmin_are_shared_with_tern() {
     let Some(redis) = Redis::start() else { return };
     let url = redis.url();
     let password_file = scratch_file("redis-pass", &format!("{REDIS_PASSWORD}\n"));
-    let port = redis.port();
     let engine = Engine {
         settings: settings(&url, Some(REDIS_PASSWORD)),
         turnadmin_db: vec!["-N".into(), redis.conninfo()],
         store_table: format!("[store]\nurl = \"{url}\"\npassword_file = \"{}\"\n", password_file.display()),
-        add_peer_ranges: Box::new(move || {
+        add_peer_ranges: Box::new(|| {
             for (key, member) in [
                 ("turn/realm/north.gov/allowed-peer-ip", "172.17.13.200"),
                 ("turn/realm/north.gov/denied-peer-ip", "172.17.13.133-172.17.14.56"),
                 ("turn/realm//denied-peer-ip", "123::45"),
             ] {
-                let output = run_bounded(
-                    Command::new("redis-cli").args([
-                        "-p",
-                        &port.to_string(),
-                        "--no-auth-warning",
-                        "-a",
-                        REDIS_PASSWORD,
-                        "SADD",
-                        key,
-                        member,
-                    ]),
-                    COMMAND_TIMEOUT,
-                );
-                assert!(output.status.success(), "redis-cli: {output:?}");
+                redis.cli(&["SADD", key, member]);
             }
         }),
     };
@@ -404,4 +397,309 @@ async fn postgresql_over_tls_checks_the_certificate() {
     untrusted.tls_ca = Some(other.cert.clone());
     let error = Store::open(&untrusted).await.expect_err("a certificate from another CA");
     assert!(matches!(error, StoreError::Unreachable { .. }), "{error}");
+}
+
+/// Two nodes on one engine, as a fleet has them: two store handles, each
+/// with its connections; the engine's own client to look at what is
+/// stored; and the `[store]` table of a tern configuration for the CLI.
+struct Fleet<'a> {
+    settings: StoreSettings,
+    store_table: String,
+    /// How many revocations of a realm the engine holds, expired or not.
+    stored_revocations: Box<dyn Fn(&str) -> usize + Send + 'a>,
+}
+
+fn is_revocations(realm: &'static str) -> impl Fn(&FeedEvent) -> bool {
+    move |event| matches!(event, FeedEvent::Changed(Change::Revocations { realm: r }) if r == realm)
+}
+
+/// `count` usage records as varied as a node writes: every transport, IPv4
+/// and IPv6 clients, one relayed address of either family or both (the
+/// widest that can be written, once), names
+/// with quotes and non-ASCII bytes, counters up to the largest a column
+/// holds; the one at `i` ended at `ended + i`.
+fn usage_batch(count: usize, ended: u64) -> Vec<UsageRecord> {
+    let names = ["1795328581:gorst", "ninefingers", "o'brien\"; DROP TABLE tern_usage; --", "glokta-ø-雪"];
+    (0..count)
+        .map(|i| {
+            let n = i as u64;
+            let address = |text: String| -> SocketAddr { text.parse().expect("an address") };
+            let (client, relayed) = if i == 7 {
+                let widest_v6 = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+                let relayed = vec![address("255.255.255.255:65535".into()), address(format!("[{widest_v6}]:65535"))];
+                (address(format!("[{widest_v6}%4294967295]:65535")), relayed)
+            } else {
+                let client = if i % 4 == 0 {
+                    address(format!("[fe80::{i:x}%2]:{}", 40000 + i))
+                } else {
+                    address(format!("192.0.2.{}:{}", i % 250, 40000 + i))
+                };
+                let v4 = address(format!("203.0.113.{}:{}", i % 250, 49152 + i));
+                let v6 = address(format!("[2001:db8::{i:x}]:{}", 50000 + i));
+                (client, [vec![v4], vec![v6], vec![v4, v6]][i % 3].clone())
+            };
+            UsageRecord {
+                node: format!("tern-{}", i % 3),
+                realm: if i % 2 == 0 { "north.gov" } else { "crinna.org" }.into(),
+                username: names[i % names.len()].into(),
+                transport: [Transport::Udp, Transport::Tcp, Transport::Tls][i % 3],
+                client,
+                relayed,
+                started: ended + n - 60 * (n % 10),
+                ended: ended + n,
+                packets_to_peer: n,
+                bytes_to_peer: if i == 5 { i64::MAX as u64 } else { 1200 * n },
+                packets_to_client: 2 * n,
+                bytes_to_client: 1300 * n,
+            }
+        })
+        .collect()
+}
+
+fn filter(realm: Option<&str>, username: Option<&str>, since: Option<u64>, limit: usize) -> UsageFilter {
+    UsageFilter { realm: realm.map(str::to_owned), username: username.map(str::to_owned), since, limit }
+}
+
+/// What every engine must do with usage records and revocations, with one
+/// node writing and the other reading and following the change feed.
+async fn usage_and_revocations_reach_the_fleet(fleet: Fleet<'_>) {
+    let node_a = Store::open(&fleet.settings).await.expect("node A opens the store");
+    let node_b = Store::open(&fleet.settings).await.expect("node B opens the store");
+    let mut feed = node_a.subscribe();
+    next_event(&mut feed, PROPAGATION * 2, is_all).await;
+
+    // Usage written by one node in batches is read back exactly by the other.
+    let ended = 1_795_300_000;
+    let first = usage_batch(MAX_USAGE_BATCH, ended);
+    let second = usage_batch(40, ended + 10_000);
+    node_b.record_usage(&first).await.expect("a full batch");
+    node_b.record_usage(&second).await.expect("a second batch");
+    let all: Vec<UsageRecord> = first.iter().chain(&second).cloned().collect();
+    assert_eq!(node_a.usage(&filter(None, None, None, MAX_USAGE_LIST)).await.expect("usage"), all);
+    assert_eq!(node_a.usage(&filter(None, None, None, 30)).await.expect("the newest"), all[all.len() - 30..]);
+    let wanted = |realm: &str, user: &str, since: u64| -> Vec<UsageRecord> {
+        all.iter().filter(|r| r.realm == realm && r.username == user && r.ended >= since).cloned().collect()
+    };
+    let quoted = "o'brien\"; DROP TABLE tern_usage; --";
+    for (realm, user, since) in [
+        ("north.gov", quoted, 0),
+        ("crinna.org", "glokta-ø-雪", ended + 300),
+        ("crinna.org", "ninefingers", ended + 10_000),
+    ] {
+        let expected = wanted(realm, user, since);
+        assert!(!expected.is_empty(), "{realm} {user} {since}");
+        let read = node_a.usage(&filter(Some(realm), Some(user), Some(since), MAX_USAGE_LIST)).await.expect("usage");
+        assert_eq!(read, expected, "{realm} {user} since {since}");
+    }
+    let since = node_a.usage(&filter(None, None, Some(ended + 500), MAX_USAGE_LIST)).await.expect("usage");
+    assert_eq!(since, all.iter().filter(|r| r.ended >= ended + 500).cloned().collect::<Vec<_>>());
+    assert_eq!(node_a.usage(&filter(Some("elsewhere"), None, None, 10)).await.expect("usage"), Vec::new());
+    let error = node_b.record_usage(&usage_batch(MAX_USAGE_BATCH + 1, ended)).await.expect_err("too big a batch");
+    assert!(matches!(error, StoreError::InvalidInput(_)), "{error}");
+
+    // The command line lists the same, as JSON and as a table.
+    let config = scratch_file("usage.toml", &fleet.store_table);
+    let config = config.to_str().expect("utf-8 path").to_owned();
+    let since_arg = (ended + 10_030).to_string();
+    let listed = tern_with_input(
+        ["usage", "list", "--json", "--realm", "north.gov", "--since", &since_arg, "--config", &config]
+            .map(str::to_owned)
+            .to_vec(),
+        String::new(),
+    )
+    .await;
+    assert!(listed.status.success(), "tern usage list: {listed:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    let expected: Vec<&UsageRecord> =
+        all.iter().filter(|r| r.realm == "north.gov" && r.ended >= ended + 10_030).collect();
+    assert_eq!(listed, serde_json::to_value(&expected).expect("JSON"));
+    assert_eq!(listed[0]["transport"], "udp", "{listed}");
+    let table = tern_with_input(
+        ["usage", "list", "--limit", "1", "--config", &config].map(str::to_owned).to_vec(),
+        String::new(),
+    )
+    .await;
+    let table = String::from_utf8_lossy(&table.stdout);
+    let last = all.last().expect("records");
+    let mut lines = table.lines();
+    assert!(lines.next().expect("a header").starts_with("ENDED"), "{table}");
+    let row: Vec<&str> = lines.next().expect("a row").split_whitespace().collect();
+    assert_eq!(row[0], "2026-11-22T01:13:59Z", "{table}");
+    assert_eq!(row[2..5], [last.node.as_str(), last.realm.as_str(), last.username.as_str()], "{table}");
+    assert_eq!(lines.next(), None, "{table}");
+
+    // A revocation by one node reaches the other's feed, and expires.
+    let now = tern::io::clock::unix_secs();
+    let gorst = "1795328581:gorst";
+    node_b.revoke("north.gov", gorst, now + 3600).await.expect("revoke");
+    next_event(&mut feed, PROPAGATION, is_revocations("north.gov")).await;
+    assert_eq!(node_a.revocations("north.gov").await.expect("read"), vec![(gorst.to_owned(), now + 3600)]);
+    node_b.revoke("north.gov", gorst, now + 7200).await.expect("revoke again, for longer");
+    node_b.revoke("north.gov", quoted, tern::store::MAX_REVOCATION_EXPIRY).await.expect("revoke until undone");
+    next_event(&mut feed, PROPAGATION, is_revocations("north.gov")).await;
+    assert_eq!(
+        node_a.revocations("north.gov").await.expect("read"),
+        vec![(gorst.to_owned(), now + 7200), (quoted.to_owned(), tern::store::MAX_REVOCATION_EXPIRY)]
+    );
+    assert_eq!(node_a.revocations("crinna.org").await.expect("read"), Vec::new());
+    assert!(node_b.unrevoke("north.gov", quoted).await.expect("unrevoke"));
+    next_event(&mut feed, PROPAGATION, is_revocations("north.gov")).await;
+    assert!(!node_b.unrevoke("north.gov", quoted).await.expect("unrevoke again"));
+    assert_eq!(node_a.revocations("north.gov").await.expect("read"), vec![(gorst.to_owned(), now + 7200)]);
+
+    let brief = tern::io::clock::unix_secs() + 2;
+    node_b.revoke("crinna.org", "brief", brief).await.expect("revoke briefly");
+    next_event(&mut feed, PROPAGATION, is_revocations("crinna.org")).await;
+    assert_eq!(node_a.revocations("crinna.org").await.expect("read"), vec![("brief".to_owned(), brief)]);
+    let deadline = tokio::time::Instant::now() + PROPAGATION;
+    while tern::io::clock::unix_secs() <= brief {
+        assert!(tokio::time::Instant::now() < deadline, "the clock did not pass {brief}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(node_a.revocations("crinna.org").await.expect("read"), Vec::new(), "expired");
+    assert_eq!((fleet.stored_revocations)("crinna.org"), 0, "the expired revocation is deleted");
+    assert_eq!((fleet.stored_revocations)("north.gov"), 1);
+    let error = node_b.revoke("north.gov", "late", now - 1).await.expect_err("an expiry in the past");
+    assert!(matches!(error, StoreError::InvalidInput(_)), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_usage_and_revocations_reach_the_fleet() {
+    let dir = engines::temp_dir("sqlite-fleet");
+    let file = dir.join("tern.db");
+    let url = format!("sqlite://{}", file.display());
+    let fleet = Fleet {
+        settings: settings(&url, None),
+        store_table: format!("[store]\nurl = \"{url}\"\n"),
+        stored_revocations: Box::new(move |realm| {
+            let connection = rusqlite::Connection::open(&file).expect("open");
+            let count: i64 = connection
+                .query_row("SELECT count(*) FROM tern_revocation WHERE realm = ?1", [realm], |row| row.get(0))
+                .expect("count");
+            usize::try_from(count).expect("a count")
+        }),
+    };
+    usage_and_revocations_reach_the_fleet(fleet).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_usage_and_revocations_reach_the_fleet() {
+    let Some(postgres) = Postgres::start() else { return };
+    let url = postgres.url();
+    let fleet = Fleet {
+        settings: settings(&url, None),
+        store_table: format!("[store]\nurl = \"{url}\"\n"),
+        stored_revocations: Box::new(|realm| {
+            let sql = format!("SELECT count(*) FROM tern_revocation WHERE realm = '{realm}'");
+            postgres.psql(&sql).trim().parse().expect("a count")
+        }),
+    };
+    usage_and_revocations_reach_the_fleet(fleet).await;
+    // Two relayed addresses of the widest kind fit the column.
+    let rows = postgres.psql("SELECT max(length(relayed)) FROM tern_usage");
+    assert!(rows.trim().parse::<usize>().expect("a length") > 64, "{rows}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_usage_and_revocations_reach_the_fleet() {
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url();
+    let password_file = scratch_file("redis-fleet-pass", &format!("{REDIS_PASSWORD}\n"));
+    let fleet = Fleet {
+        settings: settings(&url, Some(REDIS_PASSWORD)),
+        store_table: format!("[store]\nurl = \"{url}\"\npassword_file = \"{}\"\n", password_file.display()),
+        stored_revocations: Box::new(|realm| {
+            redis.cli(&["ZCARD", &format!("tern/realm/{realm}/revoked")]).trim().parse().expect("a count")
+        }),
+    };
+    usage_and_revocations_reach_the_fleet(fleet).await;
+    // The layout the README documents: one stream entry per record, its
+    // fields the SQL columns; one sorted set per realm that expires with
+    // its last revocation.
+    assert_eq!(redis.cli(&["XLEN", "tern/usage"]).trim(), (MAX_USAGE_BATCH + 40).to_string());
+    let first = redis.cli(&["XRANGE", "tern/usage", "-", "+", "COUNT", "1"]);
+    let fields: Vec<&str> = first.lines().skip(1).step_by(2).collect();
+    assert_eq!(
+        fields,
+        [
+            "node",
+            "realm",
+            "username",
+            "transport",
+            "client",
+            "relayed",
+            "started",
+            "ended",
+            "packets_to_peer",
+            "bytes_to_peer",
+            "packets_to_client",
+            "bytes_to_client"
+        ],
+        "{first}"
+    );
+    let ttl: i64 = redis.cli(&["TTL", "tern/realm/north.gov/revoked"]).trim().parse().expect("a TTL");
+    assert!((7000..=7200).contains(&ttl), "the set expires with its last member: {ttl}");
+    assert_eq!(redis.cli(&["EXISTS", "tern/realm/crinna.org/revoked"]).trim(), "0");
+}
+
+/// A store that schema version 1 made (migration 1 as it shipped, and a row
+/// of each of tern's tables) opened by this tern: both nodes migrate it at
+/// once, one of them does, the old rows read as before, and revocations
+/// now reach the change feed.
+async fn a_version_1_store_is_migrated(settings: StoreSettings) {
+    let (a, b) = (Store::new(&settings).expect("a store"), Store::new(&settings).expect("a store"));
+    assert_eq!(a.status().await.expect("status").schema_version, 1);
+    let (migrated_a, migrated_b) = tokio::join!(a.migrate(), b.migrate());
+    assert_eq!(migrated_a.expect("node A migrates"), tern::store::SCHEMA_VERSION);
+    assert_eq!(migrated_b.expect("node B migrates"), tern::store::SCHEMA_VERSION);
+    assert_eq!(b.status().await.expect("status").schema_version, tern::store::SCHEMA_VERSION);
+    let old = a.usage(&filter(None, None, None, 10)).await.expect("version 1's usage row");
+    assert_eq!(old.len(), 1);
+    assert_eq!((old[0].username.as_str(), old[0].relayed.len(), old[0].bytes_to_peer), ("gorst", 1, 1200));
+    let revoked = a.revocations("north.gov").await.expect("version 1's revocation");
+    assert_eq!(revoked, vec![("ninefingers".to_owned(), tern::store::MAX_REVOCATION_EXPIRY)]);
+
+    let mut feed = a.subscribe();
+    next_event(&mut feed, PROPAGATION * 2, is_all).await;
+    b.revoke("north.gov", "gorst", tern::io::clock::unix_secs() + 60).await.expect("revoke");
+    next_event(&mut feed, PROPAGATION, is_revocations("north.gov")).await;
+    b.record_usage(&usage_batch(3, 1_795_300_000)).await.expect("records with two relayed addresses");
+    assert_eq!(a.usage(&filter(None, None, None, 10)).await.expect("usage").len(), 4);
+}
+
+/// The rows a version 1 store holds, in SQL both engines take.
+const VERSION_1_ROWS: &str = "INSERT INTO tern_usage (node, realm, username, transport, client, relayed, started, \
+     ended, packets_to_peer, bytes_to_peer, packets_to_client, bytes_to_client) VALUES ('tern-0', 'north.gov', \
+     'gorst', 'udp', '192.0.2.1:4000', '203.0.113.5:49152', 1795300000, 1795300060, 10, 1200, 11, 1300); \
+     INSERT INTO tern_revocation (realm, username, expires) VALUES ('north.gov', 'ninefingers', 253402300799);";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_version_1_is_migrated() {
+    let dir = engines::temp_dir("sqlite-v1");
+    let file = dir.join("tern.db");
+    let connection = rusqlite::Connection::open(&file).expect("open");
+    connection.execute_batch(include_str!("vectors/store-schema-v1-sqlite.sql")).expect("version 1's schema");
+    connection.execute_batch(VERSION_1_ROWS).expect("version 1's rows");
+    drop(connection);
+    a_version_1_store_is_migrated(settings(&format!("sqlite://{}", file.display()), None)).await;
+    let connection = rusqlite::Connection::open(&file).expect("open");
+    let versions: String = connection
+        .query_row("SELECT group_concat(version) FROM tern_schema ORDER BY version", [], |row| row.get(0))
+        .expect("versions");
+    assert_eq!(versions, "1,2");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_version_1_is_migrated() {
+    let Some(postgres) = Postgres::start() else { return };
+    postgres.psql(include_str!("vectors/store-schema-v1-postgres.sql"));
+    postgres.psql(VERSION_1_ROWS);
+    let width = "SELECT character_maximum_length FROM information_schema.columns \
+                 WHERE table_name = 'tern_usage' AND column_name = 'relayed'";
+    assert_eq!(postgres.psql(width).trim(), "64");
+    a_version_1_store_is_migrated(settings(&postgres.url(), None)).await;
+    assert_eq!(postgres.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM tern_schema").trim(), "1,2");
+    assert_eq!(postgres.psql(width).trim(), "128");
 }

@@ -1,14 +1,17 @@
 //! The store's admin commands, what coturn's `turnadmin` does: `tern user
-//! add|delete|list`, `tern secret add|delete|list`, `tern realm option`,
-//! and the store line of `tern check`. Passwords and secrets come from a
+//! add|delete|list`, `tern secret add|delete|list`, `tern realm option`;
+//! `tern usage list`, and the store line of `tern check`. Passwords and secrets come from a
 //! prompt or standard input, never from the command line; listings are an
 //! aligned table or JSON.
 
 use std::fmt::Write as _;
 use std::io::BufRead;
+use std::time::{Duration, UNIX_EPOCH};
 
-use super::{PASSWORD_ENV, RealmOption, SCHEMA_VERSION, Store, StoreSettings, key_hex};
-use crate::cli::{ListArgs, RealmCommand, SecretCommand, StoreArgs, UserCommand};
+use super::{
+    LAST_SECOND_OF_9999, PASSWORD_ENV, RealmOption, SCHEMA_VERSION, Store, StoreSettings, UsageFilter, key_hex,
+};
+use crate::cli::{RealmCommand, SecretCommand, StoreArgs, UsageCommand, UserCommand};
 use crate::config::Config;
 use crate::proto::stun::integrity::long_term_key_md5;
 
@@ -49,7 +52,7 @@ pub fn user(command: &UserCommand) -> Result<(), String> {
                 let (_, store) = open(&args.store).await?;
                 let users = store.list_users(args.realm.as_deref()).await.map_err(text)?;
                 let rows = users.iter().map(|user| vec![printable(&user.realm), printable(&user.name)]).collect();
-                print_listing(args, &users, &["REALM", "USER"], rows)
+                print_listing(args.json, &users, &["REALM", "USER"], rows)
             }
         }
     })
@@ -103,7 +106,7 @@ pub fn secret(command: &SecretCommand) -> Result<(), String> {
                 let secrets = store.list_secrets(args.realm.as_deref()).await.map_err(text)?;
                 let rows =
                     secrets.iter().map(|entry| vec![printable(&entry.realm), printable(&entry.secret)]).collect();
-                print_listing(args, &secrets, &["REALM", "SECRET"], rows)
+                print_listing(args.json, &secrets, &["REALM", "SECRET"], rows)
             }
         }
     })
@@ -155,6 +158,65 @@ pub fn realm(command: &RealmCommand) -> Result<(), String> {
     })
 }
 
+/// `tern usage …`.
+pub fn usage(command: &UsageCommand) -> Result<(), String> {
+    let UsageCommand::List(args) = command;
+    run(async {
+        let (_, store) = open(&args.store).await?;
+        let filter = UsageFilter {
+            realm: args.realm.clone(),
+            username: args.user.clone(),
+            since: args.since,
+            limit: usize::try_from(args.limit).unwrap_or(usize::MAX),
+        };
+        let records = store.usage(&filter).await.map_err(text)?;
+        let rows = records
+            .iter()
+            .map(|record| {
+                let relayed: Vec<String> = record.relayed.iter().map(ToString::to_string).collect();
+                vec![
+                    unix_time(record.ended),
+                    (record.ended - record.started).to_string(),
+                    printable(&record.node),
+                    printable(&record.realm),
+                    printable(&record.username),
+                    record.transport.to_string(),
+                    record.client.to_string(),
+                    relayed.join(","),
+                    record.packets_to_peer.to_string(),
+                    record.bytes_to_peer.to_string(),
+                    record.packets_to_client.to_string(),
+                    record.bytes_to_client.to_string(),
+                ]
+            })
+            .collect();
+        let headers = [
+            "ENDED",
+            "SECONDS",
+            "NODE",
+            "REALM",
+            "USER",
+            "TRANSPORT",
+            "CLIENT",
+            "RELAYED",
+            "PACKETS_TO_PEER",
+            "BYTES_TO_PEER",
+            "PACKETS_TO_CLIENT",
+            "BYTES_TO_CLIENT",
+        ];
+        print_listing(args.json, &records, &headers, rows)
+    })
+}
+
+/// Unix seconds as an RFC 3339 time (UTC); the number itself past the
+/// year 9999, which RFC 3339 cannot write.
+fn unix_time(secs: u64) -> String {
+    if secs > LAST_SECOND_OF_9999 {
+        return secs.to_string();
+    }
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
 /// `tern check`'s line about the store: reachable or not, and the schema
 /// version; never an error, since `tern serve` starts without its store.
 pub fn check_line(settings: &StoreSettings) -> String {
@@ -201,12 +263,12 @@ fn text(error: super::StoreError) -> String {
 
 /// A listing as JSON or as a table.
 fn print_listing<T: serde::Serialize>(
-    args: &ListArgs,
+    json: bool,
     entries: &[T],
     headers: &[&str],
     rows: Vec<Vec<String>>,
 ) -> Result<(), String> {
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(entries).map_err(|e| e.to_string())?);
     } else {
         print!("{}", table(headers, rows));
@@ -281,6 +343,13 @@ mod tests {
             "REALM      USER\nnorth.gov  gorst\nr          stranger-come-knocking\n"
         );
         assert_eq!(table(&["REALM", "USER"], Vec::new()), "REALM  USER\n");
+    }
+
+    #[test]
+    fn times_are_rfc_3339_until_the_year_9999() {
+        assert_eq!(unix_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(unix_time(LAST_SECOND_OF_9999), "9999-12-31T23:59:59Z");
+        assert_eq!(unix_time(u64::MAX), u64::MAX.to_string());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The user store: users, REST secrets, peer ranges, realm options and
 //! origin→realm in a database that coturn's tools also use, chosen by URL
-//! (SQLite, PostgreSQL or Redis), with a feed of what changed in it.
+//! (SQLite, PostgreSQL or Redis), with a feed of what changed in it; and
+//! tern's own fleet-wide state beside them: revocations and usage records.
 //!
 //! It owns the conversation with the engine: connecting (and reconnecting
 //! with backoff), tern's schema and its migrations, bounded reads (every
@@ -27,6 +28,7 @@ mod settings;
 mod sqlite;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -35,6 +37,7 @@ use tokio::sync::mpsc;
 pub use settings::{PASSWORD_ENV, Password, StoreSettings, StoreUrl};
 
 use crate::io::clock;
+use crate::proto::Transport;
 use crate::proto::auth::UserKeys;
 
 /// The schema version this tern creates and understands.
@@ -58,6 +61,37 @@ pub const MAX_ORIGIN: usize = 127;
 const MAX_OPTION_VALUE: usize = 128;
 /// Rows one listing (`tern user list`) may return.
 pub const MAX_LIST: usize = 1_000_000;
+/// A node's name in a usage record: `tern_usage.node varchar(255)`.
+pub const MAX_NODE: usize = 255;
+/// Relayed addresses of one allocation: one of each family at most (a dual
+/// allocation, RFC 8656 ADDITIONAL-ADDRESS-FAMILY).
+pub const MAX_RELAYED: usize = 2;
+/// Usage records one [`Store::record_usage`] call writes: a batch is one
+/// transaction or pipeline, and this keeps it well inside one engine
+/// round trip and the store's timeout.
+pub const MAX_USAGE_BATCH: usize = 512;
+/// About how many entries Redis's usage stream `tern/usage` keeps (`XADD
+/// MAXLEN ~`): the oldest go first, so whoever bills from Redis reads the
+/// stream (`XREAD`, `XREADGROUP`) well before a million allocations more
+/// have ended. About 150 MB of Redis memory when full.
+pub const USAGE_STREAM_LENGTH: usize = 1_000_000;
+/// Usage records one [`Store::usage`] listing may return.
+pub const MAX_USAGE_LIST: usize = 100_000;
+/// Unexpired revocations one realm may hold, and one listing return.
+pub const MAX_REVOCATIONS: usize = 65_536;
+/// The latest expiry a revocation may have, which every engine's time
+/// types and Redis's `EXPIREAT` hold: "until undone".
+pub const MAX_REVOCATION_EXPIRY: u64 = LAST_SECOND_OF_9999;
+/// 9999-12-31T23:59:59Z in unix seconds: the last time RFC 3339 can write.
+const LAST_SECOND_OF_9999: u64 = 253_402_300_799;
+/// A client address as text: `tern_usage.client varchar(64)`, enough for
+/// `[IPv6%scope]:port`.
+const MAX_CLIENT_TEXT: usize = 64;
+/// The relayed addresses as text, comma-separated: `tern_usage.relayed
+/// varchar(128)` since migration 2.
+const MAX_RELAYED_TEXT: usize = 128;
+/// `tern_usage.transport varchar(8)`.
+const MAX_TRANSPORT_TEXT: usize = 8;
 /// The hex of an MD5 key.
 const KEY_HEX_LEN: usize = 32;
 /// Changes the feed buffers before the subscriber reads them; past that it
@@ -229,6 +263,9 @@ pub enum Change {
     RealmOptions { realm: String },
     /// The origin→realm map changed.
     Origins,
+    /// A realm's revocations changed (one was added, changed or removed; one
+    /// that merely expires is not reported, since each carries its expiry).
+    Revocations { realm: String },
     /// Anything may have changed: the feed (re)connected after a gap in
     /// which it saw nothing, or fell behind. Drop every cached answer.
     All,
@@ -305,6 +342,211 @@ where
     let (events, receiver) = mpsc::channel(FEED_BUFFER);
     let task = tokio::spawn(watch(FeedSender { events, overflowed: false }));
     ChangeFeed { events: receiver, task }
+}
+
+/// One allocation's usage, for billing: who, over what, from where, when,
+/// and the traffic each way. Written in batches by [`Store::record_usage`];
+/// a SQL row of `tern_usage`, or an entry of the Redis stream `tern/usage`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct UsageRecord {
+    /// The tern node that held the allocation; at most [`MAX_NODE`] bytes.
+    pub node: String,
+    pub realm: String,
+    pub username: String,
+    /// How the client reached tern.
+    #[serde(serialize_with = "transport_name")]
+    pub transport: Transport,
+    pub client: SocketAddr,
+    /// The relayed addresses, one per family: 1 to [`MAX_RELAYED`].
+    pub relayed: Vec<SocketAddr>,
+    /// Unix seconds the allocation was made and ended.
+    pub started: u64,
+    pub ended: u64,
+    pub packets_to_peer: u64,
+    pub bytes_to_peer: u64,
+    pub packets_to_client: u64,
+    pub bytes_to_client: u64,
+}
+
+fn transport_name<S: serde::Serializer>(transport: &Transport, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(transport.as_str())
+}
+
+/// The text columns of `tern_usage` (and fields of a `tern/usage` entry),
+/// in the order [`UsageRow::text`] holds them, with the bytes each holds.
+const USAGE_TEXT: [(&str, usize); 6] = [
+    ("node", MAX_NODE),
+    ("realm", MAX_REALM),
+    ("username", MAX_NAME),
+    ("transport", MAX_TRANSPORT_TEXT),
+    ("client", MAX_CLIENT_TEXT),
+    ("relayed", MAX_RELAYED_TEXT),
+];
+/// The number columns, in the order [`UsageRow::numbers`] holds them.
+const USAGE_NUMBERS: [&str; 6] =
+    ["started", "ended", "packets_to_peer", "bytes_to_peer", "packets_to_client", "bytes_to_client"];
+
+/// Every column of a usage record, text first, as SQL lists them.
+fn usage_columns() -> String {
+    USAGE_TEXT.iter().map(|(name, _)| *name).chain(USAGE_NUMBERS).collect::<Vec<_>>().join(", ")
+}
+
+/// What a SQL usage listing selects: [`usage_columns`], each text cut one
+/// byte past its bound (`substr`, which both SQL engines have), so an
+/// oversized value is refused without being read whole.
+fn usage_select() -> String {
+    USAGE_TEXT
+        .iter()
+        .map(|(name, max)| format!("substr({name}, 1, {})", max + 1))
+        .chain(USAGE_NUMBERS.iter().map(|name| (*name).to_owned()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl UsageRecord {
+    /// Whether every engine can hold this record as it is: names within
+    /// their columns and without NUL (which PostgreSQL text cannot hold),
+    /// 1 or 2 relayed addresses, `started <= ended`, and every number
+    /// within a signed 64-bit column. The usage writer checks each record
+    /// when it queues it, so one bad record cannot fail a batch.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        check_text("node name", &self.node, MAX_NODE)?;
+        check_text("realm", &self.realm, MAX_REALM)?;
+        check_text("user name", &self.username, MAX_NAME)?;
+        if self.relayed.is_empty() || self.relayed.len() > MAX_RELAYED {
+            return Err(StoreError::InvalidInput(format!(
+                "{} relayed addresses; an allocation has 1 to {MAX_RELAYED}",
+                self.relayed.len()
+            )));
+        }
+        check_len("client address", &self.client.to_string(), MAX_CLIENT_TEXT)?;
+        check_len("relayed addresses", &self.relayed_text(), MAX_RELAYED_TEXT)?;
+        if self.started > self.ended {
+            return Err(StoreError::InvalidInput(format!(
+                "the allocation ended ({}) before it started ({})",
+                self.ended, self.started
+            )));
+        }
+        for (name, value) in USAGE_NUMBERS.iter().zip(self.numbers()) {
+            if i64::try_from(value).is_err() {
+                return Err(StoreError::InvalidInput(format!("{name} is {value}; at most {}", i64::MAX)));
+            }
+        }
+        Ok(())
+    }
+
+    fn numbers(&self) -> [u64; 6] {
+        [
+            self.started,
+            self.ended,
+            self.packets_to_peer,
+            self.bytes_to_peer,
+            self.packets_to_client,
+            self.bytes_to_client,
+        ]
+    }
+
+    /// The relayed addresses as stored: comma-separated.
+    fn relayed_text(&self) -> String {
+        self.relayed.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// A usage record as the engines hold it: text and signed 64-bit numbers,
+/// in the orders of [`USAGE_TEXT`] and [`USAGE_NUMBERS`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct UsageRow {
+    text: [String; 6],
+    numbers: [i64; 6],
+}
+
+impl UsageRow {
+    /// The row of a record that [`UsageRecord::validate`] accepted.
+    fn of(record: &UsageRecord) -> Self {
+        Self {
+            text: [
+                record.node.clone(),
+                record.realm.clone(),
+                record.username.clone(),
+                record.transport.as_str().to_owned(),
+                record.client.to_string(),
+                record.relayed_text(),
+            ],
+            // validate() refused any number above i64::MAX.
+            numbers: record.numbers().map(|value| i64::try_from(value).unwrap_or(i64::MAX)),
+        }
+    }
+
+    /// A row of [`usage_select`]'s columns, read by the engine's
+    /// `text(index, column, max)` and `number(index, column)`.
+    fn read(
+        mut text: impl FnMut(usize, &'static str, usize) -> Result<String, StoreError>,
+        mut number: impl FnMut(usize, &'static str) -> Result<i64, StoreError>,
+    ) -> Result<Self, StoreError> {
+        let mut row = Self { text: Default::default(), numbers: [0; 6] };
+        for (index, ((name, max), value)) in USAGE_TEXT.iter().zip(&mut row.text).enumerate() {
+            *value = text(index, name, *max)?;
+        }
+        for (index, (name, value)) in USAGE_NUMBERS.iter().zip(&mut row.numbers).enumerate() {
+            *value = number(USAGE_TEXT.len() + index, name)?;
+        }
+        Ok(row)
+    }
+
+    /// The record a stored row stands for, or why it is not one.
+    fn record(self, engine: Engine) -> Result<UsageRecord, StoreError> {
+        let bad = |what: &'static str, message: String| StoreError::BadValue { engine, what, message };
+        for ((name, max), value) in USAGE_TEXT.iter().zip(&self.text) {
+            if value.len() > *max {
+                return Err(bad(name, format!("a value of more than {max} bytes")));
+            }
+        }
+        let [node, realm, username, transport, client, relayed] = self.text;
+        let transport = match transport.as_str() {
+            "udp" => Transport::Udp,
+            "tcp" => Transport::Tcp,
+            "tls" => Transport::Tls,
+            _ => return Err(bad("transport", format!("{transport:?} is not udp, tcp or tls"))),
+        };
+        let address = |what: &'static str, text: &str| {
+            text.parse::<SocketAddr>().map_err(|_| bad(what, format!("{text:?} is not an address and port")))
+        };
+        let client = address("client", &client)?;
+        let relayed = relayed.split(',').map(|text| address("relayed", text)).collect::<Result<Vec<_>, _>>()?;
+        let mut numbers = [0u64; 6];
+        for ((number, stored), name) in numbers.iter_mut().zip(self.numbers).zip(USAGE_NUMBERS) {
+            *number = u64::try_from(stored).map_err(|_| bad(name, format!("{stored} is negative")))?;
+        }
+        let [started, ended, packets_to_peer, bytes_to_peer, packets_to_client, bytes_to_client] = numbers;
+        let record = UsageRecord {
+            node,
+            realm,
+            username,
+            transport,
+            client,
+            relayed,
+            started,
+            ended,
+            packets_to_peer,
+            bytes_to_peer,
+            packets_to_client,
+            bytes_to_client,
+        };
+        record.validate().map_err(|e| bad("usage record", e.to_string()))?;
+        Ok(record)
+    }
+}
+
+/// Which usage records [`Store::usage`] returns: those matching every
+/// filter given, the newest `limit` of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageFilter {
+    pub realm: Option<String>,
+    pub username: Option<String>,
+    /// Only allocations that ended at or after this (unix seconds).
+    pub since: Option<u64>,
+    /// At most this many, 1 to [`MAX_USAGE_LIST`].
+    pub limit: usize,
 }
 
 /// What `tern check` reports.
@@ -490,6 +732,101 @@ impl Store {
         }
     }
 
+    /// Writes `records` in one batch: one transaction on SQLite, one
+    /// multi-row `INSERT` on PostgreSQL, one `MULTI`/`EXEC` pipeline of
+    /// `XADD`s to the stream `tern/usage` on Redis (trimmed to about
+    /// [`USAGE_STREAM_LENGTH`] entries). All or nothing: on an error none is
+    /// written, and the batch may be sent again (a timeout may have hidden
+    /// a write that happened). More than [`MAX_USAGE_BATCH`] records, or one
+    /// that [`UsageRecord::validate`] refuses, is [`StoreError::InvalidInput`].
+    pub async fn record_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        if records.len() > MAX_USAGE_BATCH {
+            return Err(StoreError::InvalidInput(format!(
+                "{} usage records in one batch; at most {MAX_USAGE_BATCH}",
+                records.len()
+            )));
+        }
+        for (index, record) in records.iter().enumerate() {
+            record.validate().map_err(|e| StoreError::InvalidInput(format!("usage record {index}: {e}")))?;
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<UsageRow> = records.iter().map(UsageRow::of).collect();
+        dispatch!(self.record_usage(rows))
+    }
+
+    /// The newest usage records that `filter` matches, oldest first.
+    pub async fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRecord>, StoreError> {
+        if filter.limit == 0 || filter.limit > MAX_USAGE_LIST {
+            return Err(StoreError::InvalidInput(format!(
+                "a limit of {} usage records; 1 to {MAX_USAGE_LIST}",
+                filter.limit
+            )));
+        }
+        filter.realm.as_deref().map(check_realm).transpose()?;
+        filter.username.as_deref().map(check_name).transpose()?;
+        if filter.since.is_some_and(|since| i64::try_from(since).is_err()) {
+            return Err(StoreError::InvalidInput(format!("since is after {}", i64::MAX)));
+        }
+        let engine = self.engine();
+        let mut rows = dispatch!(self.usage(filter))?;
+        rows.reverse();
+        rows.into_iter().map(|row| row.record(engine)).collect()
+    }
+
+    /// Refuses `username` in `realm` until `expires` (unix seconds, after
+    /// now and at most [`MAX_REVOCATION_EXPIRY`]), on every node that
+    /// follows the change feed ([`Change::Revocations`]); revoking it again
+    /// moves the expiry. A realm holds at most [`MAX_REVOCATIONS`]
+    /// unexpired ones; past that a new one is [`StoreError::InvalidInput`].
+    pub async fn revoke(&self, realm: &str, username: &str, expires: u64) -> Result<(), StoreError> {
+        check_realm(realm)?;
+        check_name(username)?;
+        let now = clock::unix_secs();
+        if expires <= now || expires > MAX_REVOCATION_EXPIRY {
+            return Err(StoreError::InvalidInput(format!(
+                "a revocation until {expires}: after now ({now}) and at most {MAX_REVOCATION_EXPIRY}"
+            )));
+        }
+        if !dispatch!(self.revoke(realm, username, expires, now))? {
+            return Err(StoreError::InvalidInput(format!("realm {realm:?} already has {MAX_REVOCATIONS} revocations")));
+        }
+        Ok(())
+    }
+
+    /// Ends the revocation of `username` in `realm`; whether an unexpired
+    /// one was there.
+    pub async fn unrevoke(&self, realm: &str, username: &str) -> Result<bool, StoreError> {
+        check_realm(realm)?;
+        check_name(username)?;
+        dispatch!(self.unrevoke(realm, username, clock::unix_secs()))
+    }
+
+    /// The unexpired revocations of `realm` and their expiries (unix
+    /// seconds), sorted by name; expired ones are deleted on the way.
+    pub async fn revocations(&self, realm: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        check_realm(realm)?;
+        let engine = self.engine();
+        let now = clock::unix_secs();
+        let mut revocations = Vec::new();
+        for (name, expires) in dispatch!(self.revocations(realm, now))? {
+            let expires =
+                u64::try_from(expires).ok().filter(|expires| *expires <= MAX_REVOCATION_EXPIRY).ok_or_else(|| {
+                    StoreError::BadValue {
+                        engine,
+                        what: "revocation expiry",
+                        message: format!("{expires} for {name:?}"),
+                    }
+                })?;
+            if expires > now {
+                revocations.push((name, expires));
+            }
+        }
+        revocations.sort();
+        Ok(revocations)
+    }
+
     /// Adds `name` to `realm`, or changes its key (turnadmin `-a`).
     pub async fn add_user(&self, realm: &str, name: &str, key: [u8; 16]) -> Result<(), StoreError> {
         check_realm(realm)?;
@@ -587,6 +924,17 @@ fn check_len(what: &str, value: &str, max: usize) -> Result<(), StoreError> {
         return Err(StoreError::InvalidInput(format!("the {what} is {} bytes; at most {max}", value.len())));
     }
     Ok(())
+}
+
+/// A name of a usage record: not empty, at most `max` bytes, no NUL.
+fn check_text(what: &str, value: &str, max: usize) -> Result<(), StoreError> {
+    if value.is_empty() {
+        return Err(StoreError::InvalidInput(format!("the {what} is empty")));
+    }
+    if value.contains('\0') {
+        return Err(StoreError::InvalidInput(format!("the {what} holds a NUL byte")));
+    }
+    check_len(what, value, max)
 }
 
 fn check_realm(realm: &str) -> Result<(), StoreError> {
@@ -782,6 +1130,98 @@ mod tests {
         assert!(check_realm(&"r".repeat(MAX_REALM + 1)).is_err());
         assert!(bounded(Engine::Redis, "secret", "x".repeat(MAX_SECRET + 1), MAX_SECRET).is_err());
         assert!(bounded_rows(Engine::Redis, "secrets", vec![(); MAX_SECRETS + 1], MAX_SECRETS).is_err());
+    }
+
+    fn record() -> UsageRecord {
+        UsageRecord {
+            node: "tern-1".into(),
+            realm: "north.gov".into(),
+            username: "1795328581:gorst".into(),
+            transport: Transport::Tls,
+            client: "[2001:db8::7%3]:50000".parse().expect("literal"),
+            relayed: vec![
+                "203.0.113.5:49152".parse().expect("literal"),
+                "[2001:db8::1]:49153".parse().expect("literal"),
+            ],
+            started: 1_795_320_000,
+            ended: 1_795_320_090,
+            packets_to_peer: 10,
+            bytes_to_peer: 1200,
+            packets_to_client: 11,
+            bytes_to_client: 1300,
+        }
+    }
+
+    #[test]
+    fn usage_records_round_trip_through_their_stored_form() {
+        let record = record();
+        record.validate().expect("valid");
+        let row = UsageRow::of(&record);
+        assert_eq!(row.text[5], "203.0.113.5:49152,[2001:db8::1]:49153");
+        assert_eq!(row.text[3], "tls");
+        assert_eq!(row.clone().record(Engine::Sqlite).expect("a record"), record);
+        // The widest addresses fit their columns.
+        let widest = UsageRecord {
+            client: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535".parse().expect("literal"),
+            relayed: vec![
+                "255.255.255.255:65535".parse().expect("literal"),
+                "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535".parse().expect("literal"),
+            ],
+            ..record
+        };
+        widest.validate().expect("the widest addresses fit");
+    }
+
+    #[test]
+    fn usage_records_that_no_engine_can_hold_are_refused() {
+        let refused = |change: fn(&mut UsageRecord), wanted: &str| {
+            let mut record = record();
+            change(&mut record);
+            let error = record.validate().expect_err(wanted).to_string();
+            assert!(error.contains(wanted), "{error} lacks {wanted:?}");
+        };
+        refused(|r| r.node.clear(), "the node name is empty");
+        refused(|r| r.node = "n".repeat(MAX_NODE + 1), "node name is 256 bytes; at most 255");
+        refused(|r| r.realm = "r".repeat(MAX_REALM + 1), "realm is 128 bytes");
+        refused(|r| r.username = "u".repeat(MAX_NAME + 1), "user name is 514 bytes");
+        refused(|r| r.username = "a\0b".into(), "holds a NUL byte");
+        refused(|r| r.relayed.clear(), "0 relayed addresses");
+        refused(|r| r.relayed = vec![r.relayed[0]; 3], "3 relayed addresses");
+        refused(|r| r.started = r.ended + 1, "ended (1795320090) before it started");
+        refused(|r| r.bytes_to_client = u64::MAX, "bytes_to_client is 18446744073709551615");
+    }
+
+    #[test]
+    fn stored_usage_that_is_not_a_record_is_refused() {
+        let stored = UsageRow::of(&record());
+        let refused = |change: fn(&mut UsageRow), wanted: &str| {
+            let mut row = stored.clone();
+            change(&mut row);
+            let error = row.record(Engine::Postgres).expect_err(wanted).to_string();
+            assert!(error.starts_with("PostgreSQL store: ") && error.contains(wanted), "{error} lacks {wanted:?}");
+        };
+        refused(|r| r.text[3] = "sctp".into(), "\"sctp\" is not udp, tcp or tls");
+        refused(|r| r.text[4] = "nowhere".into(), "\"nowhere\" is not an address and port");
+        refused(|r| r.text[5] = "1.2.3.4:5,".into(), "\"\" is not an address and port");
+        refused(|r| r.text[0] = "n".repeat(300), "node: a value of more than 255 bytes");
+        refused(|r| r.numbers[3] = -1, "bytes_to_peer: -1 is negative");
+        refused(|r| r.numbers[0] = i64::MAX, "before it started");
+    }
+
+    #[test]
+    fn usage_columns_name_every_field_once() {
+        assert_eq!(
+            usage_columns(),
+            "node, realm, username, transport, client, relayed, started, ended, packets_to_peer, bytes_to_peer, \
+             packets_to_client, bytes_to_client"
+        );
+        assert!(usage_select().starts_with("substr(node, 1, 256), substr(realm, 1, 128), "), "{}", usage_select());
+        let json = serde_json::to_value(record()).expect("JSON");
+        assert_eq!(json["transport"], "tls");
+        assert_eq!(json["relayed"], serde_json::json!(["203.0.113.5:49152", "[2001:db8::1]:49153"]));
+        let fields: Vec<&str> = json.as_object().expect("an object").keys().map(String::as_str).collect();
+        let columns = usage_columns();
+        assert_eq!(fields, columns.split(", ").collect::<Vec<_>>());
     }
 
     #[test]

@@ -21,8 +21,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::schema::{self, NOTIFY_CHANNEL, POSTGRES_LOCK, VERSION};
 use super::{
     Backoff, Change, ChangeFeed, Engine, FeedEvent, MAX_LIST, MAX_NAME, MAX_OPTION_VALUE, MAX_RANGE, MAX_RANGES,
-    MAX_REALM, MAX_SECRET, MAX_SECRETS, PeerList, Reconnecting, SecretEntry, StoreError, StoreSettings, UserEntry,
-    bounded, bounded_rows, spawn_feed, within,
+    MAX_REALM, MAX_REVOCATIONS, MAX_SECRET, MAX_SECRETS, PeerList, Reconnecting, SecretEntry, StoreError,
+    StoreSettings, USAGE_NUMBERS, USAGE_TEXT, UsageFilter, UsageRow, UserEntry, bounded, bounded_rows, spawn_feed,
+    usage_columns, usage_select, within,
 };
 use crate::io::clock;
 
@@ -72,6 +73,17 @@ fn text(row: &Row, index: usize, what: &'static str, max: usize) -> Result<Optio
 
 fn text_or_empty(row: &Row, index: usize, what: &'static str, max: usize) -> Result<String, StoreError> {
     Ok(text(row, index, what, max)?.unwrap_or_default())
+}
+
+/// Column `index` as a `bigint`.
+fn integer(row: &Row, index: usize, what: &'static str) -> Result<i64, StoreError> {
+    row.try_get(index).map_err(|e| StoreError::BadValue { engine: ENGINE, what, message: e.to_string() })
+}
+
+/// Unix seconds as a `bigint`; the store refuses any later than
+/// [`super::MAX_REVOCATION_EXPIRY`] before they get here.
+fn seconds(unix: u64) -> i64 {
+    i64::try_from(unix).unwrap_or(i64::MAX)
 }
 
 impl PostgresStore {
@@ -360,6 +372,94 @@ impl PostgresStore {
         let sql = "INSERT INTO turn_realm_option (realm, opt, value) VALUES ($1, $2, $3) \
                    ON CONFLICT (realm, opt) DO UPDATE SET value = excluded.value";
         self.execute(what, sql, &[&realm, &option, &value.to_string()]).await.map(drop)
+    }
+
+    pub async fn record_usage(&self, rows: Vec<UsageRow>) -> Result<(), StoreError> {
+        // One statement whatever the batch's size: a column array per
+        // column, unnested into rows.
+        let casts: Vec<String> = (1..=USAGE_TEXT.len())
+            .map(|i| format!("${i}::text[]"))
+            .chain((1..=USAGE_NUMBERS.len()).map(|i| format!("${}::bigint[]", USAGE_TEXT.len() + i)))
+            .collect();
+        let sql = format!("INSERT INTO tern_usage ({}) SELECT * FROM unnest({})", usage_columns(), casts.join(", "));
+        let mut text: [Vec<&str>; 6] = Default::default();
+        let mut numbers: [Vec<i64>; 6] = Default::default();
+        for row in &rows {
+            for (column, value) in text.iter_mut().zip(&row.text) {
+                column.push(value);
+            }
+            for (column, value) in numbers.iter_mut().zip(row.numbers) {
+                column.push(value);
+            }
+        }
+        let params: Vec<&(dyn ToSql + Sync)> = text
+            .iter()
+            .map(|column| column as &(dyn ToSql + Sync))
+            .chain(numbers.iter().map(|column| column as &(dyn ToSql + Sync)))
+            .collect();
+        self.execute("recording usage", &sql, &params).await.map(drop)
+    }
+
+    /// The newest rows `filter` matches, newest first.
+    pub async fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM tern_usage WHERE ($1::text IS NULL OR realm = $1) AND ($2::text IS NULL OR username = $2) \
+             AND ($3::bigint IS NULL OR ended >= $3) ORDER BY id DESC LIMIT $4",
+            usage_select()
+        );
+        let since = filter.since.map(seconds);
+        let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
+        let rows = self.query("reading usage", &sql, &[&filter.realm, &filter.username, &since, &limit]).await?;
+        let rows = bounded_rows(ENGINE, "usage records", rows, filter.limit)?;
+        rows.iter()
+            .map(|row| {
+                UsageRow::read(
+                    |index, name, max| text_or_empty(row, index, name, max),
+                    |index, name| integer(row, index, name),
+                )
+            })
+            .collect()
+    }
+
+    /// `false` when the realm is full.
+    pub async fn revoke(&self, realm: &str, username: &str, expires: u64, now: u64) -> Result<bool, StoreError> {
+        let what = "revoking";
+        let (expires, now) = (seconds(expires), seconds(now));
+        let expired = "DELETE FROM tern_revocation WHERE realm = $1 AND expires <= $2";
+        self.execute(what, expired, &[&realm, &now]).await?;
+        // The bound is checked in the statement that inserts; two nodes
+        // revoking at the same instant may pass it by one each.
+        let sql = "INSERT INTO tern_revocation (realm, username, expires) SELECT $1::text, $2::text, $3::bigint \
+                   WHERE (SELECT count(*) FROM tern_revocation WHERE realm = $1 AND username <> $2) < $4 \
+                   ON CONFLICT (realm, username) DO UPDATE SET expires = excluded.expires";
+        let max = MAX_REVOCATIONS as i64;
+        Ok(self.execute(what, sql, &[&realm, &username, &expires, &max]).await? > 0)
+    }
+
+    pub async fn unrevoke(&self, realm: &str, username: &str, now: u64) -> Result<bool, StoreError> {
+        let sql = "DELETE FROM tern_revocation WHERE realm = $1 AND username = $2 RETURNING expires";
+        let rows = self.query("ending a revocation", sql, &[&realm, &username]).await?;
+        let mut unexpired = false;
+        for row in &rows {
+            unexpired |= integer(row, 0, "revocation expiry")? > seconds(now);
+        }
+        Ok(unexpired)
+    }
+
+    pub async fn revocations(&self, realm: &str, now: u64) -> Result<Vec<(String, i64)>, StoreError> {
+        let what = "reading revocations";
+        let now = seconds(now);
+        self.execute(what, "DELETE FROM tern_revocation WHERE realm = $1 AND expires <= $2", &[&realm, &now]).await?;
+        let sql = format!(
+            "SELECT left(username, {}), expires FROM tern_revocation WHERE realm = $1 AND expires > $2 LIMIT {}",
+            MAX_NAME + 1,
+            MAX_REVOCATIONS + 1
+        );
+        let rows =
+            bounded_rows(ENGINE, "revocations", self.query(what, &sql, &[&realm, &now]).await?, MAX_REVOCATIONS)?;
+        rows.iter()
+            .map(|row| Ok((text_or_empty(row, 0, "revoked name", MAX_NAME)?, integer(row, 1, "revocation expiry")?)))
+            .collect()
     }
 
     /// Listens until the connection fails, sending what it hears to `feed`;

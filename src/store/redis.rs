@@ -11,6 +11,15 @@
 //! changes are seen, and a warning says so) and to tern's own channel
 //! [`CHANNEL`], which tern's writes publish to.
 //!
+//! tern's own keys: revocations in a sorted set per realm,
+//! `tern/realm/<realm>/revoked` (member the user name, score the expiry in
+//! unix seconds; the key expires with its last member, and expired members
+//! are removed whenever the set is read or written), and usage records in
+//! the stream `tern/usage` (one entry per allocation, fields named as the
+//! SQL columns of `tern_usage`, trimmed to about
+//! [`super::USAGE_STREAM_LENGTH`] entries), which billing reads with
+//! `XREAD` or `XREADGROUP`.
+//!
 //! Realms may not contain `/` here: the key layout could not tell
 //! `turn/realm/a/user/b/user/c/key` apart.
 
@@ -24,8 +33,9 @@ use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
 use super::schema::{self, VERSION};
 use super::{
     Backoff, Change, ChangeFeed, Engine, FeedEvent, MAX_LIST, MAX_NAME, MAX_OPTION_VALUE, MAX_RANGE, MAX_RANGES,
-    MAX_REALM, MAX_SECRET, MAX_SECRETS, PeerList, RealmOption, Reconnecting, SecretEntry, StoreError, StoreSettings,
-    UserEntry, bounded, spawn_feed, too_many, within,
+    MAX_REALM, MAX_REVOCATIONS, MAX_SECRET, MAX_SECRETS, PeerList, RealmOption, Reconnecting, SecretEntry, StoreError,
+    StoreSettings, USAGE_NUMBERS, USAGE_STREAM_LENGTH, USAGE_TEXT, UsageFilter, UsageRow, UserEntry, bounded,
+    spawn_feed, too_many, within,
 };
 
 const ENGINE: Engine = Engine::Redis;
@@ -41,6 +51,92 @@ const SCAN_COUNT: u64 = 1000;
 const MAX_KEY: usize = 1024;
 /// What a key's value may be: the longest of the bounded values.
 const MAX_KEY_TEXT: usize = 128;
+/// The stream of usage records.
+const USAGE_STREAM: &str = "tern/usage";
+/// Stream entries one step of a usage listing looks at.
+const USAGE_SCAN_COUNT: usize = 1000;
+/// Steps a usage listing takes at most: the whole stream, even trimmed
+/// late, and no further.
+const USAGE_SCAN_STEPS: usize = 2 * USAGE_STREAM_LENGTH / USAGE_SCAN_COUNT;
+/// The longest value of a usage entry: its longest column.
+const MAX_USAGE_VALUE: usize = MAX_NAME;
+/// How far the clock of the node that wrote a record may be ahead of
+/// Redis's, whose clock stamps the entry's ID: a listing `since` a time
+/// stops at entries stamped this long before it.
+const USAGE_CLOCK_SKEW: u64 = 3600;
+
+/// One step of a usage listing, newest first: the entries of the stream
+/// KEYS[1] from ARGV[1] (`+`, or `(ID` for before ID) back, at most ARGV[2]
+/// of them, that match realm ARGV[4], user ARGV[5] and ended at or after
+/// ARGV[6] (each empty for any), or an error reply naming a value longer
+/// than ARGV[3] bytes. Replies {last ID looked at, entries looked at, the
+/// entries that match}.
+const USAGE_STEP: &str = r"
+local entries = redis.call('XREVRANGE', KEYS[1], ARGV[1], '-', 'COUNT', tonumber(ARGV[2]))
+local longest, since = tonumber(ARGV[3]), tonumber(ARGV[6])
+local matched = {}
+for _, entry in ipairs(entries) do
+  local record = {}
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if #fields[i + 1] > longest then
+      return redis.error_reply('tern: ' .. fields[i] .. ' of entry ' .. entry[1] .. ' is ' .. #fields[i + 1] ..
+        ' bytes; at most ' .. longest)
+    end
+    record[fields[i]] = fields[i + 1]
+  end
+  local ended = tonumber(record.ended or '')
+  if (ARGV[4] == '' or record.realm == ARGV[4]) and (ARGV[5] == '' or record.username == ARGV[5])
+    and (since == nil or ended == nil or ended >= since) then
+    matched[#matched + 1] = entry
+  end
+end
+local last = entries[#entries]
+return {last and last[1] or '', #entries, matched}
+";
+
+/// Revokes ARGV[1] in the realm's set KEYS[1] until ARGV[2], after
+/// removing what expired by ARGV[3]; 0 when the set already holds ARGV[4]
+/// others. The key expires with its last member.
+const REVOKE: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('EXPIREAT', KEYS[1], last[2])
+return 1
+";
+
+/// Removes ARGV[1] from the realm's set KEYS[1], which then expires with
+/// its new last member; 1 if ARGV[1] was revoked past ARGV[2] (now).
+const UNREVOKE: &str = r"
+local expires = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] then redis.call('EXPIREAT', KEYS[1], last[2]) end
+if expires and tonumber(expires) > tonumber(ARGV[2]) then return 1 end
+return 0
+";
+
+/// The members and scores of the realm's set KEYS[1] after removing what
+/// expired by ARGV[1], or an error reply when there are more than ARGV[2]
+/// or one is longer than ARGV[3] bytes.
+const REVOCATIONS: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local count = redis.call('ZCARD', KEYS[1])
+if count > tonumber(ARGV[2]) then
+  return redis.error_reply('tern: ' .. count .. ' revocations; at most ' .. ARGV[2])
+end
+local all = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #all, 2 do
+  if #all[i] > tonumber(ARGV[3]) then
+    return redis.error_reply('tern: a revoked name of ' .. #all[i] .. ' bytes; at most ' .. ARGV[3])
+  end
+end
+return all
+";
 
 /// `GET` of each key in KEYS, or an error reply naming the first value
 /// longer than ARGV[1] bytes; missing keys are nil.
@@ -101,6 +197,8 @@ struct Inner {
     get: Script,
     members: Script,
     migrate: Script,
+    usage_step: Script,
+    revocations: Script,
 }
 
 impl std::fmt::Debug for Inner {
@@ -172,6 +270,48 @@ fn user_key(realm: &str, name: &str) -> String {
     realm_key(realm, &format!("user/{name}/key"))
 }
 
+/// The sorted set of a realm's revocations.
+fn revoked_key(realm: &str) -> String {
+    format!("tern/realm/{realm}/revoked")
+}
+
+/// A number as Redis replies it (an integer, or a score as text).
+fn number(value: &Value, what: &'static str) -> Result<i64, StoreError> {
+    let text = text(value, what, 32)?.unwrap_or_default();
+    text.parse().map_err(|_| StoreError::BadValue {
+        engine: ENGINE,
+        what,
+        message: format!("{text:?} is not an integer"),
+    })
+}
+
+/// A usage row of a stream entry's fields (name, value, name, value...).
+fn usage_row(id: &str, fields: &[Value]) -> Result<UsageRow, StoreError> {
+    let what = "usage entry";
+    let mut text_values: [Option<String>; 6] = Default::default();
+    let mut numbers: [Option<i64>; 6] = Default::default();
+    for pair in fields.chunks(2) {
+        let [name, value] = pair else { break };
+        let name = text(name, what, 64)?.unwrap_or_default();
+        if let Some(index) = USAGE_TEXT.iter().position(|(column, _)| *column == name) {
+            text_values[index] = text(value, what, MAX_USAGE_VALUE)?;
+        } else if let Some(index) = USAGE_NUMBERS.iter().position(|column| *column == name) {
+            numbers[index] = Some(number(value, what)?);
+        }
+    }
+    let missing =
+        |column: &str| StoreError::BadValue { engine: ENGINE, what, message: format!("{id} has no {column}") };
+    UsageRow::read(
+        |index, column, _| text_values[index].take().ok_or_else(|| missing(column)),
+        |index, column| numbers[index - USAGE_TEXT.len()].ok_or_else(|| missing(column)),
+    )
+}
+
+/// The unix seconds of a stream entry's ID (`milliseconds-sequence`).
+fn entry_seconds(id: &str) -> Option<u64> {
+    Some(id.split_once('-')?.0.parse::<u64>().ok()? / 1000)
+}
+
 /// What a coturn key stands for: the change when it changes.
 fn key_change(key: &str) -> Option<Change> {
     if let Some(origin) = key.strip_prefix("turn/origin/") {
@@ -233,6 +373,8 @@ impl RedisStore {
             get: Script::new(BOUNDED_GET),
             members: Script::new(BOUNDED_MEMBERS),
             migrate: Script::new(MIGRATE),
+            usage_step: Script::new(USAGE_STEP),
+            revocations: Script::new(REVOCATIONS),
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -531,6 +673,117 @@ impl RedisStore {
         let command =
             if value == 0 { redis::cmd("DEL").arg(key).clone() } else { redis::cmd("SET").arg(key).arg(value).clone() };
         self.write::<Value>("setting a realm option", command, "turn_realm_option", realm, None).await.map(drop)
+    }
+
+    pub async fn record_usage(&self, rows: Vec<UsageRow>) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for row in &rows {
+            pipe.cmd("XADD").arg(USAGE_STREAM).arg("MAXLEN").arg("~").arg(USAGE_STREAM_LENGTH).arg("*");
+            for ((name, _), value) in USAGE_TEXT.iter().zip(&row.text) {
+                pipe.arg(name).arg(value);
+            }
+            for (name, value) in USAGE_NUMBERS.iter().zip(row.numbers) {
+                pipe.arg(name).arg(value);
+            }
+            pipe.ignore();
+        }
+        self.run("recording usage", |mut connection| async move { pipe.query_async::<()>(&mut connection).await }).await
+    }
+
+    /// The newest entries `filter` matches, newest first, among the
+    /// newest [`USAGE_SCAN_STEPS`] × [`USAGE_SCAN_COUNT`] of the stream.
+    pub async fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, StoreError> {
+        let what = "reading usage";
+        let since = filter.since.map(|since| since.to_string()).unwrap_or_default();
+        let mut start = "+".to_owned();
+        let mut found = Vec::new();
+        for _ in 0..USAGE_SCAN_STEPS {
+            let mut step = self.inner.usage_step.key(USAGE_STREAM);
+            step.arg(&start)
+                .arg(USAGE_SCAN_COUNT)
+                .arg(MAX_USAGE_VALUE)
+                .arg(filter.realm.as_deref().unwrap_or(""))
+                .arg(filter.username.as_deref().unwrap_or(""))
+                .arg(&since);
+            let reply: Value =
+                self.run(what, |mut connection| async move { step.invoke_async(&mut connection).await }).await?;
+            let [last, looked_at, matched]: [Value; 3] = array(reply, what)?
+                .try_into()
+                .map_err(|_| StoreError::BadValue { engine: ENGINE, what, message: "not 3 values".into() })?;
+            for entry in array(matched, what)? {
+                let [id, fields]: [Value; 2] = array(entry, what)?.try_into().map_err(|_| StoreError::BadValue {
+                    engine: ENGINE,
+                    what,
+                    message: "not an entry".into(),
+                })?;
+                let id = text(&id, what, 64)?.unwrap_or_default();
+                let row = usage_row(&id, &array(fields, what)?)?;
+                if filter.since.is_some_and(|since| row.numbers[1] < i64::try_from(since).unwrap_or(i64::MAX)) {
+                    continue;
+                }
+                found.push(row);
+                if found.len() == filter.limit {
+                    return Ok(found);
+                }
+            }
+            let last = text(&last, what, 64)?.unwrap_or_default();
+            let past_since = filter.since.is_some_and(|since| {
+                entry_seconds(&last).is_some_and(|stamped| stamped.saturating_add(USAGE_CLOCK_SKEW) < since)
+            });
+            if number(&looked_at, what)? < USAGE_SCAN_COUNT as i64 || past_since {
+                break;
+            }
+            start = format!("({last}");
+        }
+        Ok(found)
+    }
+
+    /// `false` when the realm is full.
+    pub async fn revoke(&self, realm: &str, username: &str, expires: u64, now: u64) -> Result<bool, StoreError> {
+        check_realm(realm)?;
+        let command = redis::cmd("EVAL")
+            .arg(REVOKE)
+            .arg(1)
+            .arg(revoked_key(realm))
+            .arg(username)
+            .arg(expires)
+            .arg(now)
+            .arg(MAX_REVOCATIONS)
+            .clone();
+        let added: i64 = self.write("revoking", command, "tern_revocation", realm, None).await?;
+        Ok(added == 1)
+    }
+
+    pub async fn unrevoke(&self, realm: &str, username: &str, now: u64) -> Result<bool, StoreError> {
+        check_realm(realm)?;
+        let command = redis::cmd("EVAL").arg(UNREVOKE).arg(1).arg(revoked_key(realm)).arg(username).arg(now).clone();
+        let removed: i64 = self.write("ending a revocation", command, "tern_revocation", realm, None).await?;
+        Ok(removed == 1)
+    }
+
+    pub async fn revocations(&self, realm: &str, now: u64) -> Result<Vec<(String, i64)>, StoreError> {
+        check_realm(realm)?;
+        let what = "revocations";
+        let reply: Value = self
+            .run(what, |mut connection| async move {
+                self.inner
+                    .revocations
+                    .key(revoked_key(realm))
+                    .arg(now)
+                    .arg(MAX_REVOCATIONS)
+                    .arg(MAX_NAME)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        array(reply, what)?
+            .chunks(2)
+            .map(|pair| match pair {
+                [name, expires] => Ok((text(name, what, MAX_NAME)?.unwrap_or_default(), number(expires, what)?)),
+                _ => Err(StoreError::BadValue { engine: ENGINE, what, message: "a name without a score".into() }),
+            })
+            .collect()
     }
 
     /// Turns on the keyspace events the feed needs (keys, for strings, sets

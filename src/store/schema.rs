@@ -4,17 +4,22 @@
 //! tables, brought up to date by numbered migrations that each run once.
 //!
 //! tern's tables: `tern_schema` (the migrations applied), `tern_revocation`
-//! (REST usernames refused before they expire), `tern_usage` (one record
-//! per allocation), and the change feed's plumbing: on PostgreSQL a trigger
-//! function `tern_notify_change` that every coturn table calls, which
-//! sends a `NOTIFY` on [`NOTIFY_CHANNEL`]; on SQLite triggers that append to
-//! `tern_change`, which the feed polls. The triggers fire for whoever writes,
-//! `turnadmin` included, so its changes reach tern without tern's help.
+//! (user names refused until they expire), `tern_usage` (one record per
+//! allocation), and the change feed's plumbing: on PostgreSQL a trigger
+//! function `tern_notify_change` that every coturn table and
+//! `tern_revocation` call, which sends a `NOTIFY` on [`NOTIFY_CHANNEL`]; on
+//! SQLite triggers that append to `tern_change`, which the feed polls. The
+//! triggers fire for whoever writes, `turnadmin` included, so its changes
+//! reach tern without tern's help.
+//!
+//! A migration that has shipped is never edited: what it lacked, the next
+//! one adds (version 2 added the feed's triggers on `tern_revocation`, an
+//! index on `tern_usage.ended`, and room for two relayed addresses).
 
 use super::{Change, MAX_NAME, MAX_ORIGIN, MAX_REALM};
 
 /// The newest migration.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 /// The PostgreSQL channel of the change feed.
 pub const NOTIFY_CHANNEL: &str = "tern_changes";
 /// Rows `tern_change` keeps: the feed polls every second, so this is far
@@ -49,6 +54,9 @@ const COTURN_TABLES: &[&str] = &[
 /// The coturn tables whose changes the feed reports.
 const WATCHED: &[&str] =
     &["turnusers_lt", "turn_secret", "allowed_peer_ip", "denied_peer_ip", "turn_realm_option", "turn_origin_to_realm"];
+
+/// tern's tables whose changes the feed reports (since migration 2).
+const TERN_WATCHED: &[&str] = &["tern_revocation"];
 
 /// `tern_schema`, which the migrations themselves are recorded in.
 pub const SCHEMA_TABLE: &str =
@@ -87,28 +95,41 @@ pub fn sqlite_migration(version: i64) -> Vec<String> {
                 "CREATE TRIGGER IF NOT EXISTS tern_change_trim AFTER INSERT ON tern_change BEGIN \
                  DELETE FROM tern_change WHERE id <= NEW.id - {CHANGE_LOG_ROWS}; END"
             ));
-            for table in WATCHED {
-                let name = if *table == "turnusers_lt" { "name" } else { "NULL" };
-                let log = |row: &str| {
-                    let name = if name == "NULL" { name.to_owned() } else { format!("{row}.{name}") };
-                    format!("INSERT INTO tern_change (source, realm, name) VALUES ('{table}', {row}.realm, {name});")
-                };
-                for (event, body) in [
-                    ("INSERT", log("NEW")),
-                    ("DELETE", log("OLD")),
-                    ("UPDATE", format!("{} {}", log("OLD"), log("NEW"))),
-                ] {
-                    statements.push(format!(
-                        "CREATE TRIGGER IF NOT EXISTS tern_{table}_{} AFTER {event} ON {table} BEGIN {body} END",
-                        event.to_ascii_lowercase()
-                    ));
-                }
-            }
+            statements.extend(WATCHED.iter().flat_map(|table| sqlite_change_log(table)));
+            statements
+        }
+        // SQLite does not enforce a varchar's length, so `relayed` holds two
+        // addresses as it is.
+        2 => {
+            let mut statements = vec![USAGE_ENDED_INDEX.to_owned()];
+            statements.extend(TERN_WATCHED.iter().flat_map(|table| sqlite_change_log(table)));
             statements
         }
         _ => Vec::new(),
     }
 }
+
+/// The SQLite triggers that log every change of `table` to `tern_change`:
+/// its realm, and for users the name.
+fn sqlite_change_log(table: &str) -> Vec<String> {
+    let name = if table == "turnusers_lt" { Some("name") } else { None };
+    let log = |row: &str| {
+        let name = name.map_or_else(|| "NULL".to_owned(), |column| format!("{row}.{column}"));
+        format!("INSERT INTO tern_change (source, realm, name) VALUES ('{table}', {row}.realm, {name});")
+    };
+    [("INSERT", log("NEW")), ("DELETE", log("OLD")), ("UPDATE", format!("{} {}", log("OLD"), log("NEW")))]
+        .into_iter()
+        .map(|(event, body)| {
+            format!(
+                "CREATE TRIGGER IF NOT EXISTS tern_{table}_{} AFTER {event} ON {table} BEGIN {body} END",
+                event.to_ascii_lowercase()
+            )
+        })
+        .collect()
+}
+
+/// Billing reads usage by time.
+const USAGE_ENDED_INDEX: &str = "CREATE INDEX IF NOT EXISTS tern_usage_ended ON tern_usage (ended)";
 
 /// Migration `version` for PostgreSQL, as statements run in one transaction.
 pub fn postgres_migration(version: i64) -> Vec<String> {
@@ -134,17 +155,31 @@ pub fn postgres_migration(version: i64) -> Vec<String> {
                  END
                  $tern$"
             ));
-            for table in WATCHED {
-                statements.push(format!("DROP TRIGGER IF EXISTS tern_changes ON {table}"));
-                statements.push(format!(
-                    "CREATE TRIGGER tern_changes AFTER INSERT OR UPDATE OR DELETE ON {table} \
-                     FOR EACH ROW EXECUTE FUNCTION tern_notify_change()"
-                ));
-            }
+            statements.extend(WATCHED.iter().flat_map(|table| postgres_notify(table)));
+            statements
+        }
+        2 => {
+            // Widening a varchar only changes the catalogue: no table rewrite.
+            let mut statements = vec![
+                format!("ALTER TABLE tern_usage ALTER COLUMN relayed TYPE varchar({})", super::MAX_RELAYED_TEXT),
+                USAGE_ENDED_INDEX.to_owned(),
+            ];
+            statements.extend(TERN_WATCHED.iter().flat_map(|table| postgres_notify(table)));
             statements
         }
         _ => Vec::new(),
     }
+}
+
+/// The PostgreSQL trigger that notifies every change of `table`.
+fn postgres_notify(table: &str) -> [String; 2] {
+    [
+        format!("DROP TRIGGER IF EXISTS tern_changes ON {table}"),
+        format!(
+            "CREATE TRIGGER tern_changes AFTER INSERT OR UPDATE OR DELETE ON {table} \
+             FOR EACH ROW EXECUTE FUNCTION tern_notify_change()"
+        ),
+    ]
 }
 
 /// The change a row of `source` (a coturn table) stands for.
@@ -156,6 +191,7 @@ pub fn change_of(source: &str, realm: Option<String>, name: Option<String>) -> O
         "allowed_peer_ip" | "denied_peer_ip" => Change::PeerRanges { realm },
         "turn_realm_option" => Change::RealmOptions { realm },
         "turn_origin_to_realm" => Change::Origins,
+        "tern_revocation" => Change::Revocations { realm },
         _ => return None,
     })
 }
@@ -211,7 +247,7 @@ mod tests {
 
     #[test]
     fn every_watched_table_maps_to_a_change() {
-        for table in WATCHED {
+        for table in WATCHED.iter().chain(TERN_WATCHED) {
             assert!(change_of(table, Some("r".into()), None).is_some(), "{table}");
         }
         assert_eq!(
@@ -219,5 +255,17 @@ mod tests {
             Some(Change::User { realm: "r".into(), name: "u".into() })
         );
         assert_eq!(change_of("admin_user", None, None), None);
+    }
+
+    #[test]
+    fn migration_1_is_what_shipped() {
+        let shipped = [
+            (sqlite_migration(1), include_str!("../../tests/vectors/store-schema-v1-sqlite.sql")),
+            (postgres_migration(1), include_str!("../../tests/vectors/store-schema-v1-postgres.sql")),
+        ];
+        for (statements, fixture) in shipped {
+            let written: String = statements.iter().map(|statement| format!("{statement};\n")).collect();
+            assert!(fixture.contains(&written), "migration 1 differs from what shipped:\n{written}");
+        }
     }
 }

@@ -14,13 +14,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, TransactionBehavior, params, params_from_iter};
 
 use super::schema::{self, VERSION};
 use super::{
     Backoff, Change, ChangeFeed, Engine, FeedEvent, MAX_LIST, MAX_NAME, MAX_OPTION_VALUE, MAX_RANGE, MAX_RANGES,
-    MAX_REALM, MAX_SECRET, MAX_SECRETS, PeerList, SecretEntry, StoreError, StoreSettings, UserEntry, bounded,
-    spawn_feed, too_many, within,
+    MAX_REALM, MAX_REVOCATIONS, MAX_SECRET, MAX_SECRETS, PeerList, SecretEntry, StoreError, StoreSettings, UsageFilter,
+    UsageRow, UserEntry, bounded, spawn_feed, too_many, usage_columns, usage_select, within,
 };
 use crate::io::clock;
 
@@ -67,6 +67,14 @@ fn text(row: &Row<'_>, index: usize, what: &'static str, max: usize) -> Result<O
 /// Like [`text`], with NULL as empty (coturn's realm columns default to '').
 fn text_or_empty(row: &Row<'_>, index: usize, what: &'static str, max: usize) -> Result<String, StoreError> {
     Ok(text(row, index, what, max)?.unwrap_or_default())
+}
+
+/// Column `index` as a number.
+fn integer(row: &Row<'_>, index: usize, what: &'static str) -> Result<i64, StoreError> {
+    match row.get_ref(index).map_err(query_error(what))? {
+        ValueRef::Integer(number) => Ok(number),
+        _ => Err(StoreError::BadValue { engine: ENGINE, what, message: "not an integer".into() }),
+    }
 }
 
 /// Runs `sql` with `params` and reads each row with `read`, refusing more
@@ -394,6 +402,135 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn record_usage(&self, rows: Vec<UsageRow>) -> Result<(), StoreError> {
+        self.run("recording usage", move |connection| {
+            let what = "recording usage";
+            let transaction = connection.transaction().map_err(query_error(what))?;
+            {
+                let placeholders = (1..=12).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+                let sql = format!("INSERT INTO tern_usage ({}) VALUES ({placeholders})", usage_columns());
+                let mut statement = transaction.prepare_cached(&sql).map_err(query_error(what))?;
+                for row in &rows {
+                    let values =
+                        row.text.iter().map(|t| t as &dyn ToSql).chain(row.numbers.iter().map(|n| n as &dyn ToSql));
+                    statement.execute(params_from_iter(values)).map_err(query_error(what))?;
+                }
+            }
+            transaction.commit().map_err(query_error(what))
+        })
+        .await
+    }
+
+    /// The newest rows `filter` matches, newest first.
+    pub async fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, StoreError> {
+        let filter = filter.clone();
+        self.run("reading usage", move |connection| {
+            let sql = format!(
+                "SELECT {} FROM tern_usage WHERE (?1 IS NULL OR realm = ?1) AND (?2 IS NULL OR username = ?2) \
+                 AND (?3 IS NULL OR ended >= ?3) ORDER BY id DESC LIMIT ?4",
+                usage_select()
+            );
+            let since = filter.since.map(|since| i64::try_from(since).unwrap_or(i64::MAX));
+            let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
+            rows(
+                connection,
+                "usage records",
+                &sql,
+                params![filter.realm, filter.username, since, limit],
+                filter.limit,
+                |row| {
+                    UsageRow::read(
+                        |index, name, max| text_or_empty(row, index, name, max),
+                        |index, name| integer(row, index, name),
+                    )
+                },
+            )
+        })
+        .await
+    }
+
+    /// `false` when the realm is full.
+    pub async fn revoke(&self, realm: &str, username: &str, expires: u64, now: u64) -> Result<bool, StoreError> {
+        let (realm, username) = (realm.to_owned(), username.to_owned());
+        self.run("revoking", move |connection| {
+            let what = "revoking";
+            let (expires, now) = (seconds(expires), seconds(now));
+            let transaction =
+                connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(query_error(what))?;
+            transaction
+                .execute("DELETE FROM tern_revocation WHERE realm = ?1 AND expires <= ?2", params![realm, now])
+                .map_err(query_error(what))?;
+            let others: i64 = transaction
+                .query_row(
+                    "SELECT count(*) FROM tern_revocation WHERE realm = ?1 AND username <> ?2",
+                    params![realm, username],
+                    |row| row.get(0),
+                )
+                .map_err(query_error(what))?;
+            if others >= MAX_REVOCATIONS as i64 {
+                return Ok(false);
+            }
+            transaction
+                .execute(
+                    "INSERT INTO tern_revocation (realm, username, expires) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (realm, username) DO UPDATE SET expires = excluded.expires",
+                    params![realm, username, expires],
+                )
+                .map_err(query_error(what))?;
+            transaction.commit().map_err(query_error(what))?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub async fn unrevoke(&self, realm: &str, username: &str, now: u64) -> Result<bool, StoreError> {
+        let (realm, username) = (realm.to_owned(), username.to_owned());
+        self.run("ending a revocation", move |connection| {
+            let expires: Option<i64> = connection
+                .query_row(
+                    "DELETE FROM tern_revocation WHERE realm = ?1 AND username = ?2 RETURNING expires",
+                    params![realm, username],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(query_error("ending a revocation"))?;
+            Ok(expires.is_some_and(|expires| expires > seconds(now)))
+        })
+        .await
+    }
+
+    pub async fn revocations(&self, realm: &str, now: u64) -> Result<Vec<(String, i64)>, StoreError> {
+        let realm = realm.to_owned();
+        self.run("reading revocations", move |connection| {
+            let what = "revocations";
+            let now = seconds(now);
+            // Deleting takes the write lock; a database many nodes read
+            // rarely holds expired rows, so most reads skip it.
+            let expired: i64 = connection
+                .query_row(
+                    "SELECT count(*) FROM tern_revocation WHERE realm = ?1 AND expires <= ?2",
+                    params![realm, now],
+                    |row| row.get(0),
+                )
+                .map_err(query_error(what))?;
+            if expired > 0 {
+                connection
+                    .execute("DELETE FROM tern_revocation WHERE realm = ?1 AND expires <= ?2", params![realm, now])
+                    .map_err(query_error(what))?;
+            }
+            let sql = format!(
+                "SELECT substr(username, 1, {}), expires FROM tern_revocation WHERE realm = ?1 AND expires > ?2 \
+                 LIMIT {}",
+                MAX_NAME + 1,
+                MAX_REVOCATIONS + 1
+            );
+            rows(connection, what, &sql, params![realm, now], MAX_REVOCATIONS, |row| {
+                Ok((text_or_empty(row, 0, "revoked name", MAX_NAME)?, integer(row, 1, "revocation expiry")?))
+            })
+        })
+        .await
+    }
+
     /// The change log after `last`: the newest id, the changes, and whether
     /// rows after `last` were trimmed before they were read. With no `last`,
     /// only the newest id.
@@ -465,6 +602,12 @@ impl SqliteStore {
     }
 }
 
+/// Unix seconds as SQLite's integers hold them; the store refuses any
+/// later than [`super::MAX_REVOCATION_EXPIRY`] before they get here.
+fn seconds(unix: u64) -> i64 {
+    i64::try_from(unix).unwrap_or(i64::MAX)
+}
+
 /// Opens (creating if need be) the database file.
 fn open(path: &std::path::Path, timeout: Duration) -> Result<Connection, StoreError> {
     let unreachable =
@@ -477,7 +620,7 @@ fn open(path: &std::path::Path, timeout: Duration) -> Result<Connection, StoreEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Store, StoreUrl};
+    use crate::store::{MAX_REVOCATION_EXPIRY, MAX_USAGE_BATCH, MAX_USAGE_LIST, Store, StoreUrl, UsageRecord};
 
     fn store(name: &str) -> (Store, PathBuf) {
         let dir = std::env::temp_dir().join(format!("tern-sqlite-{}-{name}", std::process::id()));
@@ -545,5 +688,101 @@ mod tests {
         }
         let error = store.rest_secrets("r").await.expect_err("too many");
         assert!(error.to_string().contains("more than 64 entries"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn expired_revocations_are_not_listed_and_are_deleted_when_read() {
+        let (store, path) = store("revocations");
+        store.migrate().await.expect("migrate");
+        let later = clock::unix_secs() + 3600;
+        store.revoke("north.gov", "gorst", later).await.expect("revoke");
+        let connection = Connection::open(&path).expect("open");
+        connection
+            .execute("INSERT INTO tern_revocation (realm, username, expires) VALUES ('north.gov', 'old', 1)", [])
+            .expect("insert");
+        assert_eq!(store.revocations("north.gov").await.expect("read"), vec![("gorst".to_owned(), later)]);
+        let left: i64 =
+            connection.query_row("SELECT count(*) FROM tern_revocation", [], |row| row.get(0)).expect("count");
+        assert_eq!(left, 1, "the expired row is gone");
+        connection
+            .execute("INSERT INTO tern_revocation (realm, username, expires) VALUES ('north.gov', 'old', 1)", [])
+            .expect("insert");
+        assert!(!store.unrevoke("north.gov", "old").await.expect("unrevoke"), "an expired one was no revocation");
+        for (expires, wanted) in [(0, "after now"), (1, "after now"), (MAX_REVOCATION_EXPIRY + 1, "at most")] {
+            let error = store.revoke("north.gov", "x", expires).await.expect_err("refused").to_string();
+            assert!(error.contains(wanted), "{error}");
+        }
+        store.revoke("north.gov", "forever", MAX_REVOCATION_EXPIRY).await.expect("until undone");
+        connection
+            .execute("UPDATE tern_revocation SET expires = 1000000000000000 WHERE username = 'forever'", [])
+            .expect("update");
+        let error = store.revocations("north.gov").await.expect_err("past the year 9999").to_string();
+        assert!(error.contains("revocation expiry"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_full_realm_refuses_new_revocations_but_moves_existing_ones() {
+        let (store, path) = store("full");
+        store.migrate().await.expect("migrate");
+        let later = clock::unix_secs() + 3600;
+        let mut connection = Connection::open(&path).expect("open");
+        let transaction = connection.transaction().expect("transaction");
+        for i in 0..MAX_REVOCATIONS {
+            transaction
+                .execute(
+                    "INSERT INTO tern_revocation (realm, username, expires) VALUES ('r', ?1, ?2)",
+                    params![format!("user-{i}"), later as i64],
+                )
+                .expect("insert");
+        }
+        transaction.commit().expect("commit");
+        let error = store.revoke("r", "one-more", later).await.expect_err("full").to_string();
+        assert_eq!(error, "realm \"r\" already has 65536 revocations");
+        store.revoke("r", "user-7", later + 1).await.expect("an existing one moves");
+        store.revoke("elsewhere", "one-more", later).await.expect("another realm has room");
+        assert_eq!(store.revocations("r").await.expect("read").len(), MAX_REVOCATIONS);
+    }
+
+    #[tokio::test]
+    async fn usage_batches_are_bounded_and_bad_rows_refused() {
+        let (store, path) = store("usage");
+        store.migrate().await.expect("migrate");
+        let record = UsageRecord {
+            node: "n".into(),
+            realm: "r".into(),
+            username: "u".into(),
+            transport: crate::proto::Transport::Udp,
+            client: "192.0.2.1:4000".parse().expect("literal"),
+            relayed: vec!["192.0.2.2:50000".parse().expect("literal")],
+            started: 10,
+            ended: 20,
+            packets_to_peer: 1,
+            bytes_to_peer: 2,
+            packets_to_client: 3,
+            bytes_to_client: 4,
+        };
+        let error = store.record_usage(&vec![record.clone(); MAX_USAGE_BATCH + 1]).await.expect_err("too many");
+        assert_eq!(error.to_string(), "513 usage records in one batch; at most 512");
+        let mut bad = record.clone();
+        bad.relayed.clear();
+        let error = store.record_usage(&[record.clone(), bad]).await.expect_err("a bad record").to_string();
+        assert!(error.starts_with("usage record 1: "), "{error}");
+        store.record_usage(&[]).await.expect("nothing to write");
+        let all = UsageFilter { realm: None, username: None, since: None, limit: 10 };
+        assert_eq!(store.usage(&all).await.expect("read"), Vec::new(), "a refused batch writes nothing");
+        store.record_usage(&vec![record.clone(); MAX_USAGE_BATCH]).await.expect("a full batch");
+        assert_eq!(store.usage(&all).await.expect("read").len(), 10);
+        for limit in [0, MAX_USAGE_LIST + 1] {
+            assert!(matches!(
+                store.usage(&UsageFilter { limit, ..all.clone() }).await,
+                Err(StoreError::InvalidInput(_))
+            ));
+        }
+        let connection = Connection::open(&path).expect("open");
+        connection
+            .execute("UPDATE tern_usage SET bytes_to_peer = 'many' WHERE id = (SELECT max(id) FROM tern_usage)", [])
+            .expect("update");
+        let error = store.usage(&all).await.expect_err("not a number").to_string();
+        assert!(error.contains("bytes_to_peer: not an integer"), "{error}");
     }
 }

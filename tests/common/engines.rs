@@ -287,6 +287,20 @@ impl Redis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Runs a command through `redis-cli`, which must succeed; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = checked(
+            run_bounded(
+                Command::new("redis-cli")
+                    .args(["-p", &self.port.to_string(), "--no-auth-warning", "-a", REDIS_PASSWORD])
+                    .args(args),
+                COMMAND_TIMEOUT,
+            ),
+            "redis-cli",
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// coturn's connection string of the server.
     pub fn conninfo(&self) -> String {
         format!("ip=127.0.0.1 port={} dbname=0 password={REDIS_PASSWORD} connect_timeout=10", self.port)
