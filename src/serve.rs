@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 use crate::config::{AdminToken, Config, Credentials, LogLevel, Source};
 use crate::control::{self, ControlPlane, Lifecycle, api};
 use crate::io::clock;
+use crate::io::commands::{StoreQueues, store_queues};
 use crate::io::shutdown::Shutdown;
 use crate::io::sys::{interfaces, process};
 use crate::io::{MetricsSource, Reloader, Running, StartError, WorkerReport, start};
@@ -154,7 +155,8 @@ pub fn serve(config: &Config, source: Source, shutdown: Shutdown) -> Result<Serv
     };
     let started = (clock::now(), clock::unix_secs());
     let nonce_key = rand::random();
-    let running = start(&config.runtime(nonce_key, &local_addresses), &shutdown)?;
+    let (store_senders, store_queues) = config.store().map(|_| store_queues()).unzip();
+    let running = start(&config.runtime(nonce_key, &local_addresses), &shutdown, store_senders)?;
     if config.admin.tls {
         listeners.admin_tls = running.reloader().tls().cloned();
     }
@@ -173,9 +175,13 @@ pub fn serve(config: &Config, source: Source, shutdown: Shutdown) -> Result<Serv
         systemd: systemd::Systemd::new(running.metrics()),
     });
     let mut serving = Serving { running, control, control_plane: None, signals };
-    if let Err(e) =
-        serving.run_extras(listeners, started, (&config.realm, config.store().cloned()), hangups, drain_requests)
-    {
+    if let Err(e) = serving.run_extras(
+        listeners,
+        started,
+        (&config.realm, config.store().cloned().zip(store_queues)),
+        hangups,
+        drain_requests,
+    ) {
         serving.stop();
         // The start error is the one to report; the workers only stopped.
         let _ = serving.running.join();
@@ -191,7 +197,7 @@ impl Serving {
         &mut self,
         listeners: control::Listeners,
         (started, started_unix): (Instant, u64),
-        (realm, store): (&str, Option<StoreSettings>),
+        (realm, store): (&str, Option<(StoreSettings, StoreQueues)>),
         hangups: Signals,
         drain_requests: Signals,
     ) -> Result<(), ServeError> {

@@ -70,6 +70,22 @@ fn relay_until(server: &TernServer, credentials: &[&str], want: bool) -> String 
     }
 }
 
+/// The one usage record of `user`, once the writer has written it.
+fn usage_of(store: &str, user: &str) -> serde_json::Value {
+    let deadline = tern::io::clock::now() + PROPAGATION;
+    loop {
+        let listed = tern_with_input(&["usage", "list", "--user", user, "--json", "--store", store], "");
+        assert!(listed.status.success(), "tern usage list: {listed:?}");
+        let records: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).expect("JSON records");
+        if let [record] = records.as_slice() {
+            return record.clone();
+        }
+        assert!(records.is_empty(), "one allocation, one record: {records:?}");
+        assert!(tern::io::clock::now() < deadline, "no usage record of {user} within {PROPAGATION:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 fn sqlite_url(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("tern.db").display())
 }
@@ -85,6 +101,18 @@ fn users_of_a_sqlite_store_relay_and_changes_apply_while_tern_runs() {
     assert!(ok, "a stored user relays:\n{said}");
     // A stored user has an MD5 key only, so MD5 alone is offered.
     assert!(said.contains("MD5"), "{said}");
+    // Its allocation ended (the probe deletes it): one usage record, with
+    // the probe's traffic, written within a second or two.
+    let record = usage_of(&store, "alice");
+    assert_eq!(record["transport"], "udp", "{record}");
+    assert_eq!(record["realm"], REALM, "{record}");
+    assert!(
+        record["packets_to_peer"].as_u64() >= Some(1) && record["packets_to_client"].as_u64() >= Some(1),
+        "{record}"
+    );
+    assert!(record["bytes_to_peer"].as_u64() > Some(0), "{record}");
+    assert!(record["ended"].as_u64() >= record["started"].as_u64(), "{record}");
+    assert!(record["node"].as_str().is_some_and(|node| !node.is_empty()), "{record}");
     let (ok, said) = relay(&server, &["-u", "alice", "-p", "looking-glass"]);
     assert!(!ok && said.contains("401"), "a wrong password gets 401:\n{said}");
     let (ok, said) = relay(&server, &["-u", "nobody", "-p", "wonderland"]);

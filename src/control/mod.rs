@@ -14,6 +14,7 @@ mod dashboard;
 mod http;
 mod store;
 mod token;
+mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tokio::sync::oneshot;
 use tracing::{error, info};
 
 use crate::config::{AdminToken, LogLevel};
+use crate::io::commands::StoreQueues;
 use crate::io::tls::TlsStore;
 use crate::io::{MetricsSource, Workers};
 use crate::store::StoreSettings;
@@ -51,8 +53,9 @@ pub struct Context {
     pub realm: String,
     pub started: Instant,
     pub started_unix: u64,
-    /// Users and secrets from a database (`[store]`).
-    pub store: Option<StoreSettings>,
+    /// Users and secrets from a database (`[store]`), and the queues of
+    /// the workers' lookups and ended allocations.
+    pub store: Option<(StoreSettings, StoreQueues)>,
 }
 
 /// Listeners bound before privileges were dropped, served once the
@@ -114,8 +117,8 @@ impl ControlPlane {
             .name("tern-control".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    if let Some(settings) = store {
-                        store::spawn(settings, context.realm.clone(), context.workers.clone());
+                    if let Some((settings, queues)) = store {
+                        store::spawn(settings, queues, context.realm.clone(), context.workers.clone());
                     }
                     if let Some(listener) = listeners.metrics {
                         spawn_service(listener, admin::metrics_router(Arc::clone(&context)), "metrics", None);

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::io::Workers;
-use crate::io::commands::{LOOKUP_QUEUE_LIMIT, Lookup, StoreUpdate};
+use crate::io::commands::{Lookup, StoreQueues, StoreUpdate};
 use crate::proto::lookup::StoreAnswer;
 use crate::store::{Change, FeedEvent, Store, StoreError, StoreSettings};
 
@@ -30,19 +30,19 @@ use crate::store::{Change, FeedEvent, Store, StoreError, StoreSettings};
 pub const MAX_CONCURRENT_LOOKUPS: usize = 32;
 
 /// Opens the store and serves the workers from it until the runtime stops.
-pub fn spawn(settings: StoreSettings, realm: String, workers: Workers) {
-    let (asks, asked) = mpsc::channel(LOOKUP_QUEUE_LIMIT);
-    workers.connect_store(asks);
+pub fn spawn(settings: StoreSettings, queues: StoreQueues, realm: String, workers: Workers) {
+    let store = match Store::new(&settings) {
+        Ok(store) => store,
+        Err(e) => {
+            // `tern check` and start-up validation read the same settings,
+            // so this is a late failure (a CA file removed since).
+            warn!(error = %e, "the store cannot be used; its users are answered 500 and no usage is recorded");
+            return;
+        }
+    };
+    super::usage::spawn(store.clone(), super::usage::node_name(), realm.clone(), workers.clone(), queues.ended);
+    let asked = queues.lookups;
     tokio::spawn(async move {
-        let store = match Store::new(&settings) {
-            Ok(store) => store,
-            Err(e) => {
-                // `tern check` and start-up validation read the same
-                // settings, so this is a late failure (a CA file removed).
-                warn!(error = %e, "the store cannot be used; users in it are answered 500");
-                return;
-            }
-        };
         match store.migrate().await {
             Ok(version) => info!(engine = %store.engine(), schema = version, "using the store for users and secrets"),
             // Down at start: every call retries with backoff.

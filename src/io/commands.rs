@@ -14,6 +14,7 @@
 //! REST secrets as a snapshot each worker takes whole.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use mio::Waker;
@@ -30,6 +31,44 @@ pub const QUEUE_LIMIT: usize = 64;
 pub const STORE_QUEUE_LIMIT: usize = 2 * MAX_PARKED;
 /// Lookups on their way to the control plane, from all workers.
 pub const LOOKUP_QUEUE_LIMIT: usize = 1024;
+
+/// Ended allocations on their way to the usage writer, from all workers;
+/// past that they are dropped and counted.
+pub const USAGE_QUEUE_LIMIT: usize = 8192;
+
+/// An allocation that ended, for its usage record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndedAllocation {
+    pub serial: u64,
+    pub user: Box<str>,
+    pub tuple: crate::proto::FiveTuple,
+    pub relayed: Vec<std::net::SocketAddr>,
+    /// Unix seconds.
+    pub started: u64,
+    pub ended: u64,
+    pub traffic: crate::proto::allocation::Traffic,
+}
+
+/// The workers' ends of the queues to the store's tasks.
+pub struct StoreSenders {
+    lookups: mpsc::Sender<Lookup>,
+    ended: mpsc::Sender<EndedAllocation>,
+}
+
+/// The control plane's ends of the queues from the workers.
+pub struct StoreQueues {
+    pub lookups: mpsc::Receiver<Lookup>,
+    pub ended: mpsc::Receiver<EndedAllocation>,
+}
+
+/// The queues between the workers and the store's tasks, made before the
+/// workers start so that no lookup and no ended allocation comes before
+/// them.
+pub fn store_queues() -> (StoreSenders, StoreQueues) {
+    let (lookups, asked) = mpsc::channel(LOOKUP_QUEUE_LIMIT);
+    let (ended, queue) = mpsc::channel(USAGE_QUEUE_LIMIT);
+    (StoreSenders { lookups, ended }, StoreQueues { lookups: asked, ended: queue })
+}
 
 /// A worker asks the store for a user.
 #[derive(Debug)]
@@ -77,6 +116,10 @@ pub struct Commands {
     inboxes: Vec<Mutex<Inbox>>,
     /// Where workers' lookups go, once the control plane has a store.
     lookups: Mutex<Option<mpsc::Sender<Lookup>>>,
+    /// Where ended allocations go, once the control plane writes usage.
+    usage: Mutex<Option<mpsc::Sender<EndedAllocation>>>,
+    /// Ended allocations the usage queue had no room for.
+    usage_dropped: AtomicU64,
 }
 
 #[derive(Default)]
@@ -108,7 +151,12 @@ pub struct FromStore {
 
 impl Commands {
     pub fn new(workers: usize) -> Self {
-        Self { inboxes: (0..workers.max(1)).map(|_| Mutex::default()).collect(), lookups: Mutex::new(None) }
+        Self {
+            inboxes: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+            lookups: Mutex::new(None),
+            usage: Mutex::new(None),
+            usage_dropped: AtomicU64::new(0),
+        }
     }
 
     pub fn workers(&self) -> usize {
@@ -139,15 +187,39 @@ impl Commands {
         self.inboxes.get(worker).map(|inbox| std::mem::take(&mut lock(inbox).queue)).unwrap_or_default()
     }
 
-    /// Sends the workers' lookups to `lookups` from now on.
-    pub fn connect_store(&self, lookups: mpsc::Sender<Lookup>) {
-        *lock(&self.lookups) = Some(lookups);
+    /// Sends the workers' lookups and ended allocations to the store's tasks.
+    pub fn connect_store(&self, senders: StoreSenders) {
+        *lock(&self.lookups) = Some(senders.lookups);
+        *lock(&self.usage) = Some(senders.ended);
     }
 
     /// Queues a lookup for the control plane; `false` when there is no
     /// store or its queue is full, and so no answer will come.
     pub fn ask_store(&self, lookup: Lookup) -> bool {
         lock(&self.lookups).as_ref().is_some_and(|lookups| lookups.try_send(lookup).is_ok())
+    }
+
+    /// Whether ended allocations are written anywhere.
+    pub fn records_usage(&self) -> bool {
+        lock(&self.usage).is_some()
+    }
+
+    /// Queues an ended allocation for the usage writer; counted as dropped
+    /// when its queue is full.
+    pub fn record_usage(&self, ended: EndedAllocation) {
+        let queued = lock(&self.usage).as_ref().is_some_and(|usage| usage.try_send(ended).is_ok());
+        if !queued {
+            self.count_usage_dropped(1);
+        }
+    }
+
+    pub fn count_usage_dropped(&self, records: u64) {
+        self.usage_dropped.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// Usage records dropped so far.
+    pub fn usage_dropped(&self) -> u64 {
+        self.usage_dropped.load(Ordering::Relaxed)
     }
 
     /// Queues `update` for `worker` and wakes it; when its queue is full,

@@ -147,6 +147,8 @@ pub struct MetricsSnapshot {
     pub draining: bool,
     /// The configuration in force, and how its reloads went.
     pub reloads: ReloadStatus,
+    /// Usage records dropped: no room in their queue, or refused by the store.
+    pub usage_dropped: u64,
 }
 
 impl MetricsSource {
@@ -158,6 +160,7 @@ impl MetricsSource {
             workers: self.workers,
             draining: self.shutdown.is_draining(),
             reloads: self.shared.reload_status(),
+            usage_dropped: self.shared.commands.usage_dropped(),
         }
     }
 
@@ -189,11 +192,6 @@ impl Workers {
         &self.shared.liveness
     }
 
-    /// Sends the workers' store lookups to `lookups` from now on.
-    pub fn connect_store(&self, lookups: tokio::sync::mpsc::Sender<commands::Lookup>) {
-        self.shared.commands.connect_store(lookups);
-    }
-
     /// Queues a store update for `worker` and wakes it.
     pub fn send_store(&self, worker: usize, update: commands::StoreUpdate) {
         self.shared.commands.send_store(worker, update);
@@ -206,6 +204,11 @@ impl Workers {
         }
     }
 
+    /// Counts usage records the writer had to drop.
+    pub fn count_usage_dropped(&self, records: u64) {
+        self.shared.commands.count_usage_dropped(records);
+    }
+
     /// Gives every worker the realm's REST secrets in the store.
     pub fn publish_secrets(&self, secrets: &[Vec<u8>]) {
         self.shared.commands.publish_secrets(secrets);
@@ -213,7 +216,13 @@ impl Workers {
 }
 
 /// Binds the listen sockets and starts the workers.
-pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, StartError> {
+/// With `store`, the workers send lookups and ended allocations to the
+/// control plane's store tasks from their first packet.
+pub fn start(
+    config: &RuntimeConfig,
+    shutdown: &Shutdown,
+    store: Option<commands::StoreSenders>,
+) -> Result<Running, StartError> {
     // The certificate is read before anything binds, and before privileges
     // are dropped: the key file is often readable by root only.
     let tls = match &config.tls {
@@ -248,6 +257,9 @@ pub fn start(config: &RuntimeConfig, shutdown: &Shutdown) -> Result<Running, Sta
     }
     let accounts = SharedAccounts::new(config.relay_ports, config.quotas, rand::random());
     let shared = Arc::new(Shared::new(accounts, per_worker.len()));
+    if let Some(senders) = store {
+        shared.commands.connect_store(senders);
+    }
     let mut workers = Vec::with_capacity(config.workers);
     for (id, listeners) in per_worker.into_iter().enumerate() {
         let worker_tls = tls.as_ref().map(|(settings, store)| worker::WorkerTls {

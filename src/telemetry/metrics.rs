@@ -47,7 +47,7 @@ pub fn render(snapshot: &MetricsSnapshot, admin: &AdminCounters) -> String {
     let server = &snapshot.counters.server;
     let io = &snapshot.counters.io;
 
-    let counters: [(&str, &str, u64); 32] = [
+    let counters: [(&str, &str, u64); 33] = [
         ("stun_requests", "STUN requests received and parsed", server.requests),
         ("binding_responses", "Binding success responses sent", server.binding_responses),
         ("error_responses", "STUN error responses sent, challenges included", server.error_responses),
@@ -99,6 +99,11 @@ pub fn render(snapshot: &MetricsSnapshot, admin: &AdminCounters) -> String {
             "admin_rate_limited",
             "Admin API requests refused unchecked: their source sent too many wrong tokens (429)",
             admin.rate_limited,
+        ),
+        (
+            "usage_records_dropped",
+            "Usage records of ended allocations not written: no room in their queue, or refused by the store",
+            snapshot.usage_dropped,
         ),
     ];
     for (name, help, value) in counters {
@@ -214,8 +219,15 @@ mod tests {
         counters.io.proxy_timeouts = 1;
         let reloads =
             ReloadStatus { generation: 3, failures: 1, last_success: 1_800_000_000, last_failure: 1_700_000_000 };
-        let snapshot =
-            MetricsSnapshot { counters, allocations: 4, connections: 1, workers: 2, draining: false, reloads };
+        let snapshot = MetricsSnapshot {
+            counters,
+            allocations: 4,
+            connections: 1,
+            workers: 2,
+            draining: false,
+            reloads,
+            usage_dropped: 0,
+        };
         let text = render(&snapshot, &AdminCounters { unauthorized: 2, rate_limited: 0 });
         for line in [
             "tern_stun_requests_total 7",

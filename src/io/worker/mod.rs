@@ -40,7 +40,7 @@ use slab::Slab;
 use tracing::{debug, info_span, warn};
 
 use super::clock;
-use super::commands::{Command, Lookup, StoreUpdate};
+use super::commands::{Command, EndedAllocation, Lookup, StoreUpdate};
 use super::listener::WorkerListeners;
 use super::out::{OutQueue, Via};
 use super::proxy::ProxyListeners;
@@ -453,6 +453,20 @@ impl Worker {
             }
             // Observers (usage records, the admin API, a kernel fast path)
             // plug in here; the core has logged and counted these already.
+            Event::AllocationDeleted { serial, user, tuple, relayed, created, traffic, .. }
+                if self.shared.commands.records_usage() =>
+            {
+                let age = now.instant.saturating_duration_since(created).as_secs();
+                self.shared.commands.record_usage(EndedAllocation {
+                    serial,
+                    user,
+                    tuple,
+                    relayed: relayed.iter().flatten().map(|r| r.advertised).collect(),
+                    started: now.unix.saturating_sub(age),
+                    ended: now.unix,
+                    traffic,
+                });
+            }
             Event::AllocationCreated(_)
             | Event::AllocationRefreshed { .. }
             | Event::AllocationDeleted { .. }

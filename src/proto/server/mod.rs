@@ -537,7 +537,16 @@ impl Server {
             bytes_to_client = t.bytes_to_client,
             "allocation deleted"
         );
-        self.events.push_back(Event::AllocationDeleted { id, tuple: allocation.tuple, reason, traffic: t });
+        self.events.push_back(Event::AllocationDeleted {
+            id,
+            serial: allocation.serial,
+            relayed: [allocation.relayed(false).copied(), allocation.relayed(true).copied()],
+            created: allocation.created,
+            user: allocation.username,
+            tuple: allocation.tuple,
+            reason,
+            traffic: t,
+        });
     }
 
     /// Gives a relay's port back and tells the driver to close its socket.

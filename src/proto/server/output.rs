@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::proto::FiveTuple;
 use crate::proto::allocation::{AllocationId, ClientHandle, RelayId, Relayed, Traffic};
@@ -181,9 +181,15 @@ pub enum Event {
         id: AllocationId,
         lifetime: Duration,
     },
+    /// With what a usage record needs: whose it was, since when, where it
+    /// relayed from, and what it carried.
     AllocationDeleted {
         id: AllocationId,
+        serial: u64,
+        user: Box<str>,
         tuple: FiveTuple,
+        relayed: [Option<Relayed>; 2],
+        created: Instant,
         reason: DeleteReason,
         traffic: Traffic,
     },

@@ -141,6 +141,7 @@ fn a_full_life_is_told_to_observers_in_order_and_each_expiry_at_its_deadline() {
         lifetime: secs(600),
         tcp: false,
     };
+    let (serial, relayed) = (created.serial, created.relayed);
     assert_eq!(h.take_observed(), [Event::AllocationCreated(created)]);
     let (peer, bound) = (addr(PEER), addr(PEER_B));
     assert_success(&alice.permit(&mut h, &[peer]));
@@ -174,7 +175,11 @@ fn a_full_life_is_told_to_observers_in_order_and_each_expiry_at_its_deadline() {
             1100,
             vec![Event::AllocationDeleted {
                 id,
+                serial,
+                user: "alice".into(),
                 tuple: alice.tuple,
+                relayed,
+                created: h.start,
                 reason: DeleteReason::Expired,
                 traffic: Traffic { packets_to_peer: 2, bytes_to_peer: 7, packets_to_client: 1, bytes_to_client: 4 },
             }],
