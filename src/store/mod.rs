@@ -344,6 +344,37 @@ where
     ChangeFeed { events: receiver, task }
 }
 
+/// An engine that pushes its changes over a connection of its own
+/// (PostgreSQL's `LISTEN`, Redis pub/sub), rather than being polled.
+trait Listener: Clone + Send + Sync + 'static {
+    const ENGINE: Engine;
+
+    /// Listens until the connection fails, sending what it hears to `feed`;
+    /// `Ok` when the feed's subscriber is gone.
+    fn listen(&self, feed: &mut FeedSender) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The feed of a [`Listener`]: every lost connection is reported and
+/// listened on again, with backoff, until the subscriber is gone.
+fn listening_feed<L: Listener>(store: L) -> ChangeFeed {
+    spawn_feed(move |mut feed| async move {
+        let mut backoff = Backoff::new();
+        while !feed.is_closed() {
+            match store.listen(&mut feed).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "{} change feed lost; reconnecting", L::ENGINE);
+                    if !feed.send(FeedEvent::Lost(error)) {
+                        return;
+                    }
+                    backoff.failed();
+                    tokio::time::sleep(backoff.remaining()).await;
+                }
+            }
+        }
+    })
+}
+
 /// One allocation's usage, for billing: who, over what, from where, when,
 /// and the traffic each way. Written in batches by [`Store::record_usage`];
 /// a SQL row of `tern_usage`, or an entry of the Redis stream `tern/usage`.

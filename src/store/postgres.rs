@@ -20,10 +20,10 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::schema::{self, NOTIFY_CHANNEL, POSTGRES_LOCK, VERSION};
 use super::{
-    Backoff, Change, ChangeFeed, Engine, FeedEvent, MAX_LIST, MAX_NAME, MAX_OPTION_VALUE, MAX_RANGE, MAX_RANGES,
-    MAX_REALM, MAX_REVOCATIONS, MAX_SECRET, MAX_SECRETS, PeerList, Reconnecting, SecretEntry, StoreError,
-    StoreSettings, USAGE_NUMBERS, USAGE_TEXT, UsageFilter, UsageRow, UserEntry, bounded, bounded_rows, spawn_feed,
-    usage_columns, usage_select, within,
+    Change, ChangeFeed, Engine, FeedEvent, MAX_LIST, MAX_NAME, MAX_OPTION_VALUE, MAX_RANGE, MAX_RANGES, MAX_REALM,
+    MAX_REVOCATIONS, MAX_SECRET, MAX_SECRETS, PeerList, Reconnecting, SecretEntry, StoreError, StoreSettings,
+    USAGE_NUMBERS, USAGE_TEXT, UsageFilter, UsageRow, UserEntry, bounded, bounded_rows, usage_columns, usage_select,
+    within,
 };
 use crate::io::clock;
 
@@ -503,22 +503,14 @@ impl PostgresStore {
     }
 
     pub fn subscribe(&self) -> ChangeFeed {
-        let store = self.clone();
-        spawn_feed(move |mut feed| async move {
-            let mut backoff = Backoff::new();
-            while !feed.is_closed() {
-                match store.listen(&mut feed).await {
-                    Ok(()) => return,
-                    Err(error) => {
-                        tracing::warn!(%error, "PostgreSQL change feed lost; reconnecting");
-                        if !feed.send(FeedEvent::Lost(error)) {
-                            return;
-                        }
-                        backoff.failed();
-                        tokio::time::sleep(backoff.remaining()).await;
-                    }
-                }
-            }
-        })
+        super::listening_feed(self.clone())
+    }
+}
+
+impl super::Listener for PostgresStore {
+    const ENGINE: Engine = ENGINE;
+
+    fn listen(&self, feed: &mut super::FeedSender) -> impl Future<Output = Result<(), StoreError>> + Send {
+        PostgresStore::listen(self, feed)
     }
 }

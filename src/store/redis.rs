@@ -32,10 +32,10 @@ use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
 
 use super::schema::{self, VERSION};
 use super::{
-    Backoff, Change, ChangeFeed, Engine, FeedEvent, MAX_LIST, MAX_NAME, MAX_OPTION_VALUE, MAX_RANGE, MAX_RANGES,
-    MAX_REALM, MAX_REVOCATIONS, MAX_SECRET, MAX_SECRETS, PeerList, RealmOption, Reconnecting, SecretEntry, StoreError,
-    StoreSettings, USAGE_NUMBERS, USAGE_STREAM_LENGTH, USAGE_TEXT, UsageFilter, UsageRow, UserEntry, bounded,
-    spawn_feed, too_many, within,
+    Change, ChangeFeed, Engine, FeedEvent, MAX_LIST, MAX_NAME, MAX_OPTION_VALUE, MAX_RANGE, MAX_RANGES, MAX_REALM,
+    MAX_REVOCATIONS, MAX_SECRET, MAX_SECRETS, PeerList, RealmOption, Reconnecting, SecretEntry, StoreError,
+    StoreSettings, USAGE_NUMBERS, USAGE_STREAM_LENGTH, USAGE_TEXT, UsageFilter, UsageRow, UserEntry, bounded, too_many,
+    within,
 };
 
 const ENGINE: Engine = Engine::Redis;
@@ -885,23 +885,15 @@ impl RedisStore {
     }
 
     pub fn subscribe(&self) -> ChangeFeed {
-        let store = self.clone();
-        spawn_feed(move |mut feed| async move {
-            let mut backoff = Backoff::new();
-            while !feed.is_closed() {
-                match store.listen(&mut feed).await {
-                    Ok(()) => return,
-                    Err(error) => {
-                        tracing::warn!(%error, "Redis change feed lost; reconnecting");
-                        if !feed.send(FeedEvent::Lost(error)) {
-                            return;
-                        }
-                        backoff.failed();
-                        tokio::time::sleep(backoff.remaining()).await;
-                    }
-                }
-            }
-        })
+        super::listening_feed(self.clone())
+    }
+}
+
+impl super::Listener for RedisStore {
+    const ENGINE: Engine = ENGINE;
+
+    fn listen(&self, feed: &mut super::FeedSender) -> impl Future<Output = Result<(), StoreError>> + Send {
+        RedisStore::listen(self, feed)
     }
 }
 
