@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use mio::Waker;
 use tokio::sync::{mpsc, oneshot};
@@ -114,10 +114,11 @@ pub enum SendError {
 /// Every worker's command queue.
 pub struct Commands {
     inboxes: Vec<Mutex<Inbox>>,
-    /// Where workers' lookups go, once the control plane has a store.
-    lookups: Mutex<Option<mpsc::Sender<Lookup>>>,
-    /// Where ended allocations go, once the control plane writes usage.
-    usage: Mutex<Option<mpsc::Sender<EndedAllocation>>>,
+    /// Where workers' lookups go, when there is a store; set before the
+    /// workers start.
+    lookups: OnceLock<mpsc::Sender<Lookup>>,
+    /// Where ended allocations go, when there is a store.
+    usage: OnceLock<mpsc::Sender<EndedAllocation>>,
     /// Ended allocations the usage queue had no room for.
     usage_dropped: AtomicU64,
 }
@@ -153,8 +154,8 @@ impl Commands {
     pub fn new(workers: usize) -> Self {
         Self {
             inboxes: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
-            lookups: Mutex::new(None),
-            usage: Mutex::new(None),
+            lookups: OnceLock::new(),
+            usage: OnceLock::new(),
             usage_dropped: AtomicU64::new(0),
         }
     }
@@ -187,27 +188,28 @@ impl Commands {
         self.inboxes.get(worker).map(|inbox| std::mem::take(&mut lock(inbox).queue)).unwrap_or_default()
     }
 
-    /// Sends the workers' lookups and ended allocations to the store's tasks.
+    /// Sends the workers' lookups and ended allocations to the store's
+    /// tasks; once, before the workers start (a second call changes nothing).
     pub fn connect_store(&self, senders: StoreSenders) {
-        *lock(&self.lookups) = Some(senders.lookups);
-        *lock(&self.usage) = Some(senders.ended);
+        let _ = self.lookups.set(senders.lookups);
+        let _ = self.usage.set(senders.ended);
     }
 
     /// Queues a lookup for the control plane; `false` when there is no
     /// store or its queue is full, and so no answer will come.
     pub fn ask_store(&self, lookup: Lookup) -> bool {
-        lock(&self.lookups).as_ref().is_some_and(|lookups| lookups.try_send(lookup).is_ok())
+        self.lookups.get().is_some_and(|lookups| lookups.try_send(lookup).is_ok())
     }
 
     /// Whether ended allocations are written anywhere.
     pub fn records_usage(&self) -> bool {
-        lock(&self.usage).is_some()
+        self.usage.get().is_some()
     }
 
     /// Queues an ended allocation for the usage writer; counted as dropped
     /// when its queue is full.
     pub fn record_usage(&self, ended: EndedAllocation) {
-        let queued = lock(&self.usage).as_ref().is_some_and(|usage| usage.try_send(ended).is_ok());
+        let queued = self.usage.get().is_some_and(|usage| usage.try_send(ended).is_ok());
         if !queued {
             self.count_usage_dropped(1);
         }
