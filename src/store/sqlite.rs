@@ -33,6 +33,8 @@ const POLL_ROWS: i64 = 1000;
 const MAX_KEY_TEXT: usize = 128;
 /// Realm options: coturn has three, so a few more rows are already junk.
 const MAX_OPTIONS: usize = 16;
+/// Deletes a realm's (?1) revocations that expired by ?2.
+const DELETE_EXPIRED: &str = "DELETE FROM tern_revocation WHERE realm = ?1 AND expires <= ?2";
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -457,9 +459,7 @@ impl SqliteStore {
             let (expires, now) = (seconds(expires), seconds(now));
             let transaction =
                 connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(query_error(what))?;
-            transaction
-                .execute("DELETE FROM tern_revocation WHERE realm = ?1 AND expires <= ?2", params![realm, now])
-                .map_err(query_error(what))?;
+            transaction.execute(DELETE_EXPIRED, params![realm, now]).map_err(query_error(what))?;
             let others: i64 = transaction
                 .query_row(
                     "SELECT count(*) FROM tern_revocation WHERE realm = ?1 AND username <> ?2",
@@ -504,20 +504,7 @@ impl SqliteStore {
         self.run("reading revocations", move |connection| {
             let what = "revocations";
             let now = seconds(now);
-            // Deleting takes the write lock; a database many nodes read
-            // rarely holds expired rows, so most reads skip it.
-            let expired: i64 = connection
-                .query_row(
-                    "SELECT count(*) FROM tern_revocation WHERE realm = ?1 AND expires <= ?2",
-                    params![realm, now],
-                    |row| row.get(0),
-                )
-                .map_err(query_error(what))?;
-            if expired > 0 {
-                connection
-                    .execute("DELETE FROM tern_revocation WHERE realm = ?1 AND expires <= ?2", params![realm, now])
-                    .map_err(query_error(what))?;
-            }
+            connection.execute(DELETE_EXPIRED, params![realm, now]).map_err(query_error(what))?;
             let sql = format!(
                 "SELECT substr(username, 1, {}), expires FROM tern_revocation WHERE realm = ?1 AND expires > ?2 \
                  LIMIT {}",
