@@ -28,6 +28,7 @@ use crate::io::shutdown::Shutdown;
 use crate::io::sys::{interfaces, process};
 use crate::io::{MetricsSource, Reloader, Running, StartError, WorkerReport, start};
 use crate::proto::Transport;
+use crate::store::StoreSettings;
 use crate::telemetry::{self, LogReload};
 
 /// Why `tern serve` could not start, or stopped with an error.
@@ -172,7 +173,9 @@ pub fn serve(config: &Config, source: Source, shutdown: Shutdown) -> Result<Serv
         systemd: systemd::Systemd::new(running.metrics()),
     });
     let mut serving = Serving { running, control, control_plane: None, signals };
-    if let Err(e) = serving.run_extras(listeners, started, &config.realm, hangups, drain_requests) {
+    if let Err(e) =
+        serving.run_extras(listeners, started, (&config.realm, config.store().cloned()), hangups, drain_requests)
+    {
         serving.stop();
         // The start error is the one to report; the workers only stopped.
         let _ = serving.running.join();
@@ -188,11 +191,11 @@ impl Serving {
         &mut self,
         listeners: control::Listeners,
         (started, started_unix): (Instant, u64),
-        realm: &str,
+        (realm, store): (&str, Option<StoreSettings>),
         hangups: Signals,
         drain_requests: Signals,
     ) -> Result<(), ServeError> {
-        if listeners.metrics.is_some() || listeners.admin.is_some() {
+        if listeners.metrics.is_some() || listeners.admin.is_some() || store.is_some() {
             let context = control::Context {
                 workers: self.running.workers(),
                 metrics: self.running.metrics(),
@@ -200,6 +203,7 @@ impl Serving {
                 realm: realm.to_owned(),
                 started,
                 started_unix,
+                store,
             };
             self.control_plane = Some(ControlPlane::start(context, listeners)?);
         }

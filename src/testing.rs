@@ -52,6 +52,9 @@ pub struct Sockets {
     pub connecting: Vec<ConnectionId>,
     /// Every [`Event::ClosePeer`].
     pub closed_peers: Vec<ConnectionId>,
+    /// Every [`Event::LookupUser`], as (realm, name): left for the test to
+    /// answer, as a store would, later.
+    pub lookups: Vec<(Box<str>, Box<str>)>,
     /// The events observers see, in order.
     pub observed: Vec<Event>,
     /// Refuse DONT-FRAGMENT, as on a platform without IP_DONTFRAG.
@@ -134,6 +137,7 @@ impl Sockets {
                 self.release(connection);
                 self.closed_peers.push(connection);
             }
+            Event::LookupUser { realm, name } => self.lookups.push((realm, name)),
             observed => self.observed.push(observed),
         }
     }

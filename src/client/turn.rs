@@ -799,7 +799,7 @@ mod tests {
                 state.sign(&mut w);
                 w.finish();
                 let message = Message::parse(&request).expect("well-formed");
-                let authenticated = auth.authenticate(&message, IP, NOW).expect("accepted");
+                let authenticated = auth.authenticate(&message, IP, NOW, &mut Default::default()).expect("accepted");
                 assert_eq!((&*authenticated.username, authenticated.key.integrity), ("alice", integrity), "{mode:?}");
                 assert_eq!(message.attribute(AttrType::USERNAME).is_none(), state.userhash);
                 // The answer, signed as tern signs it, verifies.

@@ -228,20 +228,19 @@ impl Config {
         if settings.tls.enabled() && settings.tls.listen.is_empty() && settings.proxy.tls_listen.is_empty() {
             settings.tls.listen = vec![DEFAULT_TLS_LISTEN];
         }
-        let auth = &settings.auth;
-        if settings.turn == Some(true) && !auth.has_credentials() && !auth.allow_anonymous {
+        if settings.turn == Some(true) && !settings.has_credentials() && !settings.auth.allow_anonymous {
             return Err(invalid(
                 "turn",
                 "TURN is on but no credentials are configured: add [auth] users or secrets \
-                 (or --user/--secret), or set allow_anonymous = true to relay for anyone"
+                 (or --user/--secret), a [store], or set allow_anonymous = true to relay for anyone"
                     .into(),
             ));
         }
-        if auth.allow_anonymous && auth.has_credentials() {
+        if settings.auth.allow_anonymous && settings.has_credentials() {
             return Err(invalid(
                 "auth.allow_anonymous",
-                "cannot be combined with users or secrets: with credentials configured, every TURN request is \
-                 authenticated"
+                "cannot be combined with users, secrets or a store: with credentials configured, every TURN \
+                 request is authenticated"
                     .into(),
             ));
         }
@@ -276,13 +275,13 @@ impl Config {
     /// Whether tern relays: as configured, or when unset, exactly when
     /// credentials (or anonymous relaying) are configured.
     pub fn turn_enabled(&self) -> bool {
-        self.turn.unwrap_or(self.auth.has_credentials() || self.auth.allow_anonymous)
+        self.turn.unwrap_or(self.has_credentials() || self.auth.allow_anonymous)
     }
 
     /// Whether tern authenticates: it relays, with users or secrets (not
     /// STUN only, not anonymous relaying).
     pub fn authenticates(&self) -> bool {
-        self.turn_enabled() && self.auth.has_credentials()
+        self.turn_enabled() && self.has_credentials()
     }
 
     /// The users' keys and the REST secrets, as the authenticator takes
@@ -309,9 +308,10 @@ impl Config {
     pub fn runtime(&self, nonce_key: [u8; 32], local_addresses: &[IpAddr]) -> RuntimeConfig {
         let seconds = |value: std::num::NonZeroU32| Duration::from_secs(u64::from(value.get()));
         let turn = self.turn_enabled().then(|| {
-            let auth = self.auth.has_credentials().then(|| {
+            let auth = self.has_credentials().then(|| {
                 let nonce_lifetime = u64::from(self.auth.nonce_lifetime.get());
-                Authenticator::new(self.realm.clone(), self.credentials(), nonce_key, nonce_lifetime)
+                let auth = Authenticator::new(self.realm.clone(), self.credentials(), nonce_key, nonce_lifetime);
+                if self.store.url.is_some() { auth.with_store_users() } else { auth }
             });
             let listen =
                 self.listen.iter().chain(&self.tls.listen).chain(&self.proxy.listen).chain(&self.proxy.tls_listen);

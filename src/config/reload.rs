@@ -140,7 +140,7 @@ impl Config {
             Credentials::NotUsed
         } else if needs_restart.contains(&"realm") {
             Credentials::KeptRealmChanged
-        } else if !settings.auth.has_credentials() {
+        } else if !settings.has_credentials() {
             Credentials::KeptNoneLeft
         } else {
             Credentials::Replaced

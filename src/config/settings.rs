@@ -281,8 +281,17 @@ settings! {
 }
 
 impl AuthConfig {
+    /// Users or secrets in the configuration itself.
     pub fn has_credentials(&self) -> bool {
         !self.users.is_empty() || !self.secrets.is_empty()
+    }
+}
+
+impl Settings {
+    /// Whether anyone can authenticate: users or secrets configured, or a
+    /// store to find them in (which may be empty now and filled later).
+    pub fn has_credentials(&self) -> bool {
+        self.auth.has_credentials() || self.store.url.is_some()
     }
 }
 

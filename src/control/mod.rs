@@ -1,6 +1,6 @@
 //! The control plane: a tokio runtime on a thread of its own, and what runs
-//! on it — the metrics endpoint and the admin API (HTTP), and in time the
-//! store clients and usage writers.
+//! on it — the metrics endpoint and the admin API (HTTP), and the store's
+//! client (users, REST secrets and changes for the workers).
 //!
 //! It reaches the data plane only through `io`'s queues and snapshots: the
 //! workers publish counters, answer commands between two loop turns, and
@@ -12,6 +12,7 @@ mod admin;
 pub mod api;
 mod dashboard;
 mod http;
+mod store;
 mod token;
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use tracing::{error, info};
 use crate::config::{AdminToken, LogLevel};
 use crate::io::tls::TlsStore;
 use crate::io::{MetricsSource, Workers};
+use crate::store::StoreSettings;
 
 /// What the control plane asks of the process; `crate::serve` answers.
 pub trait Lifecycle: Send + Sync + 'static {
@@ -49,6 +51,8 @@ pub struct Context {
     pub realm: String,
     pub started: Instant,
     pub started_unix: u64,
+    /// Users and secrets from a database (`[store]`).
+    pub store: Option<StoreSettings>,
 }
 
 /// Listeners bound before privileges were dropped, served once the
@@ -103,11 +107,16 @@ impl ControlPlane {
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ControlError::Runtime)?;
         let (stop, stopped) = oneshot::channel::<()>();
+        let mut context = context;
+        let store = context.store.take();
         let context = Arc::new(context);
         let thread = std::thread::Builder::new()
             .name("tern-control".into())
             .spawn(move || {
                 runtime.block_on(async move {
+                    if let Some(settings) = store {
+                        store::spawn(settings, context.realm.clone(), context.workers.clone());
+                    }
                     if let Some(listener) = listeners.metrics {
                         spawn_service(listener, admin::metrics_router(Arc::clone(&context)), "metrics", None);
                     }

@@ -6,17 +6,49 @@
 //!
 //! The queue is bounded: an admin client in a loop meets [`SendError::Busy`]
 //! (a 503) rather than a growing backlog in front of the relay.
+//!
+//! The store (`[store]`) has a lane of its own both ways, so an admin client
+//! never crowds out an answer a request is waiting for: workers ask for
+//! users through [`Commands::ask_store`], and the control plane's answers
+//! and the store's changes come back as [`StoreUpdate`]s, with the realm's
+//! REST secrets as a snapshot each worker takes whole.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use mio::Waker;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::proto::server::{AllocationListing, AllocationQuery, RevokeError};
+use crate::proto::lookup::StoreAnswer;
+use crate::proto::server::{AllocationListing, AllocationQuery, MAX_PARKED, RevokeError};
 
 /// Commands waiting for one worker, at most.
 pub const QUEUE_LIMIT: usize = 64;
+/// Store updates waiting for one worker, at most: an answer for each
+/// request it can have parked, and as many changes. Past that the worker
+/// is told that anything may have changed ([`StoreUpdate::Outdated`]).
+pub const STORE_QUEUE_LIMIT: usize = 2 * MAX_PARKED;
+/// Lookups on their way to the control plane, from all workers.
+pub const LOOKUP_QUEUE_LIMIT: usize = 1024;
+
+/// A worker asks the store for a user.
+#[derive(Debug)]
+pub struct Lookup {
+    pub worker: usize,
+    pub realm: Box<str>,
+    pub name: Box<str>,
+}
+
+/// What the store said, for one worker's core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreUpdate {
+    /// The answer to a [`Lookup`]; `None`: the store could not answer.
+    Looked { name: Box<str>, answer: Option<StoreAnswer> },
+    /// A user changed in the store.
+    Changed { name: Box<str>, answer: StoreAnswer },
+    /// Anything may have changed.
+    Outdated,
+}
 
 /// What the control plane asks of one worker's core.
 #[derive(Debug)]
@@ -43,17 +75,40 @@ pub enum SendError {
 /// Every worker's command queue.
 pub struct Commands {
     inboxes: Vec<Mutex<Inbox>>,
+    /// Where workers' lookups go, once the control plane has a store.
+    lookups: Mutex<Option<mpsc::Sender<Lookup>>>,
 }
 
 #[derive(Default)]
 struct Inbox {
     queue: VecDeque<Command>,
+    store: VecDeque<StoreUpdate>,
+    /// A store update did not fit: [`StoreUpdate::Outdated`] follows.
+    store_overflowed: bool,
+    /// The realm's REST secrets in the store, when they changed.
+    secrets: Option<Vec<Vec<u8>>>,
     waker: Option<Arc<Waker>>,
+}
+
+impl Inbox {
+    fn wake(&self) {
+        if let Some(waker) = &self.waker {
+            // A failed wake leaves the work for the worker's next turn.
+            let _ = waker.wake();
+        }
+    }
+}
+
+/// What the store sent one worker since it last looked.
+#[derive(Debug, Default)]
+pub struct FromStore {
+    pub updates: VecDeque<StoreUpdate>,
+    pub secrets: Option<Vec<Vec<u8>>>,
 }
 
 impl Commands {
     pub fn new(workers: usize) -> Self {
-        Self { inboxes: (0..workers.max(1)).map(|_| Mutex::default()).collect() }
+        Self { inboxes: (0..workers.max(1)).map(|_| Mutex::default()).collect(), lookups: Mutex::new(None) }
     }
 
     pub fn workers(&self) -> usize {
@@ -75,10 +130,7 @@ impl Commands {
             return Err(SendError::Busy(worker));
         }
         inbox.queue.push_back(command);
-        if let Some(waker) = &inbox.waker {
-            // A failed wake leaves the command for the worker's next turn.
-            let _ = waker.wake();
-        }
+        inbox.wake();
         Ok(())
     }
 
@@ -86,11 +138,56 @@ impl Commands {
     pub fn take(&self, worker: usize) -> VecDeque<Command> {
         self.inboxes.get(worker).map(|inbox| std::mem::take(&mut lock(inbox).queue)).unwrap_or_default()
     }
+
+    /// Sends the workers' lookups to `lookups` from now on.
+    pub fn connect_store(&self, lookups: mpsc::Sender<Lookup>) {
+        *lock(&self.lookups) = Some(lookups);
+    }
+
+    /// Queues a lookup for the control plane; `false` when there is no
+    /// store or its queue is full, and so no answer will come.
+    pub fn ask_store(&self, lookup: Lookup) -> bool {
+        lock(&self.lookups).as_ref().is_some_and(|lookups| lookups.try_send(lookup).is_ok())
+    }
+
+    /// Queues `update` for `worker` and wakes it; when its queue is full,
+    /// the worker will outdate everything it remembers instead.
+    pub fn send_store(&self, worker: usize, update: StoreUpdate) {
+        let Some(inbox) = self.inboxes.get(worker) else { return };
+        let mut inbox = lock(inbox);
+        if inbox.store.len() >= STORE_QUEUE_LIMIT {
+            inbox.store_overflowed = true;
+        } else {
+            inbox.store.push_back(update);
+        }
+        inbox.wake();
+    }
+
+    /// Gives every worker the realm's REST secrets in the store.
+    pub fn publish_secrets(&self, secrets: &[Vec<u8>]) {
+        for inbox in &self.inboxes {
+            let mut inbox = lock(inbox);
+            inbox.secrets = Some(secrets.to_vec());
+            inbox.wake();
+        }
+    }
+
+    /// Takes what the store sent `worker`, oldest first.
+    pub fn take_store(&self, worker: usize) -> FromStore {
+        let Some(inbox) = self.inboxes.get(worker) else { return FromStore::default() };
+        let mut inbox = lock(inbox);
+        let mut updates = std::mem::take(&mut inbox.store);
+        if std::mem::take(&mut inbox.store_overflowed) {
+            // After what was queued, which is older than what was lost.
+            updates.push_back(StoreUpdate::Outdated);
+        }
+        FromStore { updates, secrets: inbox.secrets.take() }
+    }
 }
 
-fn lock(inbox: &Mutex<Inbox>) -> MutexGuard<'_, Inbox> {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves a queue that is still a queue.
-    inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -188,6 +188,28 @@ impl Workers {
     pub fn liveness(&self) -> &liveness::Liveness {
         &self.shared.liveness
     }
+
+    /// Sends the workers' store lookups to `lookups` from now on.
+    pub fn connect_store(&self, lookups: tokio::sync::mpsc::Sender<commands::Lookup>) {
+        self.shared.commands.connect_store(lookups);
+    }
+
+    /// Queues a store update for `worker` and wakes it.
+    pub fn send_store(&self, worker: usize, update: commands::StoreUpdate) {
+        self.shared.commands.send_store(worker, update);
+    }
+
+    /// Queues the update `make` makes for every worker.
+    pub fn broadcast_store(&self, make: impl Fn() -> commands::StoreUpdate) {
+        for worker in 0..self.count() {
+            self.shared.commands.send_store(worker, make());
+        }
+    }
+
+    /// Gives every worker the realm's REST secrets in the store.
+    pub fn publish_secrets(&self, secrets: &[Vec<u8>]) {
+        self.shared.commands.publish_secrets(secrets);
+    }
 }
 
 /// Binds the listen sockets and starts the workers.

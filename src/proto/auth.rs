@@ -31,6 +31,7 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::proto::lookup::{Known, LookedUpUsers};
 use crate::proto::stun::attr::{self, AttrType};
 use crate::proto::stun::integrity::{long_term_key_md5, long_term_key_sha256};
 use crate::proto::stun::{Message, MessageWriter};
@@ -72,6 +73,10 @@ pub const FEATURE_USERNAME_ANONYMITY: u32 = 1 << 1;
 /// echo exactly these bytes (§9.2.4), which is what stops a man in the
 /// middle from striking SHA-256 off the list.
 pub const OFFERED_ALGORITHMS: [u8; 8] = [0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00];
+/// PASSWORD-ALGORITHMS with MD5 alone, when users come from a store:
+/// coturn's tables hold the MD5 key only, so a stored user has no SHA-256
+/// key, and a client offered SHA-256 would pick it and fail.
+pub const MD5_ONLY: [u8; 4] = [0x00, 0x01, 0x00, 0x00];
 
 type HmacSha1 = Hmac<Sha1>;
 
@@ -236,9 +241,9 @@ impl CredentialStore for StaticCredentials {
 
 /// The security features nonces announce for `store` (see
 /// [`Authenticator::new`]), as the three bytes after the cookie.
-fn security_features(store: &impl CredentialStore) -> [u8; 3] {
+fn security_features(store: &impl CredentialStore, store_users: bool) -> [u8; 3] {
     let mut features = FEATURE_PASSWORD_ALGORITHMS;
-    if store.rest_secrets().is_empty() {
+    if store.rest_secrets().is_empty() && !store_users {
         features |= FEATURE_USERNAME_ANONYMITY;
     }
     let [_, a, b, c] = features.to_be_bytes();
@@ -288,6 +293,9 @@ pub struct Authenticated<'m> {
     /// From USERNAME, or the static user a USERHASH named.
     pub username: Cow<'m, str>,
     pub key: SigningKey,
+    /// The user's answer from the store is old: ask the store again, in
+    /// the background (see [`Known::AnswerAndRefresh`]).
+    pub refresh: bool,
 }
 
 /// Why a request was not authenticated, and so what to answer.
@@ -313,6 +321,10 @@ pub enum AuthError {
     /// Credentials were right but the nonce is expired or not ours. 438 with
     /// a fresh challenge.
     StaleNonce,
+    /// Not an answer: the name is neither configured nor known from the
+    /// store yet, and the request is otherwise sound (its nonce is ours and
+    /// fresh), so it waits for the store's answer (`server::lookup`).
+    Lookup,
 }
 
 impl AuthError {
@@ -332,6 +344,10 @@ pub struct Authenticator<S = StaticCredentials> {
     /// The security feature set of every nonce, as the three bytes encoded
     /// after the cookie.
     features: [u8; 3],
+    /// Users are also looked up in the store (`[store]`).
+    store_users: bool,
+    /// The REST secrets of the realm in the store, after the configured ones.
+    store_secrets: Vec<Vec<u8>>,
 }
 
 impl<S: CredentialStore> Authenticator<S> {
@@ -344,15 +360,36 @@ impl<S: CredentialStore> Authenticator<S> {
     /// password), so it is announced only when no REST secret is configured.
     /// USERHASH is accepted for static users either way.
     pub fn new(realm: String, store: S, nonce_key: [u8; 32], nonce_lifetime: u64) -> Self {
-        let features = security_features(&store);
-        Self { realm, store, nonce_key, nonce_lifetime, features }
+        let features = security_features(&store, false);
+        Self { realm, store, nonce_key, nonce_lifetime, features, store_users: false, store_secrets: Vec::new() }
+    }
+
+    /// Also authenticates the users of the store, once the server has its
+    /// answer for them (see [`AuthError::Lookup`]). Username anonymity is
+    /// then never announced: coturn's tables have no USERHASH to find a
+    /// stored user by.
+    pub fn with_store_users(mut self) -> Self {
+        self.store_users = true;
+        self.features = security_features(&self.store, true);
+        self
+    }
+
+    /// Whether users are looked up in the store.
+    pub fn looks_up_users(&self) -> bool {
+        self.store_users
+    }
+
+    /// The realm's REST secrets in the store, which the control plane read;
+    /// they are tried after the configured ones.
+    pub fn set_store_secrets(&mut self, secrets: Vec<Vec<u8>>) {
+        self.store_secrets = secrets;
     }
 
     /// Takes the users and secrets of a reloaded configuration. Nonces
     /// already handed out stay valid: each carries the features it was
     /// made with, under its MAC.
     pub fn replace_store(&mut self, store: S) {
-        self.features = security_features(&store);
+        self.features = security_features(&store, self.store_users);
         self.store = store;
     }
 
@@ -371,7 +408,7 @@ impl<S: CredentialStore> Authenticator<S> {
 
     /// PASSWORD-ALGORITHMS for a 401 or 438.
     pub fn password_algorithms(&self) -> &'static [u8] {
-        &OFFERED_ALGORITHMS
+        if self.store_users { &MD5_ONLY } else { &OFFERED_ALGORITHMS }
     }
 
     /// A nonce for a client at `client_ip`, valid for the nonce lifetime
@@ -427,12 +464,14 @@ impl<S: CredentialStore> Authenticator<S> {
         fresh && bool::from(self.nonce_mac(timestamp, features, client_ip).ct_eq(&raw[8..NONCE_RAW_LEN]))
     }
 
-    /// Authenticates `request` from `client_ip` (RFC 8489 §9.2.4, in its order).
+    /// Authenticates `request` from `client_ip` (RFC 8489 §9.2.4, in its
+    /// order), with `looked_up` for the users of the store.
     pub fn authenticate<'m>(
         &self,
         request: &Message<'m>,
         client_ip: IpAddr,
         now_unix: u64,
+        looked_up: &mut LookedUpUsers,
     ) -> Result<Authenticated<'m>, AuthError> {
         // §9.2.4: with both present, MESSAGE-INTEGRITY-SHA256 is the one used.
         let integrity = match (request.has_integrity_sha256(), request.has_integrity()) {
@@ -451,14 +490,35 @@ impl<S: CredentialStore> Authenticator<S> {
         else {
             return Err(AuthError::MissingAttributes);
         };
-        let algorithm = password_algorithm(request)?;
+        let algorithm = password_algorithm(request, self.password_algorithms())?;
         if realm.len() > MAX_REALM_OR_NONCE || nonce.len() > MAX_REALM_OR_NONCE || realm != self.realm.as_bytes() {
             return Err(AuthError::UnknownUser);
         }
+        let mut refresh = false;
         let (username, keys) = match user {
             Claimed::Name(name) => {
                 let name = attr::read_text(name, MAX_USERNAME, "USERNAME").map_err(|_| AuthError::UnknownUser)?;
-                (Cow::Borrowed(name), self.store.user_keys(name))
+                let keys = match self.store.user_keys(name) {
+                    Some(keys) => Some(keys),
+                    // A REST username is never a stored user's: coturn, too,
+                    // tries the secrets alone once it has any.
+                    None if !self.store_users || self.is_rest_username(name) => None,
+                    None => match looked_up.get(name, now_unix) {
+                        Known::Answer(answer) => answer.keys(),
+                        Known::AnswerAndRefresh(answer) => {
+                            refresh = true;
+                            answer.keys()
+                        }
+                        // Only a request that could be answered is worth a
+                        // question to the store; a forged or replayed one
+                        // without a fresh nonce of ours is not.
+                        Known::Unknown if !self.nonce_is_valid(nonce, client_ip, now_unix) => {
+                            return Err(AuthError::StaleNonce);
+                        }
+                        Known::Unknown => return Err(AuthError::Lookup),
+                    },
+                };
+                (Cow::Borrowed(name), keys)
             }
             Claimed::Hash(hash) => {
                 let hash: &[u8; USERHASH_LEN] = hash.try_into().map_err(|_| AuthError::UnknownUser)?;
@@ -480,7 +540,18 @@ impl<S: CredentialStore> Authenticator<S> {
         if !self.nonce_is_valid(nonce, client_ip, now_unix) {
             return Err(AuthError::StaleNonce);
         }
-        Ok(Authenticated { username, key })
+        Ok(Authenticated { username, key, refresh })
+    }
+
+    /// The REST secrets, configured ones first.
+    fn rest_secrets(&self) -> impl Iterator<Item = &[u8]> {
+        self.store.rest_secrets().iter().chain(&self.store_secrets).map(Vec::as_slice)
+    }
+
+    /// Whether `username` is one the REST secrets speak for: `EXPIRY:…`
+    /// (or a bare `EXPIRY`) with secrets to check it against.
+    fn is_rest_username(&self, username: &str) -> bool {
+        self.rest_secrets().next().is_some() && rest_expiry(username).is_some()
     }
 
     /// TURN REST API credentials: username `EXPIRY:USER`, password
@@ -494,16 +565,14 @@ impl<S: CredentialStore> Authenticator<S> {
         integrity: Integrity,
         now_unix: u64,
     ) -> Result<SigningKey, AuthError> {
-        let secrets = self.store.rest_secrets();
-        if secrets.is_empty() {
+        if self.rest_secrets().next().is_none() {
             return Err(AuthError::UnknownUser);
         }
-        let expiry = username.split(':').next().and_then(|e| e.parse::<u64>().ok()).ok_or(AuthError::UnknownUser)?;
+        let expiry = rest_expiry(username).ok_or(AuthError::UnknownUser)?;
         if expiry <= now_unix {
             return Err(AuthError::UnknownUser);
         }
-        secrets
-            .iter()
+        self.rest_secrets()
             .map(|secret| SigningKey {
                 key: LongTermKey::derive(algorithm, username, &self.realm, &rest_password(secret, username)),
                 integrity,
@@ -511,6 +580,11 @@ impl<S: CredentialStore> Authenticator<S> {
             .find(|key| key.verifies(request))
             .ok_or(AuthError::WrongIntegrity)
     }
+}
+
+/// The expiry of a REST username, `EXPIRY:USER` or `EXPIRY`.
+fn rest_expiry(username: &str) -> Option<u64> {
+    username.split(':').next().and_then(|expiry| expiry.parse().ok())
 }
 
 /// Who a request claims to be from.
@@ -521,14 +595,13 @@ enum Claimed<'m> {
 
 /// The password algorithm of a request (RFC 8489 §9.2.4): MD5 for an RFC
 /// 5389 client that sends neither attribute; otherwise both must be there,
-/// the list exactly as tern offered it and the choice one of it. Checked
-/// against the one list tern ever offers, so the nonce need not carry it.
-fn password_algorithm(request: &Message<'_>) -> Result<PasswordAlgorithm, AuthError> {
+/// the list exactly as tern `offered` it and the choice one of it. Checked
+/// against the one list this authenticator ever offers, so the nonce need
+/// not carry it.
+fn password_algorithm(request: &Message<'_>, offered: &[u8]) -> Result<PasswordAlgorithm, AuthError> {
     match (request.attribute(AttrType::PASSWORD_ALGORITHMS), request.attribute(AttrType::PASSWORD_ALGORITHM)) {
         (None, None) => Ok(PasswordAlgorithm::Md5),
-        // Both algorithms tern knows are in the list, so knowing the choice is
-        // enough to know it is on the list.
-        (Some(offered), Some(chosen)) if offered == OFFERED_ALGORITHMS => {
+        (Some(echoed), Some(chosen)) if echoed == offered && offered.chunks_exact(4).any(|entry| entry == chosen) => {
             PasswordAlgorithm::from_attribute(chosen).ok_or(AuthError::AlgorithmMismatch)
         }
         _ => Err(AuthError::AlgorithmMismatch),
@@ -640,7 +713,7 @@ mod tests {
     fn check(auth: &Authenticator, req: Req<'_>, now: u64) -> Result<(String, SigningKey), AuthError> {
         let bytes = req.build();
         let message = Message::parse(&bytes).expect("well-formed");
-        auth.authenticate(&message, IP, now).map(|a| (a.username.into_owned(), a.key))
+        auth.authenticate(&message, IP, now, &mut LookedUpUsers::default()).map(|a| (a.username.into_owned(), a.key))
     }
 
     fn user(auth: &Authenticator, req: Req<'_>, now: u64) -> Result<String, AuthError> {
@@ -738,7 +811,10 @@ mod tests {
             MessageWriter::new(&mut buf, MessageType::new(Method::ALLOCATE, Class::Request), TransactionId([3; 12]));
         w.attr(AttrType::USERNAME, b"alice").message_integrity(&key);
         let message = Message::parse(&buf).expect("well-formed");
-        assert_eq!(auth.authenticate(&message, IP, NOW), Err(AuthError::MissingAttributes));
+        assert_eq!(
+            auth.authenticate(&message, IP, NOW, &mut LookedUpUsers::default()),
+            Err(AuthError::MissingAttributes)
+        );
         let no_name = Req { username: None, ..Req::legacy("alice", &nonce, Some(&key)) };
         assert_eq!(user(&auth, no_name, NOW), Err(AuthError::MissingAttributes));
     }

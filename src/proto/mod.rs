@@ -13,6 +13,7 @@ pub mod channel_data;
 pub mod coturn;
 pub mod demux;
 pub mod error;
+pub mod lookup;
 pub mod nat_discovery;
 pub mod policy;
 pub mod port_pool;

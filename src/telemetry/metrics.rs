@@ -47,7 +47,7 @@ pub fn render(snapshot: &MetricsSnapshot, admin: &AdminCounters) -> String {
     let server = &snapshot.counters.server;
     let io = &snapshot.counters.io;
 
-    let counters: [(&str, &str, u64); 29] = [
+    let counters: [(&str, &str, u64); 32] = [
         ("stun_requests", "STUN requests received and parsed", server.requests),
         ("binding_responses", "Binding success responses sent", server.binding_responses),
         ("error_responses", "STUN error responses sent, challenges included", server.error_responses),
@@ -83,6 +83,17 @@ pub fn render(snapshot: &MetricsSnapshot, admin: &AdminCounters) -> String {
         ("proxy_headers", "PROXY headers read: connections that went on as the client they named", io.proxy_headers),
         ("allocations_ended", "TURN allocations ended by an operator (admin API)", server.allocations_ended),
         ("revoked_refusals", "Requests refused with 401 because their user was revoked", server.revoked_refusals),
+        ("store_lookups", "Users asked of the store", server.lookups),
+        (
+            "store_lookups_failed",
+            "Requests answered 500 because the store did not answer for their user",
+            server.lookups_failed,
+        ),
+        (
+            "store_lookups_refused",
+            "Requests dropped because too many were waiting for the store",
+            server.lookups_refused,
+        ),
         ("admin_unauthorized", "Admin API requests without the right token (401)", admin.unauthorized),
         (
             "admin_rate_limited",

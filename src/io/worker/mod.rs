@@ -40,7 +40,7 @@ use slab::Slab;
 use tracing::{debug, info_span, warn};
 
 use super::clock;
-use super::commands::Command;
+use super::commands::{Command, Lookup, StoreUpdate};
 use super::listener::WorkerListeners;
 use super::out::{OutQueue, Via};
 use super::proxy::ProxyListeners;
@@ -348,6 +348,18 @@ impl Worker {
             }
             self.drive(now);
         }
+        let from_store = self.shared.commands.take_store(self.id);
+        if let Some(secrets) = from_store.secrets {
+            self.server.set_store_secrets(secrets);
+        }
+        for update in from_store.updates {
+            match update {
+                StoreUpdate::Looked { name, answer } => self.server.handle_user_lookup(now, &name, answer),
+                StoreUpdate::Changed { name, answer } => self.server.handle_user_changed(now, &name, answer),
+                StoreUpdate::Outdated => self.server.handle_store_outdated(),
+            }
+            self.drive(now);
+        }
     }
 
     fn report(&self) -> WorkerReport {
@@ -432,6 +444,12 @@ impl Worker {
             }
             Event::ClosePeer { connection } => {
                 self.tcp_relays.close(registry, connection);
+            }
+            Event::LookupUser { realm, name } => {
+                let lookup = Lookup { worker: self.id, realm, name: name.clone() };
+                if !self.shared.commands.ask_store(lookup) {
+                    self.server.handle_user_lookup(now, &name, None);
+                }
             }
             // Observers (usage records, the admin API, a kernel fast path)
             // plug in here; the core has logged and counted these already.

@@ -386,6 +386,7 @@ impl Server {
             info!(target: LOG_TARGET, parent: &allocation.span, user = &*allocation.username, lifetime = lifetime.as_secs(), "allocation created");
         }
         self.stats.allocations_created += 1;
+        self.looked_up.pin(&allocation.username);
         let realm = turn.auth.as_ref().map_or("", |auth| auth.realm());
         self.events.push_back(Event::AllocationCreated(super::AllocationInfo {
             id,

@@ -61,6 +61,9 @@ pub enum RequestError {
     /// RFC 6062 §5.2: the TCP connection to the peer failed or timed out.
     #[error("connection to the peer failed or timed out")]
     ConnectionFailed,
+    /// The store did not answer for the user in time, or is down.
+    #[error("the user store is unavailable")]
+    StoreUnavailable,
 }
 
 /// The unknown attribute types a 420 lists, at most [`MAX_UNKNOWN_LISTED`].
@@ -107,7 +110,8 @@ impl From<&RequestError> for ErrorCode {
                 AuthError::Challenge
                 | AuthError::UnknownUser
                 | AuthError::AlgorithmUnavailable
-                | AuthError::WrongIntegrity => Self::UNAUTHENTICATED,
+                | AuthError::WrongIntegrity
+                | AuthError::Lookup => Self::UNAUTHENTICATED,
             },
             RequestError::UnknownAttributes(_) | RequestError::UnsupportedAttribute(_) => Self::UNKNOWN_ATTRIBUTE,
             RequestError::PeerForbidden(_) => Self::FORBIDDEN,
@@ -121,6 +125,7 @@ impl From<&RequestError> for ErrorCode {
             RequestError::TryAlternate(_) => Self::TRY_ALTERNATE,
             RequestError::ConnectionExists => Self::CONNECTION_ALREADY_EXISTS,
             RequestError::ConnectionFailed => Self::CONNECTION_TIMEOUT_OR_FAILURE,
+            RequestError::StoreUnavailable => Self::SERVER_ERROR,
         }
     }
 }

@@ -33,6 +33,7 @@ impl Server {
                 }
                 Timer::Connection(id) => self.expire_tcp_connection(now, id),
                 Timer::Reservations => self.resources.expire_reservations(now.instant),
+                Timer::Lookups => self.expire_parked(now),
                 Timer::RateLimiter => {
                     self.limiter.forget_idle(now.instant);
                     self.limiter_scheduled = !self.limiter.is_empty();

@@ -35,6 +35,7 @@ mod config;
 mod data;
 mod error;
 mod expiry;
+mod lookup;
 mod notices;
 mod output;
 mod permission;
@@ -59,6 +60,8 @@ use self::allocate::Opening;
 pub use self::config::{ExternalIp, ServerConfig, TurnConfig};
 pub use self::data::{PEER_HEADROOM, PEER_TAILROOM};
 pub use self::error::{MAX_UNKNOWN_LISTED, RelayOpenError, RequestError, UnknownAttributes};
+use self::lookup::Parked;
+pub use self::lookup::{LOOKUP_WAIT, MAX_PARKED, MAX_PARKED_PER_NAME};
 use self::notices::Notices;
 use self::output::Outbox;
 pub use self::output::{
@@ -71,6 +74,7 @@ use crate::proto::allocation::{AllocationId, ClientHandle, LOG_TARGET, RelayId};
 use crate::proto::auth::{AuthError, SigningKey};
 use crate::proto::demux::{self, PacketKind};
 use crate::proto::error::ParseError;
+use crate::proto::lookup::LookedUpUsers;
 use crate::proto::policy;
 use crate::proto::rate_limit::SourceLimiter;
 use crate::proto::resources::Resources;
@@ -131,6 +135,10 @@ pub struct Server {
     serials: Serials,
     /// Names an operator revoked (see `admin`).
     revocations: Revocations,
+    /// Users the store answered for (see `lookup`).
+    looked_up: LookedUpUsers,
+    /// Requests waiting for the store.
+    parked: Parked,
 }
 
 /// Allocation serials: unique in the process, since each worker counts in
@@ -183,6 +191,8 @@ impl Server {
             notices: Notices::default(),
             serials: Serials::new(0, 1),
             revocations: Revocations::default(),
+            looked_up: LookedUpUsers::default(),
+            parked: Parked::default(),
         }
     }
 
@@ -315,6 +325,7 @@ impl Server {
         if let Some(id) = self.table.find(tuple) {
             self.delete(id, DeleteReason::ConnectionClosed);
         }
+        self.forget_parked(tuple);
         self.resources.release_connection(tuple.client.ip());
     }
 
@@ -416,13 +427,35 @@ impl Server {
         request: &Message<'_>,
         reply: &mut Vec<u8>,
     ) -> ClientOutcome {
+        // The worker that holds the connection authenticates it, with the
+        // users it remembers for its allocations.
+        if let Some(worker) = self.connection_bind_owner(tuple, request) {
+            return ClientOutcome::HandOff { worker };
+        }
         let auth = self.config.turn.as_ref().and_then(|turn| turn.auth.as_ref());
-        let authenticated = match auth.map(|auth| auth.authenticate(request, tuple.client.ip(), now.unix)) {
+        let looked_up = &mut self.looked_up;
+        let authenticated = match auth.map(|auth| auth.authenticate(request, tuple.client.ip(), now.unix, looked_up)) {
             // A revoked name is refused as an unknown one is: with a
             // challenge, which its credentials cannot answer.
             Some(Ok(authenticated)) if self.revocations.covers(&authenticated.username) => {
                 self.stats.revoked_refusals += 1;
                 Some(Err(AuthError::UnknownUser))
+            }
+            Some(Ok(authenticated)) if authenticated.refresh => {
+                self.ask_store(&authenticated.username);
+                Some(Ok(authenticated))
+            }
+            // The user of a ConnectionBind has an allocation here, so it is
+            // remembered (`lookup`): a name that is not is not its user.
+            Some(Err(AuthError::Lookup)) if request.method() == Method::CONNECTION_BIND => {
+                Some(Err(AuthError::UnknownUser))
+            }
+            Some(Err(AuthError::Lookup)) => {
+                let name = request.attribute(attr::AttrType::USERNAME).and_then(|name| std::str::from_utf8(name).ok());
+                return match name {
+                    Some(name) => self.park(now, tuple, client, name, request),
+                    None => ClientOutcome::Dropped,
+                };
             }
             other => other,
         };
@@ -486,6 +519,7 @@ impl Server {
             return;
         }
         let Some(allocation) = self.table.remove(id) else { return };
+        self.looked_up.unpin(&allocation.username);
         self.close_tcp_connections(id, &allocation.tuple);
         for relayed in allocation.relayed_addresses() {
             self.close_relay(RelayId::new(id, relayed.addr.is_ipv6()), relayed.addr);

@@ -170,6 +170,12 @@ pub enum Event {
     ClosePeer {
         connection: ConnectionId,
     },
+    /// Ask the store for the keys of `name` in `realm`, then report with
+    /// [`super::Server::handle_user_lookup`]: requests wait for the answer.
+    LookupUser {
+        realm: Box<str>,
+        name: Box<str>,
+    },
     AllocationCreated(AllocationInfo),
     AllocationRefreshed {
         id: AllocationId,

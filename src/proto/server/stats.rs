@@ -50,6 +50,12 @@ pub struct Stats {
     pub allocations_ended: u64,
     /// Requests refused because their user was revoked.
     pub revoked_refusals: u64,
+    /// Users asked of the store (`[store]`), waited for or refreshed.
+    pub lookups: u64,
+    /// Requests answered 500: the store did not answer for their user.
+    pub lookups_failed: u64,
+    /// Requests dropped: too many were waiting for the store already.
+    pub lookups_refused: u64,
 }
 
 impl Stats {
@@ -58,6 +64,9 @@ impl Stats {
         self.requests += other.requests;
         self.allocations_ended += other.allocations_ended;
         self.revoked_refusals += other.revoked_refusals;
+        self.lookups += other.lookups;
+        self.lookups_failed += other.lookups_failed;
+        self.lookups_refused += other.lookups_refused;
         self.binding_responses += other.binding_responses;
         self.error_responses += other.error_responses;
         self.auth_failures += other.auth_failures;

@@ -180,6 +180,19 @@ impl Server {
     /// connection waiting for its bind. A CONNECTION-ID of another worker
     /// (the kernel spreads connections over workers by their 5-tuple) sends
     /// the connection there, where its allocation is.
+    /// The worker to hand a ConnectionBind to, when its CONNECTION-ID is
+    /// another worker's (decided before authentication: that worker knows
+    /// the allocation's user). Anything malformed stays here, to be refused.
+    pub(super) fn connection_bind_owner(&self, tuple: &FiveTuple, request: &Message<'_>) -> Option<usize> {
+        if request.method() != Method::CONNECTION_BIND || !tuple.transport.is_stream() {
+            return None;
+        }
+        let id = ConnectionId(attr::read_u32(request.attribute(AttrType::CONNECTION_ID)?).ok()?);
+        let (worker, workers) = self.tcp.worker();
+        let owner = table::owner(id, workers);
+        (owner != worker).then_some(owner)
+    }
+
     pub(super) fn connection_bind(
         &mut self,
         now: Now,
@@ -199,11 +212,6 @@ impl Server {
         let value =
             request.attribute(AttrType::CONNECTION_ID).ok_or(RequestError::BadRequest("CONNECTION-ID missing"))?;
         let id = ConnectionId(attr::read_u32(value).map_err(|_| RequestError::BadRequest("CONNECTION-ID malformed"))?);
-        let (worker, workers) = self.tcp.worker();
-        let owner = table::owner(id, workers);
-        if owner != worker {
-            return Ok(ClientOutcome::HandOff { worker: owner });
-        }
         let allocation_id = self
             .tcp
             .get(id)

@@ -27,6 +27,8 @@ pub(super) enum Timer {
     Reservations,
     /// The rate limiter forgets sources that went quiet.
     RateLimiter,
+    /// A request parked for the store has waited long enough.
+    Lookups,
 }
 
 #[derive(Default)]

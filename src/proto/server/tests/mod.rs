@@ -27,6 +27,7 @@ mod binding;
 mod channel;
 mod data;
 mod expiry;
+mod lookup;
 mod model;
 mod notices;
 mod permission;
@@ -47,8 +48,8 @@ use super::{
 use crate::io::shared::SharedAccounts;
 use crate::proto::allocation::{Allocation, AllocationId, ClientHandle, RelayId};
 use crate::proto::auth::{
-    Authenticator, NONCE_COOKIE, OFFERED_ALGORITHMS, PasswordAlgorithm, StaticCredentials, UserKeys, rest_password,
-    userhash,
+    Authenticator, MD5_ONLY, NONCE_COOKIE, OFFERED_ALGORITHMS, PasswordAlgorithm, StaticCredentials, UserKeys,
+    rest_password, userhash,
 };
 use crate::proto::channel_data;
 use crate::proto::resources::{Accounts, QuotaLimits};
@@ -153,6 +154,12 @@ impl Harness {
 
     fn authenticated() -> Self {
         Self::new(turn_config())
+    }
+
+    /// Whether the server looks users up in a store.
+    fn looks_up_users(&self) -> bool {
+        let auth = self.server.config.turn.as_ref().and_then(|turn| turn.auth.as_ref());
+        auth.is_some_and(Authenticator::looks_up_users)
     }
 
     /// Moves both clocks forward.
@@ -600,7 +607,11 @@ impl Client {
             assert_eq!(realm, REALM.as_bytes());
             assert!(nonce.starts_with(NONCE_COOKIE), "RFC 8489 §9.2: the nonce cookie starts the NONCE");
             let algorithms = response.attr(AttrType::PASSWORD_ALGORITHMS).expect("PASSWORD-ALGORITHMS");
-            assert_eq!(algorithms, OFFERED_ALGORITHMS, "SHA-256, then MD5");
+            if h.looks_up_users() {
+                assert_eq!(algorithms, MD5_ONLY, "stored users have MD5 keys only");
+            } else {
+                assert_eq!(algorithms, OFFERED_ALGORITHMS, "SHA-256, then MD5");
+            }
             let (realm, nonce) = (String::from_utf8(realm.to_vec()).expect("ASCII realm"), nonce.to_vec());
             self.realm = Some(realm);
             self.nonce = Some(nonce);
