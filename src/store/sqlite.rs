@@ -409,7 +409,8 @@ impl SqliteStore {
             let what = "recording usage";
             let transaction = connection.transaction().map_err(query_error(what))?;
             {
-                let placeholders = (1..=12).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+                let columns = super::USAGE_TEXT.len() + super::USAGE_NUMBERS.len();
+                let placeholders = (1..=columns).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
                 let sql = format!("INSERT INTO tern_usage ({}) VALUES ({placeholders})", usage_columns());
                 let mut statement = transaction.prepare_cached(&sql).map_err(query_error(what))?;
                 for row in &rows {
