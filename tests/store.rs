@@ -470,10 +470,12 @@ async fn usage_and_revocations_reach_the_fleet(fleet: Fleet<'_>) {
 
     // Usage written by one node in batches is read back exactly by the other.
     let ended = 1_795_300_000;
-    let first = usage_batch(MAX_USAGE_BATCH, ended);
+    // More than one step of a Redis listing (1000 entries) in all.
+    let first = usage_batch(2 * MAX_USAGE_BATCH, ended);
     let second = usage_batch(40, ended + 10_000);
-    node_b.record_usage(&first).await.expect("a full batch");
-    node_b.record_usage(&second).await.expect("a second batch");
+    for batch in first.chunks(MAX_USAGE_BATCH).chain([second.as_slice()]) {
+        node_b.record_usage(batch).await.expect("a batch");
+    }
     let all: Vec<UsageRecord> = first.iter().chain(&second).cloned().collect();
     assert_eq!(node_a.usage(&filter(None, None, None, MAX_USAGE_LIST)).await.expect("usage"), all);
     assert_eq!(node_a.usage(&filter(None, None, None, 30)).await.expect("the newest"), all[all.len() - 30..]);
@@ -617,7 +619,7 @@ async fn redis_usage_and_revocations_reach_the_fleet() {
     // The layout the README documents: one stream entry per record, its
     // fields the SQL columns; one sorted set per realm that expires with
     // its last revocation.
-    assert_eq!(redis.cli(&["XLEN", "tern/usage"]).trim(), (MAX_USAGE_BATCH + 40).to_string());
+    assert_eq!(redis.cli(&["XLEN", "tern/usage"]).trim(), (2 * MAX_USAGE_BATCH + 40).to_string());
     let first = redis.cli(&["XRANGE", "tern/usage", "-", "+", "COUNT", "1"]);
     let fields: Vec<&str> = first.lines().skip(1).step_by(2).collect();
     assert_eq!(

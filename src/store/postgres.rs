@@ -34,6 +34,8 @@ const FEED_PING: Duration = Duration::from_secs(3);
 const MAX_KEY_TEXT: usize = 128;
 /// Realm options: coturn has three, so a few more rows are already junk.
 const MAX_OPTIONS: usize = 16;
+/// Deletes a realm's ($1) revocations that expired by $2.
+const DELETE_EXPIRED: &str = "DELETE FROM tern_revocation WHERE realm = $1 AND expires <= $2";
 /// Notifications the feed's connection buffers before it waits for the feed.
 const NOTIFICATION_BUFFER: usize = 256;
 
@@ -425,8 +427,7 @@ impl PostgresStore {
     pub async fn revoke(&self, realm: &str, username: &str, expires: u64, now: u64) -> Result<bool, StoreError> {
         let what = "revoking";
         let (expires, now) = (seconds(expires), seconds(now));
-        let expired = "DELETE FROM tern_revocation WHERE realm = $1 AND expires <= $2";
-        self.execute(what, expired, &[&realm, &now]).await?;
+        self.execute(what, DELETE_EXPIRED, &[&realm, &now]).await?;
         // The bound is checked in the statement that inserts; two nodes
         // revoking at the same instant may pass it by one each.
         let sql = "INSERT INTO tern_revocation (realm, username, expires) SELECT $1::text, $2::text, $3::bigint \
@@ -449,7 +450,7 @@ impl PostgresStore {
     pub async fn revocations(&self, realm: &str, now: u64) -> Result<Vec<(String, i64)>, StoreError> {
         let what = "reading revocations";
         let now = seconds(now);
-        self.execute(what, "DELETE FROM tern_revocation WHERE realm = $1 AND expires <= $2", &[&realm, &now]).await?;
+        self.execute(what, DELETE_EXPIRED, &[&realm, &now]).await?;
         let sql = format!(
             "SELECT left(username, {}), expires FROM tern_revocation WHERE realm = $1 AND expires > $2 LIMIT {}",
             MAX_NAME + 1,

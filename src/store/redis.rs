@@ -66,7 +66,7 @@ const MAX_USAGE_VALUE: usize = MAX_NAME;
 const USAGE_CLOCK_SKEW: u64 = 3600;
 
 /// One step of a usage listing, newest first: the entries of the stream
-/// KEYS[1] from ARGV[1] (`+`, or `(ID` for before ID) back, at most ARGV[2]
+/// KEYS[1] from ARGV[1] (`+`, or an ID) back, at most ARGV[2]
 /// of them, that match realm ARGV[4], user ARGV[5] and ended at or after
 /// ARGV[6] (each empty for any), or an error reply naming a value longer
 /// than ARGV[3] bytes. Replies {last ID looked at, entries looked at, the
@@ -310,6 +310,17 @@ fn usage_row(id: &str, fields: &[Value]) -> Result<UsageRow, StoreError> {
 /// The unix seconds of a stream entry's ID (`milliseconds-sequence`).
 fn entry_seconds(id: &str) -> Option<u64> {
     Some(id.split_once('-')?.0.parse::<u64>().ok()? / 1000)
+}
+
+/// The greatest ID before `id`, which an inclusive range ends at (an
+/// exclusive one, `(ID`, needs Redis 6.2); `None` before the first.
+fn entry_before(id: &str) -> Option<String> {
+    let (milliseconds, sequence) = id.split_once('-')?;
+    let (milliseconds, sequence): (u64, u64) = (milliseconds.parse().ok()?, sequence.parse().ok()?);
+    match sequence.checked_sub(1) {
+        Some(sequence) => Some(format!("{milliseconds}-{sequence}")),
+        None => Some(format!("{}-{}", milliseconds.checked_sub(1)?, u64::MAX)),
+    }
 }
 
 /// What a coturn key stands for: the change when it changes.
@@ -718,11 +729,7 @@ impl RedisStore {
                     message: "not an entry".into(),
                 })?;
                 let id = text(&id, what, 64)?.unwrap_or_default();
-                let row = usage_row(&id, &array(fields, what)?)?;
-                if filter.since.is_some_and(|since| row.numbers[1] < i64::try_from(since).unwrap_or(i64::MAX)) {
-                    continue;
-                }
-                found.push(row);
+                found.push(usage_row(&id, &array(fields, what)?)?);
                 if found.len() == filter.limit {
                     return Ok(found);
                 }
@@ -731,10 +738,11 @@ impl RedisStore {
             let past_since = filter.since.is_some_and(|since| {
                 entry_seconds(&last).is_some_and(|stamped| stamped.saturating_add(USAGE_CLOCK_SKEW) < since)
             });
+            let Some(before) = entry_before(&last) else { break };
             if number(&looked_at, what)? < USAGE_SCAN_COUNT as i64 || past_since {
                 break;
             }
-            start = format!("({last}");
+            start = before;
         }
         Ok(found)
     }
@@ -916,6 +924,15 @@ mod tests {
             user_of_key("turn/realm/crinna.org/user/stranger-come-knocking/key"),
             Some(UserEntry { realm: "crinna.org".into(), name: "stranger-come-knocking".into() })
         );
+    }
+
+    #[test]
+    fn stream_ids_step_back_one_at_a_time() {
+        assert_eq!(entry_before("1700000000123-5").as_deref(), Some("1700000000123-4"));
+        assert_eq!(entry_before("1700000000123-0").as_deref(), Some("1700000000122-18446744073709551615"));
+        assert_eq!(entry_before("0-0"), None);
+        assert_eq!(entry_before(""), None);
+        assert_eq!(entry_seconds("1700000000123-0"), Some(1_700_000_000));
     }
 
     #[test]

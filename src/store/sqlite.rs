@@ -33,6 +33,8 @@ const POLL_ROWS: i64 = 1000;
 const MAX_KEY_TEXT: usize = 128;
 /// Realm options: coturn has three, so a few more rows are already junk.
 const MAX_OPTIONS: usize = 16;
+/// Deletes a realm's (?1) revocations that expired by ?2.
+const DELETE_EXPIRED: &str = "DELETE FROM tern_revocation WHERE realm = ?1 AND expires <= ?2";
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -407,7 +409,8 @@ impl SqliteStore {
             let what = "recording usage";
             let transaction = connection.transaction().map_err(query_error(what))?;
             {
-                let placeholders = (1..=12).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+                let columns = super::USAGE_TEXT.len() + super::USAGE_NUMBERS.len();
+                let placeholders = (1..=columns).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
                 let sql = format!("INSERT INTO tern_usage ({}) VALUES ({placeholders})", usage_columns());
                 let mut statement = transaction.prepare_cached(&sql).map_err(query_error(what))?;
                 for row in &rows {
@@ -457,9 +460,7 @@ impl SqliteStore {
             let (expires, now) = (seconds(expires), seconds(now));
             let transaction =
                 connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(query_error(what))?;
-            transaction
-                .execute("DELETE FROM tern_revocation WHERE realm = ?1 AND expires <= ?2", params![realm, now])
-                .map_err(query_error(what))?;
+            transaction.execute(DELETE_EXPIRED, params![realm, now]).map_err(query_error(what))?;
             let others: i64 = transaction
                 .query_row(
                     "SELECT count(*) FROM tern_revocation WHERE realm = ?1 AND username <> ?2",
@@ -504,20 +505,7 @@ impl SqliteStore {
         self.run("reading revocations", move |connection| {
             let what = "revocations";
             let now = seconds(now);
-            // Deleting takes the write lock; a database many nodes read
-            // rarely holds expired rows, so most reads skip it.
-            let expired: i64 = connection
-                .query_row(
-                    "SELECT count(*) FROM tern_revocation WHERE realm = ?1 AND expires <= ?2",
-                    params![realm, now],
-                    |row| row.get(0),
-                )
-                .map_err(query_error(what))?;
-            if expired > 0 {
-                connection
-                    .execute("DELETE FROM tern_revocation WHERE realm = ?1 AND expires <= ?2", params![realm, now])
-                    .map_err(query_error(what))?;
-            }
+            connection.execute(DELETE_EXPIRED, params![realm, now]).map_err(query_error(what))?;
             let sql = format!(
                 "SELECT substr(username, 1, {}), expires FROM tern_revocation WHERE realm = ?1 AND expires > ?2 \
                  LIMIT {}",
